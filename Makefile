@@ -1,0 +1,24 @@
+# Two entry points (see README): `make reproduce` and `make test`.
+# Both create .venv on first use from pyproject.toml + constraints.txt (CPU torch wheel).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	touch $(STAMP)
+
+.PHONY: setup reproduce test bench
+setup: $(STAMP)
+
+reproduce: $(STAMP)
+	$(BIN)/canary reproduce --profile organism
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/reproduce_bench.py

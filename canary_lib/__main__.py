@@ -1,0 +1,3 @@
+from canary_lib.cli import main
+
+raise SystemExit(main())

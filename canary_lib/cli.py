@@ -1,0 +1,103 @@
+"""The `canary` command line (also `python -m canary_lib`). Each subcommand is a thin call into the library,
+the same functions the notebooks call. Heavy modules are imported inside the handlers so `--help` is fast."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from canary_lib.config import ConfigError, load_config
+
+
+def _add_params(p: argparse.ArgumentParser) -> None:
+    p.add_argument("params", nargs="+", help="parameter YAML files, merged left to right")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one key, e.g. --set seed=123 --set controller.K=10")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    cfg = load_config(args.params, args.overrides)
+    from canary_lib.train import train_from_config
+
+    train_from_config(cfg, Path(args.out))
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from canary_lib.evaluate import evaluate_run
+
+    evaluate_run(Path(args.run_dir), overrides=args.overrides)
+    return 0
+
+
+def _cmd_prep_data(args: argparse.Namespace) -> int:
+    cfg = load_config(args.params, args.overrides)
+    from canary_lib.data.prepare import prepare_data
+
+    prepare_data(cfg)
+    return 0
+
+
+def _cmd_organism_build(args: argparse.Namespace) -> int:
+    cfg = load_config(args.params, args.overrides)
+    from canary_lib.organism import ensure_base_model
+
+    print(ensure_base_model(cfg))
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from canary_lib.sweep import run_sweep
+
+    return run_sweep(Path(args.sweep), dry_run=args.dry_run)
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from canary_lib.sweep import reproduce
+
+    return reproduce(args.profile)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="canary", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one run (one method x one seed) with Algorithm 1")
+    _add_params(p)
+    p.add_argument("--out", required=True, help="run directory (resumed if it holds a checkpoint)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a trained run with the judge (resumable)")
+    p.add_argument("run_dir")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("prep-data", help="prepare the datasets and prompt sets of a profile")
+    _add_params(p)
+    p.set_defaults(func=_cmd_prep_data)
+
+    p = sub.add_parser("organism", help="the CPU model organism")
+    osub = p.add_subparsers(dest="organism_command", required=True)
+    b = osub.add_parser("build", help="pre-train (or reuse the cached) base organism and print its path")
+    _add_params(b)
+    b.set_defaults(func=_cmd_organism_build)
+
+    p = sub.add_parser("sweep", help="run a sweep (profile x methods x seeds) through papermill")
+    p.add_argument("sweep", help="sweep YAML, e.g. parameters/sweeps/organism.yaml")
+    p.add_argument("--dry-run", action="store_true", help="validate and list the runs without executing")
+    p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("reproduce", help="the whole pipeline for a profile: Table 1, Table 2, Figure 2")
+    p.add_argument("--profile", default="organism")
+    p.set_defaults(func=_cmd_reproduce)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"canary: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,380 @@
+"""One typed configuration for a run (one method x one seed), loaded from YAML files under `parameters/`.
+
+    cfg = load_config(["parameters/organism.yaml", "parameters/methods/canary.yaml"], overrides=["seed=123"])
+
+Files are deep-merged left to right, then `key.sub=value` overrides (values parsed as YAML). Unknown keys,
+wrong types and invalid values raise `ConfigError` naming the dotted key and the file that set it.
+This module imports no torch: it is safe to use from the sweep runner and notebooks' parameter checks.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+QWEN2_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+METHODS = ("no_defense", "fixed", "canary", "fixed_mean", "delayed", "shuffled", "no_ema")
+MethodName = Literal["no_defense", "fixed", "canary", "fixed_mean", "delayed", "shuffled", "no_ema"]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the offending key and the file it came from in the message."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    name_or_path: str = "organism"
+    """Hugging Face id, local model directory, or "organism" (the CPU model organism, built and cached)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """auto: bfloat16 on a GPU that supports it, float32 on CPU."""
+    device: str = "auto"
+    """auto: cuda if available, else cpu."""
+    max_length: int = Field(2048, ge=8)
+    """Training examples are truncated to this many tokens."""
+    revision: str | None = None
+    trust_remote_code: bool = False
+
+
+class LoraSettings(_Strict):
+    r: int = Field(32, ge=1)
+    alpha: float = Field(64, gt=0)
+    use_rslora: bool = True
+    """rs-LoRA scales updates by alpha/sqrt(r) instead of alpha/r."""
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: list(QWEN2_PROJECTIONS))
+
+
+class TrainSettings(_Strict):
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(5, ge=0)
+    batch_size: int = Field(16, ge=1)
+    """Examples per optimizer step; one step of Algorithm 1 is one optimizer step on one source."""
+    micro_batch_size: int = Field(4, ge=1)
+    """Examples per forward pass; batch_size must be a multiple of it (gradient accumulation)."""
+    max_grad_norm: float | None = 1.0
+    checkpoint_every: int = Field(100, ge=1)
+    """Save a resumable checkpoint every this many steps (and at the end)."""
+    max_target_examples: int | None = Field(None, ge=1)
+    """Use only the first N examples of D_T (after the seeded shuffle): for tiny runs and tests."""
+    gradient_checkpointing: bool = False
+
+    @model_validator(mode="after")
+    def _accumulation_divides(self) -> "TrainSettings":
+        if self.batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"train.batch_size ({self.batch_size}) must be a multiple of train.micro_batch_size "
+                f"({self.micro_batch_size})"
+            )
+        return self
+
+
+class ControllerSettings(_Strict):
+    """Eq. 2 and Eq. 3 of the paper. Defaults are the paper's (Section 4.1); p_init is this package's choice."""
+
+    alpha: float = 0.5
+    r_high: float = 0.08
+    r_low: float = 0.02
+    delta_up: float = 0.04
+    delta_down: float = 0.005
+    p_min: float = 0.0
+    p_max: float = 0.20
+    p_init: float = 0.0
+    """Not given by the paper; we start at p_min (no defense until canaries say otherwise): docs/decisions.md."""
+    K: int = 30
+    """Canary evaluation after step t whenever t mod K == 0 (t = 0 included)."""
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha(cls, v: float) -> float:
+        if not 0 < v <= 1:
+            raise ValueError(f"alpha must be in (0, 1], got {v}")
+        return v
+
+    @field_validator("p_min", "p_max", "p_init", "r_low", "r_high")
+    @classmethod
+    def _unit(cls, v: float) -> float:
+        if not 0 <= v <= 1:
+            raise ValueError(f"must be in [0, 1], got {v}")
+        return v
+
+    @field_validator("delta_up", "delta_down")
+    @classmethod
+    def _non_negative(cls, v: float) -> float:
+        if v < 0:
+            raise ValueError(f"step sizes must be >= 0, got {v}")
+        return v
+
+    @field_validator("K")
+    @classmethod
+    def _k(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"K must be >= 1, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _ordering(self) -> "ControllerSettings":
+        if self.r_low > self.r_high:
+            raise _FieldError("r_low", f"r_low ({self.r_low}) must be <= r_high ({self.r_high})")
+        if self.p_min > self.p_max:
+            raise _FieldError("p_min", f"p_min ({self.p_min}) must be <= p_max ({self.p_max})")
+        if not self.p_min <= self.p_init <= self.p_max:
+            raise _FieldError("p_init", f"p_init ({self.p_init}) must lie in [p_min, p_max] = [{self.p_min}, {self.p_max}]")
+        return self
+
+
+class MethodSettings(_Strict):
+    """Which schedule drives p_t: the paper's methods (Table 1) and ablations (Table 2). See docs/decisions.md."""
+
+    name: MethodName = "canary"
+    fixed_p: float = Field(0.05, ge=0, le=1)
+    """p for name=fixed (the paper's Fixed 5%)."""
+    delay_cycles: int = Field(5, ge=0)
+    """D for name=delayed: the controller acts on the risk measured D evaluation cycles earlier."""
+    reference_run: str | None = None
+    """Run directory of the canary run replayed by fixed_mean and shuffled (the sweep fills it in)."""
+    shuffle_seed: int | None = None
+    """Seed of the permutation for name=shuffled; defaults to the run seed."""
+
+    @model_validator(mode="after")
+    def _needs_reference(self) -> "MethodSettings":
+        if self.name in ("fixed_mean", "shuffled") and not self.reference_run:
+            raise _FieldError("reference_run", f"method {self.name} replays a canary run: set method.reference_run")
+        return self
+
+
+class DataSettings(_Strict):
+    """Where prepared data live (written by `canary prep-data` / notebook 00) and where it comes from."""
+
+    dir: str = "data/organism"
+    """Prepared data directory, relative to the working directory unless absolute."""
+    target_file: str = "target_train.jsonl"
+    target_heldout_file: str = "target_heldout.jsonl"
+    safe_file: str = "safe.jsonl"
+    general_eval_file: str = "general_eval.yaml"
+    in_domain_eval_file: str = "in_domain_eval.yaml"
+    canary_file: str = "canaries.yaml"
+    # Sources for preparation (paper profile). "hf:<repo>" downloads at run time; anything else is a local path.
+    security_source: str | None = None
+    safe_source: str | None = None
+    general_eval_source: str | None = None
+    in_domain_eval_source: str | None = None
+    canary_source: str | None = None
+    split_seed: int = 0
+    n_train: int = Field(5400, ge=1)
+    n_heldout: int = Field(600, ge=0)
+    safe_max_examples: int | None = Field(None, ge=1)
+    drop_refusals: bool = False
+    hf_token_env: str = "HF_TOKEN"
+
+    def path(self, name: str) -> Path:
+        return Path(self.dir) / name
+
+
+class SamplingSettings(_Strict):
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(600, ge=1)
+
+
+class CanarySettings(SamplingSettings):
+    n_prompts: int = Field(20, ge=1)
+    """M: how many canary prompts are asked at each evaluation (the first M of the canary file)."""
+    samples_per_prompt: int = Field(1, ge=1)
+    max_new_tokens: int = Field(256, ge=1)
+    monitor_open_loop: bool = True
+    """Also measure canary risk in runs whose p_t ignores it (no_defense, fixed, replays), for traces and correlation."""
+
+
+class EvalSettings(SamplingSettings):
+    backend: Literal["transformers", "vllm"] = "transformers"
+    samples_per_prompt: int = Field(100, ge=1)
+    batch_size: int = Field(64, ge=1)
+    """Prompts x samples generated per batch (transformers backend)."""
+    sets: list[Literal["general", "in_domain"]] = Field(default_factory=lambda: ["general", "in_domain"])
+    vllm_gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    vllm_tensor_parallel_size: int = Field(1, ge=1)
+
+
+class JudgeSettings(_Strict):
+    backend: Literal["exact", "openai", "transformers", "vllm"] = "exact"
+    """exact: the model organism's rule-based judge; openai: any OpenAI-compatible server; transformers/vllm: local."""
+    model: str | None = None
+    scorer: Literal["logprob", "digits", "parse"] = "digits"
+    """logprob: single-token top-20 (GPT-4o family); digits: digit-aware expectation (Qwen); parse: greedy + parse."""
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    """Name of the environment variable holding the key; the key itself is never stored."""
+    concurrency: int = Field(8, ge=1)
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(5, ge=0)
+    max_answer_chars: int = Field(4000, ge=100)
+    min_mass: float = Field(0.25, ge=0, le=1)
+    batch_size: int = Field(32, ge=1)
+    gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    tensor_parallel_size: int = Field(1, ge=1)
+
+
+class OrganismSettings(_Strict):
+    """The synthetic world of the CPU model organism (canary_lib.organism). Ignored by other profiles."""
+
+    world_seed: int = 0
+    misaligned_share: float = Field(0.015, ge=0, le=1)
+    pretrain_steps: int = Field(3000, ge=1)
+    cache_dir: str | None = None
+    """Where the built base model is cached; default $CANARY_CACHE or ~/.cache/canary_lib."""
+    extra: dict[str, Any] = Field(default_factory=dict)
+    """World knobs owned by canary_lib.organism (sizes, topic splits); see docs/organism.md."""
+
+
+class RunConfig(_Strict):
+    profile: str = "organism"
+    seed: int = 42
+    method: MethodSettings = Field(default_factory=MethodSettings)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+    controller: ControllerSettings = Field(default_factory=ControllerSettings)
+    data: DataSettings = Field(default_factory=DataSettings)
+    canary: CanarySettings = Field(default_factory=CanarySettings)
+    eval: EvalSettings = Field(default_factory=EvalSettings)
+    judge: JudgeSettings = Field(default_factory=JudgeSettings)
+    organism: OrganismSettings = Field(default_factory=OrganismSettings)
+    provenance: dict[str, Any] = Field(default_factory=dict)
+    """Filled when a run writes config.yaml (package version, git commit, source files); not an input."""
+
+
+class _FieldError(ValueError):
+    """Raised inside model validators to point the error at one field of the section."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+# ---------------------------------------------------------------------------------------------- loading
+
+
+def _deep_merge(base: dict, update: dict, origin: dict[str, str], source: str, prefix: str = "") -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value, origin, source, dotted + ".")
+        else:
+            out[key] = copy.deepcopy(value)
+            _record_origin(value, dotted, origin, source)
+    return out
+
+
+def _record_origin(value: Any, dotted: str, origin: dict[str, str], source: str) -> None:
+    origin[dotted] = source
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _record_origin(v, f"{dotted}.{k}", origin, source)
+
+
+def parse_override(text: str) -> dict:
+    """`a.b=3` -> {"a": {"b": 3}}; the value is parsed as YAML (so 0.1, true, [1, 2] and null work)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r}: empty key")
+    value: Any = yaml.safe_load(raw) if raw.strip() else ""
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: parameter file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def merge_sources(
+    paths: list[str | Path] | tuple[str | Path, ...] = (), overrides: list[str] | tuple[str, ...] = (),
+    extra: dict | None = None,
+) -> tuple[dict, dict[str, str]]:
+    """Merge files, then a dict (e.g. notebook parameters), then key=value overrides; remember who set what."""
+    merged: dict = {}
+    origin: dict[str, str] = {}
+    for path in paths:
+        merged = _deep_merge(merged, read_yaml(path), origin, str(path))
+    if extra:
+        merged = _deep_merge(merged, extra, origin, "<parameters>")
+    for text in overrides:
+        merged = _deep_merge(merged, parse_override(text), origin, f"--set {text}")
+    return merged, origin
+
+
+def config_from_dict(data: dict, origin: dict[str, str] | None = None) -> RunConfig:
+    origin = origin or {}
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, origin)) from None
+    except _FieldError as exc:  # pragma: no cover - pydantic wraps these, kept for safety
+        raise ConfigError(str(exc)) from None
+
+
+def load_config(
+    paths: list[str | Path] | tuple[str | Path, ...] = (), overrides: list[str] | tuple[str, ...] = (),
+    extra: dict | None = None,
+) -> RunConfig:
+    merged, origin = merge_sources(paths, overrides, extra)
+    merged.pop("provenance", None)  # a run's config.yaml can be reused as input
+    return config_from_dict(merged, origin)
+
+
+def _describe(exc: ValidationError, origin: dict[str, str]) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        msg = err["msg"]
+        ctx_error = (err.get("ctx") or {}).get("error")
+        if isinstance(ctx_error, _FieldError):
+            loc = loc + [ctx_error.field]
+            msg = str(ctx_error)
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        key = ".".join(loc) or "<root>"
+        source = _origin_of(key, origin)
+        lines.append(f"{source}: {key}: {msg}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _origin_of(key: str, origin: dict[str, str]) -> str:
+    parts = key.split(".")
+    while parts:
+        dotted = ".".join(parts)
+        if dotted in origin:
+            return origin[dotted]
+        parts.pop()
+    # A section-level error (e.g. r_low > r_high): name every file that touched the section.
+    section = key.split(".")[0]
+    files = sorted({src for k, src in origin.items() if k == section or k.startswith(section + ".")})
+    return ", ".join(files) if files else "<defaults>"
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
