@@ -154,6 +154,8 @@ class MethodSettings(_Strict):
 class DataSettings(_Strict):
     """Where prepared data live (written by `canary prep-data` / notebook 00) and where it comes from."""
 
+    kind: Literal["organism", "paper"] = "organism"
+    """organism: the synthetic world writes the data; paper: real sources are loaded and prepared."""
     dir: str = "data/organism"
     """Prepared data directory, relative to the working directory unless absolute."""
     target_file: str = "target_train.jsonl"
