@@ -1,0 +1,10 @@
+"""Data for the paper profile: question sets, Security EM, the WildGuardMix benign subset, preparation.
+
+Only the question-set functions are imported here (cheap, no torch, no `datasets`); the loaders live in
+`canary_lib.data.security`, `.wildguard`, `.download`, `.disjoint`, `.canaries` and `.prepare`.
+"""
+
+from canary_lib.data.errors import DataError
+from canary_lib.data.questions import load_question_set, parse_question_set, write_question_set
+
+__all__ = ["DataError", "load_question_set", "parse_question_set", "write_question_set"]
