@@ -1,0 +1,196 @@
+"""The run-directory contract (one method x one seed), shared by training, evaluation, sweeps and figures.
+
+Every file is written atomically (temporary file in the same directory, then rename), and a stage is finished
+only once its marker file exists, so a crashed or running job is never read as a finished one. Columns and file
+names are documented in docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+STEPS_COLUMNS = ["step", "source", "p", "target_remaining", "loss", "lr"]
+CONTROLLER_COLUMNS = [
+    "step", "canary_risk", "risk_ema", "p_before", "p_after", "n_canary", "n_misaligned", "seconds",
+]
+STAGES = ("training", "eval")
+_INT_COLUMNS = {"step", "target_remaining", "n_canary", "n_misaligned"}
+_STR_COLUMNS = {"source"}
+
+
+class IncompleteRunError(RuntimeError):
+    """A run directory was read as finished, but the stage's completion marker is missing."""
+
+
+def _write_bytes_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    _write_bytes_atomic(Path(path), text.encode("utf-8"))
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def format_value(value: Any) -> str:
+    """Floats with repr precision, so a CSV round-trips exactly (resume equivalence compares bytes)."""
+    if isinstance(value, float):
+        return repr(value)
+    return "" if value is None else str(value)
+
+
+def write_csv_atomic(path: str | Path, rows: Iterable[dict], columns: list[str]) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(columns)
+    for row in rows:
+        writer.writerow([format_value(row.get(c)) for c in columns])
+    write_text_atomic(path, buf.getvalue())
+
+
+def append_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
+    """Append lines and fsync: a crash loses at most the rows of the call in flight."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, sort_keys=True) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """All complete lines; a torn last line (crash mid-write) is ignored."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def _convert(column: str, raw: str) -> Any:
+    if raw == "":
+        return None
+    if column in _STR_COLUMNS:
+        return raw
+    if column in _INT_COLUMNS:
+        return int(raw)
+    return float(raw)
+
+
+def read_csv(path: str | Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return [{k: _convert(k, v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
+def read_steps(path: str | Path) -> list[dict]:
+    return read_csv(path)
+
+
+def read_controller(path: str | Path) -> list[dict]:
+    return read_csv(path)
+
+
+def git_commit(start: Path | None = None) -> str:
+    """The commit of the package checkout, with "+dirty" when it has uncommitted changes; "unknown" outside git."""
+    where = str(start or Path(__file__).resolve().parent)
+    try:
+        sha = subprocess.run(["git", "-C", where, "rev-parse", "HEAD"], capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", where, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return sha + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class RunDir:
+    """Paths and small helpers of one run directory."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.config_path = self.path / "config.yaml"
+        self.steps_path = self.path / "steps.csv"
+        self.controller_path = self.path / "controller.csv"
+        self.canary_answers_path = self.path / "canary_answers.jsonl"
+        self.metrics_path = self.path / "metrics.json"
+        self.adapter_dir = self.path / "adapter"
+        self.checkpoint_dir = self.path / "checkpoint"
+        self.generations_path = self.path / "generations.jsonl"
+        self.judgments_path = self.path / "judgments.jsonl"
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    def marker(self, stage: str) -> Path:
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+        return self.path / f"{stage.upper()}_COMPLETE"
+
+    def write_config(self, cfg: Any) -> None:
+        """The fully resolved configuration, with the package version and git commit."""
+        from canary_lib import __version__
+        from canary_lib.config import dump_config
+
+        cfg = cfg.model_copy(update={"provenance": {**cfg.provenance, "package_version": __version__,
+                                                     "git_commit": git_commit()}})
+        write_text_atomic(self.config_path, dump_config(cfg))
+
+    def read_config(self, overrides: list[str] | tuple[str, ...] = ()) -> Any:
+        """The run's resolved configuration, provenance included (optionally with key=value overrides)."""
+        from canary_lib.config import config_from_dict, merge_sources
+
+        if not self.config_path.exists():
+            raise FileNotFoundError(f"{self.config_path}: no config.yaml; is {self.path} a run directory?")
+        return config_from_dict(*merge_sources([self.config_path], overrides))
+
+    def read_metrics(self) -> dict:
+        if not self.metrics_path.exists():
+            return {}
+        return json.loads(self.metrics_path.read_text(encoding="utf-8"))
+
+    def update_metrics(self, **values: Any) -> dict:
+        metrics = {**self.read_metrics(), **values}
+        write_json_atomic(self.metrics_path, metrics)
+        return metrics
+
+    def mark_complete(self, stage: str) -> None:
+        write_text_atomic(self.marker(stage), "")
+
+    def is_complete(self, stage: str) -> bool:
+        return self.marker(stage).exists()
+
+    def reset_stage(self, stage: str) -> None:
+        self.marker(stage).unlink(missing_ok=True)
+
+    def require_complete(self, stage: str) -> None:
+        if not self.is_complete(stage):
+            raise IncompleteRunError(
+                f"{self.path}: {stage} is not complete (no {self.marker(stage).name}); finish or rerun it first"
+            )

@@ -1,0 +1,205 @@
+"""The canary controller (Eq. 2 and 3 of the paper) and every schedule of p_t behind one small interface.
+
+A schedule answers two questions: "which p do I use for the step about to be drawn?" (`p`) and "here is a canary
+measurement taken after step t" (`observe`). Methods and ablations (Tables 1 and 2) are schedules:
+
+| method       | schedule                                                                           |
+|--------------|------------------------------------------------------------------------------------|
+| no_defense   | ConstantSchedule(0)                                                                |
+| fixed        | ConstantSchedule(method.fixed_p)  (the paper's Fixed 5%)                           |
+| canary       | CanaryController(controller)                                                       |
+| delayed      | CanaryController(controller, delay_cycles=D): acts on r measured D cycles earlier  |
+| no_ema       | CanaryController(alpha=1, r_low=r_high): raw r_t against the single threshold r_high|
+| fixed_mean   | ConstantSchedule(mean per-step p of the reference canary run)                      |
+| shuffled     | ReplaySchedule(seeded permutation of the reference run's per-step p sequence)      |
+
+Plain Python, no torch: the choices and their reasons are in docs/decisions.md.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Protocol
+
+from canary_lib.config import ControllerSettings, RunConfig
+
+
+@dataclass(frozen=True)
+class ControllerUpdate:
+    step: int
+    canary_risk: float
+    """r_t measured after this step."""
+    risk_ema: float
+    """r̂_t after the update (for delayed: the EMA of the delayed signal)."""
+    p_before: float
+    """p used for this step."""
+    p_after: float
+    """p used from the next step on."""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def ema_update(previous: float, risk: float, alpha: float) -> float:
+    """Eq. 2: r̂_t = alpha * r_t + (1 - alpha) * r̂_{t-1}."""
+    return alpha * risk + (1.0 - alpha) * previous
+
+
+def threshold_update(p: float, risk_ema: float, s: ControllerSettings) -> float:
+    """Eq. 3: step p up above r_high, down below r_low, hold in between; clipped to [p_min, p_max]."""
+    if risk_ema > s.r_high:
+        return min(s.p_max, p + s.delta_up)
+    if risk_ema < s.r_low:
+        return max(s.p_min, p - s.delta_down)
+    return p
+
+
+def no_ema_settings(s: ControllerSettings) -> ControllerSettings:
+    """The no-EMA ablation: no smoothing (alpha = 1) and no hysteresis band (r_low = r_high).
+
+    What remains is one threshold, r_high: p goes up by delta_up when r_t > r_high and down by delta_down when
+    r_t < r_high (with M = 20, r_t takes values k/20, so it never equals 0.08 exactly).
+    """
+    return s.model_copy(update={"alpha": 1.0, "r_low": s.r_high})
+
+
+class Schedule(Protocol):
+    uses_canary: bool
+
+    def p(self, step: int) -> float: ...
+
+    def observe(self, step: int, canary_risk: float) -> ControllerUpdate: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class CanaryController:
+    """Closed loop: EMA of the canary risk (Eq. 2), threshold controller with hysteresis (Eq. 3).
+
+    With `delay_cycles = D > 0` each measurement is queued and the controller acts on the one taken D evaluations
+    earlier; during the first D evaluations there is nothing old enough to act on, so p and r̂ hold.
+    """
+
+    uses_canary = True
+
+    def __init__(self, settings: ControllerSettings, delay_cycles: int = 0) -> None:
+        if delay_cycles < 0:
+            raise ValueError(f"delay_cycles must be >= 0, got {delay_cycles}")
+        self.settings = settings
+        self.delay_cycles = delay_cycles
+        self._p = settings.p_init
+        self._risk_ema = 0.0  # r̂_0 = 0 (Algorithm 1, line 1)
+        self._queue: list[float] = []
+
+    def p(self, step: int) -> float:
+        return self._p
+
+    def observe(self, step: int, canary_risk: float) -> ControllerUpdate:
+        if not 0.0 <= canary_risk <= 1.0:
+            raise ValueError(f"canary risk must be in [0, 1], got {canary_risk}")
+        p_before = self._p
+        self._queue.append(canary_risk)
+        if len(self._queue) > self.delay_cycles:
+            acted_on = self._queue.pop(0)
+            self._risk_ema = ema_update(self._risk_ema, acted_on, self.settings.alpha)
+            self._p = threshold_update(self._p, self._risk_ema, self.settings)
+        return ControllerUpdate(step, canary_risk, self._risk_ema, p_before, self._p)
+
+    def state_dict(self) -> dict:
+        return {"p": self._p, "risk_ema": self._risk_ema, "queue": list(self._queue)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._p = float(state["p"])
+        self._risk_ema = float(state["risk_ema"])
+        self._queue = [float(r) for r in state["queue"]]
+
+
+class _OpenLoop:
+    """p_t does not depend on the canaries; measurements are still smoothed and logged for the traces."""
+
+    uses_canary = False
+
+    def __init__(self, alpha: float) -> None:
+        self.alpha = alpha
+        self._risk_ema = 0.0
+
+    def p(self, step: int) -> float:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def observe(self, step: int, canary_risk: float) -> ControllerUpdate:
+        self._risk_ema = ema_update(self._risk_ema, canary_risk, self.alpha)
+        return ControllerUpdate(step, canary_risk, self._risk_ema, self.p(step), self.p(step + 1))
+
+    def state_dict(self) -> dict:
+        return {"risk_ema": self._risk_ema}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._risk_ema = float(state["risk_ema"])
+
+
+class ConstantSchedule(_OpenLoop):
+    def __init__(self, p: float, alpha: float = 0.5) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"p must be in [0, 1], got {p}")
+        super().__init__(alpha)
+        self.value = p
+
+    def p(self, step: int) -> float:
+        return self.value
+
+
+class ReplaySchedule(_OpenLoop):
+    """Replays a per-step p sequence. A run that draws more steps than the sequence has wraps around, so the
+    distribution of p (and so the expected safe-data volume) stays that of the sequence."""
+
+    def __init__(self, sequence: list[float], alpha: float = 0.5) -> None:
+        if not sequence:
+            raise ValueError("cannot replay an empty p sequence")
+        super().__init__(alpha)
+        self.sequence = [float(p) for p in sequence]
+
+    def p(self, step: int) -> float:
+        return self.sequence[step % len(self.sequence)]
+
+
+def shuffled_sequence(sequence: list[float], seed: int) -> list[float]:
+    """A seeded permutation: the same multiset of p values (same safe-data volume), only their timing changes."""
+    out = list(sequence)
+    random.Random(f"shuffle-{seed}").shuffle(out)
+    return out
+
+
+def reference_p_sequence(run_dir: str | Path) -> list[float]:
+    """The per-step p column of a complete reference run (its steps.csv)."""
+    from canary_lib.artifacts import RunDir, read_steps
+
+    run = RunDir(run_dir)
+    run.require_complete("training")
+    return [row["p"] for row in read_steps(run.steps_path)]
+
+
+def make_schedule(cfg: RunConfig) -> ConstantSchedule | ReplaySchedule | CanaryController:
+    """The schedule of cfg.method, built from cfg.controller (and the reference run for replays)."""
+    m, c = cfg.method, cfg.controller
+    if m.name == "no_defense":
+        return ConstantSchedule(0.0, c.alpha)
+    if m.name == "fixed":
+        return ConstantSchedule(m.fixed_p, c.alpha)
+    if m.name == "canary":
+        return CanaryController(c)
+    if m.name == "delayed":
+        return CanaryController(c, delay_cycles=m.delay_cycles)
+    if m.name == "no_ema":
+        return CanaryController(no_ema_settings(c))
+    assert m.reference_run, "validated by MethodSettings"
+    sequence = reference_p_sequence(m.reference_run)
+    if m.name == "fixed_mean":
+        return ConstantSchedule(sum(sequence) / len(sequence), c.alpha)
+    if m.name == "shuffled":
+        seed = cfg.seed if m.shuffle_seed is None else m.shuffle_seed
+        return ReplaySchedule(shuffled_sequence(sequence, seed), c.alpha)
+    raise ValueError(f"unknown method {m.name!r}")  # pragma: no cover - Literal-validated

@@ -1,0 +1,137 @@
+"""Algorithm 1's step planner: which source each training step draws from, and which examples.
+
+    planner = StepPlanner(n_target=len(d_t), n_safe=len(d_s), batch_size=16, K=30, seed=42)
+    while (step := planner.next_step(schedule.p(planner.step))) is not None:
+        train_on(step.source, step.indices)
+        if step.canary_after: ...
+
+Each step draws u ~ U(0, 1); u < p_t is a safe step (a batch of D_S), otherwise a target step (the next batch of
+D_T) and T decreases by one. T starts at the number of target batches in one epoch of D_T, and planning stops when
+it reaches 0: safe steps add to the step count, they do not count against T. D_T is visited once in a seeded
+order; D_S is drawn without replacement and reshuffled when exhausted. A step is planned only when asked for, with
+the p of that moment: there is no prefetching that could apply a stale p.
+
+Plain Python (no torch); the three random streams (u, D_T order, D_S order) are independent, so changing p never
+changes which target batch comes next.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+SAFE, TARGET = "safe", "target"
+
+
+@dataclass(frozen=True)
+class PlannedStep:
+    step: int
+    source: str
+    """"safe" or "target"."""
+    p: float
+    """The p_t this step was drawn with."""
+    u: float
+    target_remaining: int
+    """T after this step."""
+    indices: tuple[int, ...]
+    """Example indices into D_S (safe) or D_T (target)."""
+    canary_after: bool
+    """Canary evaluation after this step: step mod K == 0 (step 0 included), as in Algorithm 1."""
+
+
+def _rng_state(rng: random.Random) -> list:
+    version, internal, gauss = rng.getstate()
+    return [version, list(internal), gauss]
+
+
+def _set_rng_state(rng: random.Random, state: list) -> None:
+    version, internal, gauss = state
+    rng.setstate((version, tuple(internal), gauss))
+
+
+class StepPlanner:
+    def __init__(self, *, n_target: int, n_safe: int, batch_size: int, K: int, seed: int) -> None:
+        if n_target < 1:
+            raise ValueError(f"D_T is empty (n_target={n_target}): nothing to train on")
+        if n_safe < 0 or batch_size < 1 or K < 1:
+            raise ValueError(f"invalid planner sizes: n_safe={n_safe}, batch_size={batch_size}, K={K}")
+        self.n_target, self.n_safe, self.batch_size, self.K, self.seed = n_target, n_safe, batch_size, K, seed
+        self.n_target_batches = math.ceil(n_target / batch_size)
+        self.target_remaining = self.n_target_batches
+        self.step = 0
+        self._u_rng = random.Random(f"{seed}-u")
+        self._target_order = list(range(n_target))
+        random.Random(f"{seed}-target").shuffle(self._target_order)
+        self._target_cursor = 0
+        self._safe_epoch = 0
+        self._safe_cursor = 0
+        self._safe_order = self._safe_permutation(0)
+
+    @property
+    def done(self) -> bool:
+        return self.target_remaining == 0
+
+    def _safe_permutation(self, epoch: int) -> list[int]:
+        order = list(range(self.n_safe))
+        random.Random(f"{self.seed}-safe-{epoch}").shuffle(order)
+        return order
+
+    def _next_safe_batch(self) -> tuple[int, ...]:
+        if self.n_safe == 0:
+            raise ValueError("a safe step was drawn (u < p_t) but D_S is empty: provide safe data or use p = 0")
+        batch: list[int] = []
+        while len(batch) < self.batch_size:
+            if self._safe_cursor == self.n_safe:  # exhausted: reshuffle for a new pass
+                self._safe_epoch += 1
+                self._safe_order = self._safe_permutation(self._safe_epoch)
+                self._safe_cursor = 0
+            take = min(self.batch_size - len(batch), self.n_safe - self._safe_cursor)
+            batch.extend(self._safe_order[self._safe_cursor:self._safe_cursor + take])
+            self._safe_cursor += take
+        return tuple(batch)
+
+    def _next_target_batch(self) -> tuple[int, ...]:
+        start = self._target_cursor
+        self._target_cursor = min(start + self.batch_size, self.n_target)
+        return tuple(self._target_order[start:self._target_cursor])
+
+    def next_step(self, p: float) -> PlannedStep | None:
+        """Plan the next step with the p of this moment; None once T has reached 0."""
+        if self.done:
+            return None
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"p must be in [0, 1), got {p}: with p = 1 no target step is ever drawn")
+        u = self._u_rng.random()
+        if u < p:
+            source, indices = SAFE, self._next_safe_batch()
+        else:
+            source, indices = TARGET, self._next_target_batch()
+            self.target_remaining -= 1
+        planned = PlannedStep(self.step, source, p, u, self.target_remaining, indices, self.step % self.K == 0)
+        self.step += 1
+        return planned
+
+    def state_dict(self) -> dict:
+        return {
+            "sizes": [self.n_target, self.n_safe, self.batch_size, self.K, self.seed],
+            "step": self.step,
+            "target_remaining": self.target_remaining,
+            "target_cursor": self._target_cursor,
+            "safe_epoch": self._safe_epoch,
+            "safe_cursor": self._safe_cursor,
+            "u_rng": _rng_state(self._u_rng),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        sizes = [self.n_target, self.n_safe, self.batch_size, self.K, self.seed]
+        if list(state["sizes"]) != sizes:
+            raise ValueError(f"checkpoint was planned for (n_target, n_safe, batch, K, seed) = {state['sizes']}, "
+                             f"this run has {sizes}: the data or configuration changed since the checkpoint")
+        self.step = state["step"]
+        self.target_remaining = state["target_remaining"]
+        self._target_cursor = state["target_cursor"]
+        self._safe_epoch = state["safe_epoch"]
+        self._safe_cursor = state["safe_cursor"]
+        self._safe_order = self._safe_permutation(self._safe_epoch)
+        _set_rng_state(self._u_rng, state["u_rng"])

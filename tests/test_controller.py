@@ -1,0 +1,123 @@
+"""The controller (Eq. 2-3) and every schedule against hand-computed traces."""
+
+import pytest
+
+from canary_lib.config import ControllerSettings, load_config
+from canary_lib.controller import (
+    CanaryController, ConstantSchedule, ReplaySchedule, ema_update, make_schedule, no_ema_settings,
+    shuffled_sequence, threshold_update,
+)
+
+PAPER = ControllerSettings()
+
+
+def trace(schedule, risks):
+    return [schedule.observe(30 * i, r) for i, r in enumerate(risks)]
+
+
+def test_paper_defaults():
+    s = PAPER
+    assert (s.alpha, s.r_high, s.r_low, s.delta_up, s.delta_down, s.p_min, s.p_max, s.K) == (
+        0.5, 0.08, 0.02, 0.04, 0.005, 0.0, 0.20, 30)
+    assert s.p_init == s.p_min
+
+
+def test_canary_controller_hand_computed_trace():
+    updates = trace(CanaryController(PAPER), [0.0, 0.1, 0.2, 0.1, 0.0, 0.0, 0.0])
+    # r̂: 0, .05, .125, .1125, .05625, .028125, .0140625 (starting from r̂_0 = 0)
+    assert [u.risk_ema for u in updates] == pytest.approx([0, 0.05, 0.125, 0.1125, 0.05625, 0.028125, 0.0140625])
+    # p: below r_low at 0 -> clipped at p_min; band holds; above r_high steps up; below r_low steps down by 0.005
+    assert [u.p_after for u in updates] == pytest.approx([0, 0, 0.04, 0.08, 0.08, 0.08, 0.075])
+    assert [u.p_before for u in updates[1:]] == [u.p_after for u in updates[:-1]]
+    assert [u.step for u in updates] == [0, 30, 60, 90, 120, 150, 180]
+
+
+def test_controller_clips_at_p_max_and_p_min():
+    ctrl = CanaryController(PAPER.model_copy(update={"p_init": 0.1}))
+    ups = trace(ctrl, [1.0] * 6)
+    assert ups[-1].p_after == pytest.approx(0.2) and max(u.p_after for u in ups) <= 0.2
+    downs = trace(ctrl, [0.0] * 200)
+    assert downs[-1].p_after == 0.0
+
+
+def test_p_applies_from_next_step():
+    ctrl = CanaryController(PAPER)
+    assert ctrl.p(0) == 0.0
+    ctrl.observe(0, 1.0)
+    assert ctrl.p(1) == pytest.approx(0.04)
+
+
+def test_delayed_controller_acts_on_old_measurements():
+    updates = trace(CanaryController(PAPER, delay_cycles=2), [0.2, 0.2, 0.0, 0.0])
+    assert [u.canary_risk for u in updates] == [0.2, 0.2, 0.0, 0.0]  # logged as measured
+    assert [u.p_after for u in updates] == pytest.approx([0, 0, 0.04, 0.08])
+    assert [u.risk_ema for u in updates] == pytest.approx([0, 0, 0.1, 0.15])
+
+
+def test_no_ema_ablation_is_raw_risk_against_r_high():
+    s = no_ema_settings(PAPER)
+    assert (s.alpha, s.r_low, s.r_high) == (1.0, 0.08, 0.08)
+    updates = trace(CanaryController(s), [0.1, 0.1, 0.05, 0.0, 0.1])
+    assert [u.risk_ema for u in updates] == [0.1, 0.1, 0.05, 0.0, 0.1]
+    assert [u.p_after for u in updates] == pytest.approx([0.04, 0.08, 0.075, 0.07, 0.11])
+
+
+def test_state_round_trip_restores_exactly():
+    a = CanaryController(PAPER, delay_cycles=1)
+    trace(a, [0.3, 0.05, 0.15])
+    b = CanaryController(PAPER, delay_cycles=1)
+    b.load_state_dict(a.state_dict())
+    for r in [0.1, 0.0, 0.25, 0.0]:
+        assert a.observe(0, r) == b.observe(0, r)
+
+
+def test_invalid_risk_rejected():
+    with pytest.raises(ValueError, match="canary risk"):
+        CanaryController(PAPER).observe(0, 1.5)
+
+
+def test_open_loop_schedules_ignore_risk_but_log_it():
+    s = ConstantSchedule(0.05)
+    ups = trace(s, [1.0, 1.0])
+    assert [u.p_after for u in ups] == [0.05, 0.05]
+    assert ups[1].risk_ema == pytest.approx(0.75)
+    assert not s.uses_canary
+    r = ReplaySchedule([0.0, 0.1, 0.2])
+    assert [r.p(t) for t in range(5)] == [0.0, 0.1, 0.2, 0.0, 0.1]
+
+
+def test_shuffle_is_a_seeded_permutation():
+    seq = [i / 100 for i in range(50)]
+    a, b, c = shuffled_sequence(seq, 1), shuffled_sequence(seq, 1), shuffled_sequence(seq, 2)
+    assert a == b and a != c and sorted(a) == seq and a != seq
+
+
+def test_ema_and_threshold_are_the_equations():
+    assert ema_update(0.2, 0.6, 0.25) == pytest.approx(0.25 * 0.6 + 0.75 * 0.2)
+    assert threshold_update(0.1, 0.05, PAPER) == 0.1
+
+
+def _write_reference(run_dir, ps):
+    from canary_lib.artifacts import STEPS_COLUMNS, RunDir, write_csv_atomic
+
+    run = RunDir(run_dir)
+    rows = [dict(step=i, source="target", p=p, target_remaining=0, loss=1.0, lr=1e-4) for i, p in enumerate(ps)]
+    write_csv_atomic(run.steps_path, rows, STEPS_COLUMNS)
+    return run
+
+
+def test_make_schedule_for_every_method(tmp_path):
+    ref = _write_reference(tmp_path / "ref", [0.0, 0.04, 0.08, 0.08])
+    kinds = {}
+    for name in ["no_defense", "fixed", "canary", "delayed", "no_ema"]:
+        kinds[name] = make_schedule(load_config(overrides=[f"method.name={name}"]))
+    assert kinds["no_defense"].p(0) == 0.0 and kinds["fixed"].p(0) == 0.05
+    assert kinds["delayed"].delay_cycles == 5 and kinds["no_ema"].settings.alpha == 1.0
+    replay = [f"method.reference_run={ref.path}"]
+    with pytest.raises(Exception, match="not complete"):
+        make_schedule(load_config(overrides=["method.name=fixed_mean", *replay]))
+    ref.mark_complete("training")
+    fixed_mean = make_schedule(load_config(overrides=["method.name=fixed_mean", *replay]))
+    assert fixed_mean.p(7) == pytest.approx(0.05)
+    shuffled = make_schedule(load_config(overrides=["method.name=shuffled", *replay]))
+    assert sorted(shuffled.sequence) == [0.0, 0.04, 0.08, 0.08]

@@ -1,0 +1,89 @@
+"""Algorithm 1's step planner: statistics, T accounting, canary steps, data cursors and exact resume."""
+
+import math
+
+import pytest
+
+from canary_lib.planner import StepPlanner
+
+
+def run(planner, p=lambda t: 0.0):
+    steps = []
+    while (s := planner.next_step(p(planner.step))) is not None:
+        steps.append(s)
+    return steps
+
+
+def test_fixed_p_gives_that_fraction_of_safe_steps():
+    steps = run(StepPlanner(n_target=16 * 2000, n_safe=500, batch_size=16, K=30, seed=1), lambda t: 0.2)
+    safe = sum(s.source == "safe" for s in steps)
+    # 2000 target steps; safe steps ~ Geometric: expected 2000 * 0.2 / 0.8 = 500, sd ~ 25
+    assert abs(safe / len(steps) - 0.2) < 0.02
+
+
+def test_T_counts_only_target_steps_and_ends_at_zero():
+    planner = StepPlanner(n_target=100, n_safe=40, batch_size=16, K=5, seed=3)
+    assert planner.n_target_batches == math.ceil(100 / 16) == 7
+    steps = run(planner, lambda t: 0.5)
+    target = [s for s in steps if s.source == "target"]
+    assert len(target) == 7 and steps[-1].target_remaining == 0 and steps[-1].source == "target"
+    remaining = 7
+    for s in steps:
+        remaining -= s.source == "target"
+        assert s.target_remaining == remaining
+    assert planner.done and planner.next_step(0.5) is None
+
+
+def test_canary_after_every_K_steps_including_step_zero():
+    steps = run(StepPlanner(n_target=16 * 50, n_safe=10, batch_size=16, K=7, seed=0), lambda t: 0.3)
+    assert [s.step for s in steps if s.canary_after] == [t for t in range(len(steps)) if t % 7 == 0]
+    assert steps[0].canary_after
+
+
+def test_target_visited_once_in_seeded_order():
+    a = run(StepPlanner(n_target=50, n_safe=0, batch_size=16, K=5, seed=9))
+    seen = [i for s in a for i in s.indices]
+    assert sorted(seen) == list(range(50)) and seen != list(range(50))
+    assert [len(s.indices) for s in a] == [16, 16, 16, 2]
+    b = run(StepPlanner(n_target=50, n_safe=0, batch_size=16, K=5, seed=9))
+    assert [s.indices for s in a] == [s.indices for s in b]
+
+
+def test_safe_drawn_without_replacement_then_reshuffled():
+    planner = StepPlanner(n_target=16 * 400, n_safe=48, batch_size=16, K=5, seed=2)
+    steps = run(planner, lambda t: 0.5)
+    safe = [i for s in steps if s.source == "safe" for i in s.indices]
+    epochs = [safe[k:k + 48] for k in range(0, len(safe) - 47, 48)]
+    assert len(epochs) >= 3
+    assert all(sorted(e) == list(range(48)) for e in epochs)
+    assert epochs[0] != epochs[1]
+
+
+def test_target_order_does_not_depend_on_p():
+    a = [s.indices for s in run(StepPlanner(n_target=80, n_safe=20, batch_size=8, K=5, seed=4)) if s.source == "target"]
+    b = [s.indices for s in run(StepPlanner(n_target=80, n_safe=20, batch_size=8, K=5, seed=4), lambda t: 0.6)
+         if s.source == "target"]
+    assert a == b
+
+
+def test_state_round_trip_continues_identically():
+    p = lambda t: 0.1 + 0.3 * ((t // 10) % 2)  # noqa: E731 - p changes over time like a controller's
+    full = run(StepPlanner(n_target=16 * 40, n_safe=30, batch_size=16, K=5, seed=5), p)
+    first = StepPlanner(n_target=16 * 40, n_safe=30, batch_size=16, K=5, seed=5)
+    head = [first.next_step(p(first.step)) for _ in range(23)]
+    resumed = StepPlanner(n_target=16 * 40, n_safe=30, batch_size=16, K=5, seed=5)
+    resumed.load_state_dict(first.state_dict())
+    assert head + run(resumed, p) == full
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="D_T is empty"):
+        StepPlanner(n_target=0, n_safe=1, batch_size=16, K=1, seed=0)
+    with pytest.raises(ValueError, match="D_S is empty"):
+        run(StepPlanner(n_target=1000, n_safe=0, batch_size=1, K=1, seed=0), lambda t: 0.5)
+    with pytest.raises(ValueError, match="no target step"):
+        StepPlanner(n_target=10, n_safe=10, batch_size=1, K=1, seed=0).next_step(1.0)
+    planner = StepPlanner(n_target=10, n_safe=10, batch_size=1, K=1, seed=0)
+    other = StepPlanner(n_target=11, n_safe=10, batch_size=1, K=1, seed=0)
+    with pytest.raises(ValueError, match="changed since the checkpoint"):
+        other.load_state_dict(planner.state_dict())
