@@ -63,6 +63,8 @@ class TrainSettings(_Strict):
     max_grad_norm: float | None = 1.0
     checkpoint_every: int = Field(100, ge=1)
     """Save a resumable checkpoint every this many steps (and at the end)."""
+    keep_checkpoint: bool = False
+    """Keep checkpoint/ after the run completes (it is removed by default: the adapter is the result)."""
     max_target_examples: int | None = Field(None, ge=1)
     """Use only the first N examples of D_T (after the seeded shuffle): for tiny runs and tests."""
     gradient_checkpointing: bool = False

@@ -1,0 +1,122 @@
+"""Loading the base model and tokenizer, device/dtype choice, and the rs-LoRA adapter of the paper.
+
+    model, tokenizer = load_model_and_tokenizer(cfg)        # cfg: RunConfig
+    model = add_rslora(model, cfg.lora, seed=cfg.seed)      # peft model, only the LoRA weights train
+
+`cfg.model.name_or_path` is a Hugging Face id, a local directory, or "organism" (the CPU model organism,
+built and cached by canary_lib.organism). All of them go through the same `from_pretrained` path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from canary_lib.config import LoraSettings, ModelConfig, RunConfig
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_model_path(cfg: RunConfig) -> str:
+    """The directory or hub id to load: "organism" is built (or reused from the cache) first."""
+    if cfg.model.name_or_path == "organism":
+        from canary_lib.organism import ensure_base_model  # heavy, and only needed for the organism profile
+
+        return str(ensure_base_model(cfg))
+    return cfg.model.name_or_path
+
+
+def choose_device(model_cfg: ModelConfig) -> torch.device:
+    """cuda when available (or as configured), else cpu."""
+    if model_cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(model_cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"model.device is {model_cfg.device!r} but no CUDA device is available")
+    return device
+
+
+def choose_dtype(model_cfg: ModelConfig, device: torch.device) -> torch.dtype:
+    """auto: bfloat16 on a GPU that supports it, float32 otherwise (CPU, older GPUs)."""
+    if model_cfg.dtype != "auto":
+        return _DTYPES[model_cfg.dtype]
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_tokenizer(path: str, model_cfg: ModelConfig) -> Any:
+    """The model's own tokenizer; it must carry a chat template (training and canaries use it)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(
+        path, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code
+    )
+    if not tokenizer.chat_template:
+        raise ValueError(f"{path}: the tokenizer has no chat template; an instruction-tuned model is required")
+    if tokenizer.pad_token is None:  # only used for padding, which is masked out of attention and loss
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model_and_tokenizer(cfg: RunConfig) -> tuple[Any, Any]:
+    """Load the base causal LM (on the chosen device and dtype) and its tokenizer.
+
+    Args:
+        cfg: The run configuration (its `model` section, and the organism section for "organism").
+
+    Returns:
+        (model, tokenizer); the model is in train mode with gradient checkpointing if configured.
+    """
+    from transformers import AutoModelForCausalLM
+
+    model_cfg = cfg.model
+    path = resolve_model_path(cfg)
+    device = choose_device(model_cfg)
+    dtype = choose_dtype(model_cfg, device)
+    tokenizer = load_tokenizer(path, model_cfg)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code
+    ).to(device)
+    model.config.use_cache = False  # training: no KV cache (generation passes use_cache itself)
+    if cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    return model, tokenizer
+
+
+def lora_config(lora: LoraSettings) -> Any:
+    """peft LoraConfig of the paper: rs-LoRA on the given projections, no bias, nothing else trainable.
+
+    No `modules_to_save`, so the saved adapter holds LoRA matrices only and vLLM can load it.
+    """
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        use_rslora=lora.use_rslora,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def add_rslora(model: Any, lora: LoraSettings, seed: int) -> Any:
+    """Wrap `model` with a freshly initialised, seeded LoRA adapter (A: Kaiming-uniform, B: zeros).
+
+    The initialisation draws from a forked torch RNG seeded with `seed`, so it is reproducible and does not
+    disturb the caller's random state. Adapter weights stay in float32 even on a bf16 base model.
+    """
+    from peft import get_peft_model
+
+    names = [name for name, _ in model.named_modules()]
+    missing = [m for m in lora.target_modules if not any(n == m or n.endswith("." + m) for n in names)]
+    if missing:  # peft raises only if *no* module matches; a typo in one name must not pass silently
+        raise ValueError(f"lora.target_modules {missing} match no module of the model")
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        return get_peft_model(model, lora_config(lora), autocast_adapter_dtype=True)
