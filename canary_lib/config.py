@@ -222,6 +222,8 @@ class JudgeSettings(_Strict):
     max_retries: int = Field(5, ge=0)
     max_answer_chars: int = Field(4000, ge=100)
     min_mass: float = Field(0.25, ge=0, le=1)
+    digit_prune_below: float = Field(1e-3, ge=0, le=1)
+    """digits scorer: digit prefixes less likely than this are not queried (0 = exact); docs/evaluation.md."""
     batch_size: int = Field(32, ge=1)
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
     tensor_parallel_size: int = Field(1, ge=1)
