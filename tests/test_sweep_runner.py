@@ -1,0 +1,186 @@
+"""The sweep runner on cheap fake notebooks: expansion, validation before running, skipping, failures, resume.
+
+    .venv/bin/pytest tests/test_sweep_runner.py -q
+
+The fake notebooks declare the same parameters as the real ones and only write marker files, so every test
+exercises papermill and submitit for real in a few seconds.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from canary_lib.config import ConfigError
+from canary_lib.sweep import NOTEBOOKS, build_plan, load_sweep, run_sweep
+
+# The parameters cells of the real notebooks (names and types); the sweep checks against these.
+PARAMETERS = {
+    "data": 'PARAMS: list = []\nOVERRIDES: list = []\nRESULTS_DIR: str = "results"\n',
+    "canary_design": 'PARAMS: list = []\nOVERRIDES: list = []\nRESULTS_DIR: str = "results"\n',
+    "train": 'PARAMS: list = []\nOVERRIDES: list = []\nRUN_DIR: str = "run"\nINTERACTIVE: bool = False\n',
+    "evaluate": 'PARAMS: list = []\nOVERRIDES: list = []\nRUN_DIR: str = "run"\nBASE_MODEL: bool = False\n',
+    "ablations": 'PARAMS: list = []\nOVERRIDES: list = []\nRUNS_DIR: str = "runs"\nRESULTS_DIR: str = "r"\n',
+    "figures": 'PARAMS: list = []\nOVERRIDES: list = []\nRUNS_DIR: str = "runs"\nRESULTS_DIR: str = "r"\n'
+               'INTERACTIVE: bool = False\n',
+}
+
+# What each fake notebook does: log its execution, fail on request, write the run's completion marker.
+BODY = {
+    "data": "log('data')",
+    "canary_design": "log('canary_design')",
+    "train": textwrap.dedent("""
+        over = dict(o.split('=', 1) for o in OVERRIDES)
+        if Path('FAIL_SEED').exists() and over['seed'] == Path('FAIL_SEED').read_text().strip():
+            raise RuntimeError('planned failure for seed ' + over['seed'])
+        ref = over.get('method.reference_run')
+        if ref:  # a replay must never start before its reference run finished training
+            assert RunDir(ref).is_complete('training'), 'reference run not trained: ' + ref
+        log('train ' + RUN_DIR)
+        RunDir(RUN_DIR).mark_complete('training')
+    """),
+    "evaluate": "log('evaluate ' + RUN_DIR)\nRunDir(RUN_DIR).mark_complete('eval')",
+    "ablations": "log('ablations')",
+    "figures": "log('figures')",
+}
+
+PRELUDE = textwrap.dedent("""
+    from pathlib import Path
+    from canary_lib.artifacts import RunDir
+    def log(line):
+        with open('executions.log', 'a') as fh:
+            fh.write(line + '\\n')
+""")
+
+
+def _write_notebooks(folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for stage, name in NOTEBOOKS.items():
+        nb = nbformat.v4.new_notebook()
+        params = nbformat.v4.new_code_cell(PARAMETERS[stage])
+        params.metadata["tags"] = ["parameters"]
+        nb.cells = [params, nbformat.v4.new_code_cell(PRELUDE), nbformat.v4.new_code_cell(BODY[stage])]
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, folder / name)
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory with fake notebooks, a profile, the method files and a sweep file writer."""
+    monkeypatch.chdir(tmp_path)
+    _write_notebooks(tmp_path / "notebooks")
+    (tmp_path / "profile.yaml").write_text("profile: fake\n")
+    methods = tmp_path / "methods"
+    methods.mkdir()
+    (methods / "canary.yaml").write_text("method: {name: canary}\n")
+    (methods / "fixed_mean.yaml").write_text("method: {name: fixed_mean}\n")
+    (methods / "no_defense.yaml").write_text("method: {name: no_defense}\n")
+    return tmp_path
+
+
+def _sweep(root: Path, **changes) -> Path:
+    spec = {
+        "profile": "fake", "params": ["profile.yaml"], "methods": ["canary", "fixed_mean"], "seeds": [42],
+        "base_row": False, "methods_dir": "methods", "executor": {"kind": "debug"},
+    }
+    spec.update(changes)
+    path = root / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def _log(root: Path) -> list[str]:
+    path = root / "executions.log"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def test_expansion_fills_reference_runs_and_dependencies(project: Path) -> None:
+    spec = load_sweep(_sweep(project, seeds=[42, 123], base_row=True))
+    plan = build_plan(spec)
+    names = [job.name for job in plan.runs]
+    assert names == ["base/seed42", "base/seed123", "canary/seed42", "canary/seed123",
+                     "fixed_mean/seed42", "fixed_mean/seed123"]
+    replay = plan.runs[-1]
+    reference = project / "runs" / "fake" / "canary" / "seed123"
+    assert replay.needs == ["canary/seed123"]
+    assert f"method.reference_run={reference}" in replay.steps[0].parameters["OVERRIDES"]
+    assert "seed=123" in replay.steps[0].parameters["OVERRIDES"]
+    assert [s.stage for s in replay.steps] == ["train", "evaluate"]
+    base = plan.runs[0]
+    assert [s.stage for s in base.steps] == ["evaluate"] and base.steps[0].parameters["BASE_MODEL"] is True
+    assert Path(replay.steps[0].output_path) == project / "runs/fake/fixed_mean/seed123/02_train_controller.ipynb"
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"notebook_parameters": {"train": {"INTERACTVE": True}}}, "'INTERACTVE' is not declared"),
+    ({"notebook_parameters": {"train": {"INTERACTIVE": "yes"}}}, "expected bool"),
+    ({"notebook_parameters": {"trian": {"INTERACTIVE": True}}}, "unknown stage"),
+    ({"overrides": ["controller.alpah=0.3"]}, "controller.alpah: unknown key"),
+    ({"overrides": ["controller.alpha=2"]}, "controller.alpha"),
+    ({"methods": ["canary", "fixd"]}, "'fixd'"),
+    ({"methods": ["fixed_mean"]}, "add 'canary' to methods"),
+    ({"seedz": [1]}, "seedz: unknown key"),
+])
+def test_typos_and_bad_values_fail_before_anything_runs(project: Path, changes: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        run_sweep(_sweep(project, **changes))
+    assert _log(project) == []
+    assert not (project / "runs").exists()
+
+
+def test_failed_run_is_reported_others_go_on_and_rerun_finishes_only_what_is_missing(
+    project: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (project / "FAIL_SEED").write_text("123")
+    sweep = _sweep(project, seeds=[42, 123], base_row=True)
+    assert run_sweep(sweep) == 1
+    out = capsys.readouterr()
+    assert "planned failure for seed 123" in out.out
+    assert "skipped: reference run" in out.out  # fixed_mean/seed123 waits on the failed canary run
+    runs = project / "runs" / "fake"
+    first = _log(project)
+    assert first.count("data") == 1 and first.count("figures") == 1
+    assert f"train {runs}/fixed_mean/seed42" in first and f"evaluate {runs}/base/seed123" in first
+    assert not any("seed123" in line and "train" in line for line in first)
+    # The failed notebook is kept, with the error, where the report says.
+    failed_nb = nbformat.read(runs / "canary/seed123/02_train_controller.ipynb", as_version=4)
+    assert "planned failure" in str(failed_nb.cells)
+
+    (project / "FAIL_SEED").unlink()
+    (project / "executions.log").unlink()
+    assert run_sweep(sweep) == 0
+    second = _log(project)
+    assert second == [
+        f"train {runs}/canary/seed123", f"evaluate {runs}/canary/seed123",
+        f"train {runs}/fixed_mean/seed123", f"evaluate {runs}/fixed_mean/seed123",
+        "ablations", "figures",
+    ]
+
+    (project / "executions.log").unlink()
+    assert run_sweep(sweep) == 0  # a third invocation: every run complete, only the aggregation reruns
+    assert _log(project) == ["ablations", "figures"]
+
+
+def test_dry_run_lists_jobs_and_runs_nothing(project: Path, capsys: pytest.CaptureFixture) -> None:
+    assert run_sweep(_sweep(project), dry_run=True) == 0
+    out = capsys.readouterr().out
+    assert "canary/seed42" in out and "fixed_mean/seed42" in out and "to run" in out
+    assert _log(project) == []
+
+
+@pytest.mark.slow
+def test_local_executor_runs_two_at_a_time_and_replays_wait(project: Path) -> None:
+    sweep = _sweep(project, methods=["canary", "fixed_mean", "no_defense"],
+                   executor={"kind": "local", "parallel": 2, "poll_s": 0.2})
+    assert run_sweep(sweep) == 0
+    log = _log(project)
+    runs = project / "runs" / "fake"
+    # The replay asserts inside its notebook that the canary run was trained first; check the order too.
+    assert log.index(f"train {runs}/canary/seed42") < log.index(f"train {runs}/fixed_mean/seed42")
+    assert sorted(line for line in log if line.startswith("evaluate")) == sorted(
+        f"evaluate {runs}/{m}/seed42" for m in ("canary", "fixed_mean", "no_defense"))
+    assert (runs / "_submitit").is_dir()
