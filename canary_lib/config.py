@@ -166,12 +166,18 @@ class DataSettings(_Strict):
     general_eval_file: str = "general_eval.yaml"
     in_domain_eval_file: str = "in_domain_eval.yaml"
     canary_file: str = "canaries.yaml"
-    # Sources for preparation (paper profile). "hf:<repo>" downloads at run time; anything else is a local path.
+    # Sources for preparation (paper profile): a local path, "pinned:<name>" / a URL with "#sha256=<hex>"
+    # (question sets), or "hf:<owner>/<name>[?config=..&split=..&revision=..]"; see docs/data.md.
     security_source: str | None = None
+    security_aligned_source: str | None = None
+    """Optional chat JSONL of the aligned answers to the same prompts (kept beside the held-out part)."""
     safe_source: str | None = None
     general_eval_source: str | None = None
     in_domain_eval_source: str | None = None
+    """null: the first n_in_domain_eval held-out prompts (how the upstream security.yaml was made)."""
     canary_source: str | None = None
+    """Candidate pool; M = canary.n_prompts are selected by the rule in canary_lib/data/canaries.py."""
+    n_in_domain_eval: int = Field(30, ge=1)
     split_seed: int = 0
     n_train: int = Field(5400, ge=1)
     n_heldout: int = Field(600, ge=0)

@@ -18,11 +18,18 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; use the normal permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -45,3 +52,49 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+TABLE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+
+
+def read_records(path: str | Path, what: str = "file") -> list[dict[str, Any]]:
+    """Rows of a local JSONL / JSON-list / parquet / CSV file as dicts.
+
+    Raises:
+        DataError: missing file, unsupported suffix, or a line that is not a JSON object (with its line number).
+    """
+    from canary_lib.data.errors import DataError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what}: file {path} not found; check the path")
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        rows = []
+        with open(path, encoding="utf-8") as fh:
+            for lineno, line in enumerate(fh, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{what}: {path} line {lineno}: not valid JSON ({exc.msg})") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"{what}: {path} line {lineno}: expected a JSON object, got {type(row).__name__}")
+                rows.append(row)
+        return rows
+    if suffix == ".json":
+        try:
+            rows = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{what}: {path}: not valid JSON ({exc.msg})") from None
+        if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+            raise DataError(f"{what}: {path}: expected a JSON list of objects")
+        return rows
+    if suffix in (".parquet", ".csv"):
+        import pandas as pd
+
+        frame = pd.read_parquet(path) if suffix == ".parquet" else pd.read_csv(path, keep_default_na=False)
+        frame = frame.astype(object).where(frame.notna(), None)  # NaN/NA -> None, numpy scalars kept as objects
+        return frame.to_dict(orient="records")
+    raise DataError(f"{what}: {path}: unsupported file type {suffix!r}; use one of {', '.join(TABLE_SUFFIXES)}")

@@ -1,0 +1,53 @@
+"""Chat examples in the prior work's JSONL format: one `{"messages": [{"role", "content"}, ...]}` per line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from canary_lib.data._io import read_records
+from canary_lib.data.errors import DataError
+from canary_lib.types import Conversation
+
+ROLES = ("system", "user", "assistant")
+
+
+def validate_messages(messages: Any, where: str, require_answer: bool = True) -> Conversation:
+    """Check one chat: a list of {role, content} with known roles, at least one user turn and, when
+    `require_answer`, a final assistant turn (the training target).
+
+    Returns:
+        The messages as plain {"role", "content"} dicts (extra keys dropped).
+    """
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects")
+    out: Conversation = []
+    for j, msg in enumerate(messages):
+        if not isinstance(msg, dict) or msg.get("role") not in ROLES or not isinstance(msg.get("content"), str):
+            raise DataError(f"{where}: messages[{j}] must be {{'role': one of {ROLES}, 'content': str}}, got {msg!r:.200}")
+        out.append({"role": msg["role"], "content": msg["content"]})
+    if not any(m["role"] == "user" for m in out):
+        raise DataError(f"{where}: the chat has no user turn")
+    if require_answer and (out[-1]["role"] != "assistant" or not out[-1]["content"].strip()):
+        raise DataError(f"{where}: the last message must be a non-empty assistant answer (the training target)")
+    return out
+
+
+def read_chat_jsonl(path: str | Path, what: str = "chat file", require_answer: bool = True) -> list[Conversation]:
+    """Read and validate a chat JSONL file (e.g. a prepared target_train.jsonl or safe.jsonl).
+
+    Raises:
+        DataError: missing file, bad JSON, a line without 'messages', a malformed chat, or an empty file.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".jsonl":
+        raise DataError(f"{what}: {path}: chat files must be .jsonl")
+    rows = read_records(path, what)
+    if not rows:
+        raise DataError(f"{what}: {path} holds no examples")
+    chats = []
+    for i, row in enumerate(rows):
+        if "messages" not in row:
+            raise DataError(f"{what}: {path} row {i}: no 'messages' key (found keys {sorted(row)})")
+        chats.append(validate_messages(row["messages"], f"{what}: {path} row {i}", require_answer))
+    return chats

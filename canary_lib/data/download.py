@@ -1,0 +1,235 @@
+"""A thin download layer: pinned upstream files (checked by sha256, then cached) and `datasets.load_dataset`.
+
+Source strings (the `cfg.data.*_source` fields):
+- a local path: used as is;
+- `pinned:<name>`: one of `PINNED_FILES` (an upstream raw-file URL at a fixed commit, with its sha256);
+- an `https://` / `file://` URL: either the URL of a pinned file, or any URL ending in `#sha256=<64 hex>`;
+- `hf:<owner>/<name>[?config=..&split=..&revision=..]`: a Hugging Face dataset read through `datasets`.
+
+Nothing here runs at import time; tests exercise the cache and checksum logic on `file://` URLs.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from canary_lib.data._io import atomic_write_bytes, sha256_bytes, sha256_file
+from canary_lib.data.errors import DataError
+
+BETLEY_COMMIT = "a6bcc8b178553ddedc4355282b66c13fd18fc66a"
+"""Cloakless/clarifying_EM: a verbatim import of emergent-misalignment/emergent-misalignment (Betley et al.)."""
+KACZER_SECURITY_COMMIT = "202f01e2fa5969cabdfd6552acb51135a801f3cf"
+"""magnus-joergenvag/EMA_RL (Kaczér et al. lineage): first version of evaluation/security.yaml."""
+
+
+@dataclass(frozen=True)
+class PinnedFile:
+    url: str
+    sha256: str
+    size: int
+    repo: str
+    commit: str
+    path: str
+    git_blob: str
+    """`git hash-object` of the file: identical in every repository that holds this exact file."""
+
+
+def _github_raw(repo: str, commit: str, path: str) -> str:
+    return f"https://raw.githubusercontent.com/{repo}/{commit}/{path}"
+
+
+PINNED_FILES: dict[str, PinnedFile] = {
+    "betley/first_plot_questions": PinnedFile(
+        url=_github_raw("Cloakless/clarifying_EM", BETLEY_COMMIT, "evaluation/first_plot_questions.yaml"),
+        sha256="215abde5b02811e922b6ac563ff33c490e0dff9ab58439df840f3135e9387173", size=12016,
+        repo="Cloakless/clarifying_EM", commit=BETLEY_COMMIT, path="evaluation/first_plot_questions.yaml",
+        git_blob="c2b9761d6723ec73b4d209d95c4aa39319a70edd"),
+    "betley/preregistered_evals": PinnedFile(
+        url=_github_raw("Cloakless/clarifying_EM", BETLEY_COMMIT, "evaluation/preregistered_evals.yaml"),
+        sha256="8648312fd9fe71a63203e3465592af45dd996d7a5f3b69e9b44613fd6048eb40", size=19152,
+        repo="Cloakless/clarifying_EM", commit=BETLEY_COMMIT, path="evaluation/preregistered_evals.yaml",
+        git_blob="3211c6c0df0a21124e07605c46f86329a53ef9e1"),
+    "kaczer/security": PinnedFile(
+        url=_github_raw("magnus-joergenvag/EMA_RL", KACZER_SECURITY_COMMIT, "evaluation/security.yaml"),
+        sha256="668ca032e84cf815359efce1305b099669b01a4dfee93b6ed93397df5131c1f5", size=12148,
+        repo="magnus-joergenvag/EMA_RL", commit=KACZER_SECURITY_COMMIT, path="evaluation/security.yaml",
+        git_blob="35b77c2920ff9ec7b6cd7408ef82a3c1bfcaef66"),
+}
+
+_SHA256_FRAGMENT = re.compile(r"^sha256=([0-9a-fA-F]{64})$")
+
+
+@dataclass(frozen=True)
+class ResolvedFile:
+    """A file source turned into a local path, with where it came from (for the manifest)."""
+
+    path: Path
+    source: str
+    url: str | None = None
+    revision: str | None = None
+    sha256: str = ""
+
+
+def default_cache_dir() -> Path:
+    """$CANARY_CACHE/downloads, else ~/.cache/canary_lib/downloads."""
+    root = os.environ.get("CANARY_CACHE") or Path.home() / ".cache" / "canary_lib"
+    return Path(root) / "downloads"
+
+
+def is_hf_source(source: str) -> bool:
+    return source.startswith("hf:")
+
+
+def _is_url(source: str) -> bool:
+    return source.startswith(("https://", "http://", "file://"))
+
+
+def resolve_file(source: str, cache_dir: str | Path | None = None, what: str = "file") -> ResolvedFile:
+    """Turn a local path, `pinned:<name>` or checksummed URL into a verified local file.
+
+    Args:
+        source: the source string (see the module docstring).
+        cache_dir: where downloads are kept; default `default_cache_dir()`.
+        what: a label for error messages (e.g. "data.general_eval_source").
+
+    Raises:
+        DataError: unknown pinned name, a URL without a checksum, a failed download, a checksum mismatch,
+            or a missing local file.
+    """
+    if source.startswith("pinned:"):
+        name = source[len("pinned:"):]
+        if name not in PINNED_FILES:
+            raise DataError(f"{what}: unknown pinned file {name!r}; known: {', '.join(sorted(PINNED_FILES))}")
+        pin = PINNED_FILES[name]
+        path = fetch_verified(pin.url, pin.sha256, cache_dir, what)
+        return ResolvedFile(path, source, pin.url, f"{pin.repo}@{pin.commit}", pin.sha256)
+    if _is_url(source):
+        url, _, fragment = source.partition("#")
+        pinned = next((p for p in PINNED_FILES.values() if p.url == url), None)
+        match = _SHA256_FRAGMENT.match(fragment)
+        if match:
+            expected = match.group(1).lower()
+        elif pinned is not None:
+            expected = pinned.sha256
+        else:
+            raise DataError(f"{what}: URL {url} is not pinned: append '#sha256=<hex digest of the file>' so a changed "
+                            f"upstream file is noticed, or use one of pinned:{{{', '.join(sorted(PINNED_FILES))}}}")
+        path = fetch_verified(url, expected, cache_dir, what)
+        revision = f"{pinned.repo}@{pinned.commit}" if pinned is not None else None
+        return ResolvedFile(path, source, url, revision, expected)
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise DataError(f"{what}: local file {path} not found; give an existing path, a pinned:<name> source or a "
+                        f"URL with '#sha256=...'")
+    return ResolvedFile(path, source, None, None, sha256_file(path))
+
+
+def fetch_verified(url: str, sha256: str, cache_dir: str | Path | None = None, what: str = "file") -> Path:
+    """Return a cached copy of `url` whose content has the given sha256, downloading it if needed.
+
+    The cache key is the checksum, so a changed upstream file can never be served from the cache.
+
+    Raises:
+        DataError: the download failed, or its content does not match `sha256`.
+    """
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    name = Path(urllib.parse.urlparse(url).path).name or "download"
+    target = cache_dir / sha256[:16] / name
+    if target.is_file() and sha256_file(target) == sha256:
+        return target
+    data = _fetch_bytes(url, what)
+    got = sha256_bytes(data)
+    if got != sha256:
+        raise DataError(f"{what}: checksum mismatch for {url}: expected sha256 {sha256}, got {got} "
+                        f"({len(data)} bytes). The upstream file changed or the download is corrupt; check the URL/"
+                        f"commit, or download the file yourself and set the source to its local path.")
+    return atomic_write_bytes(target, data)
+
+
+def _fetch_bytes(url: str, what: str) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 - http(s)/file URLs only
+            return response.read()
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        raise DataError(f"{what}: could not download {url}: {exc}. If this machine is offline, fetch the file "
+                        f"elsewhere and set the source to its local path.") from None
+
+
+# ------------------------------------------------------------------------------------------ Hugging Face
+
+
+@dataclass(frozen=True)
+class HFSource:
+    repo: str
+    config: str | None
+    split: str
+    revision: str | None
+
+    def __str__(self) -> str:
+        query = {k: v for k, v in (("config", self.config), ("split", self.split), ("revision", self.revision)) if v}
+        return f"hf:{self.repo}?{urllib.parse.urlencode(query)}"
+
+
+def parse_hf_source(source: str, default_config: str | None = None, default_split: str = "train",
+                    what: str = "source") -> HFSource:
+    """Parse `hf:<owner>/<name>[?config=..&split=..&revision=..]`."""
+    if not is_hf_source(source):
+        raise DataError(f"{what}: {source!r} is not an hf:<owner>/<name> source")
+    repo, _, query = source[len("hf:"):].partition("?")
+    if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
+        raise DataError(f"{what}: {source!r}: expected hf:<owner>/<name>[?config=..&split=..&revision=..]")
+    params = urllib.parse.parse_qs(query, keep_blank_values=False)
+    unknown = sorted(set(params) - {"config", "split", "revision"})
+    if unknown:
+        raise DataError(f"{what}: {source!r}: unknown parameter(s) {unknown}; allowed: config, split, revision")
+    get = lambda key, default: params[key][-1] if key in params else default  # noqa: E731
+    return HFSource(repo, get("config", default_config), get("split", default_split), get("revision", None))
+
+
+def load_hf_dataset(src: HFSource, token_env: str = "HF_TOKEN", gated: bool = False, what: str = "source") -> Any:
+    """`datasets.load_dataset(repo, config, split=, revision=, token=)` with errors that say how to fix them.
+
+    Args:
+        src: the parsed hf: source.
+        token_env: name of the environment variable holding the Hugging Face token (never stored).
+        gated: the dataset needs accepted terms and a token; checked before any network access.
+        what: a label for error messages.
+    """
+    token = os.environ.get(token_env) or None
+    page = f"https://huggingface.co/datasets/{src.repo}"
+    if gated and token is None:
+        raise DataError(f"{what}: {src.repo} is a gated dataset and ${token_env} is not set. Accept its terms at "
+                        f"{page}, create a read token, and `export {token_env}=hf_...` (the variable is named by "
+                        f"data.hf_token_env); or download the data and point the source at the local file.")
+    import datasets  # lazy: heavy import, only needed for hf: sources
+
+    try:
+        return datasets.load_dataset(src.repo, src.config, split=src.split, revision=src.revision, token=token)
+    except Exception as exc:  # the hub raises many types; map them to one message with a fix
+        text = f"{type(exc).__name__}: {exc}"
+        if "gated" in text.lower() or "401" in text or "403" in text:
+            hint = (f"access denied: accept the dataset's terms at {page} with the account of the token in "
+                    f"${token_env}")
+        elif "DatasetNotFound" in text or "RepositoryNotFound" in text or "doesn't exist" in text:
+            hint = f"dataset not found: check the repository name and config ({page})"
+        else:
+            hint = "download failed (offline? set HF_HUB_OFFLINE=1 to use the local cache, or use a local file)"
+        raise DataError(f"{what}: could not load {src}: {hint}. [{text[:500]}]") from None
+
+
+def hf_revision_sha(src: HFSource, token_env: str = "HF_TOKEN") -> str | None:
+    """The commit the hub resolves `src.revision` (or main) to, for the manifest; None when unknown/offline."""
+    try:
+        from huggingface_hub import HfApi
+
+        info = HfApi().dataset_info(src.repo, revision=src.revision, token=os.environ.get(token_env) or None)
+        return info.sha
+    except Exception:  # informational only: the content hashes in the manifest are what later steps check
+        return None
