@@ -217,6 +217,9 @@ def load_hf_dataset(src: HFSource, token_env: str = "HF_TOKEN", gated: bool = Fa
         if "gated" in text.lower() or "401" in text or "403" in text:
             hint = (f"access denied: accept the dataset's terms at {page} with the account of the token in "
                     f"${token_env}")
+        elif "RevisionNotFound" in text or "revision" in text.lower() and "not" in text.lower():
+            hint = (f"revision {src.revision!r} not found: check it on {page} (commit history), or drop "
+                    f"'revision=' from the source to use the latest version (recorded in the manifest)")
         elif "DatasetNotFound" in text or "RepositoryNotFound" in text or "doesn't exist" in text:
             hint = f"dataset not found: check the repository name and config ({page})"
         else:
