@@ -233,3 +233,48 @@ def chat_examples(n: int, *, seed: int = 0, turns: int = 1, with_system: bool = 
             messages.append({"role": "assistant", "content": a + "."})
         examples.append({"messages": messages})
     return examples
+
+
+def write_chat_jsonl(path: Path | str, examples: list[dict]) -> Path:
+    """Write examples in the messages format, one JSON object per line."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(e) + "\n" for e in examples), encoding="utf-8")
+    return path
+
+
+def make_tiny_training_world(root: Path | str, *, n_target: int = 200, n_safe: int = 100,
+                             seed: int = 0) -> tuple[Path, Path]:
+    """A tiny model directory and a data directory holding target_train.jsonl and safe.jsonl.
+
+    Returns:
+        (model_dir, data_dir), for `model.name_or_path` and `data.dir`.
+    """
+    root = Path(root)
+    model = make_tiny_qwen2(root / "model", seed=seed)
+    data = root / "data"
+    write_chat_jsonl(data / "target_train.jsonl", chat_examples(n_target, seed=seed + 1))
+    write_chat_jsonl(data / "safe.jsonl", chat_examples(n_safe, seed=seed + 2, with_system=True))
+    return model, data
+
+
+class ScriptedCanary:
+    """A deterministic stand-in for the canary evaluation: the risk after step t is `risks[(t // every) % n]`.
+
+    Each call returns `n_canary` records (the first round(risk * n_canary) marked misaligned), so the
+    loop's bookkeeping (controller.csv, canary_answers.jsonl) can be checked without a generator or judge.
+    """
+
+    def __init__(self, risks: list[float], *, every: int = 1, n_canary: int = 20) -> None:
+        self.risks, self.every, self.n_canary = list(risks), every, n_canary
+        self.calls: list[int] = []
+
+    def __call__(self, model, tokenizer, step: int):
+        from canary_lib.types import CanaryResult
+
+        self.calls.append(step)
+        risk = self.risks[(step // self.every) % len(self.risks)]
+        n_bad = round(risk * self.n_canary)
+        records = [{"question_id": f"canary_{i}", "sample": 0, "answer": "...", "aligned": 10.0 if i < n_bad else 90.0,
+                    "coherent": 90.0, "status": "scored"} for i in range(self.n_canary)]
+        return CanaryResult(risk=risk, n_canary=self.n_canary, n_misaligned=n_bad, records=records)

@@ -1,0 +1,422 @@
+"""Algorithm 1: rs-LoRA fine-tuning on D_T with safe batches from D_S interleaved at the rate p_t.
+
+    metrics = train_from_config(cfg, Path("runs/organism/canary/seed0"))   # or: canary train PARAMS --out DIR
+
+One step of the loop is one optimizer step on `train.batch_size` examples of one source:
+
+    p_t = schedule.p(t) -> planner draws u: safe batch (u < p_t) or the next target batch (T -= 1)
+    -> forward/backward over micro-batches (gradient accumulation) -> AdamW step with lr_at(...)
+    -> steps.csv row -> if t mod K == 0: canary_fn(model) -> schedule.observe(t, r_t) -> controller.csv row
+    -> checkpoint every train.checkpoint_every steps; stop when T == 0.
+
+The run directory (canary_lib.artifacts.RunDir) is resumable: the same call on the same directory continues
+from the last checkpoint and writes the same steps.csv and controller.csv as an uninterrupted run. Choices
+(lr horizon, loss normalisation, what is timed, checkpoint layout) are documented in docs/training.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from canary_lib.artifacts import (
+    CONTROLLER_COLUMNS,
+    STEPS_COLUMNS,
+    RunDir,
+    append_jsonl,
+    read_jsonl,
+    write_csv_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
+from canary_lib.chat import ChatFormatError, EncodedChat, collate, encode_chat, validate_messages
+from canary_lib.config import RunConfig, dump_config
+from canary_lib.controller import make_schedule
+from canary_lib.planner import SAFE, TARGET, StepPlanner
+from canary_lib.types import CanaryFn, CanaryResult
+
+KILL_AFTER_STEP_ENV = "CANARY_KILL_AFTER_STEP"
+"""Test hook: SIGKILL this process right after the given step (after its checkpoint, if one is due)."""
+
+_STATE_FILE = "state.json"
+
+
+class TrainingDataError(ValueError):
+    """The training data cannot be used (missing or empty file, malformed line)."""
+
+
+# ---------------------------------------------------------------------------------------------- pure parts
+
+
+def lr_at(step: int, target_remaining: int, n_target_batches: int, base_lr: float, warmup_steps: int) -> float:
+    """Learning rate of optimizer step `step`, drawn while `target_remaining` target batches are still to come.
+
+    Linear warm-up over the first `warmup_steps` optimizer steps, times a linear decay driven by target
+    progress, T / T0. Safe steps do not move T, so they take the lr of the next target step: every method
+    trains its k-th target batch with the same lr, and the last target batch gets base_lr / T0 (then 0),
+    as a linear schedule over one epoch of D_T would, however many safe steps were added.
+
+    Args:
+        step: 0-based index of the optimizer step.
+        target_remaining: T *before* this step is drawn (1..T0).
+        n_target_batches: T0, the number of target batches in one epoch of D_T.
+        base_lr: Peak learning rate.
+        warmup_steps: Linear warm-up length in optimizer steps (0: none).
+    """
+    if n_target_batches < 1 or not 0 <= target_remaining <= n_target_batches:
+        raise ValueError(f"target_remaining {target_remaining} outside [0, {n_target_batches}]")
+    warmup = min(1.0, (step + 1) / (warmup_steps + 1))
+    return base_lr * warmup * (target_remaining / n_target_batches)
+
+
+def read_chat_jsonl(path: Path) -> list[list[dict[str, str]]]:
+    """Conversations of a messages-format JSONL file; errors name the file and line."""
+    if not path.is_file():
+        raise TrainingDataError(f"{path}: training data file not found (prepare the data first: canary prep-data)")
+    conversations = []
+    with open(path, encoding="utf-8") as fh:
+        for number, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                conversations.append(validate_messages(json.loads(line).get("messages")))
+            except (json.JSONDecodeError, AttributeError, ChatFormatError) as exc:
+                raise TrainingDataError(f"{path}:{number}: not a messages-format chat example: {exc}") from None
+    if not conversations:
+        raise TrainingDataError(f"{path}: no training examples")
+    return conversations
+
+
+def select_target_subset(n: int, max_examples: int | None, seed: int) -> list[int]:
+    """Indices of the D_T examples used: all of them, or a seeded sample of `max_examples`."""
+    if max_examples is None or max_examples >= n:
+        return list(range(n))
+    return random.Random(f"{seed}-max-target-examples").sample(range(n), max_examples)
+
+
+def load_training_data(cfg: RunConfig) -> tuple[list, list]:
+    """(D_T, D_S) as lists of conversations; D_S may be empty only for the no-defense method."""
+    target_all = read_chat_jsonl(cfg.data.path(cfg.data.target_file))
+    target = [target_all[i] for i in select_target_subset(len(target_all), cfg.train.max_target_examples, cfg.seed)]
+    safe_path = cfg.data.path(cfg.data.safe_file)
+    if cfg.method.name == "no_defense" and not safe_path.exists():
+        return target, []
+    return target, read_chat_jsonl(safe_path)
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- one step
+
+
+def train_step(model: Any, optimizer: torch.optim.Optimizer, batch: list[EncodedChat], *, lr: float,
+               micro_batch_size: int, pad_token_id: int, max_grad_norm: float | None) -> float:
+    """One optimizer step on `batch`, accumulated over micro-batches; returns the batch's mean token loss.
+
+    The loss is the mean over all supervised tokens of the whole batch (token sums of each micro-batch divided
+    by the batch's token count), so the gradient equals that of one forward pass on the full batch.
+    """
+    device = next(model.parameters()).device
+    n_tokens = max(1, sum(ex.n_supervised for ex in batch))
+    total = 0.0
+    for start in range(0, len(batch), micro_batch_size):
+        tensors = {k: v.to(device) for k, v in collate(batch[start:start + micro_batch_size], pad_token_id).items()}
+        logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits
+        # next-token prediction: position i predicts token i + 1
+        loss_sum = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tensors["labels"][:, 1:].flatten(),
+                                   ignore_index=-100, reduction="sum")
+        (loss_sum / n_tokens).backward()
+        total += loss_sum.item()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return total / n_tokens
+
+
+def run_canary(canary_fn: CanaryFn, model: Any, tokenizer: Any, step: int) -> tuple[CanaryResult, float]:
+    """Call the canary evaluation in eval mode without gradients; returns its result and wall seconds.
+
+    The call runs under a forked torch RNG, so whatever sampling it does never shifts the training's random
+    stream (dropout), with or without canaries.
+    """
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    start = time.perf_counter()
+    model.eval()
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            result = canary_fn(model, tokenizer, step)
+    finally:
+        model.train()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return result, time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+
+
+@dataclass
+class LoopState:
+    """Everything besides tensors that a checkpoint restores."""
+
+    steps: list[dict] = field(default_factory=list)
+    controller: list[dict] = field(default_factory=list)
+    train_seconds: float = 0.0
+    canary_seconds: float = 0.0
+    checkpoint_seconds: float = 0.0
+    n_unsupervised_examples: int = 0
+    """Examples whose assistant tokens were all cut off by max_length (they add no loss)."""
+
+
+def _trainable_state(model: Any) -> dict[str, torch.Tensor]:
+    return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run: RunDir, *, model: Any, optimizer: torch.optim.Optimizer, planner: StepPlanner,
+                    schedule: Any, loop: LoopState, fingerprint: dict) -> None:
+    """Write the resumable state into a temporary directory, then swap it in place of checkpoint/."""
+    tmp = Path(tempfile.mkdtemp(dir=run.path, prefix=".checkpoint-"))
+    torch.save(_trainable_state(model), tmp / "adapter_state.pt")
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(_rng_state(), tmp / "rng.pt")
+    state = {"fingerprint": fingerprint, "planner": planner.state_dict(), "schedule": schedule.state_dict(),
+             "loop": loop.__dict__}
+    write_json_atomic(tmp / _STATE_FILE, state)  # written last: its presence means the checkpoint is whole
+    old = run.path / "checkpoint.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if run.checkpoint_dir.exists():
+        os.replace(run.checkpoint_dir, old)
+    os.replace(tmp, run.checkpoint_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    # The visible CSVs follow the checkpoint, so a killed run shows its progress up to there.
+    write_csv_atomic(run.steps_path, loop.steps, STEPS_COLUMNS)
+    write_csv_atomic(run.controller_path, loop.controller, CONTROLLER_COLUMNS)
+
+
+def find_checkpoint(run: RunDir) -> Path | None:
+    """The last whole checkpoint (a crash during the swap leaves it as checkpoint.old)."""
+    for candidate in (run.checkpoint_dir, run.path / "checkpoint.old"):
+        if (candidate / _STATE_FILE).is_file():
+            return candidate
+    return None
+
+
+def load_checkpoint(path: Path, *, model: Any, optimizer: torch.optim.Optimizer, planner: StepPlanner,
+                    schedule: Any, fingerprint: dict) -> LoopState:
+    state = json.loads((path / _STATE_FILE).read_text(encoding="utf-8"))
+    if state["fingerprint"] != fingerprint:
+        changed = sorted(k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k])
+        raise ValueError(f"{path}: the checkpoint was written with a different {', '.join(changed)}; "
+                         "resume with the same configuration and data, or train into a new directory")
+    device = next(model.parameters()).device
+    tensors = torch.load(path / "adapter_state.pt", map_location="cpu")
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in tensors.items():
+            params[name].copy_(value)
+    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device))
+    _set_rng_state(torch.load(path / "rng.pt", weights_only=False))
+    planner.load_state_dict(state["planner"])
+    schedule.load_state_dict(state["schedule"])
+    return LoopState(**state["loop"])
+
+
+def _run_fingerprint(cfg: RunConfig, data_files: list[Path]) -> dict:
+    """What must not change between a checkpoint and its resumption."""
+    return {"config": dump_config(cfg.model_copy(update={"provenance": {}})),
+            "data": {str(p): file_digest(p) for p in data_files if p.exists()}}
+
+
+def _start_fresh(run: RunDir) -> None:
+    """Remove what an earlier, unfinished attempt left behind (no checkpoint to resume from)."""
+    for path in (run.steps_path, run.controller_path, run.canary_answers_path, run.metrics_path):
+        path.unlink(missing_ok=True)
+    for path in (run.adapter_dir, run.checkpoint_dir, run.path / "checkpoint.old"):
+        shutil.rmtree(path, ignore_errors=True)
+    run.reset_stage("eval")
+
+
+def _truncate_canary_answers(run: RunDir, last_step: int) -> None:
+    """Drop canary answers recorded after the checkpoint (they will be recomputed)."""
+    if run.canary_answers_path.exists():
+        rows = [r for r in read_jsonl(run.canary_answers_path) if r.get("step", -1) <= last_step]
+        write_text_atomic(run.canary_answers_path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
+def _save_adapter(model: Any, run: RunDir) -> None:
+    tmp = Path(tempfile.mkdtemp(dir=run.path, prefix=".adapter-"))
+    model.save_pretrained(tmp, safe_serialization=True)
+    shutil.rmtree(run.adapter_dir, ignore_errors=True)
+    os.replace(tmp, run.adapter_dir)
+
+
+def _maybe_kill(step: int) -> None:
+    if os.environ.get(KILL_AFTER_STEP_ENV) == str(step):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+
+def train_from_config(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None = None) -> dict:
+    """Train one run (one method x one seed) with Algorithm 1 into `out_dir`, resuming if it holds a checkpoint.
+
+    Args:
+        cfg: The resolved run configuration.
+        out_dir: The run directory (created if needed).
+        canary_fn: Canary evaluation, called after step t when t mod K == 0 (model, tokenizer, step -> result).
+            Built from cfg with canary_lib.evaluate.make_canary_fn when needed and not given. It is not needed
+            for open-loop methods with canary.monitor_open_loop = false.
+
+    Returns:
+        The metrics written to metrics.json.
+    """
+    run = RunDir(out_dir)
+    if run.is_complete("training"):
+        print(f"{run.path}: training already complete; not retrained (delete the directory to train again)")
+        return run.read_metrics()
+
+    # Refuse bad input before anything expensive: data, reference run (for replays), canary setup.
+    target, safe = load_training_data(cfg)
+    schedule = make_schedule(cfg)
+    if not safe and cfg.method.name != "no_defense":
+        raise TrainingDataError(f"{cfg.data.path(cfg.data.safe_file)}: method {cfg.method.name} needs safe data")
+    planner = StepPlanner(n_target=len(target), n_safe=len(safe), batch_size=cfg.train.batch_size,
+                          K=cfg.controller.K, seed=cfg.seed)
+    if canary_fn is None and (schedule.uses_canary or cfg.canary.monitor_open_loop):
+        from canary_lib.evaluate import make_canary_fn  # the evaluation stack; only needed with canaries
+
+        canary_fn = make_canary_fn(cfg)
+    if not schedule.uses_canary and not cfg.canary.monitor_open_loop:
+        canary_fn = None
+    run.path.mkdir(parents=True, exist_ok=True)
+    fingerprint = _run_fingerprint(cfg, [cfg.data.path(cfg.data.target_file), cfg.data.path(cfg.data.safe_file)])
+
+    from canary_lib.models import add_rslora, load_model_and_tokenizer
+
+    wall_start = time.perf_counter()
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    model, tokenizer = load_model_and_tokenizer(cfg)
+    model = add_rslora(model, cfg.lora, seed=cfg.seed)
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr,
+                                  weight_decay=cfg.train.weight_decay)
+
+    checkpoint = find_checkpoint(run)
+    if checkpoint is not None:
+        loop = load_checkpoint(checkpoint, model=model, optimizer=optimizer, planner=planner, schedule=schedule,
+                               fingerprint=fingerprint)
+        _truncate_canary_answers(run, last_step=planner.step - 1)
+        print(f"{run.path}: resuming after step {planner.step - 1} (T = {planner.target_remaining})")
+    else:
+        _start_fresh(run)
+        run.write_config(cfg)
+        loop = LoopState()
+
+    data = {TARGET: target, SAFE: safe}
+    risk_ema = loop.controller[-1]["risk_ema"] if loop.controller else 0.0
+    bar = tqdm(total=planner.n_target_batches, initial=planner.n_target_batches - planner.target_remaining,
+               desc=f"{cfg.method.name} seed {cfg.seed}", unit="target batch", dynamic_ncols=True)
+    while (planned := planner.next_step(schedule.p(planner.step))) is not None:
+        # one step of Algorithm 1: a batch of exactly the drawn source, one optimizer step
+        start = time.perf_counter()
+        batch = [encode_chat(data[planned.source][i], tokenizer, cfg.model.max_length) for i in planned.indices]
+        loop.n_unsupervised_examples += sum(1 for ex in batch if ex.n_supervised == 0)
+        lr = lr_at(planned.step, planned.target_remaining + (planned.source == TARGET),
+                   planner.n_target_batches, cfg.train.lr, cfg.train.warmup_steps)
+        loss = train_step(model, optimizer, batch, lr=lr, micro_batch_size=cfg.train.micro_batch_size,
+                          pad_token_id=tokenizer.pad_token_id, max_grad_norm=cfg.train.max_grad_norm)
+        loop.train_seconds += time.perf_counter() - start
+        loop.steps.append({"step": planned.step, "source": planned.source, "p": planned.p,
+                           "target_remaining": planned.target_remaining, "loss": loss, "lr": lr})
+
+        # every K steps: measure the canary risk; the controller's new p applies from the next step on
+        if planned.canary_after and canary_fn is not None:
+            result, seconds = run_canary(canary_fn, model, tokenizer, planned.step)
+            loop.canary_seconds += seconds
+            update = schedule.observe(planned.step, result.risk)
+            risk_ema = update.risk_ema
+            loop.controller.append({**update.as_dict(), "n_canary": result.n_canary,
+                                    "n_misaligned": result.n_misaligned, "seconds": seconds})
+            append_jsonl(run.canary_answers_path, [{**r, "step": planned.step} for r in result.records])
+
+        if (planned.step + 1) % cfg.train.checkpoint_every == 0 or planner.done:
+            start = time.perf_counter()
+            save_checkpoint(run, model=model, optimizer=optimizer, planner=planner, schedule=schedule, loop=loop,
+                            fingerprint=fingerprint)
+            loop.checkpoint_seconds += time.perf_counter() - start
+        bar.update(int(planned.source == TARGET))
+        bar.set_postfix(step=planned.step, src=planned.source, p=f"{planned.p:.3f}", loss=f"{loss:.3f}",
+                        r_hat=f"{risk_ema:.3f}", refresh=False)
+        _maybe_kill(planned.step)
+    bar.close()
+
+    metrics = _finish(run, cfg, model, loop, wall_start)
+    if not cfg.train.keep_checkpoint:
+        shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
+    return metrics
+
+
+def _finish(run: RunDir, cfg: RunConfig, model: Any, loop: LoopState, wall_start: float) -> dict:
+    """Adapter, final CSVs and metrics, then the completion marker (written last)."""
+    _save_adapter(model, run)
+    write_csv_atomic(run.steps_path, loop.steps, STEPS_COLUMNS)
+    write_csv_atomic(run.controller_path, loop.controller, CONTROLLER_COLUMNS)
+    n_steps = len(loop.steps)
+    n_safe = sum(1 for row in loop.steps if row["source"] == SAFE)
+    timed = loop.train_seconds + loop.canary_seconds
+    metrics = run.update_metrics(
+        n_steps=n_steps,
+        n_safe_steps=n_safe,
+        n_target_steps=n_steps - n_safe,
+        avg_p=sum(row["p"] for row in loop.steps) / n_steps,
+        n_canary_evals=len(loop.controller),
+        final_p=loop.controller[-1]["p_after"] if loop.controller else loop.steps[-1]["p"],
+        train_seconds=loop.train_seconds,
+        canary_seconds=loop.canary_seconds,
+        checkpoint_seconds=loop.checkpoint_seconds,
+        seconds_per_step=loop.train_seconds / n_steps,
+        canary_share=loop.canary_seconds / timed if timed else 0.0,
+        session_wall_seconds=time.perf_counter() - wall_start,
+        n_unsupervised_examples=loop.n_unsupervised_examples,
+    )
+    run.mark_complete("training")
+    return metrics
