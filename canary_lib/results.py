@@ -1,0 +1,307 @@
+"""Table 1, Table 2 and the canary-general correlation, built from finished run directories.
+
+    from canary_lib.results import build_results
+    results = build_results("runs/organism", "results/organism")   # writes the CSVs, JSON and summary.md
+
+Runs live in ``<runs_dir>/<method>/seed<k>/`` (the layout the sweep writes; ``base`` is the base model). Only
+stages with their completion marker are read (``canary_lib.artifacts``); missing or unfinished runs are listed
+in the summary, never silently averaged in. This module imports no torch.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from canary_lib.artifacts import RunDir, read_controller, read_steps, write_json_atomic, write_text_atomic
+
+BASE = "base"
+# metrics.json key -> the paper's column name.
+METRICS = {
+    "general_misaligned_pct": "Gen. %Mis.",
+    "general_incoherent_pct": "Gen. %Inc.",
+    "in_domain_misaligned_pct": "In-Dom. %Mis.",
+    "in_domain_incoherent_pct": "In-Dom. %Inc.",
+    "avg_p": "Avg p_t",
+}
+TABLE1_ROWS = {BASE: "Base (no fine-tuning)", "no_defense": "No Defense", "fixed_5": "Fixed 5%",
+               "canary": "Canary-Controlled"}
+REFERENCE = "canary"
+TABLE2_ROWS = {  # method -> (label, what the row tests), in the paper's order
+    "canary": ("Full Canary-Controlled", "Reference"),
+    "fixed_mean": ("Fixed p = p̄", "Adaptive timing"),
+    "delayed": ("Delayed (D={delay})", "Feedback timeliness"),
+    "shuffled": ("Shuffled p_t", "Temporal ordering"),
+    "no_ema": ("No-EMA", "EMA smoothing"),
+}
+CORRELATION_DEFINITION = {
+    "x": "canary_risk_mean: mean of the raw canary risk r_t (Eq. 1) over all canary evaluations of a run "
+         "(controller.csv, column canary_risk)",
+    "y": "general_misaligned_pct: General %Misaligned of the run's final model (metrics.json)",
+    "unit": "one trained run (method x seed) with canary evaluations and a finished evaluation; "
+            "the base model has no canary trace and is left out",
+    "statistic": "Pearson r over runs (numpy.corrcoef); NaN with fewer than 3 runs or a constant variable",
+    "secondary": "r_last: the same with the run's last canary evaluation (canary_risk_last) instead of the mean",
+}
+
+
+@dataclass
+class Results:
+    runs: pd.DataFrame
+    """One row per run directory found: method, seed, completeness, metrics, canary summary."""
+    table1: pd.DataFrame
+    table2: pd.DataFrame
+    correlation: dict[str, Any]
+    missing: list[str] = field(default_factory=list)
+    """Runs that exist but are not finished (no EVAL_COMPLETE)."""
+    summary: str = ""
+
+
+# ---------------------------------------------------------------------------------------------- reading runs
+
+
+def _seed_of(path: Path, config: dict) -> int | None:
+    if "seed" in config:
+        return int(config["seed"])
+    match = re.fullmatch(r"seed(\d+)", path.name)
+    return int(match.group(1)) if match else None
+
+
+def read_run(path: str | Path, method: str | None = None) -> dict[str, Any]:
+    """One run directory as a flat record (metrics only from finished stages).
+
+    Args:
+        path: the run directory.
+        method: the method name (default: the parent directory's name, as the sweep lays runs out).
+    """
+    run = RunDir(path)
+    config = yaml.safe_load(run.config_path.read_text()) if run.config_path.exists() else {}
+    config = config or {}
+    record: dict[str, Any] = {
+        "method": method or run.path.parent.name, "seed": _seed_of(run.path, config), "run_dir": str(run.path),
+        "training_complete": run.is_complete("training"), "eval_complete": run.is_complete("eval"),
+        "delay_cycles": (config.get("method") or {}).get("delay_cycles"),
+        "r_low": (config.get("controller") or {}).get("r_low"),
+        "r_high": (config.get("controller") or {}).get("r_high"),
+    }
+    metrics = run.read_metrics()
+    for key in METRICS:
+        record[key] = float(metrics[key]) if record["eval_complete"] and metrics.get(key) is not None else math.nan
+    if record["training_complete"]:
+        for key in ("avg_p", "n_steps", "n_safe_steps"):
+            record[key] = float(metrics[key]) if metrics.get(key) is not None else math.nan
+    risks = [row["canary_risk"] for row in read_controller(run.controller_path)] \
+        if record["training_complete"] and run.controller_path.exists() else []
+    record["n_canary_evals"] = len(risks)
+    record["canary_risk_mean"] = float(np.mean(risks)) if risks else math.nan
+    record["canary_risk_last"] = float(risks[-1]) if risks else math.nan
+    return record
+
+
+def collect_runs(runs_dir: str | Path) -> pd.DataFrame:
+    """Every ``<method>/seed<k>`` directory under runs_dir, one row each, sorted by method and seed."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise FileNotFoundError(f"{runs_dir}: no runs directory (run the sweep first)")
+    records = [read_run(path) for path in sorted(runs_dir.glob("*/seed*")) if path.is_dir()]
+    columns = ["method", "seed", "run_dir", "training_complete", "eval_complete", *METRICS,
+               "n_steps", "n_safe_steps", "n_canary_evals", "canary_risk_mean", "canary_risk_last",
+               "delay_cycles", "r_low", "r_high"]
+    frame = pd.DataFrame(records, columns=columns)
+    return frame.sort_values(["method", "seed"], kind="stable").reset_index(drop=True)
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+def mean_std(values: pd.Series) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1) over seeds; std is NaN for a single seed."""
+    values = values.dropna().astype(float)
+    if values.empty:
+        return math.nan, math.nan
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else math.nan
+
+
+def format_mean_std(mean: float, std: float, digits: int = 2) -> str:
+    """"19.37 ± 1.26" as the paper prints it; "—" when there is no value, no "±" for a single seed."""
+    if math.isnan(mean):
+        return "—"
+    if math.isnan(std):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def relative_change(value: float, reference: float) -> str:
+    """The paper's Table 2 notation: "+36%" = (value - reference) / reference, rounded half away from zero."""
+    if math.isnan(value) or math.isnan(reference) or reference == 0:
+        return "n/a"
+    pct = 100 * (value - reference) / reference
+    rounded = int(math.floor(abs(pct) + 0.5)) * (1 if pct >= 0 else -1)
+    return f"{rounded:+d}%"
+
+
+def _aggregate(runs: pd.DataFrame, method: str) -> dict[str, Any]:
+    done = runs[(runs.method == method) & runs.eval_complete]
+    row: dict[str, Any] = {"method": method, "n_seeds": len(done),
+                           "seeds": " ".join(str(int(s)) for s in done.seed.dropna())}
+    for key, name in METRICS.items():
+        mean, std = mean_std(done[key]) if len(done) else (math.nan, math.nan)
+        row[f"{key}_mean"], row[f"{key}_std"] = mean, std
+        row[name] = format_mean_std(mean, std, digits=3 if key == "avg_p" else 2)
+    return row
+
+
+def build_table1(runs: pd.DataFrame) -> pd.DataFrame:
+    """Table 1: base, No Defense, Fixed 5%, Canary-Controlled; mean ± std over the seeds that finished."""
+    rows = [{"label": label, **_aggregate(runs, method)} for method, label in TABLE1_ROWS.items()]
+    return pd.DataFrame(rows)
+
+
+def build_table2(runs: pd.DataFrame) -> pd.DataFrame:
+    """Table 2: the canary reference row and the four ablations, with the relative change of General %Mis."""
+    delay = runs.loc[runs.method == "delayed", "delay_cycles"].dropna()
+    rows = []
+    for method, (label, tests) in TABLE2_ROWS.items():
+        row = _aggregate(runs, method)
+        row["label"] = label.format(delay=int(delay.iloc[0]) if len(delay) else 5)
+        row["tests"] = tests
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    reference = frame.loc[frame.method == REFERENCE, "general_misaligned_pct_mean"].iloc[0]
+    frame["relative_change"] = [
+        "" if m == REFERENCE else relative_change(v, reference)
+        for m, v in zip(frame.method, frame.general_misaligned_pct_mean)
+    ]
+    frame["Gen. %Mis."] = [
+        text if m == REFERENCE or change == "n/a" else f"{text} ({change})"
+        for m, text, change in zip(frame.method, frame["Gen. %Mis."], frame.relative_change)
+    ]
+    return frame
+
+
+def pearson(x: list[float] | np.ndarray, y: list[float] | np.ndarray) -> float:
+    """Pearson r; NaN with fewer than 3 pairs or when either variable is constant."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
+        return math.nan
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def canary_general_correlation(runs: pd.DataFrame) -> dict[str, Any]:
+    """Pearson r between each run's mean canary risk and its final General %Misaligned (see CORRELATION_DEFINITION).
+
+    Returns:
+        The definition, n, r, r_last and the (method, seed, x, y) points used.
+    """
+    usable = runs[runs.eval_complete & (runs.n_canary_evals > 0) & runs.general_misaligned_pct.notna()]
+    points = [{"method": m, "seed": int(s), "canary_risk_mean": x, "canary_risk_last": xl,
+               "general_misaligned_pct": y}
+              for m, s, x, xl, y in zip(usable.method, usable.seed, usable.canary_risk_mean,
+                                        usable.canary_risk_last, usable.general_misaligned_pct)]
+    return {
+        **CORRELATION_DEFINITION,
+        "n": len(points),
+        "r": pearson(usable.canary_risk_mean, usable.general_misaligned_pct),
+        "r_last": pearson(usable.canary_risk_last, usable.general_misaligned_pct),
+        "points": points,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- traces
+
+
+def controller_traces(runs: pd.DataFrame, method: str = REFERENCE) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Figure 2's data for one method: (per-step p_t by seed, per-evaluation r_t and r̂_t by seed).
+
+    Returns:
+        steps: columns seed, step, p, source; controller: columns seed, step, canary_risk, risk_ema, p_after.
+    """
+    steps, controller = [], []
+    for _, run in runs[(runs.method == method) & runs.training_complete].iterrows():
+        rd = RunDir(run.run_dir)
+        for row in read_steps(rd.steps_path):
+            steps.append({"seed": int(run.seed), "step": row["step"], "p": row["p"], "source": row["source"]})
+        if rd.controller_path.exists():
+            for row in read_controller(rd.controller_path):
+                controller.append({"seed": int(run.seed), **{k: row[k] for k in
+                                   ("step", "canary_risk", "risk_ema", "p_after")}})
+    return (pd.DataFrame(steps, columns=["seed", "step", "p", "source"]),
+            pd.DataFrame(controller, columns=["seed", "step", "canary_risk", "risk_ema", "p_after"]))
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+def markdown_table(frame: pd.DataFrame, columns: list[str]) -> str:
+    """A GitHub markdown table of the given columns (no extra dependency)."""
+    header = "| " + " | ".join(columns) + " |"
+    rule = "|" + "|".join("---" for _ in columns) + "|"
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in frame[columns].itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def _summary(profile: str, res: Results) -> str:
+    t1_cols = ["label", "n_seeds", *METRICS.values()]
+    t2_cols = ["label", "n_seeds", "Gen. %Mis.", "Gen. %Inc.", "Avg p_t", "tests"]
+    corr = res.correlation
+    r_text = "n/a" if math.isnan(corr["r"]) else f"{corr['r']:.2f}"
+    r_last = "n/a" if math.isnan(corr["r_last"]) else f"{corr['r_last']:.2f}"
+    lines = [
+        f"# Results: {profile}", "",
+        "Mean ± sample standard deviation over the seeds that finished (n_seeds). Percentages are over scored "
+        "answers. Avg p_t is the mean of p over all training steps.", "",
+        "## Table 1: main results", "", markdown_table(res.table1, t1_cols), "",
+        "## Table 2: ablations (relative change of Gen. %Mis. against the full canary-controlled run)", "",
+        markdown_table(res.table2, t2_cols), "",
+        "## Canary-general correlation", "",
+        f"Pearson r = {r_text} over n = {corr['n']} trained runs (all methods and seeds with canary "
+        f"evaluations): x = each run's mean canary risk r_t over its canary evaluations, y = the General "
+        f"%Misaligned of its final model. With the last canary evaluation instead of the mean: r = {r_last}.",
+        "",
+    ]
+    if res.missing:
+        lines += ["## Unfinished runs (left out)", "", *[f"- {m}" for m in res.missing], ""]
+    return "\n".join(lines)
+
+
+def build_results(runs_dir: str | Path, results_dir: str | Path, profile: str | None = None) -> Results:
+    """Read every run, build Table 1, Table 2 and the correlation, and write them to results_dir.
+
+    Writes ``runs.csv``, ``table1.csv``, ``table2.csv``, ``correlation.json`` and ``summary.md``.
+
+    Args:
+        runs_dir: ``runs/<profile>`` with ``<method>/seed<k>/`` run directories.
+        results_dir: where the files go (created).
+        profile: name for the summary's title (default: runs_dir's name).
+    """
+    runs = collect_runs(runs_dir)
+    results_dir = Path(results_dir)
+    missing = [f"{m}/seed{s}: " + ("training not complete" if not t and m != BASE else "evaluation not complete")
+               for m, s, t, e in zip(runs.method, runs.seed, runs.training_complete, runs.eval_complete) if not e]
+    res = Results(runs=runs, table1=build_table1(runs), table2=build_table2(runs),
+                  correlation=canary_general_correlation(runs), missing=missing)
+    res.summary = _summary(profile or Path(runs_dir).name, res)
+    write_text_atomic(results_dir / "runs.csv", runs.to_csv(index=False))
+    write_text_atomic(results_dir / "table1.csv", res.table1.to_csv(index=False))
+    write_text_atomic(results_dir / "table2.csv", res.table2.to_csv(index=False))
+    write_json_atomic(results_dir / "correlation.json", _json_safe(res.correlation))
+    write_text_atomic(results_dir / "summary.md", res.summary)
+    return res
+
+
+def _json_safe(obj: Any) -> Any:
+    """NaN is not JSON: write null."""
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    return obj

@@ -1,0 +1,146 @@
+"""Table 1, Table 2 and the correlation from synthetic run directories written here.
+
+    .venv/bin/pytest tests/test_results_tables.py -q
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from canary_lib.artifacts import CONTROLLER_COLUMNS, STEPS_COLUMNS, RunDir, write_csv_atomic
+from canary_lib.results import (
+    build_results, build_table1, build_table2, canary_general_correlation, collect_runs, controller_traces,
+    format_mean_std, relative_change,
+)
+
+
+def write_synthetic_run(runs_dir: Path, method: str, seed: int, metrics: dict, risks: list[float] = (),
+                        p: float = 0.0, n_steps: int = 12, K: int = 4, trained: bool = True,
+                        evaluated: bool = True, delay_cycles: int = 5) -> Path:
+    """A run directory with the files of the contract (docs/architecture.md), values chosen by the test."""
+    run = RunDir(runs_dir / method / f"seed{seed}")
+    run.path.mkdir(parents=True, exist_ok=True)
+    config = {"seed": seed, "method": {"name": method, "delay_cycles": delay_cycles},
+              "controller": {"r_low": 0.02, "r_high": 0.08}}
+    run.config_path.write_text(yaml.safe_dump(config))
+    if method != "base":
+        steps = [{"step": t, "source": "safe" if t % 5 == 4 else "target", "p": p, "target_remaining": n_steps - t,
+                  "loss": 1.0 / (t + 1), "lr": 1e-4} for t in range(n_steps)]
+        write_csv_atomic(run.steps_path, steps, STEPS_COLUMNS)
+        ema, rows = 0.0, []
+        for i, r in enumerate(risks):
+            ema = 0.5 * r + 0.5 * ema
+            rows.append({"step": i * K, "canary_risk": r, "risk_ema": ema, "p_before": p, "p_after": p,
+                         "n_canary": 20, "n_misaligned": round(20 * r), "seconds": 0.1})
+        write_csv_atomic(run.controller_path, rows, CONTROLLER_COLUMNS)
+        metrics = {"avg_p": p, "n_steps": n_steps, "n_safe_steps": n_steps // 5, **metrics}
+    run.update_metrics(**metrics)
+    if trained and method != "base":
+        run.mark_complete("training")
+    if evaluated:
+        run.mark_complete("eval")
+    return run.path
+
+
+def _m(gen: float, inc: float = 1.0, ind: float = 80.0, ind_inc: float = 5.0) -> dict:
+    return {"general_misaligned_pct": gen, "general_incoherent_pct": inc, "in_domain_misaligned_pct": ind,
+            "in_domain_incoherent_pct": ind_inc}
+
+
+@pytest.fixture
+def runs_dir(tmp_path: Path) -> Path:
+    runs = tmp_path / "runs" / "organism"
+    seeds = (42, 123, 456)
+    for seed, gen in zip(seeds, (2.0, 3.0, 4.0)):
+        write_synthetic_run(runs, "base", seed, _m(gen))
+    for seed, gen in zip(seeds, (18.0, 20.0, 22.0)):
+        write_synthetic_run(runs, "no_defense", seed, _m(gen), risks=[0.1, 0.3, 0.4])
+    for seed, gen in zip(seeds, (9.0, 10.0, 11.0)):
+        write_synthetic_run(runs, "fixed_5", seed, _m(gen), risks=[0.1, 0.15, 0.2], p=0.05)
+    # Table 2: means chosen so the relative changes against 5.0 are +36%, +59%, +9%, +45%.
+    for method, gen, p in (("canary", 5.0, 0.15), ("fixed_mean", 6.8, 0.15), ("delayed", 7.95, 0.045),
+                           ("shuffled", 5.45, 0.15), ("no_ema", 7.25, 0.056)):
+        for seed, delta in zip(seeds, (-0.1, 0.0, 0.1)):
+            write_synthetic_run(runs, method, seed, _m(gen + delta), risks=[0.05, 0.1 + delta, 0.05], p=p)
+    # Unfinished runs must be listed, never averaged in.
+    write_synthetic_run(runs, "canary", 7, _m(99.0), risks=[0.9], evaluated=False)
+    write_synthetic_run(runs, "no_ema", 8, _m(99.0), trained=False, evaluated=False)
+    return runs
+
+
+def test_table1_mean_std_over_finished_seeds(runs_dir: Path) -> None:
+    table = build_table1(collect_runs(runs_dir)).set_index("method")
+    assert list(table.index) == ["base", "no_defense", "fixed_5", "canary"]
+    assert table.loc["no_defense", "Gen. %Mis."] == "20.00 ± 2.00"
+    assert table.loc["fixed_5", "Avg p_t"] == "0.050 ± 0.000"
+    assert table.loc["base", "Avg p_t"] == "—"  # the base model has no training steps
+    assert table.loc["canary", "n_seeds"] == 3  # the unfinished seed 7 is left out
+    assert table.loc["canary", "general_misaligned_pct_mean"] == pytest.approx(5.0)
+    assert table.loc["canary", "general_misaligned_pct_std"] == pytest.approx(0.1)
+    assert table.loc["base", "seeds"] == "42 123 456"
+
+
+def test_table2_relative_change_as_the_paper_prints_it(runs_dir: Path) -> None:
+    table = build_table2(collect_runs(runs_dir)).set_index("method")
+    assert list(table.relative_change) == ["", "+36%", "+59%", "+9%", "+45%"]
+    assert table.loc["fixed_mean", "Gen. %Mis."] == "6.80 ± 0.10 (+36%)"
+    assert table.loc["delayed", "label"] == "Delayed (D=5)"
+    assert table.loc["canary", "tests"] == "Reference"
+    assert table.loc["delayed", "Avg p_t"] == "0.045 ± 0.000"
+
+
+def test_relative_change_and_formatting_edge_cases() -> None:
+    assert relative_change(1.365, 1.0) == "+37%"  # half away from zero, not banker's rounding
+    assert relative_change(0.9, 1.0) == "-10%"
+    assert relative_change(1.0, 0.0) == "n/a"
+    assert relative_change(math.nan, 1.0) == "n/a"
+    assert format_mean_std(5.0, math.nan) == "5.00"  # a single seed: no spread to print
+    assert format_mean_std(math.nan, math.nan) == "—"
+
+
+def test_correlation_is_per_run_mean_canary_risk_vs_general_misaligned(runs_dir: Path) -> None:
+    runs = collect_runs(runs_dir)
+    corr = canary_general_correlation(runs)
+    trained = runs[(runs.method != "base") & runs.eval_complete]
+    assert corr["n"] == len(trained) == 21
+    expected = np.corrcoef(trained.canary_risk_mean, trained.general_misaligned_pct)[0, 1]
+    assert corr["r"] == pytest.approx(expected)
+    assert corr["r"] > 0.5  # no_defense has both the highest canary risk and the highest general %
+    assert {p["method"] for p in corr["points"]} == {"no_defense", "fixed_5", "canary", "fixed_mean", "delayed",
+                                                     "shuffled", "no_ema"}
+    assert "mean of the raw canary risk" in corr["x"]
+
+
+def test_build_results_writes_tables_summary_and_lists_unfinished_runs(runs_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "results" / "organism"
+    res = build_results(runs_dir, out)
+    for name in ("runs.csv", "table1.csv", "table2.csv", "correlation.json", "summary.md"):
+        assert (out / name).is_file(), name
+    assert pd.read_csv(out / "table1.csv").shape[0] == 4
+    assert json.loads((out / "correlation.json").read_text())["n"] == 21
+    summary = (out / "summary.md").read_text()
+    assert "| No Defense | 3 | 20.00 ± 2.00 |" in summary
+    assert "canary/seed7: evaluation not complete" in summary
+    assert "no_ema/seed8: training not complete" in summary
+    assert "Pearson r =" in summary and "n = 21" in summary
+    assert len(res.missing) == 2
+
+
+def test_controller_traces_for_figure2(runs_dir: Path) -> None:
+    steps, controller = controller_traces(collect_runs(runs_dir), "canary")
+    assert sorted(steps.seed.unique()) == [7, 42, 123, 456]  # trained runs, evaluated or not
+    assert len(steps[steps.seed == 42]) == 12
+    assert list(controller[controller.seed == 42].step) == [0, 4, 8]
+    assert controller[controller.seed == 42].risk_ema.iloc[0] == pytest.approx(0.025)
+
+
+def test_missing_runs_dir_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="run the sweep first"):
+        collect_runs(tmp_path / "nope")
