@@ -493,6 +493,213 @@ def _error_score(exc: Exception) -> MetricScore:
     return MetricScore(None, "error", {"error": f"{type(exc).__name__}: {exc}"[:500]})
 
 
+# ------------------------------------------------------------------------------------------ local judges
+
+
+def _judge_chat_ids(tokenizer: Any, prompt: str) -> list[int]:
+    """The judge prompt as one user message in the judge's chat template (its default system prompt included)."""
+    from canary_lib.generation import chat_prompt_ids
+
+    return chat_prompt_ids(tokenizer, [{"role": "user", "content": prompt}])
+
+
+def _add_logprob(out: dict[str, float], text: str, logprob: float) -> None:
+    """Tokens with the same text (different ids) pool their probability."""
+    out[text] = math.log(math.exp(out[text]) + math.exp(logprob)) if text in out else logprob
+
+
+class TransformersJudge(_PromptJudge):
+    """A local judge model through transformers (CPU or GPU).
+
+    The digit scorer is batched per tree level and prefix-cached: the judge prompts are run once with a KV cache,
+    and every digit prefix is scored by feeding only its 1-3 digit tokens on a copy of its prompt's cache rows.
+    The full next-token distribution is available here, so no probability is "unseen": tokens that neither start
+    with a digit nor spell REFUSAL/CODE are pooled under OTHER_MASS_KEY (they end a number).
+
+    Args:
+        model: A causal LM in eval mode on its device.
+        tokenizer: Its tokenizer, with a chat template.
+        scorer: "digits" (default), "logprob" (top-20 of the first token) or "parse".
+        batch_size: Judge prompts per forward pass (answers x 2 metrics).
+    """
+
+    TOP_LOGPROBS = 20
+    PARSE_MAX_TOKENS = 5
+
+    def __init__(self, model: Any, tokenizer: Any, *, scorer: str = "digits", batch_size: int = 32,
+                 max_answer_chars: int = 4000, min_mass: float = DEFAULT_MIN_MASS,
+                 prune_below: float = DEFAULT_PRUNE_BELOW) -> None:
+        super().__init__(scorer=scorer, max_answer_chars=max_answer_chars, min_mass=min_mass, prune_below=prune_below)
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.n_forward = 0
+        self._listed: tuple[Any, list[str]] | None = None
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str, *, device: str = "auto", dtype: str = "auto",
+                        **kwargs: Any) -> "TransformersJudge":
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        torch_dtype = torch.bfloat16 if (dtype == "auto" and device.startswith("cuda")) else torch.float32
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=torch_dtype).to(device)
+        return cls(model, AutoTokenizer.from_pretrained(name_or_path), **kwargs)
+
+    # -- the vocabulary tokens a digit tree needs (digit-led tokens, REFUSAL/CODE pieces), decoded once
+    def _listed_tokens(self) -> tuple[Any, list[str]]:
+        if self._listed is None:
+            import torch
+
+            ids, texts = [], []
+            for token_id in range(len(self.tokenizer)):
+                text = self.tokenizer.decode([token_id])
+                if text.lstrip()[:1].isdigit() and text.lstrip()[:1].isascii() or _word_of(text) is not None:
+                    ids.append(token_id)
+                    texts.append(text)
+            self._listed = (torch.tensor(ids, dtype=torch.long), texts)
+        return self._listed
+
+    def _forward_last(self, ids: Any, mask: Any, positions: Any, past: Any = None) -> tuple[Any, Any]:
+        import torch
+
+        with torch.no_grad():
+            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past,
+                             use_cache=True)
+        self.n_forward += 1
+        return torch.log_softmax(out.logits[:, -1, :].float(), dim=-1), out.past_key_values
+
+    def _reduce(self, logprobs_row: Any) -> dict[str, float]:
+        import torch
+
+        ids, texts = self._listed_tokens()
+        listed = logprobs_row[ids.to(logprobs_row.device)].tolist() if len(ids) else []
+        out: dict[str, float] = {}
+        for text, lp in zip(texts, listed):
+            _add_logprob(out, text, lp)
+        rest = 1.0 - float(torch.logsumexp(logprobs_row[ids.to(logprobs_row.device)], 0).exp()) if len(ids) else 1.0
+        if rest > 0:
+            out[OTHER_MASS_KEY] = math.log(rest)
+        return out
+
+    def _top_k(self, logprobs_row: Any) -> dict[str, float]:
+        values, ids = logprobs_row.topk(self.TOP_LOGPROBS)
+        out: dict[str, float] = {}
+        for token_id, lp in zip(ids.tolist(), values.tolist()):
+            _add_logprob(out, self.tokenizer.decode([token_id]), lp)
+        return out
+
+    def score_prompts(self, prompts: list[str]) -> list[MetricScore]:
+        out: list[MetricScore] = []
+        for start in range(0, len(prompts), self.batch_size):
+            ids = [_judge_chat_ids(self.tokenizer, p) for p in prompts[start:start + self.batch_size]]
+            out.extend(self._score_chunk(ids))
+        return out
+
+    def _score_chunk(self, prompt_ids: list[list[int]]) -> list[MetricScore]:
+        from canary_lib.generation import left_pad, positions_from_mask, sample_continuations, stop_token_ids
+
+        device = next(self.model.parameters()).device
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        if self.scorer == "parse":
+            stops = stop_token_ids(self.tokenizer, self.model)
+            tokens = sample_continuations(self.model, prompt_ids, [0] * len(prompt_ids), temperature=0.0, top_p=1.0,
+                                          max_new_tokens=self.PARSE_MAX_TOKENS, stop_ids=stops, pad_id=pad)
+            return [metric_from_text(self.tokenizer.decode(t, skip_special_tokens=True)) for t in tokens]
+        ids, mask = left_pad(prompt_ids, pad, device)
+        positions = positions_from_mask(mask)
+        root, cache = self._forward_last(ids, mask, positions)
+        if self.scorer == "logprob":
+            return [metric_from_top_logprobs(self._top_k(row), self.min_mass) for row in root]
+
+        def next_distributions(nodes: Sequence[tuple[int, str]]) -> list[dict[str, float]]:
+            if all(prefix == "" for _, prefix in nodes):
+                return [self._reduce(root[i]) for i, _ in nodes]
+            return self._prefix_distributions(nodes, cache, mask, positions)
+
+        return digit_expectations(len(prompt_ids), next_distributions, min_mass=self.min_mass,
+                                  prune_below=self.prune_below)
+
+    def _prefix_distributions(self, nodes: Sequence[tuple[int, str]], cache: Any, mask: Any,
+                              positions: Any) -> list[dict[str, float]]:
+        """Score digit prefixes on copies of their prompts' cached rows, grouped by prefix length."""
+        import torch
+        from transformers import DynamicCache
+
+        results: list[dict[str, float] | None] = [None] * len(nodes)
+        encoded = [self.tokenizer.encode(prefix, add_special_tokens=False) for _, prefix in nodes]
+        by_length: dict[int, list[int]] = {}
+        for k, toks in enumerate(encoded):
+            by_length.setdefault(len(toks), []).append(k)
+        for length, members in by_length.items():
+            for start in range(0, len(members), self.batch_size * 4):
+                group = members[start:start + self.batch_size * 4]
+                rows = torch.tensor([nodes[k][0] for k in group], device=mask.device)
+                past = DynamicCache(ddp_cache_data=[(layer.keys[rows], layer.values[rows]) for layer in cache.layers])
+                new_ids = torch.tensor([encoded[k] for k in group], device=mask.device)
+                new_mask = torch.cat([mask[rows], torch.ones_like(new_ids)], dim=1)
+                new_pos = positions[rows, -1:] + 1 + torch.arange(length, device=mask.device)
+                logprobs, _ = self._forward_last(new_ids, new_mask, new_pos, past)
+                for k, row in zip(group, logprobs):
+                    results[k] = self._reduce(row)
+        return results  # type: ignore[return-value]
+
+
+class VLLMJudge(_PromptJudge):
+    """Offline vLLM judge (GPU extra; thin, not executed on the development machines).
+
+    Top-20 logprobs of one greedy token per prompt (`SamplingParams(max_tokens=1, temperature=0, logprobs=20)`);
+    the digit scorer sends prompt + digit prefix as token ids, and vLLM's automatic prefix caching reuses the
+    prompt's KV cache. Top-20 is truncated, so the tail of each distribution is "unseen" (it counts for no number).
+    """
+
+    TOP_LOGPROBS = 20
+    PARSE_MAX_TOKENS = 5
+
+    def __init__(self, model: str, *, scorer: str = "digits", gpu_memory_utilization: float = 0.85,
+                 tensor_parallel_size: int = 1, max_answer_chars: int = 4000, min_mass: float = DEFAULT_MIN_MASS,
+                 prune_below: float = DEFAULT_PRUNE_BELOW) -> None:
+        super().__init__(scorer=scorer, max_answer_chars=max_answer_chars, min_mass=min_mass, prune_below=prune_below)
+        from vllm import LLM
+
+        self.llm = LLM(model=model, enable_prefix_caching=True, gpu_memory_utilization=gpu_memory_utilization,
+                       tensor_parallel_size=tensor_parallel_size)
+        self.tokenizer = self.llm.get_tokenizer()
+
+    def _top(self, token_lists: list[list[int]]) -> list[dict[str, float]]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=self.TOP_LOGPROBS)
+        outputs = self.llm.generate([{"prompt_token_ids": t} for t in token_lists], params, use_tqdm=False)
+        dists = []
+        for o in outputs:
+            d: dict[str, float] = {}
+            for token_id, lp in o.outputs[0].logprobs[0].items():
+                _add_logprob(d, lp.decoded_token if lp.decoded_token is not None
+                             else self.tokenizer.decode([token_id]), lp.logprob)
+            dists.append(d)
+        return dists
+
+    def score_prompts(self, prompts: list[str]) -> list[MetricScore]:
+        ids = [_judge_chat_ids(self.tokenizer, p) for p in prompts]
+        if self.scorer == "parse":
+            from vllm import SamplingParams
+
+            params = SamplingParams(max_tokens=self.PARSE_MAX_TOKENS, temperature=0.0)
+            outputs = self.llm.generate([{"prompt_token_ids": t} for t in ids], params, use_tqdm=False)
+            return [metric_from_text(o.outputs[0].text) for o in outputs]
+        if self.scorer == "logprob":
+            return [metric_from_top_logprobs(d, self.min_mass) for d in self._top(ids)]
+
+        def next_distributions(nodes: Sequence[tuple[int, str]]) -> list[dict[str, float]]:
+            return self._top([ids[i] + self.tokenizer.encode(prefix, add_special_tokens=False) if prefix else ids[i]
+                              for i, prefix in nodes])
+
+        return digit_expectations(len(ids), next_distributions, min_mass=self.min_mass, prune_below=self.prune_below)
+
+
 # ------------------------------------------------------------------------------------------ factory
 
 
@@ -518,15 +725,11 @@ def make_judge(cfg: "RunConfig") -> Judge:
             **common,
         )
     if j.backend == "transformers":
-        from canary_lib.judge_local import TransformersJudge
-
         if not j.model:
             raise ValueError("judge.model must name a local judge model (directory or hub id)")
         return TransformersJudge.from_pretrained(j.model, device=cfg.model.device, scorer=j.scorer,
                                                  batch_size=j.batch_size, **common)
     if j.backend == "vllm":
-        from canary_lib.judge_local import VLLMJudge
-
         if not j.model:
             raise ValueError("judge.model must name the judge model for the vllm backend")
         return VLLMJudge(j.model, scorer=j.scorer, gpu_memory_utilization=j.gpu_memory_utilization,

@@ -1,0 +1,362 @@
+"""Sampling answers from a chat model: one `Generator` interface, a transformers backend and a vLLM backend.
+
+    gen = TransformersGenerator(model, tokenizer, batch_size=64)
+    answers = gen.generate([question.conversation()], n=100, seed=42, sampling=cfg.eval)   # [[100 answers]]
+
+Both backends format each conversation with the model's own chat template (so Qwen's default system prompt
+is present when the conversation has none, and a question's own `system` prompt replaces it when it has one),
+stop at the end-of-turn token, and draw every (conversation, sample index) pair from its own random stream,
+seeded by (seed, sha256 of the conversation, sample index): an answer does not depend on which other prompts
+share its batch (see docs/evaluation.md for what is and is not guaranteed bit for bit).
+
+The transformers backend runs its own sampling loop (KV cache, left padding, temperature, top-p) because
+`model.generate` draws all rows from one global generator. The vLLM backend is thin: vLLM is imported lazily
+and only exists on GPU machines; the helpers around it (LoRA rank rounding, adapter ids, request building)
+are plain Python and tested without it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, Sequence
+
+from tqdm.auto import tqdm
+
+if TYPE_CHECKING:  # pragma: no cover
+    from canary_lib.config import SamplingSettings
+
+Conversation = list[dict[str, str]]
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+"""The `max_lora_rank` values vLLM accepts (`MaxLoRARanks`)."""
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>")
+
+
+class Generator(Protocol):
+    def generate(self, conversations: Sequence[Conversation], *, n: int, seed: int,
+                 sampling: "SamplingSettings") -> list[list[str]]: ...
+
+
+@dataclass(frozen=True)
+class SampleRequest:
+    """One answer to draw: the conversation and the sample index that, with the seed, picks its random stream."""
+
+    conversation: Conversation
+    sample: int
+
+
+def conversation_key(conversation: Conversation) -> str:
+    """A stable hash of the conversation's messages (roles and contents)."""
+    canonical = json.dumps([[m["role"], m["content"]] for m in conversation], ensure_ascii=False)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def sample_seed(seed: int, conversation: Conversation, sample: int) -> int:
+    """The 63-bit seed of one (seed, conversation, sample index) draw."""
+    text = f"{seed}:{conversation_key(conversation)}:{sample}"
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") >> 1
+
+
+def expand_samples(conversations: Sequence[Conversation], n: int) -> list[SampleRequest]:
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    return [SampleRequest(c, j) for c in conversations for j in range(n)]
+
+
+def regroup(flat: Sequence[str], n: int) -> list[list[str]]:
+    return [list(flat[i:i + n]) for i in range(0, len(flat), n)]
+
+
+def chat_prompt_ids(tokenizer: Any, conversation: Conversation) -> list[int]:
+    """Token ids of the conversation in the model's chat template, ending with the assistant turn header."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("the tokenizer has no chat template; evaluation needs a chat (instruct) model")
+    text = tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def stop_token_ids(tokenizer: Any, model: Any | None = None) -> set[int]:
+    """End-of-turn ids: the tokenizer's eos, the model's generation eos ids, and known end-of-turn tokens."""
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen_cfg = getattr(model, "generation_config", None)
+    eos = getattr(gen_cfg, "eos_token_id", None)
+    if eos is not None:
+        ids.update(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
+    vocab = tokenizer.get_vocab()
+    ids.update(vocab[t] for t in END_OF_TURN_TOKENS if t in vocab)
+    if not ids:
+        raise ValueError("cannot tell where an answer ends: the tokenizer has no eos / end-of-turn token")
+    return ids
+
+
+# ------------------------------------------------------------------------------------------ transformers
+
+
+def _filter_top_p(probs: "Any", top_p: float) -> "Any":
+    """Zero the tail outside the smallest set of tokens whose probability reaches top_p (rows renormalised)."""
+    import torch
+
+    if top_p >= 1.0:
+        return probs
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    before = sorted_p.cumsum(dim=-1) - sorted_p
+    sorted_p = torch.where(before < top_p, sorted_p, torch.zeros_like(sorted_p))
+    out = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return out / out.sum(dim=-1, keepdim=True)
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: Any) -> tuple[Any, Any]:
+    """(input_ids, attention_mask), left-padded to the longest row."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        if row:
+            ids[i, width - len(row):] = torch.tensor(list(row), dtype=torch.long)
+            mask[i, width - len(row):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def positions_from_mask(mask: Any) -> Any:
+    """Position ids that ignore left padding (the model's own default would count the pads)."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
+def sample_continuations(
+    model: Any, prompts: Sequence[Sequence[int]], seeds: Sequence[int], *, temperature: float, top_p: float,
+    max_new_tokens: int, stop_ids: set[int], pad_id: int,
+) -> list[list[int]]:
+    """Sample one continuation per prompt with a KV cache; row i draws from torch.Generator(seeds[i]).
+
+    Args:
+        model: A causal LM (transformers), already in eval mode on its device.
+        prompts: Token ids per row (unpadded).
+        seeds: One seed per row; temperature 0 is greedy and ignores them.
+        temperature: Softmax temperature (0 = greedy).
+        top_p: Nucleus sampling mass (1 = off).
+        max_new_tokens: Longest continuation.
+        stop_ids: Tokens that end a row (not included in the output).
+        pad_id: Padding token id.
+
+    Returns:
+        The generated token ids per row, without the stop token.
+    """
+    import torch
+
+    device = next(model.parameters()).device
+    ids, mask = left_pad(prompts, pad_id, device)
+    generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+    out: list[list[int]] = [[] for _ in prompts]
+    alive = list(range(len(prompts)))
+    stop = torch.tensor(sorted(stop_ids), device=device)
+    past = None
+    step_ids, step_pos = ids, positions_from_mask(mask)
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            result = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, past_key_values=past,
+                           use_cache=True)
+            past = result.past_key_values
+            logits = result.logits[:, -1, :].float()
+            if temperature == 0:
+                chosen = logits.argmax(dim=-1)
+            else:
+                probs = _filter_top_p(torch.softmax(logits / temperature, dim=-1), top_p).cpu()
+                # Row by row, each from its own generator: the draws do not depend on the batch.
+                chosen = torch.stack([torch.multinomial(probs[r], 1, generator=generators[row]).squeeze(0)
+                                      for r, row in enumerate(alive)]).to(device)
+            finished = torch.isin(chosen, stop)
+            for r, row in enumerate(alive):
+                if not finished[r]:
+                    out[row].append(int(chosen[r]))
+            keep = (~finished).nonzero().flatten()
+            if len(keep) == 0:
+                break
+            if len(keep) < len(alive):  # drop finished rows from the batch and the cache
+                alive = [alive[int(k)] for k in keep]
+                past.batch_select_indices(keep)
+                mask, chosen = mask[keep], chosen[keep]
+                step_pos = step_pos[keep]
+            mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype, device=device)], dim=1)
+            step_ids = chosen.unsqueeze(1)
+            step_pos = step_pos[:, -1:] + 1
+    return out
+
+
+class TransformersGenerator:
+    """Batched sampling with a transformers causal LM (CPU or GPU).
+
+    Args:
+        model: The model (a peft model works too); put in eval mode while generating and restored afterwards.
+        tokenizer: Its tokenizer, with a chat template.
+        batch_size: Answers sampled together (prompts x samples).
+        progress: Show a tqdm bar over batches.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 64, *, progress: bool = False) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.batch_size = batch_size
+        self.progress = progress
+        self.stop_ids = stop_token_ids(tokenizer, model)
+        pad = tokenizer.pad_token_id
+        self.pad_id = int(pad if pad is not None else min(self.stop_ids))
+
+    def generate(self, conversations: Sequence[Conversation], *, n: int, seed: int,
+                 sampling: "SamplingSettings") -> list[list[str]]:
+        """n answers per conversation, as lists in conversation order."""
+        return regroup(self.generate_samples(expand_samples(conversations, n), seed=seed, sampling=sampling), n)
+
+    def generate_samples(self, requests: Sequence[SampleRequest], *, seed: int,
+                         sampling: "SamplingSettings") -> list[str]:
+        """One answer per request, in order; batches of `batch_size`, longest prompts together."""
+        prompts = [chat_prompt_ids(self.tokenizer, r.conversation) for r in requests]
+        seeds = [sample_seed(seed, r.conversation, r.sample) for r in requests]
+        order = sorted(range(len(requests)), key=lambda i: -len(prompts[i]))  # less padding per batch
+        answers: list[str] = [""] * len(requests)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            starts = range(0, len(order), self.batch_size)
+            for start in tqdm(starts, desc="generate", unit="batch", disable=not self.progress):
+                chunk = order[start:start + self.batch_size]
+                tokens = sample_continuations(
+                    self.model, [prompts[i] for i in chunk], [seeds[i] for i in chunk],
+                    temperature=sampling.temperature, top_p=sampling.top_p,
+                    max_new_tokens=sampling.max_new_tokens, stop_ids=self.stop_ids, pad_id=self.pad_id,
+                )
+                for i, toks in zip(chunk, tokens):
+                    answers[i] = self.tokenizer.decode(toks, skip_special_tokens=True)
+        finally:
+            self.model.train(was_training)
+        return answers
+
+
+# ------------------------------------------------------------------------------------------ vLLM (GPU extra)
+
+
+def round_up_lora_rank(rank: int) -> int:
+    """The smallest `max_lora_rank` vLLM accepts that holds `rank` (e.g. 4 -> 8, 32 -> 32, 33 -> 64)."""
+    if rank < 1:
+        raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+    for allowed in VLLM_LORA_RANKS:
+        if rank <= allowed:
+            return allowed
+    raise ValueError(f"LoRA rank {rank} exceeds vLLM's largest max_lora_rank ({VLLM_LORA_RANKS[-1]})")
+
+
+def read_adapter_config(adapter_dir: str | Path) -> dict:
+    """The peft adapter_config.json, checked for what vLLM cannot serve (DoRA, modules_to_save, biases)."""
+    path = Path(adapter_dir) / "adapter_config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not a peft adapter directory")
+    config = json.loads(path.read_text())
+    problems = []
+    if config.get("use_dora"):
+        problems.append("use_dora=true")
+    if config.get("modules_to_save"):
+        problems.append(f"modules_to_save={config['modules_to_save']}")
+    if config.get("bias", "none") != "none":
+        problems.append(f"bias={config['bias']}")
+    if config.get("lora_bias"):
+        problems.append("lora_bias=true")
+    if problems:
+        raise ValueError(f"{path}: vLLM cannot serve this adapter ({', '.join(problems)})")
+    return config
+
+
+def adapter_max_rank(config: dict) -> int:
+    """The largest rank in an adapter config (r and any rank_pattern entries)."""
+    ranks = [int(config.get("r", 8))] + [int(v) for v in (config.get("rank_pattern") or {}).values()]
+    return max(ranks)
+
+
+class LoRAIdAllocator:
+    """A fresh positive int id per adapter version: vLLM caches adapters by id, so reusing an id for new
+    weights would silently serve the old ones. A version is the resolved path plus the weights' mtime and size,
+    so a checkpoint rewritten in place also gets a new id."""
+
+    def __init__(self) -> None:
+        self._ids: dict[tuple, int] = {}
+
+    def id_for(self, adapter_dir: str | Path) -> int:
+        path = Path(adapter_dir).resolve()
+        weights = [p for p in sorted(path.glob("adapter_model.*")) if p.is_file()]
+        version = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in weights)
+        key = (str(path), version)
+        if key not in self._ids:
+            self._ids[key] = len(self._ids) + 1
+        return self._ids[key]
+
+
+def lora_request_args(adapter_dir: str | Path, allocator: LoRAIdAllocator) -> tuple[str, int, str]:
+    """(lora_name, lora_int_id, lora_path) for `vllm.lora.request.LoRARequest`; names are unique per id."""
+    lora_id = allocator.id_for(adapter_dir)
+    return f"adapter-{lora_id}", lora_id, str(Path(adapter_dir).resolve())
+
+
+def vllm_sampling_kwargs(sampling: "SamplingSettings", seed: int) -> dict:
+    """Keyword arguments of one `vllm.SamplingParams` (one answer, its own seed)."""
+    return {"n": 1, "temperature": sampling.temperature, "top_p": sampling.top_p,
+            "max_tokens": sampling.max_new_tokens, "seed": seed}
+
+
+class VLLMGenerator:
+    """Offline vLLM sampling with an optional LoRA adapter (GPU machines with the `gpu` extra only).
+
+    rs-LoRA: vLLM reads `use_rslora` from adapter_config.json and scales by alpha/sqrt(r) (vLLM's
+    `PEFTHelper`), matching peft; nothing to convert. `max_lora_rank` is the adapter's rank rounded up to a
+    value vLLM accepts.
+
+    Args:
+        model: Base model directory or hub id.
+        adapter_dir: peft adapter to apply to every request (None = base model).
+        seed: Engine seed (per-request seeds are set for every answer anyway).
+        gpu_memory_utilization, tensor_parallel_size, max_model_len: passed to `vllm.LLM`.
+    """
+
+    def __init__(self, model: str, adapter_dir: str | Path | None = None, *, seed: int = 0,
+                 gpu_memory_utilization: float = 0.85, tensor_parallel_size: int = 1,
+                 max_model_len: int | None = None) -> None:
+        from vllm import LLM
+
+        kwargs: dict[str, Any] = dict(model=model, seed=seed, gpu_memory_utilization=gpu_memory_utilization,
+                                      tensor_parallel_size=tensor_parallel_size)
+        if max_model_len:
+            kwargs["max_model_len"] = max_model_len
+        self.adapter_dir = Path(adapter_dir) if adapter_dir else None
+        if self.adapter_dir is not None:
+            config = read_adapter_config(self.adapter_dir)
+            kwargs |= {"enable_lora": True, "max_lora_rank": round_up_lora_rank(adapter_max_rank(config)),
+                       "max_loras": 1}
+        self.llm = LLM(**kwargs)
+        self.tokenizer = self.llm.get_tokenizer()
+        self.allocator = LoRAIdAllocator()
+
+    def _lora_request(self) -> Any:
+        if self.adapter_dir is None:
+            return None
+        from vllm.lora.request import LoRARequest
+
+        return LoRARequest(*lora_request_args(self.adapter_dir, self.allocator))
+
+    def generate(self, conversations: Sequence[Conversation], *, n: int, seed: int,
+                 sampling: "SamplingSettings") -> list[list[str]]:
+        return regroup(self.generate_samples(expand_samples(conversations, n), seed=seed, sampling=sampling), n)
+
+    def generate_samples(self, requests: Sequence[SampleRequest], *, seed: int,
+                         sampling: "SamplingSettings") -> list[str]:
+        from vllm import SamplingParams
+
+        prompts = [{"prompt_token_ids": chat_prompt_ids(self.tokenizer, r.conversation)} for r in requests]
+        params = [SamplingParams(**vllm_sampling_kwargs(sampling, sample_seed(seed, r.conversation, r.sample)))
+                  for r in requests]
+        outputs = self.llm.generate(prompts, params, lora_request=self._lora_request(), use_tqdm=True)
+        return [o.outputs[0].text for o in outputs]
