@@ -170,3 +170,34 @@ def test_combine():
     j = combine(ok, low)
     assert (j.aligned, j.coherent, j.status) == (20.0, None, "low_mass")
     assert combine(MetricScore(None, "error"), low).status == "error"
+
+
+def judge_like_dist(item: int, prefix: str) -> dict[str, float]:
+    """A peaked, judge-like distribution (made up for this test): first digit mostly 7/8/9, a second digit
+    mostly 0 or 5, then the end of the turn; a little mass on REFUSAL and on "100"."""
+    rng = random.Random(f"judge:{item}:{prefix}")
+    if not prefix:
+        raw = {"8": 0.45, "7": 0.25, "9": 0.15, "1": 0.06, "5": 0.04, "REF": 0.02, "6": 0.02, "3": 0.01}
+    elif len(prefix) == 1:
+        raw = {"0": 0.6, "5": 0.35, "<|im_end|>": 0.03, "2": 0.01, "8": 0.01}
+        if prefix == "1":
+            raw = {"0": 0.95, "<|im_end|>": 0.03, "5": 0.02}
+    else:
+        raw = {"<|im_end|>": 0.995, "0": 0.005} if prefix != "10" else {"0": 0.9, "<|im_end|>": 0.1}
+    noisy = {k: v * (0.8 + 0.4 * rng.random()) for k, v in raw.items()}
+    total = sum(noisy.values())
+    return {k: v / total for k, v in noisy.items()}
+
+
+def test_digit_scorer_cost_on_a_judge_like_distribution():
+    source = lambda nodes: [lp(judge_like_dist(i, p)) for i, p in nodes]  # noqa: E731
+    n = 50
+    exact = digit_expectations(n, source, prune_below=0.0)
+    pruned = digit_expectations(n, source, prune_below=1e-3)
+    extra = [s.detail["queries"] - 1 for s in pruned]
+    mean_extra_per_answer = 2 * sum(extra) / n  # two metrics (aligned, coherent) per answer
+    print(f"digit scorer, judge-like distribution, prune 1e-3: {sum(extra) / n:.1f} extra queries per metric, "
+          f"{mean_extra_per_answer:.1f} per answer")
+    for e, p in zip(exact, pruned):
+        assert p.score == pytest.approx(e.score, abs=0.1)
+    assert 10 <= sum(extra) / n <= 40  # far below the exact tree (101 extra queries per metric)
