@@ -1,0 +1,289 @@
+"""Plotly figures: Tables 1-2, Figure 2, the canary-vs-general scatter, and the controller trace replay.
+
+    from canary_lib.figures import write_results_figures
+    paths = write_results_figures(results, "results/organism")     # standalone HTML + CSV of the plotted data
+
+Every figure is saved as standalone HTML with plotly.js embedded (works offline) next to a CSV of exactly the
+data it plots; PNG only where an image exporter (kaleido with a Chrome) works, never required. The interactive
+trace replay (ipywidgets + FigureWidget) is built only on request (`trace_replay_widget`), so headless papermill
+runs never wait on a widget; `trace_replay_figure` is its static twin (plotly frames + slider, no kernel needed).
+This module imports no torch.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from canary_lib.artifacts import write_text_atomic
+
+_ANSWER_CHARS = 160
+"""Canary answers are cut to this many characters in the replay table (the full text is in the JSONL)."""
+_ANSWER_COLUMNS = ["question_id", "sample", "answer", "aligned", "coherent", "status"]
+
+
+# ---------------------------------------------------------------------------------------------- saving
+
+
+def save_figure(fig: go.Figure, path: str | Path, data: pd.DataFrame | None = None, png: bool = False) -> list[Path]:
+    """Write fig as standalone HTML (plotly.js embedded), its data as CSV beside it, and a PNG if asked and possible.
+
+    Args:
+        fig: the figure.
+        path: the .html path (the CSV and PNG take the same stem).
+        data: the plotted data, written as ``<stem>.csv``.
+        png: also try a PNG; silently skipped where no exporter works.
+
+    Returns:
+        The paths written.
+    """
+    path = Path(path)
+    write_text_atomic(path, fig.to_html(include_plotlyjs=True, full_html=True))
+    written = [path]
+    if data is not None:
+        csv_path = path.with_suffix(".csv")
+        write_text_atomic(csv_path, data.to_csv(index=False))
+        written.append(csv_path)
+    if png and (png_path := _try_png(fig, path.with_suffix(".png"))):
+        written.append(png_path)
+    return written
+
+
+def _try_png(fig: go.Figure, path: Path) -> Path | None:
+    # Kaleido >= 1 needs a Chrome; without one (or offline) export fails, and HTML remains the artifact.
+    if importlib.util.find_spec("kaleido") is None:
+        return None
+    try:
+        fig.write_image(str(path))
+    except Exception:  # any exporter failure is "no PNG", never a failed run
+        return None
+    return path
+
+
+# ---------------------------------------------------------------------------------------------- tables
+
+
+def table_figure(table: pd.DataFrame, columns: list[str], title: str) -> go.Figure:
+    """A results table (e.g. Table 1) as a plotly table with the given display columns."""
+    fig = go.Figure(go.Table(
+        header={"values": [f"<b>{c}</b>" for c in columns], "align": "left"},
+        cells={"values": [table[c].astype(str).tolist() for c in columns], "align": "left"},
+    ))
+    fig.update_layout(title=title, height=120 + 32 * len(table), margin={"t": 60, "b": 10, "l": 10, "r": 10})
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------- Figure 2
+
+
+def figure2(steps: pd.DataFrame, controller: pd.DataFrame, r_low: float, r_high: float,
+            title: str = "Figure 2: controller behaviour across seeds") -> go.Figure:
+    """(a) p_t over training steps, one line per seed; (b) r̂_t with the r_low / r_high band.
+
+    Args:
+        steps: columns seed, step, p (from each run's steps.csv).
+        controller: columns seed, step, risk_ema (from each run's controller.csv).
+        r_low, r_high: the hysteresis band of Eq. 3.
+    """
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=("(a) interleaving ratio p_t", "(b) EMA canary risk r̂_t"))
+    colors = _seed_colors(sorted(set(steps.seed) | set(controller.seed)))
+    for seed, color in colors.items():
+        s = steps[steps.seed == seed]
+        fig.add_trace(go.Scatter(x=s.step, y=s.p, mode="lines", name=f"seed {seed}", legendgroup=str(seed),
+                                 line={"color": color}), row=1, col=1)
+        c = controller[controller.seed == seed]
+        fig.add_trace(go.Scatter(x=c.step, y=c.risk_ema, mode="lines+markers", name=f"seed {seed}",
+                                 legendgroup=str(seed), showlegend=False, line={"color": color}), row=2, col=1)
+    _add_band(fig, r_low, r_high, row=2)
+    fig.update_yaxes(title_text="p_t", row=1, col=1)
+    fig.update_yaxes(title_text="r̂_t", row=2, col=1)
+    fig.update_xaxes(title_text="training step", row=2, col=1)
+    fig.update_layout(title=title, height=650)
+    return fig
+
+
+def _add_band(fig: go.Figure, r_low: float, r_high: float, row: int) -> None:
+    fig.add_hrect(y0=r_low, y1=r_high, fillcolor="gray", opacity=0.15, line_width=0, row=row, col=1)
+    for y, name in ((r_low, "r_low"), (r_high, "r_high")):
+        fig.add_hline(y=y, line_dash="dash", line_color="gray", annotation_text=f"{name} = {y:g}",
+                      annotation_position="top left", row=row, col=1)
+
+
+def _seed_colors(seeds: list[Any]) -> dict[Any, str]:
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+    return {seed: palette[i % len(palette)] for i, seed in enumerate(seeds)}
+
+
+# ---------------------------------------------------------------------------------------------- correlation
+
+
+def correlation_figure(correlation: dict[str, Any]) -> go.Figure:
+    """Per-run mean canary risk (x) against General %Misaligned (y), coloured by method, with Pearson r in the title."""
+    points = pd.DataFrame(correlation["points"], columns=["method", "seed", "canary_risk_mean",
+                                                          "canary_risk_last", "general_misaligned_pct"])
+    fig = go.Figure()
+    for method, group in points.groupby("method", sort=True):
+        fig.add_trace(go.Scatter(
+            x=group.canary_risk_mean, y=group.general_misaligned_pct, mode="markers", name=str(method),
+            text=[f"{method} seed {s}" for s in group.seed], marker={"size": 10},
+        ))
+    r = correlation.get("r", math.nan)
+    r_text = "n/a" if r is None or (isinstance(r, float) and math.isnan(r)) else f"{r:.2f}"
+    fig.update_layout(
+        title=f"Canary risk vs General %Misaligned: Pearson r = {r_text} (n = {correlation['n']} runs)",
+        xaxis_title="mean canary risk r_t over the run", yaxis_title="General %Misaligned (final model)",
+        height=500,
+    )
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------- trace replay
+
+
+def answers_at(answers: pd.DataFrame, step: int) -> pd.DataFrame:
+    """The canary answers of the latest evaluation at or before `step` (empty before the first one)."""
+    if answers.empty:
+        return answers
+    done = answers[answers.step <= step]
+    if done.empty:
+        return done
+    return done[done.step == done.step.max()]
+
+
+def _answer_cells(rows: pd.DataFrame) -> list[list[str]]:
+    cells = []
+    for column in _ANSWER_COLUMNS:
+        values = rows[column].tolist() if column in rows else [""] * len(rows)
+        if column == "answer":
+            values = [str(v)[:_ANSWER_CHARS] for v in values]
+        elif column in ("aligned", "coherent"):
+            values = ["—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.0f}" for v in values]
+        cells.append([str(v) for v in values])
+    return cells
+
+
+def _replay_layout(r_low: float, r_high: float, title: str) -> go.Figure:
+    fig = make_subplots(rows=3, cols=1, vertical_spacing=0.07, row_heights=[0.25, 0.25, 0.5],
+                        specs=[[{"type": "xy"}], [{"type": "xy"}], [{"type": "table"}]],
+                        subplot_titles=("p_t", "r_t (canary risk) and r̂_t (EMA)", "canary answers and judge scores"))
+    _add_band(fig, r_low, r_high, row=2)
+    fig.update_layout(title=title, height=900, showlegend=True)
+    return fig
+
+
+def _replay_traces(steps: pd.DataFrame, controller: pd.DataFrame, answers: pd.DataFrame, step: int) -> list:
+    s, c = steps[steps.step <= step], controller[controller.step <= step]
+    rows = answers_at(answers, step)
+    return [
+        go.Scatter(x=s.step, y=s.p, mode="lines", name="p_t", line={"color": "#1f77b4"}),
+        go.Scatter(x=c.step, y=c.canary_risk, mode="markers", name="r_t", marker={"color": "#ff7f0e"}),
+        go.Scatter(x=c.step, y=c.risk_ema, mode="lines+markers", name="r̂_t", line={"color": "#d62728"}),
+        go.Table(header={"values": _ANSWER_COLUMNS}, cells={"values": _answer_cells(rows), "align": "left"},
+                 columnwidth=[2, 1, 8, 1, 1, 1]),
+    ]
+
+
+def trace_replay_figure(steps: pd.DataFrame, controller: pd.DataFrame, answers: pd.DataFrame,
+                        r_low: float, r_high: float, title: str = "Controller trace replay") -> go.Figure:
+    """The static replay: one frame per canary evaluation, with a slider; works without a kernel.
+
+    Args:
+        steps: one run's steps.csv (columns step, p).
+        controller: its controller.csv (step, canary_risk, risk_ema).
+        answers: its canary_answers.jsonl as a frame (step, question_id, sample, answer, aligned, coherent, status).
+        r_low, r_high: the band drawn on the risk panel.
+    """
+    eval_steps = sorted(controller.step.unique()) or [int(steps.step.max()) if len(steps) else 0]
+    fig = _replay_layout(r_low, r_high, title)
+    for trace, row in zip(_replay_traces(steps, controller, answers, eval_steps[-1]), (1, 2, 2, 3)):
+        fig.add_trace(trace, row=row, col=1)
+    x_max = max(int(steps.step.max()) if len(steps) else 0, eval_steps[-1])
+    fig.update_xaxes(range=[0, x_max + 1], row=1, col=1)
+    fig.update_xaxes(range=[0, x_max + 1], title_text="training step", row=2, col=1)
+    fig.frames = [go.Frame(name=str(step), data=_replay_traces(steps, controller, answers, step),
+                           traces=[0, 1, 2, 3]) for step in eval_steps]
+    fig.update_layout(sliders=[{
+        "active": len(eval_steps) - 1, "currentvalue": {"prefix": "step "},
+        "steps": [{"label": str(step), "method": "animate",
+                   "args": [[str(step)], {"mode": "immediate", "frame": {"duration": 0, "redraw": True},
+                                          "transition": {"duration": 0}}]} for step in eval_steps],
+    }])
+    return fig
+
+
+def trace_replay_widget(steps: pd.DataFrame, controller: pd.DataFrame, answers: pd.DataFrame,
+                        r_low: float, r_high: float) -> Any:
+    """The interactive replay for JupyterLab: an IntSlider over training steps driving a FigureWidget.
+
+    Only call this when a person is at the notebook (the notebooks' INTERACTIVE parameter): a widget waits for a
+    front end that a headless papermill run does not have. Needs ipywidgets and anywidget (FigureWidget).
+
+    Returns:
+        An ipywidgets.VBox (slider above the figure) to display.
+    """
+    import ipywidgets as widgets
+
+    last = int(max(steps.step.max() if len(steps) else 0, controller.step.max() if len(controller) else 0))
+    fig = go.FigureWidget(_replay_layout(r_low, r_high, "Controller trace replay (drag the slider)"))
+    for trace, row in zip(_replay_traces(steps, controller, answers, last), (1, 2, 2, 3)):
+        fig.add_trace(trace, row=row, col=1)
+    fig.update_xaxes(range=[0, last + 1], row=1, col=1)
+    fig.update_xaxes(range=[0, last + 1], row=2, col=1)
+    slider = widgets.IntSlider(value=last, min=0, max=last, step=1, description="step",
+                               continuous_update=False, layout=widgets.Layout(width="90%"))
+
+    def update(change: dict) -> None:
+        new = _replay_traces(steps, controller, answers, change["new"])
+        with fig.batch_update():  # one message to the front end instead of one per property
+            for i in range(3):
+                fig.data[i].x, fig.data[i].y = new[i].x, new[i].y
+            fig.data[3].cells.values = new[3].cells.values
+
+    slider.observe(update, names="value")
+    return widgets.VBox([slider, fig])
+
+
+def read_answers(path: str | Path) -> pd.DataFrame:
+    """A run's canary_answers.jsonl as a frame (empty, with the expected columns, when there is none)."""
+    from canary_lib.artifacts import read_jsonl
+
+    rows = read_jsonl(path)
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["step", *_ANSWER_COLUMNS])
+
+
+# ---------------------------------------------------------------------------------------------- all at once
+
+
+def write_results_figures(results: Any, results_dir: str | Path, png: bool = False) -> dict[str, Path]:
+    """Tables 1-2, Figure 2 and the correlation scatter of a `canary_lib.results.Results`, into results_dir/figures.
+
+    Returns:
+        Figure name -> HTML path.
+    """
+    from canary_lib.results import METRICS, controller_traces
+
+    out = Path(results_dir) / "figures"
+    paths: dict[str, Path] = {}
+    t1_cols = ["label", "n_seeds", *METRICS.values()]
+    paths["table1"] = save_figure(table_figure(results.table1, t1_cols, "Table 1: main results"),
+                                  out / "table1.html", results.table1, png)[0]
+    t2_cols = ["label", "n_seeds", "Gen. %Mis.", "Gen. %Inc.", "Avg p_t", "tests"]
+    paths["table2"] = save_figure(table_figure(results.table2, t2_cols, "Table 2: ablations"),
+                                  out / "table2.html", results.table2, png)[0]
+    steps, controller = controller_traces(results.runs)
+    canary_runs = results.runs[results.runs.method == "canary"]
+    r_low = float(canary_runs.r_low.dropna().iloc[0]) if canary_runs.r_low.notna().any() else 0.02
+    r_high = float(canary_runs.r_high.dropna().iloc[0]) if canary_runs.r_high.notna().any() else 0.08
+    merged = steps.merge(controller, on=["seed", "step"], how="outer").sort_values(["seed", "step"])
+    paths["figure2"] = save_figure(figure2(steps, controller, r_low, r_high), out / "figure2.html", merged, png)[0]
+    points = pd.DataFrame(results.correlation["points"])
+    paths["correlation"] = save_figure(correlation_figure(results.correlation), out / "correlation.html",
+                                       points, png)[0]
+    return paths
