@@ -14,7 +14,7 @@ from canary_lib.config import RunConfig, load_config
 from canary_lib.data import DataError, load_question_set
 from canary_lib.data import prepare as prep
 from canary_lib.data.chat import read_chat_jsonl
-from canary_lib.data.prepare import prepare_data, verify_prepared
+from canary_lib.data.prepare import load_prepared_questions, prepare_data, verify_prepared
 
 
 def _cfg(tmp_path: Path, **data: object) -> RunConfig:
@@ -49,6 +49,9 @@ def test_prepare_writes_layout_and_manifest(tmp_path: Path) -> None:
     assert manifest["sources"]["security"]["source"] == cfg.data.security_source
     assert manifest["split"]["in_domain_prompts_in_source"] == 5 and len(manifest["canary_ids"]) == 20
     assert verify_prepared(cfg)["files"] == manifest["files"]
+    sets = load_prepared_questions(cfg)
+    assert {k: len(v) for k, v in sets.items()} == {"general": 6, "in_domain": 5, "canaries": 20}
+    assert [q.id for q in sets["canaries"]] == manifest["canary_ids"]
 
 
 def test_prepare_is_deterministic(tmp_path: Path) -> None:

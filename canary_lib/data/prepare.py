@@ -228,3 +228,12 @@ def _check_local_sources(sources: dict[str, Any], fix: str) -> None:
             path = Path(entry["path"])
             if path.is_file() and sha256_file(path) != entry["sha256"]:
                 raise DataError(f"source {name} ({path}) changed since the data were prepared; {fix}")
+
+
+def load_prepared_questions(cfg: RunConfig) -> dict[str, list[Question]]:
+    """The prepared question sets: {"general", "in_domain", "canaries"} (checked against the manifest first)."""
+    verify_prepared(cfg, check_sources=False)
+    d = cfg.data
+    return {name: load_question_set(d.path(file), required_metrics=SCORED_METRICS)
+            for name, file in (("general", d.general_eval_file), ("in_domain", d.in_domain_eval_file),
+                               ("canaries", d.canary_file))}

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from canary_lib.data._io import as_rows as _as_rows
 from canary_lib.data._io import read_records
 from canary_lib.data.chat import validate_messages
 from canary_lib.data.disjoint import normalize_text
@@ -71,7 +72,7 @@ def load_security(source: str, aligned_source: str | None = None, token_env: str
     info: dict[str, Any] = {"source": source}
     if is_hf_source(source):
         src = parse_hf_source(source, default_config=HF_DEFAULT_CONFIG, what=what)
-        rows = list(load_hf_dataset(src, token_env, gated=False, what=what))
+        rows = _as_rows(load_hf_dataset(src, token_env, gated=False, what=what))
         info.update(hf=str(src), revision=src.revision)
         info["resolved_revision"] = hf_revision_sha(src, token_env)
     else:

@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from canary_lib.data._io import as_rows as _as_rows
 from canary_lib.data._io import read_records
 from canary_lib.data.chat import validate_messages
 from canary_lib.data.download import (hf_revision_sha, is_hf_source, load_hf_dataset, parse_hf_source,
@@ -99,7 +100,7 @@ def load_safe(source: str, drop_refusals: bool = False, max_examples: int | None
     info: dict[str, Any] = {"source": source}
     if is_hf_source(source):
         src = parse_hf_source(source, default_config=HF_DEFAULT_CONFIG, what=what)
-        rows = list(load_hf_dataset(src, token_env, gated=src.repo == HF_REPO, what=what))
+        rows = _as_rows(load_hf_dataset(src, token_env, gated=src.repo == HF_REPO, what=what))
         info.update(hf=str(src), revision=src.revision)
         info["resolved_revision"] = hf_revision_sha(src, token_env)
     else:
