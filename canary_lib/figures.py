@@ -258,6 +258,64 @@ def read_answers(path: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["step", *_ANSWER_COLUMNS])
 
 
+def ablation_traces_figure(runs: pd.DataFrame, methods: tuple[str, ...] = (
+        "canary", "fixed_mean", "delayed", "shuffled", "no_ema")) -> tuple[go.Figure, pd.DataFrame]:
+    """p_t per training step of the canary run and its ablations, one panel per seed (for notebook 04).
+
+    Args:
+        runs: `canary_lib.results.collect_runs` output.
+        methods: the methods to draw (those without a trained run are skipped).
+
+    Returns:
+        (figure, the plotted data with columns method, seed, step, p).
+    """
+    from canary_lib.results import controller_traces
+
+    frames = []
+    for method in methods:
+        steps, _ = controller_traces(runs, method)
+        frames.append(steps.assign(method=method))
+    data = pd.concat(frames, ignore_index=True)[["method", "seed", "step", "p"]] if frames else pd.DataFrame(
+        columns=["method", "seed", "step", "p"])
+    seeds = sorted(data.seed.unique()) or [None]
+    fig = make_subplots(rows=len(seeds), cols=1, shared_xaxes=True, vertical_spacing=0.06,
+                        subplot_titles=[f"seed {s}" for s in seeds])
+    colors = _seed_colors(list(methods))
+    for row, seed in enumerate(seeds, start=1):
+        for method in methods:
+            d = data[(data.method == method) & (data.seed == seed)]
+            if len(d):
+                fig.add_trace(go.Scatter(x=d.step, y=d.p, mode="lines", name=method, legendgroup=method,
+                                         showlegend=row == 1, line={"color": colors[method]}), row=row, col=1)
+        fig.update_yaxes(title_text="p_t", row=row, col=1)
+    fig.update_xaxes(title_text="training step", row=len(seeds), col=1)
+    fig.update_layout(title="p_t of the canary run and its ablations", height=260 * len(seeds) + 120)
+    return fig, data
+
+
+def write_trace_replays(results: Any, results_dir: str | Path, method: str = "canary") -> dict[str, Path]:
+    """The static trace replay (frames + slider) of every trained run of `method`, one HTML per seed.
+
+    Returns:
+        "trace_replay_seed<k>" -> HTML path (a CSV of the run's controller trace beside each).
+    """
+    from canary_lib.artifacts import RunDir
+
+    out = Path(results_dir) / "figures"
+    paths: dict[str, Path] = {}
+    chosen = results.runs[(results.runs.method == method) & results.runs.training_complete]
+    for _, row in chosen.iterrows():
+        run = RunDir(row.run_dir)
+        steps, controller = pd.read_csv(run.steps_path), pd.read_csv(run.controller_path)
+        r_low = row.r_low if pd.notna(row.r_low) else 0.02
+        r_high = row.r_high if pd.notna(row.r_high) else 0.08
+        fig = trace_replay_figure(steps, controller, read_answers(run.canary_answers_path), r_low, r_high,
+                                  title=f"Controller trace replay: {method}, seed {int(row.seed)}")
+        name = f"trace_replay_seed{int(row.seed)}"
+        paths[name] = save_figure(fig, out / f"{name}.html", controller)[0]
+    return paths
+
+
 # ---------------------------------------------------------------------------------------------- all at once
 
 

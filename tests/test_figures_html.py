@@ -101,3 +101,15 @@ def test_trace_replay_widget_slider_updates_the_figure() -> None:
 def test_read_answers_without_file_is_empty(tmp_path: Path) -> None:
     frame = read_answers(tmp_path / "canary_answers.jsonl")
     assert frame.empty and "step" in frame.columns
+
+
+def test_ablation_traces_and_trace_replays_from_runs(results, tmp_path: Path) -> None:
+    from canary_lib.figures import ablation_traces_figure, write_trace_replays
+
+    fig, data = ablation_traces_figure(results.runs)
+    assert set(data.method) == {"canary", "fixed_mean", "delayed", "shuffled", "no_ema"}
+    assert sorted(data.seed.unique()) == [42, 123]
+    assert len(fig.data) == 10  # 5 methods x 2 seeds
+    paths = write_trace_replays(results, tmp_path / "out")
+    assert sorted(paths) == ["trace_replay_seed123", "trace_replay_seed42"]
+    assert all(p.is_file() and p.with_suffix(".csv").is_file() for p in paths.values())
