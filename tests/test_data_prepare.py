@@ -152,3 +152,28 @@ def test_organism_kind_delegates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     fake.prepare_organism_data = lambda cfg: tmp_path / "organism-data"  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "canary_lib.organism", fake)
     assert prepare_data(load_config(extra={"data": {"kind": "organism"}})) == tmp_path / "organism-data"
+
+
+def test_verify_organism_style_manifest(tmp_path: Path) -> None:
+    cfg = load_config(extra={"data": {"kind": "organism", "dir": str(tmp_path / "org")}})
+    names = [cfg.data.target_file, cfg.data.safe_file, cfg.data.general_eval_file, cfg.data.in_domain_eval_file,
+             cfg.data.canary_file]
+    for name in names:
+        cfg.data.path(name).parent.mkdir(parents=True, exist_ok=True)
+        cfg.data.path(name).write_text(f"{name}\n")
+    (tmp_path / "org" / "manifest.json").write_text(json.dumps({"kind": "organism"}))
+    verify_prepared(cfg)  # no "files" entry: existence only
+    (tmp_path / "org" / "manifest.json").write_text(json.dumps(
+        {"kind": "organism", "files": prep.manifest_files(tmp_path / "org", names)}))
+    verify_prepared(cfg)
+    cfg.data.path(cfg.data.safe_file).write_text("changed\n")
+    with pytest.raises(DataError, match="safe.jsonl changed since preparation"):
+        verify_prepared(cfg)
+    cfg.data.path(cfg.data.canary_file).unlink()
+    with pytest.raises(DataError, match="canaries.yaml"):
+        verify_prepared(cfg)
+    paper = load_config(extra={"data": {"kind": "paper", "dir": str(tmp_path / "org")}})
+    cfg.data.path(cfg.data.canary_file).write_text("x\n")
+    (tmp_path / "org" / "manifest.json").write_text(json.dumps({"kind": "organism"}))
+    with pytest.raises(DataError, match="holds data of kind 'organism' but data.kind is 'paper'"):
+        verify_prepared(paper)

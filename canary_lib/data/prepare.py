@@ -146,10 +146,23 @@ def prepare_paper_data(cfg: RunConfig) -> Path:
         "split": split.info,
         "sources": sources,
         "counts": counts,
-        "files": {name: {"sha256": sha256_file(path), "bytes": path.stat().st_size} for name, path in files.items()},
+        "files": manifest_files(out, list(files)),
     }
     atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")  # written last
     return out
+
+
+def manifest_files(data_dir: str | Path, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The manifest's "files" entry: name -> {"sha256", "bytes"}; `verify_prepared` checks these hashes.
+
+    The organism's preparation can write `{"kind": "organism", "files": manifest_files(dir, names), ...}` to get
+    the same change detection.
+    """
+    entries = {}
+    for name in names:
+        path = Path(data_dir) / name
+        entries[name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    return entries
 
 
 def _check_not_trained_on(in_domain: Sequence[Question], train_prompts: Sequence[str]) -> None:
@@ -202,9 +215,12 @@ def verify_prepared(cfg: RunConfig, check_sources: bool = True) -> dict[str, Any
         if sha256_file(path) != expected:
             raise DataError(f"prepared file {path} changed since preparation (sha256 differs from {MANIFEST}); {fix}")
     needed = [d.target_file, d.safe_file, d.general_eval_file, d.in_domain_eval_file, d.canary_file]
-    absent = [n for n in needed if n not in files]
+    absent = [n for n in needed if not d.path(n).is_file()]
     if absent:
-        raise DataError(f"{Path(d.dir) / MANIFEST} lists no {absent} (file names in cfg.data differ?); {fix}")
+        raise DataError(f"{d.dir} lacks {absent} (file names in cfg.data differ?); {fix}")
+    unlisted = [n for n in needed if files and n not in files]
+    if unlisted:
+        raise DataError(f"{Path(d.dir) / MANIFEST} lists no {unlisted} (file names in cfg.data differ?); {fix}")
     if manifest.get("kind", d.kind) != d.kind:
         raise DataError(f"{d.dir} holds data of kind {manifest.get('kind')!r} but data.kind is {d.kind!r}; "
                         f"point data.dir elsewhere or {fix}")
