@@ -169,8 +169,10 @@ def test_verify_organism_style_manifest(tmp_path: Path) -> None:
     cfg.data.path(cfg.data.safe_file).write_text("changed\n")
     with pytest.raises(DataError, match="safe.jsonl changed since preparation"):
         verify_prepared(cfg)
+    cfg.data.path(cfg.data.safe_file).write_text(f"{cfg.data.safe_file}\n")
+    verify_prepared(cfg)
     cfg.data.path(cfg.data.canary_file).unlink()
-    with pytest.raises(DataError, match="canaries.yaml"):
+    with pytest.raises(DataError, match="canaries.yaml is missing"):
         verify_prepared(cfg)
     paper = load_config(extra={"data": {"kind": "paper", "dir": str(tmp_path / "org")}})
     cfg.data.path(cfg.data.canary_file).write_text("x\n")
