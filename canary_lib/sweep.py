@@ -95,7 +95,8 @@ class SweepSpec(_Strict):
     overrides: list[str] = Field(default_factory=list)
     """key=value overrides for every run (the same syntax as `canary train --set`)."""
     judge_base_url: str | None = None
-    """Address of a running judge server (OpenAI-compatible); sets judge.base_url for every run."""
+    """Address of a running OpenAI-compatible judge server (e.g. `vllm serve`): sets judge.backend=openai and
+    judge.base_url for every run, so no job loads the judge itself."""
     base_row: bool = True
     """Evaluate the base model (no fine-tuning) for every seed: Table 1's base row."""
     reference_method: str = "canary"
@@ -282,8 +283,8 @@ def build_plan(spec: SweepSpec, root: Path | None = None) -> Plan:
 
     params = [str(_abs(p, root)) for p in spec.params]
     overrides = list(spec.overrides)
-    if spec.judge_base_url:
-        overrides.append(f"judge.base_url={spec.judge_base_url}")
+    if spec.judge_base_url:  # a running OpenAI-compatible judge server replaces a judge loaded in every job
+        overrides += ["judge.backend=openai", f"judge.base_url={spec.judge_base_url}"]
     checker = _ParameterChecker(notebooks)
     _check_config(params, overrides, "the profile")
 

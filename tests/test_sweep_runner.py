@@ -184,3 +184,12 @@ def test_local_executor_runs_two_at_a_time_and_replays_wait(project: Path) -> No
     assert sorted(line for line in log if line.startswith("evaluate")) == sorted(
         f"evaluate {runs}/{m}/seed42" for m in ("canary", "fixed_mean", "no_defense"))
     assert (runs / "_submitit").is_dir()
+
+
+def test_judge_server_address_and_gpus_are_sweep_parameters(project: Path) -> None:
+    spec = load_sweep(_sweep(project, judge_base_url="http://judge:8000/v1",
+                             executor={"kind": "slurm", "gpus_per_job": 2, "slurm_partition": "gpu"}))
+    plan = build_plan(spec)
+    overrides = plan.runs[0].steps[0].parameters["OVERRIDES"]
+    assert "judge.backend=openai" in overrides and "judge.base_url=http://judge:8000/v1" in overrides
+    assert spec.executor.gpus_per_job == 2
