@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from _data_fixtures import question_items, security_prompt, write_paper_sources, write_questions
+from _data_fixtures import question_items, write_paper_sources, write_questions
 from canary_lib.config import RunConfig, load_config
 from canary_lib.data import DataError, load_question_set
 from canary_lib.data import prepare as prep

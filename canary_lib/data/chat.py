@@ -24,7 +24,8 @@ def validate_messages(messages: Any, where: str, require_answer: bool = True) ->
     out: Conversation = []
     for j, msg in enumerate(messages):
         if not isinstance(msg, dict) or msg.get("role") not in ROLES or not isinstance(msg.get("content"), str):
-            raise DataError(f"{where}: messages[{j}] must be {{'role': one of {ROLES}, 'content': str}}, got {msg!r:.200}")
+            raise DataError(f"{where}: messages[{j}] must be {{'role': one of {ROLES}, 'content': str}}, "
+                            f"got {msg!r:.200}")
         out.append({"role": msg["role"], "content": msg["content"]})
     if not any(m["role"] == "user" for m in out):
         raise DataError(f"{where}: the chat has no user turn")
