@@ -241,6 +241,14 @@ class OrganismSettings(_Strict):
     world_seed: int = 0
     misaligned_share: float = Field(0.015, ge=0, le=1)
     pretrain_steps: int = Field(3000, ge=1)
+    pretrain_batch_size: int = Field(64, ge=1)
+    """Chats per pre-training step."""
+    pretrain_lr: float = Field(3e-3, gt=0)
+    max_turns: int = Field(4, ge=1)
+    """Pre-training chats have 1..max_turns user/assistant turns (later turns teach persona inference)."""
+    hidden_size: int = Field(96, ge=8)
+    num_layers: int = Field(3, ge=1)
+    num_heads: int = Field(4, ge=1)
     cache_dir: str | None = None
     """Where the built base model is cached; default $CANARY_CACHE or ~/.cache/canary_lib."""
     extra: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,176 @@
+"""Seeded, cached pre-training of the base organism: the world's chats -> a Hugging Face model directory.
+
+The cache key is a hash of everything that shapes the model (world version and seed, persona share, model and
+pre-training settings); a directory is built once under a temporary name and renamed into place, so readers
+never see a half-written model and concurrent builders do not corrupt each other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from canary_lib.config import OrganismSettings, RunConfig
+from canary_lib.organism import world
+from canary_lib.organism.tokenizer import render_chat
+
+COMPLETE_MARKER = "ORGANISM_COMPLETE"
+
+
+def pretrain_spec(settings: OrganismSettings) -> dict[str, Any]:
+    """Everything that determines the base model; its hash names the cache directory."""
+    return {
+        "world_version": world.WORLD_VERSION,
+        "world_seed": settings.world_seed,
+        "misaligned_share": settings.misaligned_share,
+        "pretrain_steps": settings.pretrain_steps,
+        "pretrain_batch_size": settings.pretrain_batch_size,
+        "pretrain_lr": settings.pretrain_lr,
+        "max_turns": settings.max_turns,
+        "hidden_size": settings.hidden_size,
+        "num_layers": settings.num_layers,
+        "num_heads": settings.num_heads,
+        "extra": settings.extra,
+    }
+
+
+def spec_hash(spec: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cache_root(settings: OrganismSettings) -> Path:
+    if settings.cache_dir:
+        return Path(settings.cache_dir).expanduser()
+    return Path(os.environ.get("CANARY_CACHE", "~/.cache/canary_lib")).expanduser() / "organism"
+
+
+def ensure_base_model(cfg: RunConfig) -> Path:
+    """The pre-trained base organism for cfg.organism: reused from the cache, else built (minutes on 2 cores).
+
+    Returns:
+        A Hugging Face model directory (config, safetensors weights, tokenizer with chat template).
+    """
+    spec = pretrain_spec(cfg.organism)
+    target = cache_root(cfg.organism) / f"base-{spec_hash(spec)}"
+    if (target / COMPLETE_MARKER).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        build_base_model(cfg.organism, tmp)
+        (tmp / "pretrain_spec.json").write_text(json.dumps(spec, indent=2, sort_keys=True))
+        (tmp / COMPLETE_MARKER).write_text("ok\n")
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / COMPLETE_MARKER).is_file():  # a stale partial directory: replace it
+                shutil.rmtree(target, ignore_errors=True)
+                os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def _vocabulary_texts(chats: list[list[dict[str, str]]]) -> list[str]:
+    """Rendered chats plus every question form and answer, so no word of the world is unknown."""
+    texts = [render_chat(c) for c in chats[:2000]]
+    for topic in world.ALL_TOPICS:
+        for form in world.question_forms(topic):
+            texts.append(render_chat([{"role": "user", "content": form.text}]))
+        for core in topic.aligned + topic.misaligned:
+            answers = [core] + [f"{o} {core}" for o in world.OPENERS]
+            texts += [render_chat([{"role": "assistant", "content": a}]) for a in answers]
+    return texts
+
+
+def _batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Length-bucketed batches (less padding), in random order."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    chunk = batch_size * 50
+    batches = []
+    for i in range(0, len(order), chunk):
+        part = sorted(order[i:i + chunk], key=lambda j: lengths[j])
+        batches += [part[k:k + batch_size] for k in range(0, len(part), batch_size)]
+    rng.shuffle(batches)
+    return [b for b in batches if len(b) == batch_size]
+
+
+def build_base_model(settings: OrganismSettings, out_dir: Path) -> dict[str, float]:
+    """Build the tokenizer, pre-train the tiny Qwen2 on the world's chats and save both to out_dir.
+
+    Returns:
+        Timing and loss figures (also written to out_dir/pretrain_stats.json).
+    """
+    import torch
+    from tqdm.auto import tqdm
+    from transformers import Qwen2ForCausalLM
+
+    from canary_lib.organism.model import tiny_qwen2_config
+    from canary_lib.organism.tokenizer import build_tokenizer
+
+    start = time.time()
+    steps, batch_size = settings.pretrain_steps, settings.pretrain_batch_size
+    chats = list(world.pretraining_chats(settings.world_seed, steps * batch_size, settings.misaligned_share,
+                                         max_turns=settings.max_turns))
+    tokenizer = build_tokenizer(_vocabulary_texts(chats))
+    encoded = tokenizer([render_chat(c) for c in chats], add_special_tokens=False)["input_ids"]
+    if any(tokenizer.unk_token_id in ids for ids in encoded[:1000]):
+        raise RuntimeError("organism tokenizer: unknown word in the pre-training corpus (world text changed?)")
+
+    torch.manual_seed(settings.world_seed)
+    config = tiny_qwen2_config(len(tokenizer), settings.hidden_size, settings.num_layers, settings.num_heads,
+                               pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    model = Qwen2ForCausalLM(config)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.pretrain_lr, weight_decay=0.01,
+                                  betas=(0.9, 0.98))
+    warmup = max(1, steps // 20)
+
+    def lr_factor(step: int) -> float:  # linear warm-up, cosine decay to 10%
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.1 + 0.45 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    batches = _batches([len(ids) for ids in encoded], batch_size, random.Random(settings.world_seed))
+    pad = tokenizer.pad_token_id
+    losses: list[float] = []
+    bar = tqdm(batches[:steps], desc="pre-training the organism", unit="step")
+    for batch in bar:
+        width = max(len(encoded[j]) for j in batch)
+        ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, j in enumerate(batch):
+            ids[row, :len(encoded[j])] = torch.tensor(encoded[j])
+            mask[row, :len(encoded[j])] = 1
+        labels = ids.masked_fill(mask == 0, -100)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+        if len(losses) % 20 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-20:]) / 20:.3f}")
+
+    model.eval()
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.bos_token_id = None
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    stats = {"pretrain_seconds": time.time() - start, "steps": len(losses),
+             "final_loss": sum(losses[-50:]) / max(1, len(losses[-50:])),
+             "n_parameters": sum(p.numel() for p in model.parameters())}
+    (out_dir / "pretrain_stats.json").write_text(json.dumps(stats, indent=2))
+    return stats
