@@ -230,9 +230,12 @@ def evaluate_model(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None) -> d
 
     generated = _latest_by_key(read_jsonl(run.generations_path))
     to_generate = [s for s in planned if s.key not in generated]
+    load_seconds = 0.0
     t0 = time.perf_counter()
     if to_generate:
         generator = build_generator(cfg, adapter_dir)
+        load_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
         chunk = cfg.eval.batch_size if cfg.eval.backend == "transformers" else max(cfg.eval.batch_size, 512)
         generate_pending(generator, to_generate, seed=cfg.seed, sampling=cfg.eval, path=run.generations_path,
                          chunk_size=chunk)
@@ -248,6 +251,8 @@ def evaluate_model(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None) -> d
         from canary_lib.judge import make_judge
 
         judge = make_judge(cfg)
+        load_seconds += time.perf_counter() - t0
+        t0 = time.perf_counter()
         judge_pending(judge, to_judge, path=run.judgments_path, chunk_size=cfg.judge.batch_size)
         del judge
         _release_memory()
@@ -261,6 +266,7 @@ def evaluate_model(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None) -> d
         "eval_judged_now": len(to_judge),
         "eval_generate_seconds": generate_seconds,
         "eval_judge_seconds": judge_seconds,
+        "eval_load_seconds": load_seconds,
         "eval_seconds": time.perf_counter() - t_start,
         "eval_answers_per_second": len(to_generate) / generate_seconds if to_generate and generate_seconds else None,
         "eval_judgments_per_second": len(to_judge) / judge_seconds if to_judge and judge_seconds else None,
