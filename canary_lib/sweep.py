@@ -81,6 +81,8 @@ class ExecutorSettings(_Strict):
     slurm_additional_parameters: dict[str, Any] = Field(default_factory=dict)
     poll_s: float = Field(1.0, gt=0)
     """Seconds between status checks of running jobs."""
+    threads_per_job: int | None = Field(None, ge=1)
+    """OMP/MKL threads of each notebook kernel (e.g. 1 with parallel 2 on 2 cores); None leaves torch's default."""
 
 
 class SweepSpec(_Strict):
@@ -171,6 +173,8 @@ class Job:
     needs: list[str] = field(default_factory=list)
     """Names of jobs whose training must be complete before this one starts (replay ablations)."""
     needs_run_dirs: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    """Environment variables for the notebook kernels (they inherit the job's environment)."""
 
     def is_done(self) -> bool:
         return all(step.is_done() for step in self.steps)
@@ -220,6 +224,21 @@ def execute_job(job: Job) -> JobOutcome:
 
     start = time.time()
     outcome = JobOutcome(name=job.name, ok=True)
+    saved = {name: os.environ.get(name) for name in job.env}
+    os.environ.update(job.env)  # kernels start with this environment; restored below (debug runs in-process)
+    try:
+        _execute_steps(job, outcome, pm)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    outcome.seconds = time.time() - start
+    return outcome
+
+
+def _execute_steps(job: Job, outcome: JobOutcome, pm: Any) -> None:
     for step in job.steps:
         if step.is_done():
             continue
@@ -236,8 +255,6 @@ def execute_job(job: Job) -> JobOutcome:
             break
         step.mark_done()
         outcome.executed.append(step.stage)
-    outcome.seconds = time.time() - start
-    return outcome
 
 
 def _describe_error(exc: BaseException) -> str:
@@ -293,8 +310,11 @@ def build_plan(spec: SweepSpec, root: Path | None = None) -> Plan:
         return NotebookStep(stage, str(notebooks[stage]), str(output), parameters,
                             str(run_dir) if run_dir else None, always)
 
+    threads = spec.executor.threads_per_job
+    env = {name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")} if threads else {}
+
     def job(name: str, steps: list[NotebookStep], **kw: Any) -> Job:
-        return Job(name, steps, str(root), spec.kernel_name, spec.cell_timeout_s, **kw)
+        return Job(name, steps, str(root), spec.kernel_name, spec.cell_timeout_s, env=env, **kw)
 
     shared = dict(PARAMS=params, OVERRIDES=overrides)
     nb_out = results_dir / "notebooks"

@@ -31,7 +31,7 @@ PARAMETERS = {
 
 # What each fake notebook does: log its execution, fail on request, write the run's completion marker.
 BODY = {
-    "data": "log('data')",
+    "data": "import os\nlog('data')\nif os.environ.get('OMP_NUM_THREADS'):\n    log('threads ' + os.environ['OMP_NUM_THREADS'])",
     "canary_design": "log('canary_design')",
     "train": textwrap.dedent("""
         over = dict(o.split('=', 1) for o in OVERRIDES)
@@ -175,7 +175,7 @@ def test_dry_run_lists_jobs_and_runs_nothing(project: Path, capsys: pytest.Captu
 @pytest.mark.slow
 def test_local_executor_runs_two_at_a_time_and_replays_wait(project: Path) -> None:
     sweep = _sweep(project, methods=["canary", "fixed_mean", "no_defense"],
-                   executor={"kind": "local", "parallel": 2, "poll_s": 0.2})
+                   executor={"kind": "local", "parallel": 2, "poll_s": 0.2, "threads_per_job": 1})
     assert run_sweep(sweep) == 0
     log = _log(project)
     runs = project / "runs" / "fake"
@@ -184,6 +184,7 @@ def test_local_executor_runs_two_at_a_time_and_replays_wait(project: Path) -> No
     assert sorted(line for line in log if line.startswith("evaluate")) == sorted(
         f"evaluate {runs}/{m}/seed42" for m in ("canary", "fixed_mean", "no_defense"))
     assert (runs / "_submitit").is_dir()
+    assert "threads 1" in log  # the kernels got the job's thread limit
 
 
 def test_judge_server_address_and_gpus_are_sweep_parameters(project: Path) -> None:
