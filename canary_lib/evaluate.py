@@ -207,6 +207,39 @@ def summarize(judgments: dict[tuple, dict], planned: Sequence[PlannedSample], se
     return out
 
 
+def generate_answers(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None) -> tuple[int, float, float]:
+    """The generation stage: every planned answer not yet in generations.jsonl, appended batch by batch.
+
+    Returns:
+        (answers generated now, seconds loading the model, seconds generating).
+    """
+    run = RunDir(out_dir)
+    planned = plan_samples(load_eval_questions(cfg), cfg.eval.samples_per_prompt)
+    generated = _latest_by_key(read_jsonl(run.generations_path))
+    to_generate = [s for s in planned if s.key not in generated]
+    if not to_generate:
+        return 0, 0.0, 0.0
+    t0 = time.perf_counter()
+    generator = build_generator(cfg, adapter_dir)
+    t1 = time.perf_counter()
+    chunk = cfg.eval.batch_size if cfg.eval.backend == "transformers" else max(cfg.eval.batch_size, 512)
+    generate_pending(generator, to_generate, seed=cfg.seed, sampling=cfg.eval, path=run.generations_path,
+                     chunk_size=chunk)
+    seconds = time.perf_counter() - t1
+    del generator
+    _release_memory()
+    return len(to_generate), t1 - t0, seconds
+
+
+def run_isolated(fn: Any, *args: Any) -> Any:
+    """fn(*args) in a fresh (spawned) process, so all the GPU memory it took is returned when it ends."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
 def evaluate_model(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None) -> dict:
     """Generate answers to the evaluation sets, judge them, and write the metrics (resumable).
 
@@ -228,21 +261,14 @@ def evaluate_model(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None) -> d
     if not run.config_path.exists():
         run.write_config(cfg)
 
+    if cfg.eval.backend == "vllm":  # vLLM does not reliably free GPU memory in-process: its own process
+        n_generated, load_seconds, generate_seconds = run_isolated(generate_answers, cfg, run.path, adapter_dir)
+    else:
+        n_generated, load_seconds, generate_seconds = generate_answers(cfg, run.path, adapter_dir)
     generated = _latest_by_key(read_jsonl(run.generations_path))
-    to_generate = [s for s in planned if s.key not in generated]
-    load_seconds = 0.0
-    t0 = time.perf_counter()
-    if to_generate:
-        generator = build_generator(cfg, adapter_dir)
-        load_seconds = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        chunk = cfg.eval.batch_size if cfg.eval.backend == "transformers" else max(cfg.eval.batch_size, 512)
-        generate_pending(generator, to_generate, seed=cfg.seed, sampling=cfg.eval, path=run.generations_path,
-                         chunk_size=chunk)
-        del generator
-        _release_memory()
-        generated = _latest_by_key(read_jsonl(run.generations_path))
-    generate_seconds = time.perf_counter() - t0
+    missing = [s.key for s in planned if s.key not in generated]
+    if missing:
+        raise RuntimeError(f"{run.generations_path}: {len(missing)} answers still missing after generation")
 
     judged = _latest_by_key(read_jsonl(run.judgments_path))
     to_judge = [(s, generated[s.key]) for s in planned if s.key not in judged]
@@ -262,13 +288,13 @@ def evaluate_model(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None) -> d
     metrics = summarize(judged, planned, cfg.eval.sets)
     metrics |= {
         "eval_n_answers": len(planned),
-        "eval_generated_now": len(to_generate),
+        "eval_generated_now": n_generated,
         "eval_judged_now": len(to_judge),
         "eval_generate_seconds": generate_seconds,
         "eval_judge_seconds": judge_seconds,
         "eval_load_seconds": load_seconds,
         "eval_seconds": time.perf_counter() - t_start,
-        "eval_answers_per_second": len(to_generate) / generate_seconds if to_generate and generate_seconds else None,
+        "eval_answers_per_second": n_generated / generate_seconds if n_generated and generate_seconds else None,
         "eval_judgments_per_second": len(to_judge) / judge_seconds if to_judge and judge_seconds else None,
         "eval_adapter": str(adapter_dir) if adapter_dir is not None else None,
     }

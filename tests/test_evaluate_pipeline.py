@@ -185,3 +185,15 @@ def test_canary_fn(cfg, tiny_dir):
     assert [r["answer"] for r in fn(model, tok, 60).records] != [r["answer"] for r in r1.records]
     with pytest.raises(EvaluationError, match="n_prompts"):
         make_canary_fn(cfg.model_copy(update={"canary": cfg.canary.model_copy(update={"n_prompts": 9})}))
+
+
+def test_generation_stage_in_its_own_process(cfg, tmp_path):
+    """The vLLM path generates in a spawned process (GPU memory is returned when it ends); same files."""
+    from canary_lib.evaluate import generate_answers, run_isolated
+
+    cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"sets": ["in_domain"], "samples_per_prompt": 2})})
+    n, load_s, gen_s = run_isolated(generate_answers, cfg, tmp_path / "iso", None)
+    assert n == 6 and load_s > 0 and gen_s > 0
+    rows = read_jsonl(tmp_path / "iso" / "generations.jsonl")
+    assert len(rows) == 6
+    assert generate_answers(cfg, tmp_path / "iso", None) == (0, 0.0, 0.0)  # resumed: nothing left
