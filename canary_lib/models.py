@@ -79,7 +79,6 @@ def load_model_and_tokenizer(cfg: RunConfig) -> tuple[Any, Any]:
     model = AutoModelForCausalLM.from_pretrained(
         path, dtype=dtype, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code
     ).to(device)
-    model.config.use_cache = False  # training: no KV cache (generation passes use_cache itself)
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()

@@ -42,7 +42,7 @@ from canary_lib.artifacts import (
     write_json_atomic,
     write_text_atomic,
 )
-from canary_lib.chat import ChatFormatError, EncodedChat, collate, encode_chat, validate_messages
+from canary_lib.chat import IGNORE_INDEX, ChatFormatError, EncodedChat, collate, encode_chat, validate_messages
 from canary_lib.config import RunConfig, dump_config
 from canary_lib.controller import make_schedule
 from canary_lib.planner import SAFE, TARGET, StepPlanner
@@ -140,10 +140,13 @@ def train_step(model: Any, optimizer: torch.optim.Optimizer, batch: list[Encoded
     total = 0.0
     for start in range(0, len(batch), micro_batch_size):
         tensors = {k: v.to(device) for k, v in collate(batch[start:start + micro_batch_size], pad_token_id).items()}
-        logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"]).logits
-        # next-token prediction: position i predicts token i + 1
-        loss_sum = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tensors["labels"][:, 1:].flatten(),
-                                   ignore_index=-100, reduction="sum")
+        logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"],
+                       use_cache=False).logits
+        # next-token prediction: position i predicts token i + 1. Only supervised positions are upcast to
+        # float32, which keeps memory small with a 152k vocabulary and long prompts.
+        labels = tensors["labels"][:, 1:]
+        supervised = labels != IGNORE_INDEX
+        loss_sum = F.cross_entropy(logits[:, :-1][supervised].float(), labels[supervised], reduction="sum")
         (loss_sum / n_tokens).backward()
         total += loss_sum.item()
     params = [p for group in optimizer.param_groups for p in group["params"]]

@@ -228,3 +228,34 @@ def test_safe_data_required_unless_no_defense(world, tmp_path):
                      [{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}])
     with pytest.raises(TrainingDataError, match="safe.jsonl: training data file not found"):
         train_from_config(_config_with_data(world, tmp_path), tmp_path / "run", canary_fn=ScriptedCanary([0]))
+
+
+def test_loss_and_update_do_not_depend_on_micro_batch_size(world):
+    """Gradient accumulation is exact: token sums over micro-batches / the batch's token count."""
+    from canary_lib.chat import encode_chat
+    from canary_lib.models import add_rslora, load_model_and_tokenizer
+    from canary_lib.train import read_chat_jsonl, train_step
+
+    cfg = tiny_config(world)
+    chats = read_chat_jsonl(world[1] / "target_train.jsonl")[:8]
+    results = []
+    for micro in (8, 3, 1):
+        model, tok = load_model_and_tokenizer(cfg)
+        model = add_rslora(model, cfg.lora, seed=0)
+        with torch.no_grad():  # make B non-zero so the first step's gradient reaches A as well
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.fill_(0.01)
+        batch = [encode_chat(c, tok, 2048) for c in chats]
+        batch[0] = encode_chat(chats[0], tok, 8)  # fully truncated: no supervised token, adds no loss
+        assert batch[0].n_supervised == 0
+        params = [p for p in model.parameters() if p.requires_grad]
+        initial = torch.cat([p.detach().flatten() for p in params]).clone()
+        optimizer = torch.optim.AdamW(params, lr=1e-3)
+        loss = train_step(model, optimizer, batch, lr=1e-3, micro_batch_size=micro,
+                          pad_token_id=tok.pad_token_id, max_grad_norm=None)
+        results.append((loss, torch.cat([p.detach().flatten() for p in params])))
+        assert not torch.allclose(results[-1][1], initial)  # the step did move the adapter
+    for loss, weights in results[1:]:
+        assert loss == pytest.approx(results[0][0], rel=1e-5)
+        assert torch.allclose(weights, results[0][1], atol=1e-6)
