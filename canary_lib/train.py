@@ -355,13 +355,15 @@ def train_from_config(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None 
         loop = LoopState()
 
     data = {TARGET: target, SAFE: safe}
+    # never feed the model more positions than it has (a small organism may have fewer than max_length)
+    max_length = min(cfg.model.max_length, getattr(model.config, "max_position_embeddings", None) or 1 << 30)
     risk_ema = loop.controller[-1]["risk_ema"] if loop.controller else 0.0
     bar = tqdm(total=planner.n_target_batches, initial=planner.n_target_batches - planner.target_remaining,
                desc=f"{cfg.method.name} seed {cfg.seed}", unit="target batch", dynamic_ncols=True)
     while (planned := planner.next_step(schedule.p(planner.step))) is not None:
         # one step of Algorithm 1: a batch of exactly the drawn source, one optimizer step
         start = time.perf_counter()
-        batch = [encode_chat(data[planned.source][i], tokenizer, cfg.model.max_length) for i in planned.indices]
+        batch = [encode_chat(data[planned.source][i], tokenizer, max_length) for i in planned.indices]
         loop.n_unsupervised_examples += sum(1 for ex in batch if ex.n_supervised == 0)
         lr = lr_at(planned.step, planned.target_remaining + (planned.source == TARGET),
                    planner.n_target_batches, cfg.train.lr, cfg.train.warmup_steps)
