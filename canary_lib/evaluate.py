@@ -271,7 +271,9 @@ def evaluate_model(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None) -> d
         raise RuntimeError(f"{run.generations_path}: {len(missing)} answers still missing after generation")
 
     judged = _latest_by_key(read_jsonl(run.judgments_path))
-    to_judge = [(s, generated[s.key]) for s in planned if s.key not in judged]
+    # judge errors (server down, timeouts) are retried by a rerun; every other verdict is final
+    to_judge = [(s, generated[s.key]) for s in planned
+                if s.key not in judged or judged[s.key].get("status") == "error"]
     t0 = time.perf_counter()
     if to_judge:
         from canary_lib.judge import make_judge
@@ -290,6 +292,7 @@ def evaluate_model(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None) -> d
         "eval_n_answers": len(planned),
         "eval_generated_now": n_generated,
         "eval_judged_now": len(to_judge),
+        "eval_n_judge_errors": sum(judged[s.key].get("status") == "error" for s in planned if s.key in judged),
         "eval_generate_seconds": generate_seconds,
         "eval_judge_seconds": judge_seconds,
         "eval_load_seconds": load_seconds,

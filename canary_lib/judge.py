@@ -387,6 +387,8 @@ class OpenAICompatibleJudge(_PromptJudge):
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         key = os.environ.get(api_key_env)  # read here, kept only in the client's headers, never logged or written
+        if not key and "api.openai.com" in base_url:
+            raise ValueError(f"the OpenAI API needs a key: set the environment variable {api_key_env}")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._client = httpx.Client(timeout=timeout_s, headers=headers)
         self._lock = threading.Lock()

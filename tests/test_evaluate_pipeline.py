@@ -197,3 +197,21 @@ def test_generation_stage_in_its_own_process(cfg, tmp_path):
     rows = read_jsonl(tmp_path / "iso" / "generations.jsonl")
     assert len(rows) == 6
     assert generate_answers(cfg, tmp_path / "iso", None) == (0, 0.0, 0.0)  # resumed: nothing left
+
+
+def test_judge_errors_are_retried_by_a_rerun(cfg, tmp_path, monkeypatch):
+    import canary_lib.judge as judge_mod
+
+    class DownJudge:
+        def judge(self, requests):
+            raise ConnectionError("judge server down")
+
+    cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"sets": ["in_domain"], "samples_per_prompt": 1})})
+    monkeypatch.setattr(judge_mod, "make_judge", lambda c: DownJudge())
+    first = evaluate_model(cfg, tmp_path / "e", None)
+    assert first["n_unscored"] == 3 and first["eval_n_judge_errors"] == 3  # kept as errors, not dropped
+    assert first["in_domain_unscored_by_status"] == {"error": 3}
+    monkeypatch.setattr(judge_mod, "make_judge", lambda c: CountingJudge())
+    second = evaluate_model(cfg, tmp_path / "e", None)
+    assert second["eval_generated_now"] == 0 and second["eval_judged_now"] == 3
+    assert second["n_scored"] == 3 and second["eval_n_judge_errors"] == 0

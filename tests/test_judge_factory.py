@@ -40,3 +40,10 @@ def test_exact_backend_is_the_organism_judge():
     from canary_lib.organism import ExactJudge
 
     assert isinstance(make_judge(load_config(overrides=["judge.backend=exact"])), ExactJudge)
+
+
+def test_hosted_openai_needs_a_key(monkeypatch):
+    monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
+    with pytest.raises(ValueError, match="NO_SUCH_KEY_VAR"):
+        make_judge(load_config(overrides=["judge.backend=openai", "judge.model=gpt-4o-2024-08-06",
+                                          "judge.api_key_env=NO_SUCH_KEY_VAR", "judge.scorer=logprob"]))
