@@ -103,12 +103,17 @@ MEASURE_BASE_RISK: bool = True  # load the base model and measure r_0 on the can
     ("md", "## Disjointness: each canary and its closest evaluation prompt (word n-gram overlap)"),
     ("code", """\
 from canary_lib.data import load_question_set
-from canary_lib.data.disjoint import check_disjoint, max_similarity
+from canary_lib.data.disjoint import find_overlaps, max_similarity
 
 canaries = load_question_set(cfg.data.path(cfg.data.canary_file))[: cfg.canary.n_prompts]
 eval_sets = {"general": load_question_set(cfg.data.path(cfg.data.general_eval_file)),
              "in_domain": load_question_set(cfg.data.path(cfg.data.in_domain_eval_file))}
-check_disjoint(canaries, eval_sets)  # raises, listing the pairs, if a canary duplicates an eval prompt
+overlaps = find_overlaps(canaries, eval_sets)
+exact = [o.describe() for o in overlaps if o.kind == "exact"]
+if exact:  # a canary that IS an evaluation prompt would let the controller tune on the test set
+    raise ValueError("canaries must be disjoint from the evaluation prompts:\\n" + "\\n".join(exact))
+for o in overlaps:  # near duplicates (n-gram heuristic): shown for judgement, not fatal
+    print("near duplicate:", o.describe())
 similarity = pd.DataFrame(max_similarity(canaries, eval_sets))
 print(f"M = {len(canaries)} canaries x {cfg.canary.samples_per_prompt} sample(s); "
       f"eval prompts: {', '.join(f'{k} {len(v)}' for k, v in eval_sets.items())}")
@@ -138,6 +143,7 @@ from canary_lib.artifacts import write_json_atomic
 write_json_atomic(Path(RESULTS_DIR) / "canary_design.json", {
     "n_canaries": len(canaries), "samples_per_prompt": cfg.canary.samples_per_prompt,
     "max_jaccard_to_eval": float(similarity.max_jaccard.max()) if len(similarity) else None,
+    "near_duplicates": [o.describe() for o in overlaps],
     "base_canary_risk": base_risk, "r_low": cfg.controller.r_low, "r_high": cfg.controller.r_high,
 })"""),
 ]
