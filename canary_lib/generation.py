@@ -151,7 +151,9 @@ def sample_continuations(
 
     device = next(model.parameters()).device
     ids, mask = left_pad(prompts, pad_id, device)
-    generators = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+    # One generator per row, on the model's device (no per-step copy of the probabilities to the CPU); the
+    # same seed gives the same draws on the same kind of device, not across CPU and GPU.
+    generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
     out: list[list[int]] = [[] for _ in prompts]
     alive = list(range(len(prompts)))
     stop = torch.tensor(sorted(stop_ids), device=device)
@@ -166,10 +168,10 @@ def sample_continuations(
             if temperature == 0:
                 chosen = logits.argmax(dim=-1)
             else:
-                probs = _filter_top_p(torch.softmax(logits / temperature, dim=-1), top_p).cpu()
+                probs = _filter_top_p(torch.softmax(logits / temperature, dim=-1), top_p)
                 # Row by row, each from its own generator: the draws do not depend on the batch.
                 chosen = torch.stack([torch.multinomial(probs[r], 1, generator=generators[row]).squeeze(0)
-                                      for r, row in enumerate(alive)]).to(device)
+                                      for r, row in enumerate(alive)])
             finished = torch.isin(chosen, stop)
             for r, row in enumerate(alive):
                 if not finished[r]:

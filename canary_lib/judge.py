@@ -448,8 +448,7 @@ class OpenAICompatibleJudge(_PromptJudge):
             return {OTHER_MASS_KEY: 0.0}
         out: dict[str, float] = {}
         for item in content[0]["top_logprobs"]:
-            out[item["token"]] = float(math.log(math.exp(out[item["token"]]) + math.exp(item["logprob"]))) \
-                if item["token"] in out else float(item["logprob"])
+            _add_logprob(out, item["token"], float(item["logprob"]))
         return out
 
     def _text(self, prompt: str) -> str:

@@ -108,3 +108,20 @@ def test_throughput(tiny):
     rate = 32 / (time.perf_counter() - t0)
     print(f"generation: {rate:.0f} answers/s (tiny Qwen2, <=32 new tokens, CPU, 1 thread)")
     assert sum(len(a) for a in out) == 32 and rate > 0
+
+
+def test_rows_finishing_at_different_times(tiny):
+    """Rows leave the batch (and its KV cache) when they end; each still equals its answer generated alone."""
+    model, tok = tiny
+    bias = torch.zeros(model.config.vocab_size)
+    bias[tok.convert_tokens_to_ids("<|im_end|>")] = 4.0  # answers end after a few tokens, at different steps
+    handle = model.lm_head.register_forward_hook(lambda m, a, out: out + bias)
+    try:
+        s = SamplingSettings(max_new_tokens=40)
+        batched = TransformersGenerator(model, tok, batch_size=12).generate([C1, C2, C3], n=4, seed=9, sampling=s)
+        alone = TransformersGenerator(model, tok, batch_size=1).generate([C1, C2, C3], n=4, seed=9, sampling=s)
+    finally:
+        handle.remove()
+    lengths = {len(tok(a)["input_ids"]) for row in batched for a in row}
+    assert len(lengths) > 2  # the rows really did stop at different steps
+    assert batched == alone
