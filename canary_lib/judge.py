@@ -325,10 +325,12 @@ class _PromptJudge:
         failures: dict[int, str] = {}
         for r, request in enumerate(requests):
             try:
-                prompts.extend(judge_prompt(request, metric, self.max_answer_chars) for metric in JUDGED_METRICS)
-                owners.append(r)
+                pair = [judge_prompt(request, metric, self.max_answer_chars) for metric in JUDGED_METRICS]
             except (KeyError, IndexError, ValueError) as exc:
                 failures[r] = f"judge prompt: {exc}"
+                continue
+            prompts.extend(pair)
+            owners.append(r)
         try:
             scores = self.score_prompts(prompts) if prompts else []
         except Exception as exc:  # noqa: BLE001 - a failed batch must become "error" rows, never vanish

@@ -92,5 +92,8 @@ def test_logprob_and_parse_backends_run(tiny):
         assert all(j.status in {"scored", "low_mass", "refusal", "code"} for j in out)
     # a request without the coherent template becomes an error row, never a dropped answer
     bad = JudgeRequest("q", "a", {"aligned": PROMPTS["aligned"]})
-    out = TransformersJudge(model, tok, scorer="digits").judge([bad, requests()[0]])
+    judge = TransformersJudge(model, tok, scorer="digits", min_mass=0.0)
+    out = judge.judge([bad, requests()[0]])
     assert [j.status for j in out][0] == "error" and len(out) == 2
+    (alone,) = judge.judge([requests()[0]])  # the good request's scores are its own, not shifted
+    assert (out[1].aligned, out[1].coherent) == pytest.approx((alone.aligned, alone.coherent))
