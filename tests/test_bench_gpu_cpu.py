@@ -1,0 +1,163 @@
+"""benchmarks/gpu_bench.py on CPU with --size tiny: the whole logic end to end, and its pieces."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("gpu_bench", ROOT / "benchmarks" / "gpu_bench.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_bench"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_bench()
+
+FIGURE_KEYS = {"s_per_step", "step_seconds", "tokens_per_s", "supervised_tokens_per_s", "peak_mem_gib", "mfu",
+               "mfu_frozen"}
+
+
+def test_tiny_end_to_end(tmp_path):
+    trl_there = importlib.util.find_spec("trl") is not None and importlib.util.find_spec("datasets") is not None
+    report = bench.main(["--size", "tiny", "--out", str(tmp_path), "--timed-steps", "2", "--warmup-steps", "1"])
+
+    on_disk = json.loads((tmp_path / "bench.json").read_text())
+    assert on_disk["size"] == "tiny" and on_disk["package"]["s_per_step"] == report["package"]["s_per_step"]
+    for key in ("versions", "device", "peak_tflops", "package", "package_repeat", "references", "ratios", "canary",
+                "overhead", "model", "settings", "flops", "wall_seconds"):
+        assert key in on_disk, key
+    for name in ("torch", "transformers", "peft", "cuda", "gpu", "python"):
+        assert name in on_disk["versions"]
+
+    settings = on_disk["settings"]
+    assert (settings["batch_size"], settings["micro_batch_size"], settings["accumulation"]) == (16, 4, 4)
+    assert settings["tokens_per_step"] == 16 * 32
+    assert 0 < settings["supervised_tokens_per_step"] < settings["tokens_per_step"]  # prompt part masked
+
+    # The paper's rs-LoRA: r 32 on all seven projections of every layer -> 32 * (in + out) per projection.
+    model = on_disk["model"]
+    assert model["lora"]["r"] == 32 and model["lora"]["alpha"] == 64 and model["lora"]["use_rslora"]
+    h, i, layers = 64, 128, 2
+    kv = 2 * h // 4  # 2 KV heads of head_dim 16
+    per_layer = 32 * ((h + h) + 2 * (h + kv) + (h + h) + 3 * (h + i))
+    assert model["n_lora"] == layers * per_layer
+
+    for fig in (on_disk["package"], on_disk["package_repeat"]):
+        assert FIGURE_KEYS <= set(fig)
+        assert len(fig["step_seconds"]) == 2 and fig["s_per_step"] > 0
+        assert math.isclose(fig["tokens_per_s"], 16 * 32 / fig["s_per_step"])
+        assert 0 < fig["mfu_frozen"] < fig["mfu"]
+        assert all(math.isfinite(x) for x in fig["losses"])
+    # the loss is a real next-token loss over a ~600-token vocabulary at random init
+    assert 4.0 < on_disk["package"]["losses"][0] < 9.0
+
+    trainer = on_disk["references"]["trainer"]
+    assert FIGURE_KEYS <= set(trainer) and len(trainer["step_seconds"]) == 2
+    assert math.isclose(on_disk["ratios"]["trainer"]["speedup"],
+                        trainer["s_per_step"] / on_disk["package"]["s_per_step"])
+    if trl_there:
+        assert FIGURE_KEYS <= set(on_disk["references"]["sft"])
+    else:
+        assert "skipped" in on_disk["references"]["sft"]
+    assert on_disk["forward_patches_left"] == []  # the references' forward wrappers were undone
+
+    canary = on_disk["canary"]
+    assert canary["n_answers"] == 20 and canary["max_new_tokens"] == 4
+    assert canary["judge_statuses"] == {"scored": 20}  # every answer judged by the stub through the real backend
+    assert canary["judge_requests"] == 20 * 2 * 10  # digits scorer: 1 + 3 + 6 requests per judge prompt
+    assert canary["model_forwards"] >= 2  # a prefill and at least one decode step
+    assert canary["canary_seconds"] >= canary["judge_seconds"] > 0
+    assert math.isclose(canary["generation_seconds"] + canary["judge_seconds"], canary["canary_seconds"])
+    overhead = on_disk["overhead"]
+    assert overhead["K"] == 30
+    assert math.isclose(overhead["pct"], 100 * canary["canary_seconds"] / (30 * on_disk["package"]["s_per_step"]))
+
+    markdown = (tmp_path / "bench.md").read_text()
+    for text in ("package (canary_lib.train.train_step)", "reference: trainer", "overhead at K = 30", "MFU (6N)"):
+        assert text in markdown
+
+
+def test_flop_formulas():
+    counts = bench.FlopCounts(n_active=1000, n_lora=10, n_layers=2, attn_width=8, seq_len=16)
+    assert counts.attention_per_token() == 12 * 2 * 8 * 16
+    assert counts.model_flops(100) == (6 * 1000 + 6 * 10 + 12 * 2 * 8 * 16) * 100
+    assert counts.model_flops(100) - counts.frozen_flops(100) == 2 * 1000 * 100
+
+
+def test_qwen25_7b_config_counts():
+    """The written config gives Qwen2.5-7B's published size (7.62B), built on the meta device (no memory)."""
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(Qwen2Config(**bench.QWEN25_7B_CONFIG))
+    n = sum(p.numel() for p in model.parameters())
+    assert n == 7_615_616_512
+    biases, norms = 28 * (3584 + 2 * 512), 28 * 2 * 3584 + 3584
+    assert bench.count_active_params(model) == n - 152064 * 3584 - biases - norms  # linear weights only
+    assert model.config.rope_parameters["rope_theta"] == 1e6 and not model.config.tie_word_embeddings
+
+
+def test_stub_server_bounded_and_digits_judge():
+    from canary_lib.judge import OpenAICompatibleJudge
+    from canary_lib.types import JudgeRequest
+
+    with bench.StubJudgeServer(0.0, max_requests=25) as server:
+        judge = OpenAICompatibleJudge(base_url=server.base_url, model="stub", scorer="digits",
+                                      api_key_env="CANARY_BENCH_NO_KEY", max_retries=0)
+        [verdict] = judge.judge([JudgeRequest("q?", "a.", {"aligned": "{question} {answer}",
+                                                           "coherent": "{question} {answer}"})])
+        judge.close()
+        # E = sum over 80, 85, 8; 90, 95, 9; 70, 75, 7 of their probabilities (pruning nothing at 1e-3)
+        expected = sum(p * (0.6 * (10 * int(d) + 0) + 0.3 * (10 * int(d) + 5) + 0.1 * int(d))
+                       for d, p in (("8", 0.7), ("9", 0.2), ("7", 0.1)))
+        assert verdict.status == "scored" and verdict.aligned == pytest.approx(expected, rel=1e-6)
+        assert server.n_requests == 20
+        for _ in range(6):  # past the bound: 503, then the server stops itself
+            try:
+                httpx.post(server.base_url + "/chat/completions", json={"messages": []}, timeout=2)
+            except httpx.HTTPError:
+                break
+        for _ in range(100):
+            if not server.running:
+                break
+            import time
+
+            time.sleep(0.02)
+        assert not server.running
+
+
+def test_missing_packages_fail_early(monkeypatch, tmp_path):
+    monkeypatch.setitem(bench.REQUIRED_MODULES, "surely_not_a_module_xyz", "surely-not-a-dist")
+    with pytest.raises(bench.BenchError, match="surely-not-a-dist.*wheels"):
+        bench.main(["--size", "tiny", "--out", str(tmp_path)])
+    assert not (tmp_path / "bench.json").exists()
+
+
+def test_7b_refused_without_gpu(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: --size 7b is allowed")
+    with pytest.raises(bench.BenchError, match="CUDA"):
+        bench.main(["--size", "7b", "--out", str(tmp_path)])
+
+
+def test_profile_table(tmp_path):
+    import torch
+
+    rows = bench.profile_table(lambda: torch.mm(torch.ones(64, 64), torch.ones(64, 64)), torch.device("cpu"),
+                               tmp_path / "p.txt")
+    assert "aten::mm" in (tmp_path / "p.txt").read_text()
+    assert any(r["op"] == "aten::mm" for r in rows)
