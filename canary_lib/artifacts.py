@@ -16,6 +16,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
+from canary_lib.errors import CanaryError
+
 STEPS_COLUMNS = ["step", "source", "p", "target_remaining", "loss", "lr"]
 CONTROLLER_COLUMNS = [
     "step", "canary_risk", "risk_ema", "p_before", "p_after", "n_canary", "n_misaligned", "seconds",
@@ -25,7 +27,7 @@ _INT_COLUMNS = {"step", "target_remaining", "n_canary", "n_misaligned"}
 _STR_COLUMNS = {"source"}
 
 
-class IncompleteRunError(RuntimeError):
+class IncompleteRunError(CanaryError, RuntimeError):
     """A run directory was read as finished, but the stage's completion marker is missing."""
 
 

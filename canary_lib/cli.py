@@ -7,8 +7,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from canary_lib.config import ConfigError, load_config
-from canary_lib.data.errors import DataError
+from canary_lib.config import load_config
+from canary_lib.errors import CanaryError
 
 
 def _add_params(p: argparse.ArgumentParser) -> None:
@@ -99,6 +99,6 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DataError) as exc:
+    except CanaryError as exc:
         print(f"canary: {exc}", file=sys.stderr)
         return 2

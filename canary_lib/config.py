@@ -16,13 +16,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from canary_lib.errors import CanaryError
+
 QWEN2_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 METHODS = ("no_defense", "fixed", "canary", "fixed_mean", "delayed", "shuffled", "no_ema")
 MethodName = Literal["no_defense", "fixed", "canary", "fixed_mean", "delayed", "shuffled", "no_ema"]
 
 
-class ConfigError(ValueError):
+class ConfigError(CanaryError, ValueError):
     """A configuration problem, with the offending key and the file it came from in the message."""
 
 

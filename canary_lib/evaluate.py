@@ -24,6 +24,7 @@ from typing import Any, Iterable, Sequence
 
 from tqdm.auto import tqdm
 
+from canary_lib.errors import CanaryError
 from canary_lib.artifacts import RunDir, append_jsonl, read_jsonl
 from canary_lib.config import RunConfig
 from canary_lib.metrics import is_misaligned, is_scored, summarize_judgments
@@ -34,7 +35,7 @@ KEY_FIELDS = ("set", "question_id", "paraphrase", "sample")
 LLM_JUDGE_METRICS = ("aligned", "coherent")
 
 
-class EvaluationError(ValueError):
+class EvaluationError(CanaryError, ValueError):
     """Bad evaluation input (missing files, questions without judge prompts, an unfinished run)."""
 
 

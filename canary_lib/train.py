@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from canary_lib.errors import CanaryError
 from canary_lib.artifacts import (
     CONTROLLER_COLUMNS,
     STEPS_COLUMNS,
@@ -54,7 +55,7 @@ KILL_AFTER_STEP_ENV = "CANARY_KILL_AFTER_STEP"
 _STATE_FILE = "state.json"
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(CanaryError, ValueError):
     """The training data cannot be used (missing or empty file, malformed line)."""
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from canary_lib.errors import CanaryError
 
-class DataError(ValueError):
+
+class DataError(CanaryError, ValueError):
     """Bad or missing input data (files, columns, checksums, gated datasets, overlapping canaries)."""
