@@ -175,6 +175,11 @@ def check_environment() -> dict[str, Any]:
     else:
         versions["gpu"] = None
     versions["optional_missing"] = missing_modules(OPTIONAL_MODULES)
+    if "trl" not in versions["optional_missing"]:
+        try:  # trl imports lazily: the trainer itself may still fail (e.g. a datasets/pyarrow mismatch)
+            from trl import SFTConfig, SFTTrainer  # noqa: F401
+        except Exception as exc:  # noqa: BLE001
+            versions["optional_missing"].append(f"trl (SFTTrainer: {type(exc).__name__}: {exc})"[:300])
     return versions
 
 
@@ -775,7 +780,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not 0 < args.prompt_fraction < 1:
         p.error("--prompt-fraction must be in (0, 1)")
-    for name in ("warmup_steps", "seq_len", "micro_batch_size", "canary_new_tokens"):
+    if args.warmup_steps is not None and args.warmup_steps < 0:
+        p.error("--warmup-steps must be >= 0")
+    for name in ("seq_len", "micro_batch_size", "canary_new_tokens"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.timed_steps is not None and args.timed_steps < 1:
@@ -784,7 +791,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
-    """Run the benchmark; returns the figures also written to bench.json. See the module docstring."""
+    """Run the benchmark; returns the figures also written to bench.json. See the module docstring.
+
+    bench.json is rewritten after every phase, so a run cut short (time limit, a failing phase) still leaves
+    what it measured; `phases_done` lists the phases it holds and `errors` what failed in optional phases.
+    """
     wall_start = time.perf_counter()
     args = parse_args(argv)
     versions = check_environment()
@@ -792,13 +803,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     import torch
 
+    from canary_lib.artifacts import write_json_atomic, write_text_atomic
     from canary_lib.models import add_rslora, choose_dtype
     from canary_lib.testing import build_tiny_tokenizer
 
     cuda = torch.cuda.is_available()
     size = args.size or ("7b" if cuda else "tiny")
     if size == "7b" and not cuda and not args.allow_cpu_7b:
-        raise BenchError("--size 7b needs a CUDA GPU (about 35 GiB of GPU memory); use --size tiny on CPU")
+        raise BenchError("--size 7b needs a CUDA GPU (about 45 GiB of GPU memory); use --size tiny on CPU")
     preset = SIZES[size]
     device = torch.device("cuda" if cuda else "cpu")
     cfg = bench_config(size, args)
@@ -810,15 +822,33 @@ def main(argv: Sequence[str] | None = None) -> dict:
     out_dir = args.out or default_out_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     references = {"auto": ["trainer", "sft"], "trainer": ["trainer"], "sft": ["sft"], "none": []}[args.reference]
-    trl_missing = [m for m in versions["optional_missing"] if m in ("trl", "datasets")]
-    if args.reference == "sft" and trl_missing:
-        raise BenchError(f"--reference sft needs {', '.join(trl_missing)}; {WHEELS_HINT}")
+    sft_missing = versions["optional_missing"]
+    if args.reference == "sft" and sft_missing:
+        raise BenchError(f"--reference sft needs {', '.join(sft_missing)}; {WHEELS_HINT}")
+    K = cfg.controller.K
+
+    report: dict[str, Any] = {"size": size, "versions": versions, "device": str(device), "phases_done": [],
+                              "errors": {}}
+    report["settings"] = {
+        "batch_size": cfg.train.batch_size, "micro_batch_size": cfg.train.micro_batch_size,
+        "accumulation": cfg.train.batch_size // cfg.train.micro_batch_size, "seq_len": seq_len,
+        "tokens_per_step": cfg.train.batch_size * seq_len, "prompt_fraction": args.prompt_fraction,
+        "warmup_steps": warmup, "timed_steps": timed, "references": references,
+        "gradient_checkpointing": cfg.train.gradient_checkpointing, "K": K,
+    }
+
+    def save(phase: str) -> None:
+        report["phases_done"].append(phase)
+        report["wall_seconds"] = time.perf_counter() - wall_start
+        write_json_atomic(out_dir / "bench.json", report)
 
     print(f"size {size} on {device} ({versions.get('gpu') or platform.processor() or 'cpu'}), dtype {dtype}",
           flush=True)
     peak_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     peak = measure_peak_flops(device, peak_dtype, preset.peak_matmul_n)
-    print(f"peak {str(peak_dtype).split('.')[-1]} matmul: {peak / 1e12:.1f} TFLOP/s", flush=True)
+    report |= {"peak_tflops": peak / 1e12, "peak_dtype": str(peak_dtype).split(".")[-1]}
+    print(f"peak {report['peak_dtype']} matmul: {peak / 1e12:.1f} TFLOP/s", flush=True)
+    save("peak")
 
     tokenizer = build_tiny_tokenizer()
     t0 = time.perf_counter()
@@ -833,12 +863,25 @@ def main(argv: Sequence[str] | None = None) -> dict:
     head_dim = getattr(mc, "head_dim", None) or mc.hidden_size // mc.num_attention_heads
     flops = FlopCounts(n_active=n_active, n_lora=n_lora, n_layers=mc.num_hidden_layers,
                        attn_width=mc.num_attention_heads * head_dim, seq_len=seq_len)
+    report["model"] = {"config": dict(preset.model) | {"vocab_size": mc.vocab_size},
+                       "dtype": str(dtype).split(".")[-1], "n_params": n_total, "n_active": n_active,
+                       "n_lora": n_lora, "build_seconds": build_seconds, "lora": cfg.lora.model_dump(),
+                       "attn_implementation": getattr(mc, "_attn_implementation", None)}
+    report["flops"] = {
+        "formula_mfu": "(6*n_active + 6*n_lora + 12*n_layers*attn_width*seq_len) * tokens / s_per_step / peak",
+        "formula_mfu_frozen": "(4*n_active + 6*n_lora + 12*n_layers*attn_width*seq_len) * tokens / s_per_step / peak",
+        "per_step_model": flops.model_flops(cfg.train.batch_size * seq_len),
+        "per_step_frozen": flops.frozen_flops(cfg.train.batch_size * seq_len),
+        "n_layers": flops.n_layers, "attn_width": flops.attn_width,
+    }
     print(f"model: {n_total / 1e9:.3f}B parameters ({n_active / 1e9:.3f}B in matmuls), LoRA {n_lora / 1e6:.1f}M "
           f"trainable; built in {build_seconds:.1f} s", flush=True)
+    save("model")
 
     pool = synthetic_batches(4 * cfg.train.batch_size, seq_len, mc.vocab_size, args.prompt_fraction)
     tokens = cfg.train.batch_size * seq_len
     supervised = sum(ex.n_supervised for ex in pool[: cfg.train.batch_size])
+    report["settings"]["supervised_tokens_per_step"] = supervised
 
     def measure(label: str) -> dict:
         _reset_peak(device)
@@ -849,20 +892,27 @@ def main(argv: Sequence[str] | None = None) -> dict:
               f"MFU {100 * fig['mfu']:.1f}%, peak {fig['peak_mem_gib'] or 0:.1f} GiB", flush=True)
         return fig
 
-    report: dict[str, Any] = {"size": size, "versions": versions, "device": str(device),
-                              "peak_tflops": peak / 1e12, "peak_dtype": str(peak_dtype).split(".")[-1]}
     report["package"] = measure("package")
+    save("package")
 
     report["references"], report["ratios"] = {}, {}
     with tempfile.TemporaryDirectory(prefix="gpu_bench_") as work:
         for kind in references:
-            if kind == "sft" and trl_missing:
-                report["references"][kind] = {"skipped": f"{', '.join(trl_missing)} not importable"}
-                print(f"reference {kind}: skipped ({', '.join(trl_missing)} not importable)", flush=True)
+            if kind == "sft" and sft_missing:
+                report["references"][kind] = {"skipped": f"{', '.join(sft_missing)} not importable"}
+                print(f"reference {kind}: skipped ({', '.join(sft_missing)} not importable)", flush=True)
                 continue
             _reset_peak(device)
-            times = time_reference(kind, model, tokenizer, cfg, pool, warmup=warmup, timed=timed, device=device,
-                                   workdir=Path(work))
+            try:
+                times = time_reference(kind, model, tokenizer, cfg, pool, warmup=warmup, timed=timed,
+                                       device=device, workdir=Path(work))
+            except Exception as exc:  # noqa: BLE001 - a reference failing must not lose the package's figures
+                message = f"{type(exc).__name__}: {exc}"[:1000]
+                report["references"][kind] = {"skipped": f"failed: {message[:200]}"}
+                report["errors"][f"reference_{kind}"] = message
+                print(f"reference {kind}: FAILED ({message})", flush=True)
+                _release_memory()
+                continue
             fig = summarize_steps(times, tokens=tokens, supervised=supervised, flops=flops, peak_flops=peak,
                                   peak_mem_gib=_peak_gib(device))
             report["references"][kind] = fig
@@ -871,16 +921,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                                  if fig["peak_mem_gib"] else None)}
             print(f"reference {kind}: {fig['s_per_step']:.3f} s/step, {fig['tokens_per_s']:.0f} tokens/s; package "
                   f"speed-up {report['ratios'][kind]['speedup']:.2f}x", flush=True)
+            save(f"reference_{kind}")
     report["forward_patches_left"] = sorted(type(o).__name__ for o in _forward_owners(model) if "forward" in o.__dict__)
     if not args.no_repeat:
         report["package_repeat"] = measure("package (repeat)")
+        save("package_repeat")
 
     # Warm the decode path (shapes, kernels) with a short evaluation, then measure the real one.
     short = cfg.model_copy(update={"canary": cfg.canary.model_copy(update={"max_new_tokens": 2})})
     run_canary_eval(model, tokenizer, short, latency_s=0.0, device=device)
-    report["canary"] = run_canary_eval(model, tokenizer, cfg, latency_s=latency, device=device, step=cfg.controller.K)
+    report["canary"] = run_canary_eval(model, tokenizer, cfg, latency_s=latency, device=device, step=K)
     s_step = report["package"]["s_per_step"]
-    K = cfg.controller.K
     report["overhead"] = {
         "K": K,
         "pct": 100 * report["canary"]["canary_seconds"] / (K * s_step),
@@ -889,44 +940,43 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"canary: generation {report['canary']['generation_seconds']:.2f} s, judge "
           f"{report['canary']['judge_seconds']:.2f} s ({report['canary']['judge_requests']} requests); overhead at "
           f"K={K}: {report['overhead']['pct']:.2f}%", flush=True)
+    save("canary")
 
     if args.profile:
-        def two_steps() -> None:
-            time_package(model, cfg, pool, warmup=0, timed=2, device=device)
-
-        report["profile"] = {
-            "package_step": profile_table(two_steps, device, out_dir / "profile_step.txt"),
-            "canary_decode": profile_table(
-                lambda: run_canary_eval(model, tokenizer, cfg.model_copy(update={"canary": cfg.canary.model_copy(
-                    update={"max_new_tokens": min(16, cfg.canary.max_new_tokens)})}), latency_s=0.0, device=device),
-                device, out_dir / "profile_canary.txt"),
-            "files": ["profile_step.txt", "profile_canary.txt"],
+        short_decode = cfg.model_copy(update={"canary": cfg.canary.model_copy(
+            update={"max_new_tokens": min(16, cfg.canary.max_new_tokens)})})
+        jobs = {
+            "package_step": ("profile_step.txt",
+                             lambda: time_package(model, cfg, pool, warmup=0, timed=2, device=device)),
+            "canary_decode": ("profile_canary.txt",
+                              lambda: run_canary_eval(model, tokenizer, short_decode, latency_s=0.0, device=device)),
         }
+        report["profile"] = {"files": []}
+        for name, (filename, fn) in jobs.items():
+            try:
+                report["profile"][name] = profile_table(fn, device, out_dir / filename)
+                report["profile"]["files"].append(filename)
+            except Exception as exc:  # noqa: BLE001 - the profile is optional; keep the figures
+                report["errors"][f"profile_{name}"] = f"{type(exc).__name__}: {exc}"[:1000]
+                print(f"profile {name}: FAILED ({exc})", flush=True)
+        save("profile")
 
-    report["model"] = {"config": {k: v for k, v in preset.model.items()} | {"vocab_size": mc.vocab_size},
-                       "dtype": str(dtype).split(".")[-1], "n_params": n_total, "n_active": n_active,
-                       "n_lora": n_lora, "build_seconds": build_seconds,
-                       "lora": cfg.lora.model_dump()}
-    report["settings"] = {"batch_size": cfg.train.batch_size, "micro_batch_size": cfg.train.micro_batch_size,
-                          "accumulation": cfg.train.batch_size // cfg.train.micro_batch_size, "seq_len": seq_len,
-                          "tokens_per_step": tokens, "supervised_tokens_per_step": supervised,
-                          "prompt_fraction": args.prompt_fraction, "warmup_steps": warmup, "timed_steps": timed,
-                          "references": references, "gradient_checkpointing": cfg.train.gradient_checkpointing}
-    report["flops"] = {
-        "formula_mfu": "(6*n_active + 6*n_lora + 12*n_layers*attn_width*seq_len) * tokens / s_per_step / peak",
-        "formula_mfu_frozen": "(4*n_active + 6*n_lora + 12*n_layers*attn_width*seq_len) * tokens / s_per_step / peak",
-        "per_step_model": flops.model_flops(tokens), "per_step_frozen": flops.frozen_flops(tokens),
-        "n_layers": flops.n_layers, "attn_width": flops.attn_width,
-    }
     report["wall_seconds"] = time.perf_counter() - wall_start
-
-    from canary_lib.artifacts import write_json_atomic, write_text_atomic
-
-    write_json_atomic(out_dir / "bench.json", report)
     markdown = markdown_report(report)
     write_text_atomic(out_dir / "bench.md", markdown)
+    save("done")
     print(markdown, flush=True)
     return report
+
+
+def _release_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ def test_tiny_end_to_end(tmp_path):
     report = bench.main(["--size", "tiny", "--out", str(tmp_path), "--timed-steps", "2", "--warmup-steps", "1"])
 
     on_disk = json.loads((tmp_path / "bench.json").read_text())
+    assert on_disk["phases_done"][-1] == "done" and on_disk["errors"] == {}
     assert on_disk["size"] == "tiny" and on_disk["package"]["s_per_step"] == report["package"]["s_per_step"]
     for key in ("versions", "device", "peak_tflops", "package", "package_repeat", "references", "ratios", "canary",
                 "overhead", "model", "settings", "flops", "wall_seconds"):
@@ -161,3 +162,18 @@ def test_profile_table(tmp_path):
                                tmp_path / "p.txt")
     assert "aten::mm" in (tmp_path / "p.txt").read_text()
     assert any(r["op"] == "aten::mm" for r in rows)
+
+
+def test_failing_reference_keeps_the_other_figures(monkeypatch, tmp_path):
+    def broken(kind, *args, **kwargs):
+        raise RuntimeError(f"{kind} exploded")
+
+    monkeypatch.setattr(bench, "time_reference", broken)
+    report = bench.main(["--size", "tiny", "--out", str(tmp_path), "--reference", "trainer", "--no-repeat",
+                         "--timed-steps", "1", "--warmup-steps", "0", "--canary-new-tokens", "1"])
+    assert report["errors"] == {"reference_trainer": "RuntimeError: trainer exploded"}
+    assert report["references"]["trainer"]["skipped"].startswith("failed")
+    assert report["ratios"] == {} and "package_repeat" not in report
+    on_disk = json.loads((tmp_path / "bench.json").read_text())
+    assert on_disk["phases_done"] == ["peak", "model", "package", "canary", "done"]
+    assert "skipped: failed" in (tmp_path / "bench.md").read_text()
