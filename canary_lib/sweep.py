@@ -27,7 +27,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -447,6 +447,8 @@ class _Runner:
                     continue
                 gpus = self._take_gpus()
                 running[job.name] = (self._submit(job, gpus), job, gpus)
+                if self.settings.kind != "debug":
+                    print(f"  start  {job.name}", flush=True)
             if pending and not running:
                 # Nothing runs and nothing can start: a dependency outside this sweep never finishes.
                 for job in pending:
@@ -541,7 +543,11 @@ def run_sweep(path: str | Path, dry_run: bool = False) -> int:
     outcomes.update(runner.run([plan.analysis], _report))
 
     failed = [o for o in outcomes.values() if not o.ok]
-    print(f"sweep {spec.profile}: {len(outcomes) - len(failed)} job(s) ok, {len(failed)} failed", flush=True)
+    results_dir = Path(plan.analysis.steps[0].parameters["RESULTS_DIR"])
+    write_json_atomic(results_dir / "sweep_status.json",
+                      {"sweep": str(path), "jobs": [asdict(o) for o in outcomes.values()]})
+    print(f"sweep {spec.profile}: {len(outcomes) - len(failed)} job(s) ok, {len(failed)} failed "
+          f"(details: {results_dir / 'sweep_status.json'})", flush=True)
     for outcome in failed:
         print(f"  failed: {outcome.name}: {outcome.error}", file=sys.stderr)
     if failed:

@@ -194,3 +194,15 @@ def test_judge_server_address_and_gpus_are_sweep_parameters(project: Path) -> No
     overrides = plan.runs[0].steps[0].parameters["OVERRIDES"]
     assert "judge.backend=openai" in overrides and "judge.base_url=http://judge:8000/v1" in overrides
     assert spec.executor.gpus_per_job == 2
+
+
+def test_sweep_status_file_records_every_job(project: Path) -> None:
+    import json
+
+    (project / "FAIL_SEED").write_text("42")
+    assert run_sweep(_sweep(project, methods=["canary", "no_defense"])) == 1
+    status = json.loads((project / "results" / "fake" / "sweep_status.json").read_text())
+    by_name = {job["name"]: job for job in status["jobs"]}
+    assert by_name["canary/seed42"]["ok"] is False and "planned failure" in by_name["canary/seed42"]["error"]
+    assert by_name["canary/seed42"]["notebook"].endswith("canary/seed42/02_train_controller.ipynb")
+    assert by_name["analysis"]["ok"] is True
