@@ -422,13 +422,19 @@ def time_reference(kind: str, model: Any, tokenizer: Any, cfg: Any, pool: list, 
         trainer = Trainer(model=model, args=TrainingArguments(**common, remove_unused_columns=False),
                           train_dataset=rows, data_collator=default_data_collator, callbacks=[clock])
     elif kind == "sft":
-        from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
 
-        rows = [{"input_ids": ex.input_ids, "labels": ex.labels} for ex in pool]
+        # Pre-tokenized rows with labels (prompt -100). The explicit fingerprint skips datasets' dill hashing of
+        # the table, which failed with carried wheels (PicklingError on a pyarrow type) in a simulated GPU image.
+        import pyarrow as pa
+        from datasets import Dataset
+        from datasets.table import InMemoryTable
+
+        table = pa.Table.from_pylist([{"input_ids": ex.input_ids, "labels": ex.labels} for ex in pool])
         args = SFTConfig(**common, dataset_kwargs={"skip_prepare_dataset": True}, max_length=None, packing=False)
-        trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                             processing_class=tokenizer, callbacks=[clock])
+        dataset = Dataset(InMemoryTable(table), fingerprint="gpu-bench")
+        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                             callbacks=[clock])
     else:
         raise BenchError(f"unknown reference {kind!r}")
     model.train()
