@@ -206,3 +206,12 @@ def test_sweep_status_file_records_every_job(project: Path) -> None:
     assert by_name["canary/seed42"]["ok"] is False and "planned failure" in by_name["canary/seed42"]["error"]
     assert by_name["canary/seed42"]["notebook"].endswith("canary/seed42/02_train_controller.ipynb")
     assert by_name["analysis"]["ok"] is True
+
+
+def test_reproduce_names_the_known_profiles(project: Path) -> None:
+    from canary_lib.sweep import reproduce
+
+    (project / "parameters" / "sweeps").mkdir(parents=True)
+    (project / "parameters" / "sweeps" / "organism.yaml").write_text("profile: organism\n")
+    with pytest.raises(ConfigError, match=r"no sweep file for profile 'orgnism'.*\['organism'\]"):
+        reproduce("orgnism")
