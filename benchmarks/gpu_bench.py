@@ -386,11 +386,14 @@ def _step_clock(device: Any) -> Any:
 
 
 def time_reference(kind: str, model: Any, tokenizer: Any, cfg: Any, pool: list, *, warmup: int, timed: int,
-                   device: Any, workdir: Path) -> list[float]:
-    """The same steps through transformers.Trainer ("trainer") or trl.SFTTrainer ("sft"); step durations.
+                   device: Any, workdir: Path) -> tuple[list[float], dict]:
+    """The same steps through transformers.Trainer ("trainer") or trl.SFTTrainer ("sft").
 
     Each step's time is the gap between consecutive `on_step_end` callbacks (data loading, 4 micro-batches,
     clipping, optimizer step, scheduler): the first `warmup` gaps (and the set-up before step 0) are dropped.
+
+    Returns:
+        (timed step durations, facts about the run: trainer class, optimizer, bf16 autocast, mean loss).
     """
     common = dict(
         output_dir=str(workdir / f"ref-{kind}"),
@@ -438,14 +441,16 @@ def time_reference(kind: str, model: Any, tokenizer: Any, cfg: Any, pool: list, 
     else:
         raise BenchError(f"unknown reference {kind!r}")
     model.train()
+    info = {"trainer": type(trainer).__name__, "optim": str(getattr(trainer.args.optim, "value", trainer.args.optim)),
+            "bf16_autocast": bool(trainer.args.bf16)}
     try:
-        trainer.train()
+        info["train_loss"] = float(trainer.train().training_loss)
     finally:
         _release_trainer(trainer, model, saved)
     gaps = [b - a for a, b in zip(clock.ends, clock.ends[1:])]
     if len(gaps) != warmup + timed:
         raise RuntimeError(f"{kind}: expected {warmup + timed} optimizer steps, the callback saw {len(gaps)}")
-    return gaps[warmup:]
+    return gaps[warmup:], info
 
 
 def _forward_owners(model: Any) -> list[Any]:
@@ -514,6 +519,7 @@ class StubJudgeServer:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body are two writes: Nagle + delayed ACK would add ~40 ms
 
             def log_message(self, *args: Any) -> None:  # quiet
                 pass
@@ -651,7 +657,7 @@ def run_canary_eval(model: Any, tokenizer: Any, cfg: Any, *, latency_s: float, d
     for record in result.records:
         statuses[record["status"]] = statuses.get(record["status"], 0) + 1
     generation = seconds - judge.seconds
-    decode_steps = max(1, n_forward[0] - 1)  # one batch: a prefill, then one forward per new token
+    token_steps = max(1, n_forward[0])  # one batch: each forward (the prefill included) yields one token per row
     return {
         "n_prompts": cfg.canary.n_prompts,
         "samples_per_prompt": cfg.canary.samples_per_prompt,
@@ -661,7 +667,7 @@ def run_canary_eval(model: Any, tokenizer: Any, cfg: Any, *, latency_s: float, d
         "model_forwards": n_forward[0],
         "canary_seconds": seconds,
         "generation_seconds": generation,
-        "s_per_decode_step": generation / decode_steps,
+        "s_per_token_step": generation / token_steps,
         "judge_seconds": judge.seconds,
         "judge_requests": n_requests,
         "judge_latency_s": latency_s,
@@ -747,7 +753,7 @@ def markdown_report(r: dict) -> str:
         "| canary evaluation | value |",
         "|---|---|",
         f"| answers x new tokens | {c['n_answers']} x {c['max_new_tokens']} |",
-        f"| generation s | {fmt(c['generation_seconds'])} ({fmt(1e3 * c['s_per_decode_step'])} ms/decode step) |",
+        f"| generation s | {fmt(c['generation_seconds'])} ({fmt(1e3 * c['s_per_token_step'])} ms per token step) |",
         f"| judge s (stub, {fmt(1e3 * c['judge_latency_s'])} ms/request, {c['judge_requests']} requests) | "
         f"{fmt(c['judge_seconds'])} |",
         f"| canary s (as the loop times it) | {fmt(c['canary_seconds'])} |",
@@ -884,7 +890,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"trainable; built in {build_seconds:.1f} s", flush=True)
     save("model")
 
-    pool = synthetic_batches(4 * cfg.train.batch_size, seq_len, mc.vocab_size, args.prompt_fraction)
+    # One epoch of distinct examples covers all steps, so the references cross no epoch boundary.
+    pool = synthetic_batches((warmup + timed) * cfg.train.batch_size, seq_len, mc.vocab_size, args.prompt_fraction)
     tokens = cfg.train.batch_size * seq_len
     supervised = sum(ex.n_supervised for ex in pool[: cfg.train.batch_size])
     report["settings"]["supervised_tokens_per_step"] = supervised
@@ -893,7 +900,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
         _reset_peak(device)
         times, losses = time_package(model, cfg, pool, warmup=warmup, timed=timed, device=device)
         fig = summarize_steps(times, tokens=tokens, supervised=supervised, flops=flops, peak_flops=peak,
-                              peak_mem_gib=_peak_gib(device), extra={"losses": losses})
+                              peak_mem_gib=_peak_gib(device),
+                              extra={"losses": losses, "train_loss": statistics.fmean(losses),
+                                     "optim": "torch.optim.AdamW (defaults)", "bf16_autocast": False})
         print(f"{label}: {fig['s_per_step']:.3f} s/step, {fig['tokens_per_s']:.0f} tokens/s, "
               f"MFU {100 * fig['mfu']:.1f}%, peak {fig['peak_mem_gib'] or 0:.1f} GiB", flush=True)
         return fig
@@ -910,8 +919,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 continue
             _reset_peak(device)
             try:
-                times = time_reference(kind, model, tokenizer, cfg, pool, warmup=warmup, timed=timed,
-                                       device=device, workdir=Path(work))
+                times, info = time_reference(kind, model, tokenizer, cfg, pool, warmup=warmup, timed=timed,
+                                             device=device, workdir=Path(work))
             except Exception as exc:  # noqa: BLE001 - a reference failing must not lose the package's figures
                 message = f"{type(exc).__name__}: {exc}"[:1000]
                 report["references"][kind] = {"skipped": f"failed: {message[:200]}"}
@@ -920,7 +929,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 _release_memory()
                 continue
             fig = summarize_steps(times, tokens=tokens, supervised=supervised, flops=flops, peak_flops=peak,
-                                  peak_mem_gib=_peak_gib(device))
+                                  peak_mem_gib=_peak_gib(device), extra=info)
             report["references"][kind] = fig
             report["ratios"][kind] = {"speedup": fig["s_per_step"] / report["package"]["s_per_step"],
                                       "memory": (report["package"]["peak_mem_gib"] / fig["peak_mem_gib"]

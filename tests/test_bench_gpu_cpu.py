@@ -67,8 +67,13 @@ def test_tiny_end_to_end(tmp_path):
     assert FIGURE_KEYS <= set(trainer) and len(trainer["step_seconds"]) == 2
     assert math.isclose(on_disk["ratios"]["trainer"]["speedup"],
                         trainer["s_per_step"] / on_disk["package"]["s_per_step"])
+    # the same tokens and mask: the mean loss of a few steps at lr 1e-4 agrees with the package's
+    assert abs(trainer["train_loss"] - on_disk["package"]["train_loss"]) < 0.3
+    assert trainer["trainer"] == "Trainer" and trainer["bf16_autocast"] is False  # CPU: no autocast
     if trl_there:
-        assert FIGURE_KEYS <= set(on_disk["references"]["sft"])
+        sft = on_disk["references"]["sft"]
+        assert FIGURE_KEYS <= set(sft) and sft["trainer"] == "SFTTrainer"
+        assert abs(sft["train_loss"] - on_disk["package"]["train_loss"]) < 0.3
     else:
         assert "skipped" in on_disk["references"]["sft"]
     assert on_disk["forward_patches_left"] == []  # the references' forward wrappers were undone
