@@ -852,6 +852,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     def save(phase: str) -> None:
         report["phases_done"].append(phase)
         report["wall_seconds"] = time.perf_counter() - wall_start
+        report.setdefault("phase_end_seconds", {})[phase] = report["wall_seconds"]  # for sizing reruns
         write_json_atomic(out_dir / "bench.json", report)
 
     print(f"size {size} on {device} ({versions.get('gpu') or platform.processor() or 'cpu'}), dtype {dtype}",
