@@ -143,11 +143,45 @@ def missing_modules(modules: dict[str, str]) -> list[str]:
     return missing
 
 
+def package_dependencies() -> list[str]:
+    """The `[project] dependencies` of pyproject.toml (the package's version ranges)."""
+    import tomllib
+
+    with open(REPO_ROOT / "pyproject.toml", "rb") as fh:
+        return list(tomllib.load(fh)["project"]["dependencies"])
+
+
+def version_problems(dependencies: Sequence[str], dists: Sequence[str]) -> list[str]:
+    """'name version (needs spec)' for each of `dists` whose installed version is outside its requirement."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    wanted = {canonicalize_name(d) for d in dists}
+    problems = []
+    for line in dependencies:
+        req = Requirement(line)
+        if canonicalize_name(req.name) not in wanted:
+            continue
+        try:
+            installed = version(req.name)
+        except PackageNotFoundError:
+            problems.append(f"{req.name} (no distribution metadata; needs {req.specifier})")
+            continue
+        if req.specifier and not req.specifier.contains(installed, prereleases=True):
+            problems.append(f"{req.name} {installed} (needs {req.specifier})")
+    return problems
+
+
 def check_environment() -> dict[str, Any]:
     """Versions of everything that matters; raises BenchError naming the wheels to carry if one is missing."""
     missing = missing_modules(REQUIRED_MODULES)
     if missing:
         raise BenchError(f"required packages not importable: {', '.join(missing)}; {WHEELS_HINT}")
+    outdated = version_problems(package_dependencies(), list(REQUIRED_MODULES.values()))
+    if outdated:
+        raise BenchError(f"installed versions outside pyproject.toml's ranges: {'; '.join(outdated)}; {WHEELS_HINT}")
     try:
         importlib.import_module("canary_lib.train")
     except Exception as exc:  # noqa: BLE001

@@ -182,3 +182,13 @@ def test_failing_reference_keeps_the_other_figures(monkeypatch, tmp_path):
     on_disk = json.loads((tmp_path / "bench.json").read_text())
     assert on_disk["phases_done"] == ["peak", "model", "package", "canary", "done"]
     assert "skipped: failed" in (tmp_path / "bench.md").read_text()
+
+
+def test_version_ranges_checked():
+    deps = bench.package_dependencies()
+    assert any(d.startswith("torch") for d in deps)
+    assert bench.version_problems(deps, list(bench.REQUIRED_MODULES.values())) == []  # this venv fits
+    problems = bench.version_problems(["torch>=99", "peft>=0.1", "not-a-dist-xyz>=1"],
+                                      ["torch", "peft", "not-a-dist-xyz"])
+    assert len(problems) == 2 and problems[0].startswith("torch ") and "needs >=99" in problems[0]
+    assert "not-a-dist-xyz" in problems[1]
