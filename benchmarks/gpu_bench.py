@@ -370,8 +370,8 @@ def summarize_steps(step_seconds: Sequence[float], *, tokens: int, supervised: i
     }
 
 
-def time_package(model: Any, cfg: Any, pool: list, *, warmup: int, timed: int, device: Any,
-                 on_step: Callable[[int], None] | None = None) -> tuple[list[float], list[float]]:
+def time_package(model: Any, cfg: Any, pool: list, *, warmup: int, timed: int,
+                 device: Any) -> tuple[list[float], list[float]]:
     """Warm-up then timed optimizer steps of canary_lib.train.train_step, as train_from_config calls it."""
     import torch
 
@@ -392,8 +392,6 @@ def time_package(model: Any, cfg: Any, pool: list, *, warmup: int, timed: int, d
         if step >= warmup:
             times.append(time.perf_counter() - start)
         losses.append(loss)
-        if on_step is not None:
-            on_step(step)
     del optimizer
     model.zero_grad(set_to_none=True)
     return times, losses
@@ -406,7 +404,6 @@ def _step_clock(device: Any) -> Any:
     class StepClock(TrainerCallback):
         def __init__(self) -> None:
             self.ends: list[float] = []
-            self.losses: list[float] = []
 
         def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001, ANN201
             _sync(device)
@@ -682,9 +679,11 @@ def run_canary_eval(model: Any, tokenizer: Any, cfg: Any, *, latency_s: float, d
             judge = TimedJudge(inner)
             canary_fn = CanaryEvaluator(judge_cfg, canary_questions(cfg.canary.n_prompts), judge)
             _reset_peak(device)
-            result, seconds = run_canary(canary_fn, model, tokenizer, step)
+            try:
+                result, seconds = run_canary(canary_fn, model, tokenizer, step)
+            finally:
+                inner.close()
             n_requests = server.n_requests
-            inner.close()
     finally:
         hook.remove()
     statuses: dict[str, int] = {}
@@ -715,25 +714,38 @@ def run_canary_eval(model: Any, tokenizer: Any, cfg: Any, *, latency_s: float, d
 # ---------------------------------------------------------------------------------------------- profiling
 
 
-def profile_table(fn: Callable[[], None], device: Any, path: Path, row_limit: int = 40) -> list[dict]:
-    """Run fn under torch.profiler, write the op table sorted by self device (or CPU) time; the top ops."""
-    import torch
+def profile_table(fn: Callable[[], None], device: Any, path: Path, row_limit: int = 30) -> dict[str, list[dict]]:
+    """Run fn under torch.profiler; write its op tables sorted by self device time and by self CPU time.
+
+    Both orders matter: a training step is bound by GPU kernels, a decode loop may be bound by the CPU
+    (launches, host copies, sampling on the CPU), which a device-time order hides.
+
+    Returns:
+        {"top_device": [...], "top_cpu": [...]}: the 15 first ops of each order (name, calls, ms).
+    """
     from torch.profiler import ProfilerActivity, profile
+
+    from canary_lib.artifacts import write_text_atomic
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
         fn()
         _sync(device)
     averages = prof.key_averages()
-    sort_keys = ["self_device_time_total", "self_cuda_time_total"] if device.type == "cuda" else []
-    table = None
-    for key in sort_keys + ["self_cpu_time_total"]:
-        try:
-            table = averages.table(sort_by=key, row_limit=row_limit)
-            break
-        except (AttributeError, KeyError, ValueError):
-            continue
-    path.write_text(table or "", encoding="utf-8")
+
+    def table(keys: Sequence[str]) -> str:
+        for key in keys:
+            try:
+                return averages.table(sort_by=key, row_limit=row_limit)
+            except (AttributeError, KeyError, ValueError):
+                continue
+        return "(no table)"
+
+    sections = []
+    if device.type == "cuda":
+        sections.append("## by self device time\n" + table(["self_device_time_total", "self_cuda_time_total"]))
+    sections.append("## by self CPU time\n" + table(["self_cpu_time_total"]))
+    write_text_atomic(path, "\n\n".join(sections) + "\n")
 
     def device_us(event: Any) -> float:
         for attr in ("self_device_time_total", "self_cuda_time_total"):
@@ -743,9 +755,8 @@ def profile_table(fn: Callable[[], None], device: Any, path: Path, row_limit: in
 
     rows = [{"op": e.key, "calls": e.count, "self_cpu_ms": e.self_cpu_time_total / 1e3,
              "self_device_ms": device_us(e) / 1e3} for e in averages]
-    rows.sort(key=lambda r: (r["self_device_ms"], r["self_cpu_ms"]), reverse=True)
-    del torch
-    return rows[:15]
+    return {"top_device": sorted(rows, key=lambda r: -r["self_device_ms"])[:15],
+            "top_cpu": sorted(rows, key=lambda r: -r["self_cpu_ms"])[:15]}
 
 
 # ---------------------------------------------------------------------------------------------- report

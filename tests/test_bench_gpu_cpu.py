@@ -163,10 +163,11 @@ def test_7b_refused_without_gpu(tmp_path):
 def test_profile_table(tmp_path):
     import torch
 
-    rows = bench.profile_table(lambda: torch.mm(torch.ones(64, 64), torch.ones(64, 64)), torch.device("cpu"),
+    tops = bench.profile_table(lambda: torch.mm(torch.ones(64, 64), torch.ones(64, 64)), torch.device("cpu"),
                                tmp_path / "p.txt")
-    assert "aten::mm" in (tmp_path / "p.txt").read_text()
-    assert any(r["op"] == "aten::mm" for r in rows)
+    text = (tmp_path / "p.txt").read_text()
+    assert "## by self CPU time" in text and "aten::mm" in text
+    assert any(r["op"] == "aten::mm" and r["calls"] == 1 for r in tops["top_cpu"])
 
 
 def test_failing_reference_keeps_the_other_figures(monkeypatch, tmp_path):
