@@ -417,7 +417,7 @@ def _step_clock(device: Any) -> Any:
 
 
 def time_reference(kind: str, model: Any, tokenizer: Any, cfg: Any, pool: list, *, warmup: int, timed: int,
-                   device: Any, workdir: Path) -> tuple[list[float], dict]:
+                   device: Any, workdir: Path, bf16: bool | None = None) -> tuple[list[float], dict]:
     """The same steps through transformers.Trainer ("trainer") or trl.SFTTrainer ("sft").
 
     Each step's time is the gap between consecutive `on_step_end` callbacks (data loading, 4 micro-batches,
@@ -440,7 +440,8 @@ def time_reference(kind: str, model: Any, tokenizer: Any, cfg: Any, pool: list, 
         save_strategy="no",
         report_to="none",
         disable_tqdm=True,
-        bf16=device.type == "cuda",
+        bf16=device.type == "cuda" if bf16 is None else bf16,  # a user's choice on a GPU
+        use_cpu=device.type == "cpu",
         gradient_checkpointing=False,  # as the package (train.gradient_checkpointing: false); SFTConfig defaults True
         dataloader_num_workers=0,
         dataloader_pin_memory=device.type == "cuda",

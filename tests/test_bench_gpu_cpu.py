@@ -193,3 +193,28 @@ def test_version_ranges_checked():
                                       ["torch", "peft", "not-a-dist-xyz"])
     assert len(problems) == 2 and problems[0].startswith("torch ") and "needs >=99" in problems[0]
     assert "not-a-dist-xyz" in problems[1]
+
+
+@pytest.mark.parametrize("kind", ["trainer", "sft"])
+def test_reference_autocast_wrappers_are_undone(kind, tmp_path):
+    """With bf16 autocast (as on a GPU), accelerate and TRL patch `forward`; the benchmark must undo it."""
+    if kind == "sft" and importlib.util.find_spec("trl") is None:
+        pytest.skip("trl not installed")
+    import torch
+
+    from canary_lib.models import add_rslora
+    from canary_lib.testing import build_tiny_tokenizer
+
+    args = bench.parse_args(["--size", "tiny"])
+    cfg = bench.bench_config("tiny", args)
+    tokenizer = build_tiny_tokenizer()
+    model = add_rslora(bench.build_model("tiny", tokenizer, torch.device("cpu"), torch.float32), cfg.lora, seed=0)
+    owners = bench._forward_owners(model)
+    before = [type(o).forward for o in owners]
+    pool = bench.synthetic_batches(16, 16, model.config.vocab_size, 0.5)
+    times, info = bench.time_reference(kind, model, tokenizer, cfg, pool, warmup=0, timed=1,
+                                       device=torch.device("cpu"), workdir=tmp_path, bf16=True)
+    assert len(times) == 1 and info["bf16_autocast"] is True and math.isfinite(info["train_loss"])
+    for owner, forward in zip(owners, before):
+        assert "forward" not in owner.__dict__ and "_original_forward" not in owner.__dict__
+        assert owner.forward.__func__ is forward
