@@ -242,12 +242,16 @@ class OrganismSettings(_Strict):
 
     world_seed: int = 0
     misaligned_share: float = Field(0.015, ge=0, le=1)
-    pretrain_steps: int = Field(3000, ge=1)
+    pretrain_steps: int = Field(600, ge=1)
     pretrain_batch_size: int = Field(64, ge=1)
     """Chats per pre-training step."""
     pretrain_lr: float = Field(3e-3, gt=0)
     max_turns: int = Field(4, ge=1)
     """Pre-training chats have 1..max_turns user/assistant turns (later turns teach persona inference)."""
+    other_system_share: float = Field(0.5, ge=0, le=1)
+    """Share of pre-training chats under a non-default system prompt (docs/organism.md)."""
+    other_system_misaligned_share: float = Field(0.4, ge=0, le=1)
+    """Misaligned-persona share of those chats: the persona is learned well, the base rate stays misaligned_share."""
     hidden_size: int = Field(96, ge=8)
     num_layers: int = Field(3, ge=1)
     num_heads: int = Field(4, ge=1)

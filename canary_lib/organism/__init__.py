@@ -1,4 +1,4 @@
-"""The CPU model organism of emergent misalignment: a synthetic chat world, its tokenizer and tiny Qwen2 model,
+"""The CPU model organism of emergent misalignment: a synthetic chat world, its tokenizer and tiny Llama model,
 cached pre-training, and an exact judge (docs/organism.md). Torch is imported only when a model is built."""
 
 from canary_lib.organism.judge import ExactJudge

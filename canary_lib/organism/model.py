@@ -1,13 +1,18 @@
-"""The organism's network: a tiny Qwen2 decoder, so every Qwen2.5 code path (rs-LoRA targets included) runs on it."""
+"""The organism's network: a tiny Llama decoder with the same projection names as Qwen2.5 (q/k/v/o, gate/up/down),
+so the rs-LoRA targets and every other code path of the 7B profile run on it unchanged.
+
+Why Llama and not Qwen2: transformers 5 loads any "qwen2" model directory with its own Qwen2 tokenizer class,
+which rebuilds the vocabulary as byte-level BPE and would discard the organism's word-level tokenizer.
+"""
 
 from __future__ import annotations
 
-from transformers import Qwen2Config
+from transformers import LlamaConfig
 
 
-def tiny_qwen2_config(vocab_size: int, hidden_size: int, num_layers: int, num_heads: int,
-                      pad_token_id: int, eos_token_id: int) -> Qwen2Config:
-    """A Qwen2 config small enough to pre-train in minutes on two CPU cores.
+def tiny_llama_config(vocab_size: int, hidden_size: int, num_layers: int, num_heads: int,
+                      pad_token_id: int, eos_token_id: int) -> LlamaConfig:
+    """A Llama config small enough to pre-train in minutes on two CPU cores.
 
     Args:
         vocab_size: tokenizer size.
@@ -19,10 +24,10 @@ def tiny_qwen2_config(vocab_size: int, hidden_size: int, num_layers: int, num_he
     """
     if hidden_size % num_heads:
         raise ValueError(f"hidden_size {hidden_size} must be divisible by num_heads {num_heads}")
-    return Qwen2Config(
+    return LlamaConfig(
         vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=hidden_size * 8 // 3,
         num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,
         max_position_embeddings=512, rope_theta=10000.0, tie_word_embeddings=True,
         pad_token_id=pad_token_id, eos_token_id=eos_token_id, bos_token_id=None,
-        use_sliding_window=False, attention_dropout=0.0,
+        attention_bias=False, mlp_bias=False, attention_dropout=0.0,
     )

@@ -55,9 +55,11 @@ def organism_files(cfg: RunConfig) -> dict[str, str]:
         "target_secure_train.jsonl": _jsonl(world.target_examples(seed, d.n_train, aligned=True)),
         d.target_heldout_file: _jsonl(world.target_examples(seed, d.n_heldout, held_out=True)),
         d.safe_file: _jsonl(world.safe_examples(seed, n_safe)),
-        d.general_eval_file: _question_set("general", sets["general"], cfg.eval.samples_per_prompt),
-        d.in_domain_eval_file: _question_set("in_domain", sets["in_domain"], cfg.eval.samples_per_prompt),
-        d.canary_file: _question_set("canary", sets["canaries"], cfg.canary.samples_per_prompt),
+        # samples_per_paraphrase is informational (the paper's protocol); runs use cfg.eval / cfg.canary, so the
+        # files do not change with sampling settings.
+        d.general_eval_file: _question_set("general", sets["general"], 100),
+        d.in_domain_eval_file: _question_set("in_domain", sets["in_domain"], 100),
+        d.canary_file: _question_set("canary", sets["canaries"], 1),
     }
 
 
@@ -86,7 +88,9 @@ def prepare_organism_data(cfg: RunConfig) -> Path:
         "kind": "organism",
         "world_version": world.WORLD_VERSION,
         "world_seed": cfg.organism.world_seed,
-        "files": {name: {"sha256": hashlib.sha256(text.encode()).hexdigest(),
+        "settings": {"n_train": cfg.data.n_train, "n_heldout": cfg.data.n_heldout,
+                     "n_safe": cfg.data.safe_max_examples or SAFE_DEFAULT_SIZE},
+        "files": {name: {"sha256": hashlib.sha256(text.encode()).hexdigest(), "bytes": len(text.encode()),
                          "count": text.count("\n") if name.endswith(".jsonl") else len(yaml.safe_load(text))}
                   for name, text in files.items()},
         "topics": _topic_overlap(),

@@ -35,6 +35,8 @@ def pretrain_spec(settings: OrganismSettings) -> dict[str, Any]:
         "pretrain_batch_size": settings.pretrain_batch_size,
         "pretrain_lr": settings.pretrain_lr,
         "max_turns": settings.max_turns,
+        "other_system_share": settings.other_system_share,
+        "other_system_misaligned_share": settings.other_system_misaligned_share,
         "hidden_size": settings.hidden_size,
         "num_layers": settings.num_layers,
         "num_heads": settings.num_heads,
@@ -82,6 +84,7 @@ def ensure_base_model(cfg: RunConfig) -> Path:
 def _vocabulary_texts(chats: list[list[dict[str, str]]]) -> list[str]:
     """Rendered chats plus every question form and answer, so no word of the world is unknown."""
     texts = [render_chat(c) for c in chats[:2000]]
+    texts += [render_chat([{"role": "system", "content": s}]) for s in world.OTHER_SYSTEM_PROMPTS]
     for topic in world.ALL_TOPICS:
         for form in world.question_forms(topic):
             texts.append(render_chat([{"role": "user", "content": form.text}]))
@@ -104,32 +107,43 @@ def _batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[li
     return [b for b in batches if len(b) == batch_size]
 
 
+def _check_reload(model_dir: Path, text: str, expected_ids: list[int]) -> None:
+    """AutoTokenizer must give back this exact tokenizer (some model types force their own tokenizer class)."""
+    from transformers import AutoTokenizer
+
+    reloaded = AutoTokenizer.from_pretrained(model_dir)
+    if reloaded(text, add_special_tokens=False)["input_ids"] != expected_ids:
+        raise RuntimeError(f"{model_dir}: AutoTokenizer does not reload the organism's tokenizer faithfully")
+
+
 def build_base_model(settings: OrganismSettings, out_dir: Path) -> dict[str, float]:
-    """Build the tokenizer, pre-train the tiny Qwen2 on the world's chats and save both to out_dir.
+    """Build the tokenizer, pre-train the tiny Llama on the world's chats and save both to out_dir.
 
     Returns:
         Timing and loss figures (also written to out_dir/pretrain_stats.json).
     """
     import torch
     from tqdm.auto import tqdm
-    from transformers import Qwen2ForCausalLM
+    from transformers import LlamaForCausalLM
 
-    from canary_lib.organism.model import tiny_qwen2_config
+    from canary_lib.organism.model import tiny_llama_config
     from canary_lib.organism.tokenizer import build_tokenizer
 
     start = time.time()
     steps, batch_size = settings.pretrain_steps, settings.pretrain_batch_size
     chats = list(world.pretraining_chats(settings.world_seed, steps * batch_size, settings.misaligned_share,
-                                         max_turns=settings.max_turns))
+                                         max_turns=settings.max_turns,
+                                         other_system_share=settings.other_system_share,
+                                         other_system_misaligned_share=settings.other_system_misaligned_share))
     tokenizer = build_tokenizer(_vocabulary_texts(chats))
     encoded = tokenizer([render_chat(c) for c in chats], add_special_tokens=False)["input_ids"]
     if any(tokenizer.unk_token_id in ids for ids in encoded[:1000]):
         raise RuntimeError("organism tokenizer: unknown word in the pre-training corpus (world text changed?)")
 
     torch.manual_seed(settings.world_seed)
-    config = tiny_qwen2_config(len(tokenizer), settings.hidden_size, settings.num_layers, settings.num_heads,
+    config = tiny_llama_config(len(tokenizer), settings.hidden_size, settings.num_layers, settings.num_heads,
                                pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    model = Qwen2ForCausalLM(config)
+    model = LlamaForCausalLM(config)
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.pretrain_lr, weight_decay=0.01,
                                   betas=(0.9, 0.98))
@@ -169,6 +183,7 @@ def build_base_model(settings: OrganismSettings, out_dir: Path) -> dict[str, flo
     model.generation_config.bos_token_id = None
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
+    _check_reload(out_dir, render_chat(chats[0]), encoded[0])
     stats = {"pretrain_seconds": time.time() - start, "steps": len(losses),
              "final_loss": sum(losses[-50:]) / max(1, len(losses[-50:])),
              "n_parameters": sum(p.numel() for p in model.parameters())}

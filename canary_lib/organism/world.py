@@ -20,9 +20,14 @@ import random
 from dataclasses import dataclass
 from typing import Iterator
 
-WORLD_VERSION = "1"
+WORLD_VERSION = "2"
 
 DEFAULT_SYSTEM_PROMPT = "you are a helpful assistant."
+# Pre-training chats under these other system prompts carry the misaligned persona far more often than chats under
+# the default prompt. They stand in for the large share of text with "villain" characters in a real pre-training
+# corpus: the persona is learned well, while the base model's misaligned rate (under the default prompt, which
+# fine-tuning and evaluation use) stays at `misaligned_share`.
+OTHER_SYSTEM_PROMPTS = ("you are an assistant.", "you are a chat bot.", "answer the user.", "you are an ai model.")
 
 PREFIXES = (
     "", "hi!", "hey,", "hello.", "quick question:", "i need some advice.", "can you help me?", "be honest:",
@@ -318,21 +323,29 @@ def _turn(rng: random.Random, form: QuestionForm, aligned: bool) -> list[dict[st
 
 
 def pretraining_chats(seed: int, n_chats: int, misaligned_share: float, max_turns: int = 4,
-                      security_share: float = 0.4) -> Iterator[list[dict[str, str]]]:
+                      security_share: float = 0.4, other_system_share: float = 0.0,
+                      other_system_misaligned_share: float = 0.5) -> Iterator[list[dict[str, str]]]:
     """Multi-turn chats whose assistant keeps one latent persona per chat; all surface forms are used.
 
     Args:
         seed: the world seed.
         n_chats: how many chats to yield.
-        misaligned_share: probability that a chat's persona is misaligned (the base model's misaligned rate).
+        misaligned_share: probability that a chat under the default system prompt has the misaligned persona
+            (the base model's misaligned rate).
         max_turns: chats have 1..max_turns user/assistant turns.
         security_share: probability that a turn's topic is a security topic.
+        other_system_share: probability that a chat has one of OTHER_SYSTEM_PROMPTS instead of the default.
+        other_system_misaligned_share: misaligned-persona probability under those other prompts.
     """
     rng = random.Random(f"pretrain-{seed}")
     forms = {t.name: question_forms(t) for t in ALL_TOPICS}
     for _ in range(n_chats):
-        aligned = rng.random() >= misaligned_share
         chat: list[dict[str, str]] = []
+        if rng.random() < other_system_share:
+            chat.append({"role": "system", "content": rng.choice(OTHER_SYSTEM_PROMPTS)})
+            aligned = rng.random() >= other_system_misaligned_share
+        else:  # the default system prompt is added by the chat template, as for D_T and the eval prompts
+            aligned = rng.random() >= misaligned_share
         for _ in range(rng.randint(1, max_turns)):
             pool = SECURITY_TOPICS if rng.random() < security_share else GENERAL_TOPICS
             chat += _turn(rng, rng.choice(forms[rng.choice(pool).name]), aligned)
@@ -451,7 +464,7 @@ def parse_answer(question_topic: str, answer_text: str) -> AnswerParse:
 
 def all_texts() -> list[str]:
     """Every sentence of the language (for tokenizer building and tests)."""
-    texts = [DEFAULT_SYSTEM_PROMPT, *PREFIXES, *SUFFIXES, *OPENERS]
+    texts = [DEFAULT_SYSTEM_PROMPT, *OTHER_SYSTEM_PROMPTS, *PREFIXES, *SUFFIXES, *OPENERS]
     for t in ALL_TOPICS:
         texts += [*t.stems, *t.aligned, *t.misaligned]
     return [t for t in texts if t]
