@@ -917,6 +917,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     model = add_rslora(model, cfg.lora, seed=cfg.seed)
     model.train()
     n_lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    _sync(device)  # initialisation on the GPU is asynchronous
     build_seconds = time.perf_counter() - t0
     mc = model.config
     head_dim = getattr(mc, "head_dim", None) or mc.hidden_size // mc.num_attention_heads
