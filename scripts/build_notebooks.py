@@ -287,7 +287,7 @@ INTERACTIVE: bool = False  # True in JupyterLab: a slider replay of the first ca
     ("code", """\
 from canary_lib.results import build_results
 
-results = build_results(RUNS_DIR, RESULTS_DIR, profile=cfg.profile)
+results = build_results(RUNS_DIR, RESULTS_DIR)  # titled by the runs directory (the sweep's profile)
 display(Markdown(results.summary))"""),
     ("md", """\
 ## Figures
