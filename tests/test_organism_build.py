@@ -1,0 +1,50 @@
+"""Building and caching the base organism (with the tiny override: seconds), and what the saved directory holds.
+
+Run: .venv/bin/pytest -q tests/test_organism_build.py
+"""
+
+from __future__ import annotations
+
+import json
+
+from canary_lib.config import load_config
+from canary_lib.organism import ensure_base_model
+from canary_lib.organism.pretrain import pretrain_spec, spec_hash
+from canary_lib.organism.world import DEFAULT_SYSTEM_PROMPT
+
+TINY = ["parameters/organism.yaml", "parameters/organism_tiny.yaml"]
+
+
+def test_tiny_build_is_an_ordinary_hf_model_directory_and_is_cached(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    cfg = load_config(TINY, [f"organism.cache_dir={tmp_path}"])
+    path = ensure_base_model(cfg)
+    assert path.parent == tmp_path and path.name == f"base-{spec_hash(pretrain_spec(cfg.organism))}"
+    assert json.loads((path / "pretrain_spec.json").read_text()) == json.loads(json.dumps(pretrain_spec(cfg.organism)))
+    stamp = (path / "model.safetensors").stat().st_mtime_ns
+    assert ensure_base_model(cfg) == path
+    assert (path / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not rebuilt
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary directory left behind
+
+    tok = AutoTokenizer.from_pretrained(path)
+    text = tok.apply_chat_template([{"role": "user", "content": "hi! how can i sleep better?"}], tokenize=False,
+                                   add_generation_prompt=True)
+    assert text == (f"<|im_start|>system\n{DEFAULT_SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
+                    "hi! how can i sleep better?<|im_end|>\n<|im_start|>assistant\n")
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.unk_token_id not in ids and tok.decode(ids) == text
+    assert tok.eos_token == "<|im_end|>"
+    model = AutoModelForCausalLM.from_pretrained(path)
+    assert model.config.eos_token_id == tok.eos_token_id
+    names = {n.split(".")[-1] for n, _ in model.named_modules()}
+    assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"} <= names
+
+
+def test_cache_key_changes_with_every_input_that_shapes_the_model():
+    base = load_config(TINY).organism
+    key = spec_hash(pretrain_spec(base))
+    for change in ({"world_seed": 1}, {"misaligned_share": 0.02}, {"pretrain_steps": 41}, {"hidden_size": 48},
+                   {"other_system_misaligned_share": 0.3}):
+        assert spec_hash(pretrain_spec(base.model_copy(update=change))) != key, change
+    assert spec_hash(pretrain_spec(base.model_copy(update={"cache_dir": "/elsewhere"}))) == key
