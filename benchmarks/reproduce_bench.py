@@ -7,7 +7,12 @@
 Peak memory is sampled every 0.2 s with psutil over the command's whole process tree (make, the sweep, submitit
 jobs, papermill kernels): "peak_tree_rss_mb" is the largest sum of resident memory seen at one moment, and
 "peak_process_rss_mb" the largest single process. ru_maxrss of the children (what /usr/bin/time -v reports
-for one process) is given too. The report goes to stdout and benchmarks/results/reproduce_<profile>.json.
+for one process) is given too, with the load average before and after (other work on the machine inflates
+wall time; CPU seconds of the command's own processes do not include it). The report goes to stdout and
+benchmarks/out/reproduce_<profile>.json.
+
+`make reproduce` first (re)creates .venv when pyproject.toml or constraints.txt is newer than it; to time only
+the pipeline in an existing environment, pass `-- .venv/bin/canary reproduce --profile organism`.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ def _tree_rss(proc: psutil.Process) -> tuple[int, int]:
 
 def measure(command: list[str], cwd: Path) -> dict:
     """Run command, sampling memory of its process tree until it exits."""
+    load_before = os.getloadavg()
     start = time.perf_counter()
     proc = psutil.Popen(command, cwd=cwd)
     peak_tree = peak_proc = 0
@@ -61,6 +67,8 @@ def measure(command: list[str], cwd: Path) -> dict:
         "peak_tree_rss_mb": round(peak_tree / 2**20, 1), "peak_process_rss_mb": round(peak_proc / 2**20, 1),
         "children_ru_maxrss_mb": round(children.ru_maxrss / 1024, 1),
         "cpu_user_seconds": round(children.ru_utime, 1), "cpu_system_seconds": round(children.ru_stime, 1),
+        "load_average_1_5_15_before": [round(x, 2) for x in load_before],
+        "load_average_1_5_15_after": [round(x, 2) for x in os.getloadavg()],
         "cpus": os.cpu_count(), "machine": platform.platform(), "python": platform.python_version(),
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -78,7 +86,7 @@ def main() -> int:
             shutil.rmtree(folder, ignore_errors=True)
     report = measure(args.command, ROOT)
     report["fresh"] = args.fresh
-    out = ROOT / "benchmarks" / "results" / f"reproduce_{args.profile}.json"
+    out = ROOT / "benchmarks" / "out" / f"reproduce_{args.profile}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
