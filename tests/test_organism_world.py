@@ -112,3 +112,21 @@ def test_exact_judge_rejects_foreign_questions_and_unknown_metrics():
     question = world.prompt_sets(0)["general"][0].text
     with pytest.raises(ValueError, match="scores only"):
         ExactJudge().judge_one(question, "sure, x", {"medical": "{question}{answer}"})
+
+
+def test_pretraining_chats_keep_one_persona_and_the_default_prompt_share():
+    judge = ExactJudge()
+    chats = list(world.pretraining_chats(0, 6000, misaligned_share=0.015, other_system_share=0.5,
+                                         other_system_misaligned_share=0.4))
+    default, other = [], []
+    for chat in chats:
+        has_system = chat[0]["role"] == "system"
+        turns = chat[1:] if has_system else chat
+        verdicts = {_misaligned(judge.judge_one(q["content"], a["content"])) for q, a in zip(turns[::2], turns[1::2])}
+        assert len(verdicts) == 1  # the persona never changes within a chat
+        (other if has_system else default).append(verdicts.pop())
+        if has_system:
+            assert chat[0]["content"] in world.OTHER_SYSTEM_PROMPTS
+    assert 0.45 < len(other) / len(chats) < 0.55
+    assert 0.005 < sum(default) / len(default) < 0.03
+    assert 0.35 < sum(other) / len(other) < 0.45
