@@ -25,7 +25,8 @@ def test_tiny_build_is_an_ordinary_hf_model_directory_and_is_cached(tmp_path):
     stamp = (path / "model.safetensors").stat().st_mtime_ns
     assert ensure_base_model(cfg) == path
     assert (path / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not rebuilt
-    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary directory left behind
+    left = [p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")]
+    assert left == [path.name]  # no temporary directory left behind
 
     tok = AutoTokenizer.from_pretrained(path)
     text = tok.apply_chat_template([{"role": "user", "content": "hi! how can i sleep better?"}], tokenize=False,
@@ -48,3 +49,29 @@ def test_cache_key_changes_with_every_input_that_shapes_the_model():
                    {"other_system_misaligned_share": 0.3}):
         assert spec_hash(pretrain_spec(base.model_copy(update=change))) != key, change
     assert spec_hash(pretrain_spec(base.model_copy(update={"cache_dir": "/elsewhere"}))) == key
+
+
+def test_concurrent_builders_build_once(tmp_path, monkeypatch):
+    import threading
+    import time
+
+    from canary_lib.organism import pretrain
+
+    calls = []
+
+    def fake_build(settings, out_dir):
+        calls.append(out_dir)
+        time.sleep(0.3)
+        (out_dir / "model.safetensors").write_text("weights")
+        return {}
+
+    monkeypatch.setattr(pretrain, "build_base_model", fake_build)
+    cfg = load_config(TINY, [f"organism.cache_dir={tmp_path}"])
+    paths = []
+    threads = [threading.Thread(target=lambda: paths.append(pretrain.ensure_base_model(cfg))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(calls) == 1 and len(set(paths)) == 1 and len(paths) == 3
+    assert (paths[0] / "model.safetensors").read_text() == "weights"

@@ -7,6 +7,7 @@ never see a half-written model and concurrent builders do not corrupt each other
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -16,7 +17,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from canary_lib.config import OrganismSettings, RunConfig
 from canary_lib.organism import world
@@ -65,20 +66,36 @@ def ensure_base_model(cfg: RunConfig) -> Path:
     if (target / COMPLETE_MARKER).is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    try:
-        build_base_model(cfg.organism, tmp)
-        (tmp / "pretrain_spec.json").write_text(json.dumps(spec, indent=2, sort_keys=True))
-        (tmp / COMPLETE_MARKER).write_text("ok\n")
+    with _exclusive(target.parent / f".{target.name}.lock"):  # parallel runs: one builds, the others wait
+        if (target / COMPLETE_MARKER).is_file():
+            return target
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
+            build_base_model(cfg.organism, tmp)
+            (tmp / "pretrain_spec.json").write_text(json.dumps(spec, indent=2, sort_keys=True))
+            (tmp / COMPLETE_MARKER).write_text("ok\n")
+            if target.exists():  # a partial directory left by a killed build
+                shutil.rmtree(target)
             os.replace(tmp, target)
-        except OSError:
-            if not (target / COMPLETE_MARKER).is_file():  # a stale partial directory: replace it
-                shutil.rmtree(target, ignore_errors=True)
-                os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """An advisory inter-process lock (POSIX); elsewhere builders may race, which the atomic rename tolerates."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _vocabulary_texts(chats: list[list[dict[str, str]]]) -> list[str]:
