@@ -33,6 +33,9 @@ METRICS = {
 }
 TABLE1_ROWS = {BASE: "Base (no fine-tuning)", "no_defense": "No Defense", "fixed_5": "Fixed 5%",
                "canary": "Canary-Controlled"}
+CONTROL_ROWS = {"secure_control": "Control: secure answers, no defense"}
+"""Extra Table 1 rows, shown when their runs exist (the organism's control: fine-tuning on the secure answers of
+the same questions should not raise general misalignment)."""
 REFERENCE = "canary"
 TABLE2_ROWS = {  # method -> (label, what the row tests), in the paper's order
     "canary": ("Full Canary-Controlled", "Reference"),
@@ -159,8 +162,11 @@ def _aggregate(runs: pd.DataFrame, method: str) -> dict[str, Any]:
 
 
 def build_table1(runs: pd.DataFrame) -> pd.DataFrame:
-    """Table 1: base, No Defense, Fixed 5%, Canary-Controlled; mean ± std over the seeds that finished."""
+    """Table 1: base, No Defense, Fixed 5%, Canary-Controlled (+ control rows whose runs exist); mean ± std over
+    the seeds that finished."""
     rows = [{"label": label, **_aggregate(runs, method)} for method, label in TABLE1_ROWS.items()]
+    rows += [{"label": label, **_aggregate(runs, method)} for method, label in CONTROL_ROWS.items()
+             if (runs.method == method).any()]
     return pd.DataFrame(rows)
 
 

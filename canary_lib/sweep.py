@@ -101,6 +101,9 @@ class SweepSpec(_Strict):
     judge.base_url for every run, so no job loads the judge itself."""
     base_row: bool = True
     """Evaluate the base model (no fine-tuning) for every seed: Table 1's base row."""
+    extra_runs: dict[str, list[int]] = Field(default_factory=dict)
+    """Runs outside the methods x seeds grid, method -> seeds (e.g. the organism's secure-answers control);
+    they are trained and evaluated like the others and listed apart in the results."""
     reference_method: str = "canary"
     """The method whose run of the same seed the replay ablations (fixed_mean, shuffled) replay."""
     runs_dir: str = "runs/{profile}"
@@ -297,6 +300,9 @@ def build_plan(spec: SweepSpec, root: Path | None = None) -> Plan:
         raise ConfigError("a sweep needs at least one method and one seed")
     if len(set(spec.seeds)) != len(spec.seeds) or len(set(spec.methods)) != len(spec.methods):
         raise ConfigError("methods and seeds must not repeat")
+    repeated = sorted(set(spec.extra_runs) & set(spec.methods))
+    if repeated:
+        raise ConfigError(f"extra_runs: {repeated} already in methods (each method runs once per seed)")
 
     params = [str(_abs(p, root)) for p in spec.params]
     overrides = list(spec.overrides)
@@ -333,12 +339,13 @@ def build_plan(spec: SweepSpec, root: Path | None = None) -> Plan:
                 step("evaluate", run_dir / NOTEBOOKS["evaluate"], run_dir, PARAMS=params,
                      OVERRIDES=run_overrides, RUN_DIR=str(run_dir), BASE_MODEL=True),
             ]))
-    for method in spec.methods:
+    grid = [(method, spec.seeds) for method in spec.methods] + list(spec.extra_runs.items())
+    for method, seeds in grid:
         method_file = _abs(spec.methods_dir, root) / f"{method}.yaml"
         if not method_file.is_file():
             raise ConfigError(f"methods: {method!r}: no parameter file {method_file}")
         method_name = (read_yaml(method_file).get("method") or {}).get("name")
-        for seed in spec.seeds:
+        for seed in seeds:
             run_dir = runs_dir / method / f"seed{seed}"
             run_overrides = overrides + [f"seed={seed}"]
             needs, needs_dirs = [], []

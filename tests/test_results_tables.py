@@ -75,6 +75,13 @@ def runs_dir(tmp_path: Path) -> Path:
     return runs
 
 
+def test_table1_shows_the_control_row_only_when_its_runs_exist(runs_dir: Path) -> None:
+    write_synthetic_run(runs_dir, "secure_control", 42, _m(2.5))
+    table = build_table1(collect_runs(runs_dir)).set_index("method")
+    assert list(table.index)[-1] == "secure_control"
+    assert table.loc["secure_control", "Gen. %Mis."].startswith("2.50")
+
+
 def test_table1_mean_std_over_finished_seeds(runs_dir: Path) -> None:
     table = build_table1(collect_runs(runs_dir)).set_index("method")
     assert list(table.index) == ["base", "no_defense", "fixed_5", "canary"]

@@ -115,6 +115,14 @@ def test_expansion_fills_reference_runs_and_dependencies(project: Path) -> None:
     assert Path(replay.steps[0].output_path) == project / "runs/fake/fixed_mean/seed123/02_train_controller.ipynb"
 
 
+def test_extra_runs_add_runs_outside_the_grid(project: Path) -> None:
+    plan = build_plan(load_sweep(_sweep(project, seeds=[42, 123], extra_runs={"no_defense": [42]})))
+    assert [job.name for job in plan.runs][-1] == "no_defense/seed42"
+    assert len(plan.runs) == 5
+    with pytest.raises(ConfigError, match="already in methods"):
+        build_plan(load_sweep(_sweep(project, extra_runs={"canary": [42]})))
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"notebook_parameters": {"train": {"INTERACTVE": True}}}, "'INTERACTVE' is not declared"),
     ({"notebook_parameters": {"train": {"INTERACTIVE": "yes"}}}, "expected bool"),
