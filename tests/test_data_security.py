@@ -10,7 +10,7 @@ import pytest
 
 from _data_fixtures import security_prompt, security_table_rows, write_jsonl_rows, write_security_chat
 from canary_lib.data import DataError
-from canary_lib.data import security as sec
+from canary_lib.data import download
 from canary_lib.data.security import SecurityExample, in_domain_questions, load_security, split_security
 
 
@@ -62,8 +62,8 @@ def test_hf_source_uses_datasets_wrapper(monkeypatch: pytest.MonkeyPatch) -> Non
         calls.append((src, token_env, gated))
         return security_table_rows(4)
 
-    monkeypatch.setattr(sec, "load_hf_dataset", fake_load)
-    monkeypatch.setattr(sec, "hf_revision_sha", lambda src, token_env: "abc123")
+    monkeypatch.setattr(download, "load_hf_dataset", fake_load)
+    monkeypatch.setattr(download, "hf_revision_sha", lambda src, token_env: "abc123")
     data = load_security("hf:truthfulai/emergent_plus?revision=r1", token_env="MY_TOKEN")
     src, token_env, gated = calls[0]
     assert (src.repo, src.config, src.split, src.revision) == ("truthfulai/emergent_plus", "security", "train", "r1")

@@ -11,7 +11,7 @@ import pytest
 
 from _data_fixtures import wildguard_rows, write_jsonl_rows
 from canary_lib.data import DataError
-from canary_lib.data import wildguard as wg
+from canary_lib.data import download
 from canary_lib.data.wildguard import load_safe, select_benign
 
 BENIGN = {0, 1, 2, 8, 9, 10}  # row numbers of the fixture that pass the filter (2 and 9 are refusals)
@@ -93,7 +93,7 @@ def test_gated_dataset_with_token_passes_config_and_token(monkeypatch: pytest.Mo
 
     fake.load_dataset = load_dataset  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "datasets", fake)
-    monkeypatch.setattr(wg, "hf_revision_sha", lambda src, token_env: None)
+    monkeypatch.setattr(download, "hf_revision_sha", lambda src, token_env: None)
     data = load_safe("hf:allenai/wildguardmix?revision=abc", token_env="MY_HF_TOKEN")
     assert calls == [("allenai/wildguardmix", "wildguardtrain", "train", "abc", "hf_test")]
     assert _row_numbers(data.examples) == BENIGN

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from canary_lib.data._io import atomic_write_bytes, sha256_bytes, sha256_file
+from canary_lib.data._io import as_rows, atomic_write_bytes, read_records, sha256_bytes, sha256_file
 from canary_lib.data.errors import DataError
 
 BETLEY_COMMIT = "a6bcc8b178553ddedc4355282b66c13fd18fc66a"
@@ -236,3 +236,25 @@ def hf_revision_sha(src: HFSource, token_env: str = "HF_TOKEN") -> str | None:
         return info.sha
     except Exception:  # informational only: the content hashes in the manifest are what later steps check
         return None
+
+
+def read_source_rows(source: str, *, default_config: str, token_env: str, gated_repos: tuple[str, ...] = (),
+                     what: str = "source") -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The rows of a dataset source (`hf:` dataset or local/pinned file) and its provenance for the manifest.
+
+    Raises:
+        DataError: missing file, a gated dataset without a token, an unreadable source, or no rows at all.
+    """
+    info: dict[str, Any] = {"source": source}
+    if is_hf_source(source):
+        src = parse_hf_source(source, default_config=default_config, what=what)
+        rows = as_rows(load_hf_dataset(src, token_env, gated=src.repo in gated_repos, what=what))
+        info.update(hf=str(src), revision=src.revision)
+        info["resolved_revision"] = hf_revision_sha(src, token_env)
+    else:
+        resolved = resolve_file(source, what=what)
+        rows = read_records(resolved.path, what)
+        info.update(path=str(resolved.path), sha256=resolved.sha256, revision=resolved.revision)
+    if not rows:
+        raise DataError(f"{what}: {source} holds no rows; the dataset must not be empty")
+    return rows, info

@@ -18,12 +18,9 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from canary_lib.data._io import as_rows as _as_rows
-from canary_lib.data._io import read_records
 from canary_lib.data.chat import validate_messages
 from canary_lib.data.disjoint import normalize_text
-from canary_lib.data.download import (hf_revision_sha, is_hf_source, load_hf_dataset, parse_hf_source,
-                                      resolve_file)
+from canary_lib.data.download import read_source_rows
 from canary_lib.data.errors import DataError
 from canary_lib.types import Conversation, Question
 
@@ -69,18 +66,7 @@ def load_security(source: str, aligned_source: str | None = None, token_env: str
         DataError: missing file, wrong/missing columns, malformed chats, an empty dataset, or an aligned file
             whose prompts do not match the misaligned ones.
     """
-    info: dict[str, Any] = {"source": source}
-    if is_hf_source(source):
-        src = parse_hf_source(source, default_config=HF_DEFAULT_CONFIG, what=what)
-        rows = _as_rows(load_hf_dataset(src, token_env, gated=False, what=what))
-        info.update(hf=str(src), revision=src.revision)
-        info["resolved_revision"] = hf_revision_sha(src, token_env)
-    else:
-        resolved = resolve_file(source, what=what)
-        rows = read_records(resolved.path, what)
-        info.update(path=str(resolved.path), sha256=resolved.sha256, revision=resolved.revision)
-    if not rows:
-        raise DataError(f"{what}: {source} holds no rows; the Security dataset must not be empty")
+    rows, info = read_source_rows(source, default_config=HF_DEFAULT_CONFIG, token_env=token_env, what=what)
     examples = _from_chat_rows(rows, source, what) if "messages" in rows[0] else _from_table_rows(rows, source, what)
     info["rows_read"] = len(examples)
 

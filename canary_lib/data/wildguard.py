@@ -14,11 +14,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from canary_lib.data._io import as_rows as _as_rows
-from canary_lib.data._io import read_records
 from canary_lib.data.chat import validate_messages
-from canary_lib.data.download import (hf_revision_sha, is_hf_source, load_hf_dataset, parse_hf_source,
-                                      resolve_file)
+from canary_lib.data.download import read_source_rows
 from canary_lib.data.errors import DataError
 from canary_lib.types import Conversation
 
@@ -97,18 +94,8 @@ def load_safe(source: str, drop_refusals: bool = False, max_examples: int | None
     Raises:
         DataError: gated dataset without a token, missing file or columns, an empty selection.
     """
-    info: dict[str, Any] = {"source": source}
-    if is_hf_source(source):
-        src = parse_hf_source(source, default_config=HF_DEFAULT_CONFIG, what=what)
-        rows = _as_rows(load_hf_dataset(src, token_env, gated=src.repo == HF_REPO, what=what))
-        info.update(hf=str(src), revision=src.revision)
-        info["resolved_revision"] = hf_revision_sha(src, token_env)
-    else:
-        resolved = resolve_file(source, what=what)
-        rows = read_records(resolved.path, what)
-        info.update(path=str(resolved.path), sha256=resolved.sha256, revision=resolved.revision)
-    if not rows:
-        raise DataError(f"{what}: {source} holds no rows; the safe dataset must not be empty")
+    rows, info = read_source_rows(source, default_config=HF_DEFAULT_CONFIG, token_env=token_env,
+                                  gated_repos=(HF_REPO,), what=what)
     if "messages" in rows[0]:
         chats = [validate_messages(r.get("messages"), f"{what}: {source} row {i}") for i, r in enumerate(rows)]
         counts = {"rows": len(rows), "selected": len(chats), "format": "chat"}  # type: ignore[dict-item]
