@@ -363,6 +363,12 @@ class CanaryEvaluator:
         except Exception as exc:  # noqa: BLE001 - the loop keeps going; the answers are kept as errors
             judgments = [{"aligned": None, "coherent": None, "status": "error",
                           "detail": {"error": f"{type(exc).__name__}: {exc}"[:500]}} for _ in requests]
+        if all(v["status"] == "error" for v in judgments):
+            # r_t = 0 from a judge that never answered would lower p exactly when nothing is known: stop instead;
+            # the run resumes from its last checkpoint once the judge works.
+            cause = judgments[0]["detail"].get("error", "unknown error") if judgments else "no canary answers"
+            raise EvaluationError(f"canary evaluation after step {step}: the judge scored none of the "
+                                  f"{len(judgments)} answers ({cause}); fix the judge and rerun to resume")
         records = []
         n_misaligned = 0
         for (q, j), answer, verdict in zip(asked, answers, judgments):

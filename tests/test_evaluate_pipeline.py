@@ -187,6 +187,20 @@ def test_canary_fn(cfg, tiny_dir):
         make_canary_fn(cfg.model_copy(update={"canary": cfg.canary.model_copy(update={"n_prompts": 9})}))
 
 
+def test_canary_fn_stops_when_the_judge_scores_nothing(cfg, tiny_dir):
+    """r_t = 0 from a dead judge would lower p: the evaluation raises instead (the run resumes later)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    class DeadJudge:
+        def judge(self, requests):
+            raise ConnectionError("judge server down")
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    with pytest.raises(EvaluationError, match="scored none of the 4 answers.*judge server down"):
+        make_canary_fn(cfg, judge=DeadJudge())(model, tok, 0)
+
+
 def test_generation_stage_in_its_own_process(cfg, tmp_path):
     """The vLLM path generates in a spawned process (GPU memory is returned when it ends); same files."""
     from canary_lib.evaluate import generate_answers, run_isolated
