@@ -131,7 +131,9 @@ def build_generator(cfg: RunConfig, adapter_dir: Path | None) -> Any:
     if adapter_dir is not None:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+        # Evaluation never trains: fold the adapter into the weights (W + scale * B @ A, the same rs-LoRA
+        # scale) so every projection is one matrix product instead of three.
+        model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False).merge_and_unload()
     return TransformersGenerator(model.eval(), tokenizer, batch_size=cfg.eval.batch_size)
 
 
