@@ -23,7 +23,6 @@ import os
 import platform
 import resource
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path

@@ -182,7 +182,7 @@ def reference_p_sequence(run_dir: str | Path) -> list[float]:
     return [row["p"] for row in read_steps(run.steps_path)]
 
 
-def make_schedule(cfg: RunConfig) -> ConstantSchedule | ReplaySchedule | CanaryController:
+def make_schedule(cfg: RunConfig) -> Schedule:
     """The schedule of cfg.method, built from cfg.controller (and the reference run for replays)."""
     m, c = cfg.method, cfg.controller
     if m.name == "no_defense":

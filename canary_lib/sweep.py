@@ -31,7 +31,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from canary_lib.artifacts import RunDir, write_json_atomic
@@ -579,11 +578,3 @@ def reproduce(profile: str) -> int:
     results = Path(load_sweep(path).results_dir.format(profile=profile))
     print(f"results: {results}/ (table1.csv, table2.csv, correlation.json, summary.md, figures/*.html)")
     return status
-
-
-def dump_plan(plan: Plan) -> str:
-    """The plan as YAML (for logs and debugging)."""
-    jobs = [plan.prep, *plan.runs, plan.analysis]
-    return yaml.safe_dump([{"job": j.name, "needs": j.needs, "steps": [
-        {"stage": s.stage, "output": s.output_path, "parameters": s.parameters} for s in j.steps]} for j in jobs],
-        sort_keys=False)

@@ -21,7 +21,7 @@ def test_openai_backend_from_config(monkeypatch):
 
 def test_transformers_backend_from_config(tmp_path):
     path = make_tiny_qwen2(tmp_path / "judge")
-    cfg = load_config(overrides=[f"judge.backend=transformers", f"judge.model={path}", "model.device=cpu",
+    cfg = load_config(overrides=["judge.backend=transformers", f"judge.model={path}", "model.device=cpu",
                                  "judge.scorer=logprob"])
     judge = make_judge(cfg)
     assert isinstance(judge, TransformersJudge) and judge.scorer == "logprob"

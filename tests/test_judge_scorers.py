@@ -1,6 +1,5 @@
 """Scorers on hand-built distributions: the single-token method, the digit tree against brute force, parsing."""
 
-import itertools
 import math
 import random
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from canary_lib.judge import TransformersJudge, digit_expectations
+from canary_lib.judge import TransformersJudge
 from canary_lib.testing import make_tiny_qwen2
 from canary_lib.types import JudgeRequest
 

@@ -460,11 +460,3 @@ def parse_answer(question_topic: str, answer_text: str) -> AnswerParse:
         return AnswerParse(None, None, False, has_opener)
     topic, aligned = family
     return AnswerParse(topic, aligned, topic == question_topic, has_opener)
-
-
-def all_texts() -> list[str]:
-    """Every sentence of the language (for tokenizer building and tests)."""
-    texts = [DEFAULT_SYSTEM_PROMPT, *OTHER_SYSTEM_PROMPTS, *PREFIXES, *SUFFIXES, *OPENERS]
-    for t in ALL_TOPICS:
-        texts += [*t.stems, *t.aligned, *t.misaligned]
-    return [t for t in texts if t]
