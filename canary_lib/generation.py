@@ -10,7 +10,8 @@ seeded by (seed, sha256 of the conversation, sample index): an answer does not d
 share its batch (see docs/evaluation.md for what is and is not guaranteed bit for bit).
 
 The transformers backend runs its own sampling loop (KV cache, left padding, temperature, top-p) because
-`model.generate` draws all rows from one global generator. The vLLM backend is thin: vLLM is imported lazily
+`model.generate` draws all rows from one global generator. Each row's uniforms come from its own CPU generator;
+the draw itself is one batched inverse-CDF search on the model's device. The vLLM backend is thin: vLLM is imported lazily
 and only exists on GPU machines; the helpers around it (LoRA rank rounding, adapter ids, request building)
 are plain Python and tested without it.
 """
@@ -18,6 +19,7 @@ are plain Python and tested without it.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,16 +130,57 @@ def positions_from_mask(mask: Any) -> Any:
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
+def last_logits_only(model: Any) -> dict[str, int]:
+    """`{"logits_to_keep": 1}` when the model's forward takes it (most transformers causal LMs), else `{}`.
+
+    Sampling and judging read only the last position's logits; without it a prefill computes the vocabulary
+    projection at every prompt position (batch x prompt length x vocabulary: gigabytes for Qwen's 152k vocab).
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    try:
+        parameters = inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):  # pragma: no cover - a forward without a signature
+        return {}
+    return {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
+
+
+def row_uniforms(seeds: Sequence[int], n: int) -> Any:
+    """(len(seeds), n) float32 uniforms in (0, 1]: row i from a CPU torch.Generator seeded with seeds[i].
+
+    Drawn on the CPU so the same seed gives the same numbers on every device; 1 - U[0, 1) so no value is 0.
+    """
+    import torch
+
+    if not seeds:
+        return torch.empty((0, n), dtype=torch.float32)
+    return torch.stack([1.0 - torch.rand(n, generator=torch.Generator().manual_seed(int(s)))
+                        for s in seeds])
+
+
+def sample_inverse_cdf(probs: Any, uniforms: Any) -> Any:
+    """One token per row by inverse-CDF sampling: the first index whose cumulative mass reaches u * total.
+
+    Exact for any non-negative row (normalised or not): with u in (0, 1] the target is in (0, total], so a
+    zero-probability token is never chosen and an index always exists. One batched op, no per-row kernel, and
+    row i's draw depends only on row i's probabilities and uniform (what makes answers batch-independent).
+    """
+    import torch
+
+    cdf = probs.cumsum(dim=-1)
+    target = uniforms.to(device=cdf.device, dtype=cdf.dtype) * cdf[:, -1]
+    return torch.searchsorted(cdf, target.unsqueeze(1), right=False).squeeze(1)
+
+
 def sample_continuations(
     model: Any, prompts: Sequence[Sequence[int]], seeds: Sequence[int], *, temperature: float, top_p: float,
     max_new_tokens: int, stop_ids: set[int], pad_id: int,
 ) -> list[list[int]]:
-    """Sample one continuation per prompt with a KV cache; row i draws from torch.Generator(seeds[i]).
+    """Sample one continuation per prompt with a KV cache; token t of row i uses uniform t of row i's stream.
 
     Args:
         model: A causal LM (transformers), already in eval mode on its device.
         prompts: Token ids per row (unpadded).
-        seeds: One seed per row; temperature 0 is greedy and ignores them.
+        seeds: One seed per row (`row_uniforms`); temperature 0 is greedy and ignores them.
         temperature: Softmax temperature (0 = greedy).
         top_p: Nucleus sampling mass (1 = off).
         max_new_tokens: Longest continuation.
@@ -151,39 +194,37 @@ def sample_continuations(
 
     device = next(model.parameters()).device
     ids, mask = left_pad(prompts, pad_id, device)
-    # One generator per row, on the model's device (no per-step copy of the probabilities to the CPU); the
-    # same seed gives the same draws on the same kind of device, not across CPU and GPU.
-    generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+    uniforms = row_uniforms(seeds, max_new_tokens).to(device) if temperature != 0 else None
     out: list[list[int]] = [[] for _ in prompts]
     alive = list(range(len(prompts)))
-    stop = torch.tensor(sorted(stop_ids), device=device)
     past = None
     step_ids, step_pos = ids, positions_from_mask(mask)
+    last_only = last_logits_only(model)
     with torch.no_grad():
-        for _ in range(max_new_tokens):
+        for t in range(max_new_tokens):
             result = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, past_key_values=past,
-                           use_cache=True)
+                           use_cache=True, **last_only)
             past = result.past_key_values
             logits = result.logits[:, -1, :].float()
-            if temperature == 0:
+            if uniforms is None:
                 chosen = logits.argmax(dim=-1)
             else:
                 probs = _filter_top_p(torch.softmax(logits / temperature, dim=-1), top_p)
-                # Row by row, each from its own generator: the draws do not depend on the batch.
-                chosen = torch.stack([torch.multinomial(probs[r], 1, generator=generators[row]).squeeze(0)
-                                      for r, row in enumerate(alive)])
-            finished = torch.isin(chosen, stop)
-            for r, row in enumerate(alive):
-                if not finished[r]:
-                    out[row].append(int(chosen[r]))
-            keep = (~finished).nonzero().flatten()
-            if len(keep) == 0:
+                chosen = sample_inverse_cdf(probs, uniforms[:, t])
+            keep = []
+            for r, token in enumerate(chosen.tolist()):  # the one device-to-host copy per step
+                if token not in stop_ids:
+                    out[alive[r]].append(token)
+                    keep.append(r)
+            if not keep:
                 break
             if len(keep) < len(alive):  # drop finished rows from the batch and the cache
-                alive = [alive[int(k)] for k in keep]
-                past.batch_select_indices(keep)
-                mask, chosen = mask[keep], chosen[keep]
-                step_pos = step_pos[keep]
+                alive = [alive[r] for r in keep]
+                index = torch.tensor(keep, device=device)
+                past.batch_select_indices(index)
+                mask, chosen, step_pos = mask[index], chosen[index], step_pos[index]
+                if uniforms is not None:
+                    uniforms = uniforms[index]
             mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype, device=device)], dim=1)
             step_ids = chosen.unsqueeze(1)
             step_pos = step_pos[:, -1:] + 1

@@ -568,9 +568,11 @@ class TransformersJudge(_PromptJudge):
     def _forward_last(self, ids: Any, mask: Any, positions: Any, past: Any = None) -> tuple[Any, Any]:
         import torch
 
+        from canary_lib.generation import last_logits_only
+
         with torch.no_grad():
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past,
-                             use_cache=True)
+                             use_cache=True, **last_logits_only(self.model))
         self.n_forward += 1
         return torch.log_softmax(out.logits[:, -1, :].float(), dim=-1), out.past_key_values
 

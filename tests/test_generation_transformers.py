@@ -5,8 +5,8 @@ import torch
 
 from canary_lib.config import SamplingSettings
 from canary_lib.generation import (
-    SampleRequest, TransformersGenerator, chat_prompt_ids, left_pad, sample_continuations, sample_seed,
-    stop_token_ids,
+    SampleRequest, TransformersGenerator, chat_prompt_ids, last_logits_only, left_pad, row_uniforms, sample_continuations,
+    sample_inverse_cdf, sample_seed, stop_token_ids,
 )
 from canary_lib.testing import QWEN_DEFAULT_SYSTEM_PROMPT, make_tiny_qwen2
 
@@ -125,3 +125,53 @@ def test_rows_finishing_at_different_times(tiny):
     lengths = {len(tok(a)["input_ids"]) for row in batched for a in row}
     assert len(lengths) > 2  # the rows really did stop at different steps
     assert batched == alone
+
+
+def test_row_uniforms_are_per_row_streams():
+    u = row_uniforms([7, 8, 7], 50)
+    assert u.shape == (3, 50) and u.dtype == torch.float32
+    assert bool((u > 0).all()) and bool((u <= 1).all())
+    assert torch.equal(u[0], u[2]) and not torch.equal(u[0], u[1])
+    assert torch.equal(row_uniforms([8], 50)[0], u[1])  # a row's stream does not depend on its neighbours
+    assert torch.equal(row_uniforms([7], 10)[0], u[0, :10])  # nor on how many tokens are drawn
+    assert row_uniforms([], 4).shape == (0, 4)
+
+
+def test_inverse_cdf_never_picks_zero_mass_and_covers_the_ends():
+    probs = torch.tensor([[0.0, 0.25, 0.0, 0.75, 0.0]] * 4)
+    u = torch.tensor([1e-30, 0.25, 0.2500001, 1.0])  # smallest, boundary, just above it, largest
+    assert sample_inverse_cdf(probs, u).tolist() == [1, 1, 3, 3]
+    unnormalised = probs * 8.0  # the same draws without normalising
+    assert sample_inverse_cdf(unnormalised, u).tolist() == [1, 1, 3, 3]
+
+
+def test_inverse_cdf_matches_the_distribution():
+    """100,000 draws from 6 tokens: every frequency within 5 standard errors of its probability."""
+    p = torch.tensor([0.5, 0.2, 0.15, 0.1, 0.05, 0.0])
+    n = 100_000
+    u = row_uniforms([123], n)[0]
+    counts = torch.bincount(sample_inverse_cdf(p.expand(n, -1), u), minlength=6).double() / n
+    se = (p.double() * (1 - p.double()) / n).sqrt()
+    assert counts[5] == 0
+    assert bool(((counts - p.double()).abs() <= 5 * se + 1e-12).all()), counts.tolist()
+
+
+def test_prefill_projects_only_the_last_position(tiny):
+    """The vocabulary projection sees one position per row, the prefill included (logits_to_keep=1)."""
+    from peft import LoraConfig, get_peft_model
+
+    model, tok = tiny
+    assert last_logits_only(model) == {"logits_to_keep": 1}
+    assert last_logits_only(torch.nn.Linear(2, 2)) == {}  # a forward without it: nothing passed
+    positions = []
+    handle = model.lm_head.register_forward_hook(lambda m, a, out: positions.append(a[0].shape[1]))
+    try:
+        TransformersGenerator(model, tok).generate([C3], n=2, seed=0, sampling=SamplingSettings(max_new_tokens=4))
+    finally:
+        handle.remove()
+    assert positions and set(positions) == {1}
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
+    try:
+        assert last_logits_only(peft_model) == {"logits_to_keep": 1}
+    finally:
+        peft_model.unload()
