@@ -22,12 +22,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+from canary_lib.data.chat import validate_messages
+from canary_lib.data.errors import DataError
+
 IGNORE_INDEX = -100
 """Label value that cross-entropy ignores."""
 
 
-class ChatFormatError(ValueError):
-    """A conversation that cannot be encoded for training (bad roles, no assistant turn, template problem)."""
+class ChatFormatError(DataError):
+    """A chat template that cannot be cut into assistant spans (not prefix-stable). A malformed conversation
+    (roles, order, no answer) is refused earlier, as a `DataError`, by `canary_lib.data.chat.validate_messages`."""
 
 
 @dataclass(frozen=True)
@@ -42,29 +46,6 @@ class EncodedChat:
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
 
 
-_ROLES = ("system", "user", "assistant")
-
-
-def validate_messages(messages: Any) -> list[dict[str, str]]:
-    """Check the prior work's messages format; return it as a list of {"role", "content"} dicts.
-
-    Raises:
-        ChatFormatError: if a message is malformed, a role is unknown, or there is no assistant turn.
-    """
-    if not isinstance(messages, list) or not messages:
-        raise ChatFormatError("messages must be a non-empty list of {'role', 'content'} dicts")
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
-            raise ChatFormatError(f"message {i} must be a dict with a string 'content': {message!r:.200}")
-        if message.get("role") not in _ROLES:
-            raise ChatFormatError(f"message {i} has role {message.get('role')!r}; expected one of {_ROLES}")
-    if not any(m["role"] == "assistant" for m in messages):
-        raise ChatFormatError("conversation has no assistant turn: nothing to train on")
-    if messages[0]["role"] == "assistant":
-        raise ChatFormatError("conversation starts with an assistant turn: there is no prompt to answer")
-    return [{"role": m["role"], "content": m["content"]} for m in messages]
-
-
 def _render(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
@@ -73,10 +54,11 @@ def chat_segments(messages: Sequence[dict[str, str]], tokenizer: Any) -> list[tu
     """Cut the rendered conversation into (text, supervised) segments; their concatenation is the full render.
 
     Raises:
+        DataError: a malformed conversation (`canary_lib.data.chat.validate_messages`).
         ChatFormatError: if the chat template is not prefix-stable (a shorter conversation does not render
             to a prefix of the longer one), so assistant spans cannot be located.
     """
-    messages = validate_messages(list(messages))
+    messages = validate_messages(list(messages) if isinstance(messages, tuple) else messages)
     eot = tokenizer.eos_token
     segments: list[tuple[str, bool]] = []
     done = ""  # the rendered text already assigned to segments

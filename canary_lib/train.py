@@ -32,7 +32,6 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from canary_lib.errors import CanaryError
 from canary_lib.artifacts import (
     CONTROLLER_COLUMNS,
     STEPS_COLUMNS,
@@ -43,9 +42,11 @@ from canary_lib.artifacts import (
     write_json_atomic,
     write_text_atomic,
 )
-from canary_lib.chat import IGNORE_INDEX, ChatFormatError, EncodedChat, collate, encode_chat, validate_messages
+from canary_lib.chat import IGNORE_INDEX, EncodedChat, collate, encode_chat
 from canary_lib.config import RunConfig, dump_config
 from canary_lib.controller import make_schedule
+from canary_lib.data.chat import read_chat_jsonl
+from canary_lib.data.errors import DataError
 from canary_lib.planner import SAFE, TARGET, StepPlanner
 from canary_lib.types import CanaryFn, CanaryResult
 
@@ -55,7 +56,7 @@ KILL_AFTER_STEP_ENV = "CANARY_KILL_AFTER_STEP"
 _STATE_FILE = "state.json"
 
 
-class TrainingDataError(CanaryError, ValueError):
+class TrainingDataError(DataError):
     """The training data cannot be used (missing or empty file, malformed line)."""
 
 
@@ -83,22 +84,14 @@ def lr_at(step: int, target_remaining: int, n_target_batches: int, base_lr: floa
     return base_lr * warmup * (target_remaining / n_target_batches)
 
 
-def read_chat_jsonl(path: Path) -> list[list[dict[str, str]]]:
-    """Conversations of a messages-format JSONL file; errors name the file and line."""
+def read_training_chats(path: Path) -> list[list[dict[str, str]]]:
+    """D_T or D_S: a prepared messages-format JSONL, each chat checked by the package's one chat validator."""
     if not path.is_file():
         raise TrainingDataError(f"{path}: training data file not found (prepare the data first: canary prep-data)")
-    conversations = []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                conversations.append(validate_messages(json.loads(line).get("messages")))
-            except (json.JSONDecodeError, AttributeError, ChatFormatError) as exc:
-                raise TrainingDataError(f"{path}:{number}: not a messages-format chat example: {exc}") from None
-    if not conversations:
-        raise TrainingDataError(f"{path}: no training examples")
-    return conversations
+    try:
+        return read_chat_jsonl(path, "training data")
+    except DataError as exc:
+        raise TrainingDataError(str(exc)) from None
 
 
 def select_target_subset(n: int, max_examples: int | None, seed: int) -> list[int]:
@@ -110,12 +103,12 @@ def select_target_subset(n: int, max_examples: int | None, seed: int) -> list[in
 
 def load_training_data(cfg: RunConfig) -> tuple[list, list]:
     """(D_T, D_S) as lists of conversations; D_S may be empty only for the no-defense method."""
-    target_all = read_chat_jsonl(cfg.data.path(cfg.data.target_file))
+    target_all = read_training_chats(cfg.data.path(cfg.data.target_file))
     target = [target_all[i] for i in select_target_subset(len(target_all), cfg.train.max_target_examples, cfg.seed)]
     safe_path = cfg.data.path(cfg.data.safe_file)
     if cfg.method.name == "no_defense" and not safe_path.exists():
         return target, []
-    return target, read_chat_jsonl(safe_path)
+    return target, read_training_chats(safe_path)
 
 
 def file_digest(path: Path) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from canary_lib.chat import IGNORE_INDEX, ChatFormatError, collate, encode_chat
+from canary_lib.data.errors import DataError
 from canary_lib.testing import QWEN_DEFAULT_SYSTEM_PROMPT, build_tiny_tokenizer
 
 
@@ -94,10 +95,26 @@ def test_truncation_and_collate_right_padding(tok):
         [],
         [{"role": "user", "content": "no answer"}],
         [{"role": "assistant", "content": "first"}, {"role": "user", "content": "x"}],
+        [{"role": "assistant", "content": "first"}, {"role": "user", "content": "x"},
+         {"role": "assistant", "content": "y"}],
+        [{"role": "system", "content": "s"}, {"role": "assistant", "content": "y"}],
+        [{"role": "user", "content": "x"}, {"role": "assistant", "content": "  "}],
         [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}],
         [{"role": "user", "content": 3}, {"role": "assistant", "content": "y"}],
     ],
 )
 def test_bad_conversations_are_refused(tok, messages):
-    with pytest.raises(ChatFormatError):
+    with pytest.raises(DataError):
         encode_chat(messages, tok, max_length=2048)
+
+
+def test_template_that_is_not_prefix_stable_is_refused(tok):
+    """A template whose render of a prefix is not a prefix of the full render: assistant spans cannot be cut."""
+    original = tok.chat_template
+    tok.chat_template = ("{{ messages | length }}{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
+                         "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    try:
+        with pytest.raises(ChatFormatError, match="not prefix-stable"):
+            encode_chat([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], tok, 2048)
+    finally:
+        tok.chat_template = original

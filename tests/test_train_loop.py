@@ -214,12 +214,12 @@ def test_missing_data_refused_before_model_load(world, tmp_path):
 
 def test_empty_and_malformed_data_refused(world, tmp_path):
     (tmp_path / "target_train.jsonl").write_text("\n")
-    with pytest.raises(TrainingDataError, match="no training examples"):
+    with pytest.raises(TrainingDataError, match="target_train.jsonl holds no examples"):
         train_from_config(_config_with_data(world, tmp_path), tmp_path / "run", canary_fn=ScriptedCanary([0]))
     (tmp_path / "target_train.jsonl").write_text(
         json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]})
         + "\n" + json.dumps({"messages": [{"role": "user", "content": "only a question"}]}) + "\n")
-    with pytest.raises(TrainingDataError, match=r"target_train.jsonl:2: .*no assistant turn"):
+    with pytest.raises(TrainingDataError, match=r"target_train.jsonl row 1: the last message must be a non-empty assistant"):
         train_from_config(_config_with_data(world, tmp_path), tmp_path / "run", canary_fn=ScriptedCanary([0]))
 
 
@@ -234,7 +234,8 @@ def test_loss_and_update_do_not_depend_on_micro_batch_size(world):
     """Gradient accumulation is exact: token sums over micro-batches / the batch's token count."""
     from canary_lib.chat import encode_chat
     from canary_lib.models import add_rslora, load_model_and_tokenizer
-    from canary_lib.train import read_chat_jsonl, train_step
+    from canary_lib.data.chat import read_chat_jsonl
+    from canary_lib.train import train_step
 
     cfg = tiny_config(world)
     chats = read_chat_jsonl(world[1] / "target_train.jsonl")[:8]

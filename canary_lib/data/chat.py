@@ -12,9 +12,11 @@ from canary_lib.types import Conversation
 ROLES = ("system", "user", "assistant")
 
 
-def validate_messages(messages: Any, where: str, require_answer: bool = True) -> Conversation:
-    """Check one chat: a list of {role, content} with known roles, at least one user turn and, when
-    `require_answer`, a final assistant turn (the training target).
+def validate_messages(messages: Any, where: str = "conversation", require_answer: bool = True) -> Conversation:
+    """Check one chat: a list of {role, content} with known roles whose first non-system turn is the user's
+    and, when `require_answer`, whose last turn is a non-empty assistant answer (the training target).
+
+    The one check for every chat the package reads: data preparation, the loaders and the training encoder.
 
     Returns:
         The messages as plain {"role", "content"} dicts (extra keys dropped).
@@ -27,8 +29,10 @@ def validate_messages(messages: Any, where: str, require_answer: bool = True) ->
             raise DataError(f"{where}: messages[{j}] must be {{'role': one of {ROLES}, 'content': str}}, "
                             f"got {msg!r:.200}")
         out.append({"role": msg["role"], "content": msg["content"]})
-    if not any(m["role"] == "user" for m in out):
-        raise DataError(f"{where}: the chat has no user turn")
+    first = next((m["role"] for m in out if m["role"] != "system"), None)
+    if first != "user":
+        raise DataError(f"{where}: the first turn after any system prompt must be the user's, got "
+                        f"{first or 'no turn at all'}")
     if require_answer and (out[-1]["role"] != "assistant" or not out[-1]["content"].strip()):
         raise DataError(f"{where}: the last message must be a non-empty assistant answer (the training target)")
     return out
