@@ -18,7 +18,9 @@ What it does (benchmarks/README.md has the details and the exact FLOP formulas):
    one answer each, 256 new tokens, `TransformersGenerator` on the LoRA model), the judge being the package's
    OpenAI-compatible backend talking to a fixed-latency stub chat-completions server on 127.0.0.1; reports
    generation and judge seconds and the overhead at K = 30 as a share of training time;
-5. writes bench.json (every figure) and bench.md (a short table) to --out (default $OUT, else benchmarks/out).
+5. splits the canary's decode time: the same answers with the LoRA and with the adapter disabled, against the
+   memory floor (weight bytes over the measured copy bandwidth), so the profile says where the time goes;
+6. writes bench.json (every figure) and bench.md (a short table) to --out (default $OUT, else benchmarks/out).
 
 Random weights cost exactly what trained ones cost per token; the one difference is answer length: a random
 model almost never emits the end-of-turn token, so every canary answer runs to the full 256 tokens (the slow
@@ -94,13 +96,15 @@ class SizePreset:
     canary_new_tokens: int
     peak_matmul_n: int
     judge_latency_s: float
+    bandwidth_bytes: int
+    """Buffer size of the bandwidth measurement (the memory floor of decoding)."""
 
 
 SIZES = {
     "7b": SizePreset(QWEN25_7B_CONFIG, seq_len=512, warmup_steps=3, timed_steps=10, canary_new_tokens=256,
-                     peak_matmul_n=8192, judge_latency_s=0.1),
+                     peak_matmul_n=8192, judge_latency_s=0.1, bandwidth_bytes=4 << 30),
     "tiny": SizePreset(TINY_CONFIG, seq_len=32, warmup_steps=1, timed_steps=2, canary_new_tokens=4,
-                       peak_matmul_n=256, judge_latency_s=0.001),
+                       peak_matmul_n=256, judge_latency_s=0.001, bandwidth_bytes=16 << 20),
 }
 
 # Import name -> PyPI distribution, for the packages a run needs. The package's own deps that GPU images lack
@@ -712,6 +716,68 @@ def run_canary_eval(model: Any, tokenizer: Any, cfg: Any, *, latency_s: float, d
     }
 
 
+def measure_bandwidth(device: Any, n_bytes: int, repeats: int = 10, warmup: int = 3) -> float:
+    """Memory bandwidth in bytes/s: median of `repeats` copies of an n_bytes buffer (read + write counted)."""
+    import torch
+
+    src = torch.empty(n_bytes // 2, dtype=torch.bfloat16, device=device).fill_(1.0)
+    dst = torch.empty_like(src)
+    times = []
+    for i in range(warmup + repeats):
+        _sync(device)
+        start = time.perf_counter()
+        dst.copy_(src)
+        _sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    del src, dst
+    return 2 * n_bytes / statistics.median(times)
+
+
+def decode_breakdown(model: Any, tokenizer: Any, cfg: Any, *, device: Any, bandwidth: float) -> dict:
+    """Where the canary's generation time goes: the same answers with the LoRA (as in training) and with the
+    adapter disabled (the base model alone), against the memory floor of reading every weight once per token step.
+
+    The difference of the first two is what the unmerged LoRA costs in decode; the floor is what any decoder of
+    these weights at this batch size needs at least (weights bytes / measured bandwidth; the KV cache is ignored).
+    """
+    import contextlib
+
+    import torch
+
+    from canary_lib.generation import TransformersGenerator
+
+    conversations = [q.conversation(0) for q in canary_questions(cfg.canary.n_prompts)]
+    generator = TransformersGenerator(model, tokenizer, batch_size=cfg.eval.batch_size)
+    # Every weight a token step reads: all parameters but the input embedding (a row gather), unless it is tied
+    # to the LM head.
+    embedding, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters()
+                       if p is not embedding or embedding is head)
+    out: dict[str, Any] = {"n_answers": len(conversations), "max_new_tokens": cfg.canary.max_new_tokens,
+                           "weight_bytes": weight_bytes, "bandwidth_gb_s": bandwidth / 1e9,
+                           "memory_floor_s_per_token_step": weight_bytes / bandwidth}
+    variants = {"lora": contextlib.nullcontext, "adapter_disabled": model.disable_adapter}
+    for label, context in variants.items():
+        n_forward = [0]
+        hook = model.register_forward_hook(lambda *_: n_forward.__setitem__(0, n_forward[0] + 1))
+        try:
+            with context(), torch.no_grad():
+                _sync(device)
+                start = time.perf_counter()
+                generator.generate(conversations, n=1, seed=0, sampling=cfg.canary)
+                _sync(device)
+                seconds = time.perf_counter() - start
+        finally:
+            hook.remove()
+        out[label] = {"seconds": seconds, "token_steps": n_forward[0],
+                      "s_per_token_step": seconds / max(1, n_forward[0])}
+    lora, base = out["lora"]["s_per_token_step"], out["adapter_disabled"]["s_per_token_step"]
+    out["lora_share"] = 1 - base / lora if lora > 0 else None
+    out["floor_over_lora"] = out["memory_floor_s_per_token_step"] / lora if lora > 0 else None
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- profiling
 
 
@@ -805,6 +871,16 @@ def markdown_report(r: dict) -> str:
         f"| canary s (as the loop times it) | {fmt(c['canary_seconds'])} |",
         f"| overhead at K = {r['overhead']['K']} (canary s / (K x s/step)) | "
         f"{fmt(r['overhead']['pct'], '.2f')}% (generation only {fmt(r['overhead']['pct_generation_only'], '.2f')}%) |",
+    ]
+    d = r.get("decode")
+    if d:
+        lines += [
+            f"| decode ms per token step: with LoRA / adapter disabled / memory floor "
+            f"({fmt(d['bandwidth_gb_s'], '.0f')} GB/s) | {fmt(1e3 * d['lora']['s_per_token_step'])} / "
+            f"{fmt(1e3 * d['adapter_disabled']['s_per_token_step'])} / "
+            f"{fmt(1e3 * d['memory_floor_s_per_token_step'])} |",
+        ]
+    lines += [
         "",
         f"wall {fmt(r['wall_seconds'], '.0f')} s",
     ]
@@ -1004,6 +1080,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"{report['canary']['judge_seconds']:.2f} s ({report['canary']['judge_requests']} requests); overhead at "
           f"K={K}: {report['overhead']['pct']:.2f}%", flush=True)
     save("canary")
+
+    try:
+        bandwidth = measure_bandwidth(device, preset.bandwidth_bytes)
+        report["decode"] = decode_breakdown(model, tokenizer, cfg, device=device, bandwidth=bandwidth)
+        d = report["decode"]
+        print(f"decode: {1e3 * d['lora']['s_per_token_step']:.1f} ms per token step with the LoRA, "
+              f"{1e3 * d['adapter_disabled']['s_per_token_step']:.1f} ms without; memory floor "
+              f"{1e3 * d['memory_floor_s_per_token_step']:.1f} ms at {d['bandwidth_gb_s']:.0f} GB/s", flush=True)
+    except Exception as exc:  # noqa: BLE001 - optional; keep the figures
+        report["errors"]["decode"] = f"{type(exc).__name__}: {exc}"[:1000]
+        print(f"decode breakdown: FAILED ({exc})", flush=True)
+    save("decode")
 
     if args.profile:
         short_decode = cfg.model_copy(update={"canary": cfg.canary.model_copy(

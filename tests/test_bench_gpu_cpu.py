@@ -90,8 +90,19 @@ def test_tiny_end_to_end(tmp_path):
     assert overhead["K"] == 30
     assert math.isclose(overhead["pct"], 100 * canary["canary_seconds"] / (30 * on_disk["package"]["s_per_step"]))
 
+    decode = on_disk["decode"]
+    assert decode["n_answers"] == 20 and decode["bandwidth_gb_s"] > 0
+    embedding = on_disk["model"]["config"]["vocab_size"] * h  # untied: the input embedding is not read per step
+    assert decode["weight_bytes"] == 4 * (model["n_params"] + model["n_lora"] - embedding)  # float32 on the CPU
+    for variant in ("lora", "adapter_disabled"):  # both decode the same 20 prompts: a prefill, then token steps
+        assert 2 <= decode[variant]["token_steps"] <= 1 + decode["max_new_tokens"]
+        assert math.isclose(decode[variant]["s_per_token_step"],
+                            decode[variant]["seconds"] / decode[variant]["token_steps"])
+    assert decode["lora_share"] < 1 and decode["floor_over_lora"] > 0
+
     markdown = (tmp_path / "bench.md").read_text()
-    for text in ("package (canary_lib.train.train_step)", "reference: trainer", "overhead at K = 30", "MFU (6N)"):
+    for text in ("package (canary_lib.train.train_step)", "reference: trainer", "overhead at K = 30", "MFU (6N)",
+                 "adapter disabled / memory floor"):
         assert text in markdown
 
 
@@ -182,7 +193,7 @@ def test_failing_reference_keeps_the_other_figures(monkeypatch, tmp_path):
     assert report["references"]["trainer"]["skipped"].startswith("failed")
     assert report["ratios"] == {} and "package_repeat" not in report
     on_disk = json.loads((tmp_path / "bench.json").read_text())
-    assert on_disk["phases_done"] == ["peak", "model", "package", "canary", "done"]
+    assert on_disk["phases_done"] == ["peak", "model", "package", "canary", "decode", "done"]
     assert "skipped: failed" in (tmp_path / "bench.md").read_text()
 
 
