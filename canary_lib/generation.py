@@ -11,9 +11,9 @@ share its batch (see docs/evaluation.md for what is and is not guaranteed bit fo
 
 The transformers backend runs its own sampling loop (KV cache, left padding, temperature, top-p) because
 `model.generate` draws all rows from one global generator. Each row's uniforms come from its own CPU generator;
-the draw itself is one batched inverse-CDF search on the model's device. The vLLM backend is thin: vLLM is imported lazily
-and only exists on GPU machines; the helpers around it (LoRA rank rounding, adapter ids, request building)
-are plain Python and tested without it.
+the draw itself is one batched inverse-CDF search on the model's device. The vLLM backend is thin: vLLM is
+imported lazily and only exists on GPU machines; the helpers around it (LoRA rank rounding, adapter ids,
+request building) are plain Python and tested without it.
 """
 
 from __future__ import annotations

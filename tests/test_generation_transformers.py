@@ -5,8 +5,8 @@ import torch
 
 from canary_lib.config import SamplingSettings
 from canary_lib.generation import (
-    SampleRequest, TransformersGenerator, chat_prompt_ids, last_logits_only, left_pad, row_uniforms, sample_continuations,
-    sample_inverse_cdf, sample_seed, stop_token_ids,
+    SampleRequest, TransformersGenerator, chat_prompt_ids, last_logits_only, left_pad, row_uniforms,
+    sample_continuations, sample_inverse_cdf, sample_seed, stop_token_ids,
 )
 from canary_lib.testing import QWEN_DEFAULT_SYSTEM_PROMPT, make_tiny_qwen2
 
