@@ -5,24 +5,12 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import sys
-from pathlib import Path
 
 import httpx
 import pytest
+from _scripts import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("gpu_bench", ROOT / "benchmarks" / "gpu_bench.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["gpu_bench"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_bench()
+bench = load_benchmark("gpu_bench")
 
 FIGURE_KEYS = {"s_per_step", "step_seconds", "tokens_per_s", "supervised_tokens_per_s", "peak_mem_gib", "mfu",
                "mfu_frozen"}

@@ -1,19 +1,8 @@
-"""benchmarks/sampling_bench.py runs (the wide-vocabulary case, one repeat) and reports consistent figures."""
+"""benchmarks/sampling_bench.py runs (the wide-vocabulary case, two repeats) and reports consistent figures."""
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("sampling_bench", ROOT / "benchmarks" / "sampling_bench.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["sampling_bench"] = module
-    spec.loader.exec_module(module)
-    return module
+from _scripts import load_benchmark
 
 
 def test_wide_vocab_case(tmp_path):
@@ -22,7 +11,7 @@ def test_wide_vocab_case(tmp_path):
     out = tmp_path / "sampling.json"
     threads = torch.get_num_threads()
     try:
-        report = _load().main(["--cases", "wide_vocab_canary", "--repeats", "2", "--out", str(out)])
+        report = load_benchmark("sampling_bench").main(["--cases", "wide_vocab_canary", "--repeats", "2", "--out", str(out)])
     finally:
         torch.set_num_threads(threads)  # the benchmark pins one thread; later tests keep theirs
     assert json.loads(out.read_text()) == report
