@@ -239,16 +239,22 @@ def measure_peak_flops(device: Any, dtype: Any, n: int, repeats: int = 10, warmu
     gen = torch.Generator(device="cpu").manual_seed(0)
     a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
     b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+    seconds = median_seconds(lambda: torch.mm(a, b), device, repeats=repeats, warmup=warmup)
+    del a, b
+    return 2 * n**3 / seconds
+
+
+def median_seconds(fn: Callable[[], Any], device: Any, *, repeats: int, warmup: int) -> float:
+    """Median wall seconds of fn() over `repeats` synchronised calls, after `warmup` untimed ones."""
     times = []
     for i in range(warmup + repeats):
         _sync(device)
         start = time.perf_counter()
-        torch.mm(a, b)
+        fn()
         _sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - start)
-    del a, b
-    return 2 * n**3 / statistics.median(times)
+    return statistics.median(times)
 
 
 @dataclass(frozen=True)
@@ -722,16 +728,9 @@ def measure_bandwidth(device: Any, n_bytes: int, repeats: int = 10, warmup: int 
 
     src = torch.empty(n_bytes // 2, dtype=torch.bfloat16, device=device).fill_(1.0)
     dst = torch.empty_like(src)
-    times = []
-    for i in range(warmup + repeats):
-        _sync(device)
-        start = time.perf_counter()
-        dst.copy_(src)
-        _sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
+    seconds = median_seconds(lambda: dst.copy_(src), device, repeats=repeats, warmup=warmup)
     del src, dst
-    return 2 * n_bytes / statistics.median(times)
+    return 2 * n_bytes / seconds
 
 
 def decode_breakdown(model: Any, tokenizer: Any, cfg: Any, *, device: Any, bandwidth: float) -> dict:

@@ -533,11 +533,14 @@ class TransformersJudge(_PromptJudge):
                  max_answer_chars: int = 4000, min_mass: float = DEFAULT_MIN_MASS,
                  prune_below: float = DEFAULT_PRUNE_BELOW) -> None:
         super().__init__(scorer=scorer, max_answer_chars=max_answer_chars, min_mass=min_mass, prune_below=prune_below)
+        from canary_lib.generation import last_logits_only
+
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.n_forward = 0
         self._listed: tuple[Any, list[str]] | None = None
+        self._last_only = last_logits_only(model)  # only the last position's logits are read
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, device: str = "auto", dtype: str = "auto",
@@ -568,11 +571,9 @@ class TransformersJudge(_PromptJudge):
     def _forward_last(self, ids: Any, mask: Any, positions: Any, past: Any = None) -> tuple[Any, Any]:
         import torch
 
-        from canary_lib.generation import last_logits_only
-
         with torch.no_grad():
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past,
-                             use_cache=True, **last_logits_only(self.model))
+                             use_cache=True, **self._last_only)
         self.n_forward += 1
         return torch.log_softmax(out.logits[:, -1, :].float(), dim=-1), out.past_key_values
 
