@@ -20,7 +20,9 @@ What it does (benchmarks/README.md has the details and the exact FLOP formulas):
    generation and judge seconds and the overhead at K = 30 as a share of training time;
 5. splits the canary's decode time: the same answers with the LoRA and with the adapter disabled, against the
    memory floor (weight bytes over the measured copy bandwidth), so the profile says where the time goes;
-6. writes bench.json (every figure) and bench.md (a short table) to --out (default $OUT, else benchmarks/out).
+6. decodes the same prompts with transformers' own `generate`, dynamic and static KV cache (compiled on a GPU):
+   what fix (2) of benchmarks/README.md would give, measured last;
+7. writes bench.json (every figure) and bench.md (a short table) to --out (default $OUT, else benchmarks/out).
 
 Random weights cost exactly what trained ones cost per token; the one difference is answer length: a random
 model almost never emits the end-of-turn token, so every canary answer runs to the full 256 tokens (the slow
@@ -777,6 +779,53 @@ def decode_breakdown(model: Any, tokenizer: Any, cfg: Any, *, device: Any, bandw
     return out
 
 
+def hf_generate_decode(model: Any, tokenizer: Any, cfg: Any, *, device: Any) -> dict:
+    """Fix (2) of benchmarks/README.md, measured: the canary's prompts decoded by transformers' own `generate`,
+    with its dynamic KV cache and with a static one (which transformers compiles, CUDA graphs included, on a GPU).
+
+    Greedy and exactly `max_new_tokens` per answer (the end of turn is suppressed), so both variants do the same
+    number of token steps as the package's sampler does on random weights; greedy costs what sampling costs. The
+    static variant's first call (the compilation on a GPU) is timed apart from a second, timed call. The greedy
+    answers of the two caches are compared (`same_tokens`): a static cache must not change what is decoded.
+    """
+    import torch
+
+    from canary_lib.generation import chat_prompt_ids, left_pad
+
+    prompts = [chat_prompt_ids(tokenizer, q.conversation(0)) for q in canary_questions(cfg.canary.n_prompts)]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids, mask = left_pad(prompts, pad, device)
+    n_new = cfg.canary.max_new_tokens
+    common = dict(input_ids=ids, attention_mask=mask, max_new_tokens=n_new, min_new_tokens=n_new, do_sample=False,
+                  pad_token_id=pad)
+
+    def run(**kwargs: Any) -> tuple[float, Any]:
+        _sync(device)
+        start = time.perf_counter()
+        tokens = model.generate(**(common | kwargs))
+        _sync(device)
+        return time.perf_counter() - start, tokens[:, ids.shape[1]:]
+
+    was_training = model.training
+    model.eval()
+    out: dict[str, Any] = {"n_answers": len(prompts), "max_new_tokens": n_new, "token_steps": n_new}
+    try:
+        with torch.no_grad():
+            run(max_new_tokens=min(2, n_new), min_new_tokens=min(2, n_new))  # warm the eager path
+            seconds, dynamic = run()
+            out["dynamic_cache"] = {"seconds": seconds, "s_per_token_step": seconds / n_new}
+            first, _ = run(cache_implementation="static")  # compiles on a GPU
+            seconds, static = run(cache_implementation="static")
+            out["static_cache"] = {"first_call_seconds": first, "seconds": seconds,
+                                   "s_per_token_step": seconds / n_new, "compiled": device.type == "cuda"}
+    finally:
+        model.train(was_training)
+    differ = (dynamic != static).any(dim=0).nonzero()
+    out["same_tokens"] = len(differ) == 0
+    out["first_difference"] = int(differ[0]) if len(differ) else None  # token position where a row first differs
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- profiling
 
 
@@ -845,11 +894,11 @@ def markdown_report(r: dict) -> str:
         "| trainer | s/step | tokens/s | peak GiB | MFU (6N) | MFU (frozen 4N) | package speed-up |",
         "|---|---|---|---|---|---|---|",
     ]
-    rows = [("package (canary_lib.train.train_step)", r["package"], None)]
+    rows = [("package (canary_lib.train.train_step)", r["package"], None)] if "package" in r else []
     if "package_repeat" in r:
         rows.append(("package, repeated", r["package_repeat"], None))
-    for name, ref in r["references"].items():
-        rows.append((f"reference: {name}", ref, r["ratios"].get(name)))
+    for name, ref in r.get("references", {}).items():
+        rows.append((f"reference: {name}", ref, r.get("ratios", {}).get(name)))
     for name, fig, ratio in rows:
         if "skipped" in fig:
             lines.append(f"| {name} | skipped: {fig['skipped']} | | | | | |")
@@ -858,7 +907,9 @@ def markdown_report(r: dict) -> str:
                      f"{fmt(fig['peak_mem_gib'], '.1f')} | {fmt(100 * fig['mfu'], '.1f')}% | "
                      f"{fmt(100 * fig['mfu_frozen'], '.1f')}% | "
                      f"{'' if ratio is None else fmt(ratio['speedup'], '.2f') + 'x'} |")
-    c = r["canary"]
+    c = r.get("canary")
+    if c is None:  # a run cut short before the canary phase
+        return "\n".join(lines + ["", f"phases done: {', '.join(r['phases_done'])}"]) + "\n"
     lines += [
         "",
         "| canary evaluation | value |",
@@ -873,15 +924,20 @@ def markdown_report(r: dict) -> str:
     ]
     d = r.get("decode")
     if d:
-        lines += [
-            f"| decode ms per token step: with LoRA / adapter disabled / memory floor "
-            f"({fmt(d['bandwidth_gb_s'], '.0f')} GB/s) | {fmt(1e3 * d['lora']['s_per_token_step'])} / "
-            f"{fmt(1e3 * d['adapter_disabled']['s_per_token_step'])} / "
-            f"{fmt(1e3 * d['memory_floor_s_per_token_step'])} |",
-        ]
+        lines.append(f"| decode ms per token step: with LoRA / adapter disabled / memory floor "
+                     f"({fmt(d['bandwidth_gb_s'], '.0f')} GB/s) | {fmt(1e3 * d['lora']['s_per_token_step'])} / "
+                     f"{fmt(1e3 * d['adapter_disabled']['s_per_token_step'])} / "
+                     f"{fmt(1e3 * d['memory_floor_s_per_token_step'])} |")
+    g = r.get("hf_generate")
+    if g:
+        lines.append(f"| transformers generate, ms per token step: dynamic cache / static cache"
+                     f"{' (compiled)' if g['static_cache']['compiled'] else ''} | "
+                     f"{fmt(1e3 * g['dynamic_cache']['s_per_token_step'])} / "
+                     f"{fmt(1e3 * g['static_cache']['s_per_token_step'])} "
+                     f"(first static call {fmt(g['static_cache']['first_call_seconds'])} s) |")
     lines += [
         "",
-        f"wall {fmt(r['wall_seconds'], '.0f')} s",
+        f"wall {fmt(r['wall_seconds'], '.0f')} s; phases done: {', '.join(r['phases_done'])}",
     ]
     return "\n".join(lines) + "\n"
 
@@ -909,6 +965,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--judge-latency-ms", type=float, default=None, help="stub judge latency (7b: 100 ms)")
     p.add_argument("--no-repeat", action="store_true", help="skip the second package measurement")
     p.add_argument("--profile", action="store_true", help="torch.profiler tables of a package step and of decoding")
+    p.add_argument("--markdown-from", type=Path, default=None, metavar="BENCH_JSON",
+                   help="only print the markdown table of an existing bench.json (e.g. of a run cut short)")
+    p.add_argument("--no-static-decode", action="store_true",
+                   help="skip the last phase: transformers generate with a static (compiled on GPU) KV cache")
     p.add_argument("--allow-cpu-7b", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if not 0 < args.prompt_fraction < 1:
@@ -931,6 +991,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """
     wall_start = time.perf_counter()
     args = parse_args(argv)
+    if args.markdown_from:  # a run cut short (time limit) leaves bench.json without bench.md: make it here
+        markdown = markdown_report(json.loads(args.markdown_from.read_text()))
+        print(markdown, end="")
+        return {"markdown": markdown}
     versions = check_environment()
     print("versions:", json.dumps(versions), flush=True)
 
@@ -1110,6 +1174,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 report["errors"][f"profile_{name}"] = f"{type(exc).__name__}: {exc}"[:1000]
                 print(f"profile {name}: FAILED ({exc})", flush=True)
         save("profile")
+
+    if not args.no_static_decode:  # last: on a GPU it compiles (minutes); everything before is already saved
+        try:
+            report["hf_generate"] = g = hf_generate_decode(model, tokenizer, cfg, device=device)
+            print(f"transformers generate: {1e3 * g['dynamic_cache']['s_per_token_step']:.1f} ms per token step "
+                  f"(dynamic cache), {1e3 * g['static_cache']['s_per_token_step']:.1f} ms (static cache, compiled: "
+                  f"{g['static_cache']['compiled']}, first call {g['static_cache']['first_call_seconds']:.0f} s); "
+                  f"same tokens: {g['same_tokens']}", flush=True)
+        except Exception as exc:  # noqa: BLE001 - optional; keep the figures
+            report["errors"]["hf_generate"] = f"{type(exc).__name__}: {exc}"[:1000]
+            print(f"transformers generate: FAILED ({exc})", flush=True)
+        save("hf_generate")
 
     report["wall_seconds"] = time.perf_counter() - wall_start
     markdown = markdown_report(report)

@@ -87,11 +87,36 @@ def test_tiny_end_to_end(tmp_path):
         assert math.isclose(decode[variant]["s_per_token_step"],
                             decode[variant]["seconds"] / decode[variant]["token_steps"])
     assert decode["lora_share"] < 1 and decode["floor_over_lora"] > 0
+    hf = on_disk["hf_generate"]  # transformers generate: the same prompts, greedy, both KV caches
+    assert hf["n_answers"] == 20 and hf["token_steps"] == hf["max_new_tokens"] == 4
+    assert hf["same_tokens"] is True and hf["first_difference"] is None
+    assert hf["static_cache"]["compiled"] is False  # no compilation on the CPU
+    for cache in ("dynamic_cache", "static_cache"):
+        assert math.isclose(hf[cache]["s_per_token_step"], hf[cache]["seconds"] / 4)
 
     markdown = (tmp_path / "bench.md").read_text()
     for text in ("package (canary_lib.train.train_step)", "reference: trainer", "overhead at K = 30", "MFU (6N)",
-                 "adapter disabled / memory floor"):
+                 "adapter disabled / memory floor", "dynamic cache / static cache"):
         assert text in markdown
+
+
+def test_markdown_of_a_run_cut_short(tmp_path, capsys):
+    """--markdown-from rebuilds the table from bench.json alone, whatever phases a cut run reached."""
+    bench.main(["--size", "tiny", "--out", str(tmp_path), "--reference", "none", "--no-repeat", "--timed-steps", "1",
+                "--warmup-steps", "0", "--canary-new-tokens", "1"])
+    full = json.loads((tmp_path / "bench.json").read_text())
+    cut = {k: v for k, v in full.items() if k not in ("decode", "hf_generate")}
+    cut["phases_done"] = ["peak", "model", "package", "canary"]
+    (tmp_path / "cut.json").write_text(json.dumps(cut))
+    capsys.readouterr()
+    markdown = bench.main(["--markdown-from", str(tmp_path / "cut.json")])["markdown"]
+    assert "overhead at K = 30" in markdown and "memory floor" not in markdown
+    assert markdown.rstrip().endswith("phases done: peak, model, package, canary") and capsys.readouterr().out == markdown
+    early = {k: full[k] for k in ("size", "versions", "peak_dtype", "peak_tflops", "settings")}
+    early["phases_done"] = ["peak", "model"]
+    (tmp_path / "early.json").write_text(json.dumps(early))
+    markdown = bench.main(["--markdown-from", str(tmp_path / "early.json")])["markdown"]
+    assert "canary" not in markdown and markdown.rstrip().endswith("phases done: peak, model")
 
 
 def test_flop_formulas():
@@ -181,7 +206,7 @@ def test_failing_reference_keeps_the_other_figures(monkeypatch, tmp_path):
     assert report["references"]["trainer"]["skipped"].startswith("failed")
     assert report["ratios"] == {} and "package_repeat" not in report
     on_disk = json.loads((tmp_path / "bench.json").read_text())
-    assert on_disk["phases_done"] == ["peak", "model", "package", "canary", "decode", "done"]
+    assert on_disk["phases_done"] == ["peak", "model", "package", "canary", "decode", "hf_generate", "done"]
     assert "skipped: failed" in (tmp_path / "bench.md").read_text()
 
 
