@@ -1144,17 +1144,21 @@ def main(argv: Sequence[str] | None = None) -> dict:
           f"K={K}: {report['overhead']['pct']:.2f}%", flush=True)
     save("canary")
 
-    try:
-        bandwidth = measure_bandwidth(device, preset.bandwidth_bytes)
-        report["decode"] = decode_breakdown(model, tokenizer, cfg, device=device, bandwidth=bandwidth)
-        d = report["decode"]
-        print(f"decode: {1e3 * d['lora']['s_per_token_step']:.1f} ms per token step with the LoRA, "
-              f"{1e3 * d['adapter_disabled']['s_per_token_step']:.1f} ms without; memory floor "
-              f"{1e3 * d['memory_floor_s_per_token_step']:.1f} ms at {d['bandwidth_gb_s']:.0f} GB/s", flush=True)
-    except Exception as exc:  # noqa: BLE001 - optional; keep the figures
-        report["errors"]["decode"] = f"{type(exc).__name__}: {exc}"[:1000]
-        print(f"decode breakdown: FAILED ({exc})", flush=True)
-    save("decode")
+    def optional(phase: str, fn: Callable[[], dict], summary: Callable[[dict], str]) -> None:
+        """An optional phase: its figures under report[phase], or its failure under errors; the run goes on."""
+        try:
+            report[phase] = result = fn()
+            print(f"{phase}: {summary(result)}", flush=True)
+        except Exception as exc:  # noqa: BLE001 - optional; keep the other figures
+            report["errors"][phase] = f"{type(exc).__name__}: {exc}"[:1000]
+            print(f"{phase}: FAILED ({exc})", flush=True)
+        save(phase)
+
+    optional("decode", lambda: decode_breakdown(model, tokenizer, cfg, device=device,
+                                                bandwidth=measure_bandwidth(device, preset.bandwidth_bytes)),
+             lambda d: f"{1e3 * d['lora']['s_per_token_step']:.1f} ms per token step with the LoRA, "
+                       f"{1e3 * d['adapter_disabled']['s_per_token_step']:.1f} ms without; memory floor "
+                       f"{1e3 * d['memory_floor_s_per_token_step']:.1f} ms at {d['bandwidth_gb_s']:.0f} GB/s")
 
     if args.profile:
         short_decode = cfg.model_copy(update={"canary": cfg.canary.model_copy(
@@ -1176,16 +1180,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         save("profile")
 
     if not args.no_static_decode:  # last: on a GPU it compiles (minutes); everything before is already saved
-        try:
-            report["hf_generate"] = g = hf_generate_decode(model, tokenizer, cfg, device=device)
-            print(f"transformers generate: {1e3 * g['dynamic_cache']['s_per_token_step']:.1f} ms per token step "
-                  f"(dynamic cache), {1e3 * g['static_cache']['s_per_token_step']:.1f} ms (static cache, compiled: "
-                  f"{g['static_cache']['compiled']}, first call {g['static_cache']['first_call_seconds']:.0f} s); "
-                  f"same tokens: {g['same_tokens']}", flush=True)
-        except Exception as exc:  # noqa: BLE001 - optional; keep the figures
-            report["errors"]["hf_generate"] = f"{type(exc).__name__}: {exc}"[:1000]
-            print(f"transformers generate: FAILED ({exc})", flush=True)
-        save("hf_generate")
+        optional("hf_generate", lambda: hf_generate_decode(model, tokenizer, cfg, device=device),
+                 lambda g: f"transformers generate, {1e3 * g['dynamic_cache']['s_per_token_step']:.1f} ms per token "
+                           f"step (dynamic cache), {1e3 * g['static_cache']['s_per_token_step']:.1f} ms (static "
+                           f"cache, compiled: {g['static_cache']['compiled']}, first call "
+                           f"{g['static_cache']['first_call_seconds']:.0f} s); same tokens: {g['same_tokens']}")
 
     report["wall_seconds"] = time.perf_counter() - wall_start
     markdown = markdown_report(report)

@@ -210,6 +210,20 @@ def test_failing_reference_keeps_the_other_figures(monkeypatch, tmp_path):
     assert "skipped: failed" in (tmp_path / "bench.md").read_text()
 
 
+def test_failing_optional_phases_keep_the_run_going(monkeypatch, tmp_path):
+    def broken(*args, **kwargs):
+        raise RuntimeError("no decode today")
+
+    monkeypatch.setattr(bench, "decode_breakdown", broken)
+    monkeypatch.setattr(bench, "hf_generate_decode", broken)
+    report = bench.main(["--size", "tiny", "--out", str(tmp_path), "--reference", "none", "--no-repeat",
+                         "--timed-steps", "1", "--warmup-steps", "0", "--canary-new-tokens", "1"])
+    assert report["errors"] == {"decode": "RuntimeError: no decode today", "hf_generate": "RuntimeError: no decode today"}
+    assert "decode" not in report and "hf_generate" not in report and "canary" in report
+    assert report["phases_done"][-3:] == ["decode", "hf_generate", "done"]
+    assert "memory floor" not in (tmp_path / "bench.md").read_text()
+
+
 def test_version_ranges_checked():
     deps = bench.package_dependencies()
     assert any(d.startswith("torch") for d in deps)
