@@ -544,6 +544,10 @@ def stub_distribution(prefix: str) -> dict[str, float]:
     return {"<|im_end|>": 1.0}
 
 
+class _BackloggedServer(http.server.ThreadingHTTPServer):
+    request_queue_size = 1024  # a real server's backlog (uvicorn: 2048), not socketserver's 5
+
+
 class StubJudgeServer:
     """A chat-completions server on 127.0.0.1 answering every request after a fixed latency.
 
@@ -601,7 +605,9 @@ class StubJudgeServer:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        # socketserver's listen backlog is 5: a burst of 64 judge connections would overflow it and the
+        # dropped SYNs come back after TCP's 1 s retransmission timeout (measured: 6.3 s instead of 0.9 s).
+        self._httpd = _BackloggedServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self.base_url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},

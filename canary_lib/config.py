@@ -70,6 +70,9 @@ class TrainSettings(_Strict):
     max_target_examples: int | None = Field(None, ge=1)
     """Use only the first N examples of D_T (after the seeded shuffle): for tiny runs and tests."""
     gradient_checkpointing: bool = False
+    autocast: bool = True
+    """Forward and backward under bf16 autocast when the base weights are bf16 (LoRA master weights stay float32,
+    as with Trainer's bf16=True); no effect on float32 or float16 models. False: LoRA in float32 (slower)."""
 
     @model_validator(mode="after")
     def _accumulation_divides(self) -> "TrainSettings":

@@ -192,6 +192,8 @@ def sample_continuations(
     """
     import torch
 
+    from canary_lib.models import attention_kernels
+
     device = next(model.parameters()).device
     ids, mask = left_pad(prompts, pad_id, device)
     uniforms = row_uniforms(seeds, max_new_tokens).to(device) if temperature != 0 else None
@@ -200,7 +202,7 @@ def sample_continuations(
     past = None
     step_ids, step_pos = ids, positions_from_mask(mask)
     last_only = last_logits_only(model)
-    with torch.no_grad():
+    with torch.no_grad(), attention_kernels():
         for t in range(max_new_tokens):
             result = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, past_key_values=past,
                            use_cache=True, **last_only)

@@ -392,7 +392,10 @@ class OpenAICompatibleJudge(_PromptJudge):
         if not key and "api.openai.com" in base_url:
             raise ValueError(f"the OpenAI API needs a key: set the environment variable {api_key_env}")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._client = httpx.Client(timeout=timeout_s, headers=headers)
+        # One pooled connection per worker thread: httpx keeps only 20 alive by default, so at a concurrency
+        # above 20 every wave of requests would reopen connections.
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        self._client = httpx.Client(timeout=timeout_s, headers=headers, limits=limits)
         self._lock = threading.Lock()
         self.n_requests = 0
 
@@ -571,7 +574,9 @@ class TransformersJudge(_PromptJudge):
     def _forward_last(self, ids: Any, mask: Any, positions: Any, past: Any = None) -> tuple[Any, Any]:
         import torch
 
-        with torch.no_grad():
+        from canary_lib.models import attention_kernels
+
+        with torch.no_grad(), attention_kernels():
             out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past,
                              use_cache=True, **self._last_only)
         self.n_forward += 1

@@ -9,13 +9,56 @@ built and cached by canary_lib.organism). All of them go through the same `from_
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any, Iterator
 
 import torch
 
 from canary_lib.config import LoraSettings, ModelConfig, RunConfig
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+CUDNN_ATTENTION = False
+"""Let SDPA pick its cuDNN backend inside `attention_kernels` (off; benchmarks/gpu_bench.py turns it on to compare)."""
+
+
+@contextmanager
+def attention_kernels() -> Iterator[None]:
+    """Scaled dot-product attention without its cuDNN backend (flash, memory-efficient and math stay allowed).
+
+    On an H100, PyTorch prefers cuDNN attention, which builds a cuDNN graph for every new shape: every decode
+    step has a new key length and every padded training micro-batch a new width, so the graphs are built over
+    and over (about 60 ms each; the first canary evaluation took 30.8 s against 15.6 s for the same decode once
+    the graphs existed; benchmarks/README.md). The other backends need no per-shape set-up.
+    """
+    if CUDNN_ATTENTION:
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
+        yield
+
+
+def base_dtype(model: Any) -> torch.dtype:
+    """The dtype of the frozen base weights (a peft model's LoRA weights may be float32 on a bf16 base)."""
+    frozen = [p for p in model.parameters() if not p.requires_grad and p.is_floating_point()]
+    return (frozen or [p for p in model.parameters() if p.is_floating_point()])[0].dtype
+
+
+def mixed_precision(model: Any, enabled: bool = True) -> AbstractContextManager:
+    """bf16 autocast when the base weights are bf16, else nothing.
+
+    peft keeps the LoRA weights in float32 on a bf16 base (master weights for the optimizer). Without autocast
+    every LoRA projection casts its input to float32 and runs float32 matrix products: 18% of an H100 step's
+    GPU time for Qwen2.5-7B, plus the casts (benchmarks/README.md). Under autocast they run in bf16 and the
+    weights stay float32, as transformers' Trainer does with `bf16=True`. float16 bases are left alone (they
+    would need loss scaling); float32 models (the CPU organism) are unchanged.
+    """
+    if not enabled or base_dtype(model) != torch.bfloat16:
+        return nullcontext()
+    device = next(model.parameters()).device
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def resolve_model_path(cfg: RunConfig) -> str:

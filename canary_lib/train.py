@@ -43,10 +43,11 @@ from canary_lib.artifacts import (
     write_text_atomic,
 )
 from canary_lib.chat import IGNORE_INDEX, EncodedChat, collate, encode_chat
-from canary_lib.config import RunConfig, dump_config
+from canary_lib.config import RunConfig, TrainSettings, dump_config
 from canary_lib.controller import make_schedule
 from canary_lib.data.chat import read_chat_jsonl
 from canary_lib.data.errors import DataError
+from canary_lib.models import attention_kernels, mixed_precision
 from canary_lib.planner import SAFE, TARGET, StepPlanner
 from canary_lib.types import CanaryFn, CanaryResult
 
@@ -122,25 +123,35 @@ def file_digest(path: Path) -> str:
 # ---------------------------------------------------------------------------------------------- one step
 
 
+def make_optimizer(model: Any, settings: TrainSettings) -> torch.optim.Optimizer:
+    """AdamW over the trainable (LoRA) parameters; the fused CUDA kernel on a GPU (one launch, not hundreds)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    fused = bool(params) and params[0].device.type == "cuda"
+    return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay, fused=fused or None)
+
+
 def train_step(model: Any, optimizer: torch.optim.Optimizer, batch: list[EncodedChat], *, lr: float,
-               micro_batch_size: int, pad_token_id: int, max_grad_norm: float | None) -> float:
+               micro_batch_size: int, pad_token_id: int, max_grad_norm: float | None,
+               autocast: bool = True) -> float:
     """One optimizer step on `batch`, accumulated over micro-batches; returns the batch's mean token loss.
 
     The loss is the mean over all supervised tokens of the whole batch (token sums of each micro-batch divided
-    by the batch's token count), so the gradient equals that of one forward pass on the full batch.
+    by the batch's token count), so the gradient equals that of one forward pass on the full batch. With
+    `autocast`, a bf16 base model runs under bf16 autocast (`canary_lib.models.mixed_precision`).
     """
     device = next(model.parameters()).device
     n_tokens = max(1, sum(ex.n_supervised for ex in batch))
     total = 0.0
     for start in range(0, len(batch), micro_batch_size):
         tensors = {k: v.to(device) for k, v in collate(batch[start:start + micro_batch_size], pad_token_id).items()}
-        logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"],
-                       use_cache=False).logits
-        # next-token prediction: position i predicts token i + 1. Only supervised positions are upcast to
-        # float32, which keeps memory small with a 152k vocabulary and long prompts.
-        labels = tensors["labels"][:, 1:]
-        supervised = labels != IGNORE_INDEX
-        loss_sum = F.cross_entropy(logits[:, :-1][supervised].float(), labels[supervised], reduction="sum")
+        with attention_kernels(), mixed_precision(model, autocast):
+            logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"],
+                           use_cache=False).logits
+            # next-token prediction: position i predicts token i + 1. Only supervised positions are upcast to
+            # float32, which keeps memory small with a 152k vocabulary and long prompts.
+            labels = tensors["labels"][:, 1:]
+            supervised = labels != IGNORE_INDEX
+            loss_sum = F.cross_entropy(logits[:, :-1][supervised].float(), labels[supervised], reduction="sum")
         (loss_sum / n_tokens).backward()
         total += loss_sum.item()
     params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -334,8 +345,7 @@ def train_from_config(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None 
     model, tokenizer = load_model_and_tokenizer(cfg)
     model = add_rslora(model, cfg.lora, seed=cfg.seed)
     model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr,
-                                  weight_decay=cfg.train.weight_decay)
+    optimizer = make_optimizer(model, cfg.train)
 
     checkpoint = find_checkpoint(run)
     if checkpoint is not None:
@@ -362,7 +372,8 @@ def train_from_config(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None 
         lr = lr_at(planned.step, planned.target_remaining + (planned.source == TARGET),
                    planner.n_target_batches, cfg.train.lr, cfg.train.warmup_steps)
         loss = train_step(model, optimizer, batch, lr=lr, micro_batch_size=cfg.train.micro_batch_size,
-                          pad_token_id=tokenizer.pad_token_id, max_grad_norm=cfg.train.max_grad_norm)
+                          pad_token_id=tokenizer.pad_token_id, max_grad_norm=cfg.train.max_grad_norm,
+                          autocast=cfg.train.autocast)
         loop.train_seconds += time.perf_counter() - start
         loop.steps.append({"step": planned.step, "source": planned.source, "p": planned.p,
                            "target_remaining": planned.target_remaining, "loss": loss, "lr": lr})

@@ -13,7 +13,19 @@ import pytest
 import torch
 
 from canary_lib.config import LoraSettings, ModelConfig, load_config
-from canary_lib.models import add_rslora, choose_dtype, load_model_and_tokenizer, resolve_model_path
+import canary_lib.models as models
+from canary_lib.chat import encode_chat
+from canary_lib.data.chat import read_chat_jsonl
+from canary_lib.models import (
+    add_rslora,
+    attention_kernels,
+    base_dtype,
+    choose_dtype,
+    load_model_and_tokenizer,
+    mixed_precision,
+    resolve_model_path,
+)
+from canary_lib.train import make_optimizer, train_step
 from canary_lib.testing import make_tiny_training_world
 
 
@@ -65,6 +77,59 @@ def test_lora_init_is_seeded_and_leaves_global_rng_alone(world):
 def test_unknown_target_module_is_refused(world):
     with pytest.raises(ValueError, match="q_projj"):
         add_rslora(_load(world)[0], LoraSettings(target_modules=["q_proj", "q_projj"]), seed=0)
+
+
+def _lora_output_dtypes(model, enabled):
+    """The dtypes of every lora_A output during one forward pass under mixed_precision(model, enabled)."""
+    seen = set()
+    hooks = [m.register_forward_hook(lambda _m, _i, out: seen.add(out.dtype))
+             for n, m in model.named_modules() if n.endswith("lora_A.default")]
+    try:
+        with torch.no_grad(), mixed_precision(model, enabled):
+            model(input_ids=torch.tensor([[1, 2, 3]]))
+    finally:
+        for h in hooks:
+            h.remove()
+    return seen
+
+
+def test_mixed_precision_runs_lora_in_bf16_on_a_bf16_base_only(world):
+    cfg = load_config([], [f"model.name_or_path={world[0]}", "model.dtype=bfloat16"])
+    model = add_rslora(load_model_and_tokenizer(cfg)[0], LoraSettings(r=4, alpha=8), seed=0)
+    lora_dtypes = {p.dtype for n, p in model.named_parameters() if "lora_" in n}
+    assert lora_dtypes == {torch.float32} and base_dtype(model) == torch.bfloat16  # float32 master weights
+    assert _lora_output_dtypes(model, enabled=True) == {torch.bfloat16}
+    assert _lora_output_dtypes(model, enabled=False) == {torch.float32}  # peft upcasts the input to the weights
+    fp32 = add_rslora(_load(world)[0], LoraSettings(r=4, alpha=8), seed=0)
+    assert base_dtype(fp32) == torch.float32
+    assert _lora_output_dtypes(fp32, enabled=True) == {torch.float32}  # the CPU organism is untouched
+
+
+def test_bf16_step_under_autocast_keeps_float32_lora_and_moves_it(world):
+    cfg = load_config([], [f"model.name_or_path={world[0]}", "model.dtype=bfloat16"])
+    model, tok = load_model_and_tokenizer(cfg)
+    model = add_rslora(model, LoraSettings(r=4, alpha=8), seed=0)
+    optimizer = make_optimizer(model, cfg.train)
+    assert not optimizer.defaults.get("fused")  # fused AdamW only for CUDA parameters
+    batch = [encode_chat(c, tok, 256) for c in read_chat_jsonl(world[1] / "target_train.jsonl")[:4]]
+    before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+    loss = train_step(model, optimizer, batch, lr=1e-2, micro_batch_size=2, pad_token_id=tok.pad_token_id,
+                      max_grad_norm=1.0, autocast=True)
+    after = [p for p in model.parameters() if p.requires_grad]
+    assert math.isfinite(loss) and loss > 0
+    assert all(p.dtype == torch.float32 for p in after)
+    assert any(not torch.equal(a, b) for a, b in zip(after, before))
+
+
+def test_attention_kernels_leave_cudnn_out_unless_asked(monkeypatch):
+    assert torch.backends.cuda.cudnn_sdp_enabled()
+    with attention_kernels():
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled()  # restored
+    monkeypatch.setattr(models, "CUDNN_ATTENTION", True)
+    with attention_kernels():
+        assert torch.backends.cuda.cudnn_sdp_enabled()
 
 
 def test_resolve_model_path_passes_local_paths_through(world):
