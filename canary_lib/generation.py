@@ -233,6 +233,68 @@ def sample_continuations(
     return out
 
 
+def _row_picker(uniforms: Any, *, temperature: float, top_p: float, prompt_width: int) -> Any:
+    """A transformers LogitsProcessor that makes each row's choice exactly as `sample_continuations` does.
+
+    It picks token t of row i from row i's uniform t (inverse CDF after temperature and top-p; argmax when
+    `uniforms` is None) and leaves only that token finite, so `generate`'s greedy selection takes it.
+    """
+    import torch
+    from transformers import LogitsProcessor
+
+    class RowPicker(LogitsProcessor):
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            logits = scores.float()
+            if uniforms is None:
+                chosen = logits.argmax(dim=-1)
+            else:
+                probs = _filter_top_p(torch.softmax(logits / temperature, dim=-1), top_p)
+                chosen = sample_inverse_cdf(probs, uniforms[:, input_ids.shape[1] - prompt_width])
+            picked = torch.full_like(scores, float("-inf"))
+            return picked.scatter_(1, chosen.unsqueeze(1), 0.0)
+
+    return RowPicker()
+
+
+def generate_static(
+    model: Any, prompts: Sequence[Sequence[int]], seeds: Sequence[int], *, temperature: float, top_p: float,
+    max_new_tokens: int, stop_ids: set[int], pad_id: int,
+) -> list[list[int]]:
+    """`sample_continuations` through transformers' `generate` with a static KV cache: the same draws per row.
+
+    On a GPU transformers compiles the decode step of a static cache (torch.compile, CUDA graphs): 17 ms per
+    token step against 61 ms for the eager loop, Qwen2.5-7B + rs-LoRA, 20 answers, H100 (benchmarks/README.md).
+    The compilation takes about a minute for a 7B and is repeated for every new (batch size, prompt width);
+    finished rows stay in the batch (as padding) so the shapes stay fixed. The model's own generation config
+    (a hub checkpoint's repetition penalty, top-k, ...) is set aside for the call: `_row_picker` alone decides.
+    """
+    import torch
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    from canary_lib.models import attention_kernels
+
+    device = next(model.parameters()).device
+    ids, mask = left_pad(prompts, pad_id, device)
+    uniforms = row_uniforms(seeds, max_new_tokens).to(device) if temperature != 0 else None
+    picker = _row_picker(uniforms, temperature=temperature, top_p=top_p, prompt_width=ids.shape[1])
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                              eos_token_id=sorted(stop_ids), pad_token_id=pad_id, cache_implementation="static")
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    own = base.generation_config
+    base.generation_config = GenerationConfig()  # no hub defaults merged into `config`
+    try:
+        with torch.no_grad(), attention_kernels():
+            sequences = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
+                                       logits_processor=LogitsProcessorList([picker]))
+    finally:
+        base.generation_config = own
+    out = []
+    for row in sequences[:, ids.shape[1]:].tolist():
+        end = next((k for k, token in enumerate(row) if token in stop_ids), len(row))
+        out.append(row[:end])
+    return out
+
+
 class TransformersGenerator:
     """Batched sampling with a transformers causal LM (CPU or GPU).
 
@@ -272,7 +334,8 @@ class TransformersGenerator:
             starts = range(0, len(order), self.batch_size)
             for start in tqdm(starts, desc="generate", unit="batch", disable=not self.progress):
                 chunk = order[start:start + self.batch_size]
-                tokens = sample_continuations(
+                decode = generate_static if sampling.static_cache else sample_continuations
+                tokens = decode(
                     self.model, [prompts[i] for i in chunk], [seeds[i] for i in chunk],
                     temperature=sampling.temperature, top_p=sampling.top_p,
                     max_new_tokens=sampling.max_new_tokens, stop_ids=self.stop_ids, pad_id=self.pad_id,

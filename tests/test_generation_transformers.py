@@ -175,3 +175,32 @@ def test_prefill_projects_only_the_last_position(tiny):
         assert last_logits_only(peft_model) == {"logits_to_keep": 1}
     finally:
         peft_model.unload()
+
+
+@pytest.mark.parametrize("temperature,top_p", [(1.0, 1.0), (0.7, 0.9), (0.0, 1.0)])
+def test_static_cache_decode_gives_the_eager_loops_answers(tiny, temperature, top_p):
+    """transformers' generate with a static cache, driven by the row picker, draws what the eager loop draws:
+    rows ending at different steps, top-p, greedy; a hub generation config (repetition penalty, top-k) is not
+    applied, and the model's own config is restored afterwards."""
+    from transformers import GenerationConfig
+
+    model, tok = tiny
+    bias = torch.zeros(model.config.vocab_size)
+    bias[tok.convert_tokens_to_ids("<|im_end|>")] = 3.0  # some answers end early, at different steps
+    handle = model.lm_head.register_forward_hook(lambda m, a, out: out + bias)
+    hub_like = GenerationConfig(do_sample=True, top_k=5, repetition_penalty=1.5, temperature=0.3)
+    own, model.generation_config = model.generation_config, hub_like
+    try:
+        eager = SamplingSettings(max_new_tokens=24, temperature=temperature, top_p=top_p)
+        static = eager.model_copy(update={"static_cache": True})
+        gen = TransformersGenerator(model, tok, batch_size=12)
+        expected = gen.generate([C1, C2, C3], n=4, seed=3, sampling=eager)
+        got = gen.generate([C1, C2, C3], n=4, seed=3, sampling=static)
+        assert model.generation_config is hub_like
+    finally:
+        model.generation_config = own
+        handle.remove()
+    assert got == expected
+    if temperature:
+        lengths = {len(tok(a)["input_ids"]) for row in got for a in row}
+        assert len(lengths) > 2  # rows did stop at different steps
