@@ -32,6 +32,7 @@ case, and close to what a batch of real answers costs, since a batch decodes unt
 from __future__ import annotations
 
 import argparse
+import hashlib
 import http.server
 import importlib
 import importlib.util
@@ -340,6 +341,20 @@ def synthetic_batches(n_examples: int, seq_len: int, vocab: int, prompt_fraction
     return [EncodedChat(row, [IGNORE_INDEX] * n_prompt + row[n_prompt:]) for row in ids]
 
 
+def ragged_batches(n_examples: int, seq_len: int, vocab: int, prompt_fraction: float, seed: int = 1) -> list:
+    """Like `synthetic_batches`, but each example has its own length, uniform in [seq_len / 2, seq_len]: real
+    data, where every padded micro-batch has a new width (what per-shape set-up costs show up on)."""
+    import random
+
+    rng = random.Random(seed)
+    full = synthetic_batches(n_examples, seq_len, vocab, prompt_fraction, seed=seed)
+    out = []
+    for ex in full:
+        n = rng.randint(seq_len // 2, seq_len)
+        out.append(type(ex)(ex.input_ids[:n], ex.labels[:n]))
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- timing
 
 
@@ -382,15 +397,13 @@ def summarize_steps(step_seconds: Sequence[float], *, tokens: int, supervised: i
     }
 
 
-def time_package(model: Any, cfg: Any, pool: list, *, warmup: int, timed: int,
-                 device: Any) -> tuple[list[float], list[float]]:
-    """Warm-up then timed optimizer steps of canary_lib.train.train_step, as train_from_config calls it."""
-    import torch
+def time_package(model: Any, cfg: Any, pool: list, *, warmup: int, timed: int, device: Any,
+                 autocast: bool = True) -> tuple[list[float], list[float]]:
+    """Warm-up then timed optimizer steps of canary_lib.train.train_step, as train_from_config calls it
+    (`make_optimizer`; `autocast` is train.autocast, False for the package before it used autocast)."""
+    from canary_lib.train import make_optimizer, train_step
 
-    from canary_lib.train import train_step
-
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.train.lr,
-                                  weight_decay=cfg.train.weight_decay)
+    optimizer = make_optimizer(model, cfg.train)
     model.train()
     bs = cfg.train.batch_size
     times, losses = [], []
@@ -399,7 +412,7 @@ def time_package(model: Any, cfg: Any, pool: list, *, warmup: int, timed: int,
         _sync(device)
         start = time.perf_counter()
         loss = train_step(model, optimizer, batch, lr=cfg.train.lr, micro_batch_size=cfg.train.micro_batch_size,
-                          pad_token_id=0, max_grad_norm=cfg.train.max_grad_norm)
+                          pad_token_id=0, max_grad_norm=cfg.train.max_grad_norm, autocast=autocast)
         _sync(device)
         if step >= warmup:
             times.append(time.perf_counter() - start)
@@ -407,6 +420,28 @@ def time_package(model: Any, cfg: Any, pool: list, *, warmup: int, timed: int,
     del optimizer
     model.zero_grad(set_to_none=True)
     return times, losses
+
+
+def ragged_steps(measure: Callable[..., dict], *, pool_size: int, seq_len: int, vocab: int,
+                 prompt_fraction: float) -> dict:
+    """The package's steps on examples of mixed lengths, without cuDNN attention (the package's choice,
+    canary_lib.models.attention_kernels) and with it: each padded micro-batch has a new width, so a backend
+    with per-shape set-up pays it again and again. The same examples for both."""
+    import canary_lib.models as models
+
+    batches = ragged_batches(pool_size, seq_len, vocab, prompt_fraction)
+    out = {"lengths": [min(len(ex.input_ids) for ex in batches), max(len(ex.input_ids) for ex in batches)]}
+    # tokens/s and MFU of `measure` assume full-length examples: only the step times compare here
+    dropped = ("tokens_per_s", "supervised_tokens_per_s", "mfu", "mfu_frozen")
+    out["without_cudnn"] = measure("package, ragged lengths, no cuDNN attention", batches=batches)
+    models.CUDNN_ATTENTION = True
+    try:
+        out["with_cudnn"] = measure("package, ragged lengths, cuDNN attention allowed", batches=batches)
+    finally:
+        models.CUDNN_ATTENTION = False
+    for key in ("without_cudnn", "with_cudnn"):
+        out[key] = {k: v for k, v in out[key].items() if k not in dropped}
+    return out
 
 
 def _step_clock(device: Any) -> Any:
@@ -726,6 +761,9 @@ def run_canary_eval(model: Any, tokenizer: Any, cfg: Any, *, latency_s: float, d
         "judge_concurrency": cfg.judge.concurrency,
         "judge_statuses": statuses,
         "risk": result.risk,
+        # eager and static-cache decoding must draw the same answers (on the CPU exactly; in bf16 on a GPU other
+        # kernels can flip near-ties of random weights)
+        "answers_sha256": hashlib.sha256(json.dumps([r["answer"] for r in result.records]).encode()).hexdigest(),
         "peak_mem_gib": _peak_gib(device),
     }
 
@@ -903,6 +941,8 @@ def markdown_report(r: dict) -> str:
     rows = [("package (canary_lib.train.train_step)", r["package"], None)] if "package" in r else []
     if "package_repeat" in r:
         rows.append(("package, repeated", r["package_repeat"], None))
+    if "package_no_autocast" in r:
+        rows.append(("package, train.autocast false (float32 LoRA)", r["package_no_autocast"], None))
     for name, ref in r.get("references", {}).items():
         rows.append((f"reference: {name}", ref, r.get("ratios", {}).get(name)))
     for name, fig, ratio in rows:
@@ -916,18 +956,37 @@ def markdown_report(r: dict) -> str:
     c = r.get("canary")
     if c is None:  # a run cut short before the canary phase
         return "\n".join(lines + ["", f"phases done: {', '.join(r['phases_done'])}"]) + "\n"
+    K = r["overhead"]["K"] if "overhead" in r else r["settings"]["K"]
+    # One column per canary evaluation measured (older reports have only the first)
+    columns = [(name, r[key]) for key, name in [("canary", "eager, first"), ("canary_repeat", "eager, again"),
+                                                ("canary_static", "static cache, first"),
+                                                ("canary_static_repeat", "static cache, again")] if key in r]
+    s_step = r["package"]["s_per_step"]
+
+    def cells(fn: Callable[[dict], str]) -> str:
+        return " | ".join(fn(col) for _, col in columns)
+
     lines += [
         "",
-        "| canary evaluation | value |",
-        "|---|---|",
-        f"| answers x new tokens | {c['n_answers']} x {c['max_new_tokens']} |",
-        f"| generation s | {fmt(c['generation_seconds'])} ({fmt(1e3 * c['s_per_token_step'])} ms per token step) |",
-        f"| judge s (stub, {fmt(1e3 * c['judge_latency_s'])} ms/request, {c['judge_requests']} requests) | "
-        f"{fmt(c['judge_seconds'])} |",
-        f"| canary s (as the loop times it) | {fmt(c['canary_seconds'])} |",
-        f"| overhead at K = {r['overhead']['K']} (canary s / (K x s/step)) | "
-        f"{fmt(r['overhead']['pct'], '.2f')}% (generation only {fmt(r['overhead']['pct_generation_only'], '.2f')}%) |",
+        f"| canary evaluation ({c['n_answers']} answers x {c['max_new_tokens']} new tokens) | "
+        + " | ".join(name for name, _ in columns) + " |",
+        "|---|" + "---|" * len(columns),
+        f"| generation s | {cells(lambda x: fmt(x['generation_seconds']))} |",
+        f"| ms per token step | {cells(lambda x: fmt(1e3 * x['s_per_token_step']))} |",
+        f"| judge s (stub, {fmt(1e3 * c['judge_latency_s'])} ms/request, {c['judge_requests']} requests, "
+        f"concurrency {c.get('judge_concurrency', 'n/a')}) | {cells(lambda x: fmt(x['judge_seconds']))} |",
+        f"| canary s (as the loop times it) | {cells(lambda x: fmt(x['canary_seconds']))} |",
+        f"| overhead at K = {K} (canary s / (K x package s/step)) | "
+        f"{cells(lambda x: fmt(100 * x['canary_seconds'] / (K * s_step), '.1f') + '%')} |",
     ]
+    if any(key in r for key in ("ragged", "decode", "hf_generate")):
+        lines += ["", "| where the time goes | value |", "|---|---|"]
+    g = r.get("ragged")
+    if g:
+        lines.append(f"| training steps of ragged lengths ({g['lengths'][0]}-{g['lengths'][1]} tokens), s/step "
+                     f"median (mean): no cuDNN attention / cuDNN attention | "
+                     f"{fmt(g['without_cudnn']['s_per_step'])} ({fmt(g['without_cudnn']['mean_s_per_step'])}) / "
+                     f"{fmt(g['with_cudnn']['s_per_step'])} ({fmt(g['with_cudnn']['mean_s_per_step'])}) |")
     d = r.get("decode")
     if d:
         lines.append(f"| decode ms per token step: with LoRA / adapter disabled / memory floor "
@@ -973,6 +1032,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true", help="torch.profiler tables of a package step and of decoding")
     p.add_argument("--markdown-from", type=Path, default=None, metavar="BENCH_JSON",
                    help="only print the markdown table of an existing bench.json (e.g. of a run cut short)")
+    p.add_argument("--no-ragged", action="store_true",
+                   help="skip the ragged-length steps with and without cuDNN attention")
+    p.add_argument("--no-hf-generate", action="store_true", help="skip transformers' own generate (dynamic vs static)")
     p.add_argument("--no-static-decode", action="store_true",
                    help="skip the last phase: transformers generate with a static (compiled on GPU) KV cache")
     p.add_argument("--allow-cpu-7b", action="store_true", help=argparse.SUPPRESS)
@@ -1007,7 +1069,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     import torch
 
     from canary_lib.artifacts import write_json_atomic, write_text_atomic
-    from canary_lib.models import add_rslora, choose_dtype
+    from canary_lib.models import add_rslora, base_dtype, choose_dtype
     from canary_lib.testing import build_tiny_tokenizer
 
     cuda = torch.cuda.is_available()
@@ -1089,13 +1151,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
     supervised = sum(ex.n_supervised for ex in pool[: cfg.train.batch_size])
     report["settings"]["supervised_tokens_per_step"] = supervised
 
-    def measure(label: str) -> dict:
+    def measure(label: str, *, autocast: bool = True, batches: list | None = None) -> dict:
         _reset_peak(device)
-        times, losses = time_package(model, cfg, pool, warmup=warmup, timed=timed, device=device)
+        times, losses = time_package(model, cfg, pool if batches is None else batches, warmup=warmup, timed=timed,
+                                     device=device, autocast=autocast)
         fig = summarize_steps(times, tokens=tokens, supervised=supervised, flops=flops, peak_flops=peak,
                               peak_mem_gib=_peak_gib(device),
                               extra={"losses": losses, "train_loss": statistics.fmean(losses),
-                                     "optim": "torch.optim.AdamW (defaults)", "bf16_autocast": False})
+                                     "optim": "canary_lib.train.make_optimizer (AdamW, fused on CUDA)",
+                                     "bf16_autocast": autocast and base_dtype(model) == torch.bfloat16,
+                                     "mean_s_per_step": statistics.fmean(times)})
         print(f"{label}: {fig['s_per_step']:.3f} s/step, {fig['tokens_per_s']:.0f} tokens/s, "
               f"MFU {100 * fig['mfu']:.1f}%, peak {fig['peak_mem_gib'] or 0:.1f} GiB", flush=True)
         return fig
@@ -1134,21 +1199,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if not args.no_repeat:
         report["package_repeat"] = measure("package (repeat)")
         save("package_repeat")
-
-    # Warm the decode path (shapes, kernels) with a short evaluation, then measure the real one.
-    short = cfg.model_copy(update={"canary": cfg.canary.model_copy(update={"max_new_tokens": 2})})
-    run_canary_eval(model, tokenizer, short, latency_s=0.0, device=device)
-    report["canary"] = run_canary_eval(model, tokenizer, cfg, latency_s=latency, device=device, step=K)
-    s_step = report["package"]["s_per_step"]
-    report["overhead"] = {
-        "K": K,
-        "pct": 100 * report["canary"]["canary_seconds"] / (K * s_step),
-        "pct_generation_only": 100 * report["canary"]["generation_seconds"] / (K * s_step),
-    }
-    print(f"canary: generation {report['canary']['generation_seconds']:.2f} s, judge "
-          f"{report['canary']['judge_seconds']:.2f} s ({report['canary']['judge_requests']} requests); overhead at "
-          f"K={K}: {report['overhead']['pct']:.2f}%", flush=True)
-    save("canary")
+    report["package_no_autocast"] = measure("package, train.autocast false (float32 LoRA)", autocast=False)
+    save("package_no_autocast")
 
     def optional(phase: str, fn: Callable[[], dict], summary: Callable[[dict], str]) -> None:
         """An optional phase: its figures under report[phase], or its failure under errors; the run goes on."""
@@ -1159,6 +1211,47 @@ def main(argv: Sequence[str] | None = None) -> dict:
             report["errors"][phase] = f"{type(exc).__name__}: {exc}"[:1000]
             print(f"{phase}: FAILED ({exc})", flush=True)
         save(phase)
+
+    s_step = report["package"]["s_per_step"]
+
+    def canary_phase(phase: str, run_cfg: Any) -> dict:
+        """One canary evaluation with run_cfg; its overhead at K against the package's s/step."""
+        fig = run_canary_eval(model, tokenizer, run_cfg, latency_s=latency, device=device, step=K)
+        fig["overhead_pct"] = 100 * fig["canary_seconds"] / (K * s_step)
+        fig["overhead_pct_generation_only"] = 100 * fig["generation_seconds"] / (K * s_step)
+        return fig
+
+    def canary_summary(c: dict) -> str:
+        return (f"generation {c['generation_seconds']:.2f} s ({1e3 * c['s_per_token_step']:.1f} ms per token step), "
+                f"judge {c['judge_seconds']:.2f} s ({c['judge_requests']} requests); overhead at K={K}: "
+                f"{c['overhead_pct']:.1f}%")
+
+    # A short evaluation warms the kernels; the first full one still meets new shapes (every decode length), the
+    # second is what every later evaluation of a run costs.
+    short = cfg.model_copy(update={"canary": cfg.canary.model_copy(update={"max_new_tokens": 2})})
+    run_canary_eval(model, tokenizer, short, latency_s=0.0, device=device)
+    report["canary"] = canary_phase("canary", cfg)
+    print(f"canary (first): {canary_summary(report['canary'])}", flush=True)
+    save("canary")
+    report["canary_repeat"] = canary_phase("canary_repeat", cfg)
+    print(f"canary (again): {canary_summary(report['canary_repeat'])}", flush=True)
+    steady = report["canary_repeat"]
+    report["overhead"] = {"K": K, "pct": steady["overhead_pct"],
+                          "pct_generation_only": steady["overhead_pct_generation_only"],
+                          "pct_first": report["canary"]["overhead_pct"]}
+    save("canary_repeat")
+    if not args.no_static_decode:  # canary.static_cache: the first call compiles on a GPU (about a minute for a 7B)
+        static = cfg.model_copy(update={"canary": cfg.canary.model_copy(update={"static_cache": True})})
+        optional("canary_static", lambda: canary_phase("canary_static", static), canary_summary)
+        if "canary_static" in report:
+            optional("canary_static_repeat", lambda: canary_phase("canary_static_repeat", static), canary_summary)
+
+    if not args.no_ragged:
+        optional("ragged", lambda: ragged_steps(measure, pool_size=len(pool), seq_len=seq_len,
+                                                vocab=mc.vocab_size, prompt_fraction=args.prompt_fraction),
+                 lambda g: f"ragged lengths, s/step median (mean): without cuDNN attention "
+                           f"{g['without_cudnn']['s_per_step']:.3f} ({g['without_cudnn']['mean_s_per_step']:.3f}), "
+                           f"with it {g['with_cudnn']['s_per_step']:.3f} ({g['with_cudnn']['mean_s_per_step']:.3f})")
 
     optional("decode", lambda: decode_breakdown(model, tokenizer, cfg, device=device,
                                                 bandwidth=measure_bandwidth(device, preset.bandwidth_bytes)),
@@ -1185,7 +1278,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 print(f"profile {name}: FAILED ({exc})", flush=True)
         save("profile")
 
-    if not args.no_static_decode:  # last: on a GPU it compiles (minutes); everything before is already saved
+    if not (args.no_static_decode or args.no_hf_generate):  # last: compiles again; all before is saved
         optional("hf_generate", lambda: hf_generate_decode(model, tokenizer, cfg, device=device),
                  lambda g: f"transformers generate, {1e3 * g['dynamic_cache']['s_per_token_step']:.1f} ms per token "
                            f"step (dynamic cache), {1e3 * g['static_cache']['s_per_token_step']:.1f} ms (static "

@@ -42,8 +42,8 @@ def attention_kernels() -> Iterator[None]:
 
 def base_dtype(model: Any) -> torch.dtype:
     """The dtype of the frozen base weights (a peft model's LoRA weights may be float32 on a bf16 base)."""
-    frozen = [p for p in model.parameters() if not p.requires_grad and p.is_floating_point()]
-    return (frozen or [p for p in model.parameters() if p.is_floating_point()])[0].dtype
+    floating = [p for p in model.parameters() if p.is_floating_point()]
+    return next((p.dtype for p in floating if not p.requires_grad), floating[0].dtype)
 
 
 def mixed_precision(model: Any, enabled: bool = True) -> AbstractContextManager:
