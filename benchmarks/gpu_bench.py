@@ -32,6 +32,7 @@ case, and close to what a batch of real answers costs, since a batch decodes unt
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import http.server
 import importlib
@@ -48,7 +49,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:  # the package travels with the working tree, not installed on a GPU node
@@ -717,6 +718,32 @@ def canary_questions(n: int) -> list[Any]:
     return questions
 
 
+@contextlib.contextmanager
+def count_token_steps() -> Iterator[list[int]]:
+    """Token steps of every decoding batch inside the block (its longest answer, in tokens), whichever decoder
+    (eager loop or static-cache generate) the generator picks. Counted from the decoders' outputs, not with a
+    forward hook: transformers compiles the static path's forward, and a hook would be traced into it."""
+    import canary_lib.generation as generation
+
+    counts: list[int] = []
+    originals = {name: getattr(generation, name) for name in ("sample_continuations", "generate_static")}
+
+    def counting(fn: Callable[..., list[list[int]]]) -> Callable[..., list[list[int]]]:
+        def wrapper(*args: Any, **kwargs: Any) -> list[list[int]]:
+            tokens = fn(*args, **kwargs)
+            counts.append(max((len(t) for t in tokens), default=0))
+            return tokens
+        return wrapper
+
+    for name, fn in originals.items():
+        setattr(generation, name, counting(fn))
+    try:
+        yield counts
+    finally:
+        for name, fn in originals.items():
+            setattr(generation, name, fn)
+
+
 def run_canary_eval(model: Any, tokenizer: Any, cfg: Any, *, latency_s: float, device: Any,
                     step: int = 0) -> dict:
     """One canary evaluation exactly as the training loop runs it, with a stub judge; seconds and counts."""
@@ -724,34 +751,29 @@ def run_canary_eval(model: Any, tokenizer: Any, cfg: Any, *, latency_s: float, d
     from canary_lib.judge import make_judge
     from canary_lib.train import run_canary
 
-    n_forward = [0]
-    hook = model.register_forward_hook(lambda *_: n_forward.__setitem__(0, n_forward[0] + 1))
-    try:
-        with StubJudgeServer(latency_s) as server:
-            judge_cfg = cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"base_url": server.base_url})})
-            inner = make_judge(judge_cfg)
-            judge = TimedJudge(inner)
-            canary_fn = CanaryEvaluator(judge_cfg, canary_questions(cfg.canary.n_prompts), judge)
-            _reset_peak(device)
-            try:
-                result, seconds = run_canary(canary_fn, model, tokenizer, step)
-            finally:
-                inner.close()
-            n_requests = server.n_requests
-    finally:
-        hook.remove()
+    with count_token_steps() as token_counts, StubJudgeServer(latency_s) as server:
+        judge_cfg = cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"base_url": server.base_url})})
+        inner = make_judge(judge_cfg)
+        judge = TimedJudge(inner)
+        canary_fn = CanaryEvaluator(judge_cfg, canary_questions(cfg.canary.n_prompts), judge)
+        _reset_peak(device)
+        try:
+            result, seconds = run_canary(canary_fn, model, tokenizer, step)
+        finally:
+            inner.close()
+        n_requests = server.n_requests
     statuses: dict[str, int] = {}
     for record in result.records:
         statuses[record["status"]] = statuses.get(record["status"], 0) + 1
     generation = seconds - judge.seconds
-    token_steps = max(1, n_forward[0])  # one batch: each forward (the prefill included) yields one token per row
+    token_steps = max(1, sum(token_counts))
     return {
         "n_prompts": cfg.canary.n_prompts,
         "samples_per_prompt": cfg.canary.samples_per_prompt,
         "n_answers": result.n_canary,
         "max_new_tokens": cfg.canary.max_new_tokens,
         "generation_batch_size": cfg.eval.batch_size,
-        "model_forwards": n_forward[0],
+        "token_steps": sum(token_counts),
         "canary_seconds": seconds,
         "generation_seconds": generation,
         "s_per_token_step": generation / token_steps,
@@ -786,8 +808,6 @@ def decode_breakdown(model: Any, tokenizer: Any, cfg: Any, *, device: Any, bandw
     The difference of the first two is what the unmerged LoRA costs in decode; the floor is what any decoder of
     these weights at this batch size needs at least (weights bytes / measured bandwidth; the KV cache is ignored).
     """
-    import contextlib
-
     import torch
 
     from canary_lib.generation import TransformersGenerator
