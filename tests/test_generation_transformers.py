@@ -204,3 +204,37 @@ def test_static_cache_decode_gives_the_eager_loops_answers(tiny, temperature, to
     if temperature:
         lengths = {len(tok(a)["input_ids"]) for row in got for a in row}
         assert len(lengths) > 2  # rows did stop at different steps
+
+
+def test_compiled_static_decode_sees_in_place_weight_updates(tmp_path, monkeypatch):
+    """The canary decodes with the compiled static path between optimizer steps, which update the LoRA weights
+    in place. The compiled decode must read the current weights, not constants captured at compilation.
+    transformers compiles only on accelerators, so the criteria are forced here (inductor on the CPU; ~20 s)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.generation.utils import GenerationMixin
+
+    from canary_lib.config import LoraSettings
+    from canary_lib.models import add_rslora
+
+    path = make_tiny_qwen2(tmp_path / "tiny", seed=2)
+    model = add_rslora(AutoModelForCausalLM.from_pretrained(path), LoraSettings(r=4, alpha=8), seed=0)
+    tok = AutoTokenizer.from_pretrained(path)
+    monkeypatch.setattr(GenerationMixin, "_valid_auto_compile_criteria", lambda self, *a, **k: True)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    eager = SamplingSettings(max_new_tokens=8)
+    static = eager.model_copy(update={"static_cache": True})
+    gen = TransformersGenerator(model, tok, batch_size=8)
+    try:
+        before = gen.generate([C1, C3], n=2, seed=1, sampling=static)
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # it did compile
+        assert before == gen.generate([C1, C3], n=2, seed=1, sampling=eager)
+        with torch.no_grad():  # an optimizer step, in place
+            for name, p in model.named_parameters():
+                if "lora_B" in name:
+                    p.add_(0.5)
+        after = gen.generate([C1, C3], n=2, seed=1, sampling=static)
+    finally:
+        torch._dynamo.reset()
+    assert after != before
+    assert after == gen.generate([C1, C3], n=2, seed=1, sampling=eager)
