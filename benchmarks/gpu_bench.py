@@ -297,7 +297,10 @@ def count_active_params(model: Any) -> int:
 
 
 def bench_config(size: str, args: argparse.Namespace) -> Any:
-    """The paper profile (parameters/paper.yaml) with the judge pointed at the stub server later."""
+    """The paper profile (parameters/paper.yaml) with the judge pointed at the stub server later.
+
+    The canary decodes with the eager loop here (canary.static_cache false); the static-cache phases switch it on
+    themselves, so every other decode (breakdown, profile) measures the eager loop and compiles nothing."""
     from canary_lib.config import load_config
 
     preset = SIZES[size]
@@ -305,6 +308,7 @@ def bench_config(size: str, args: argparse.Namespace) -> Any:
         "judge.backend=openai", "judge.model=stub-judge", "judge.scorer=digits",
         "judge.api_key_env=CANARY_BENCH_NO_KEY",  # nothing secret ever goes to the stub
         f"canary.max_new_tokens={args.canary_new_tokens or preset.canary_new_tokens}",
+        "canary.static_cache=false",
         f"train.micro_batch_size={args.micro_batch_size}" if args.micro_batch_size else None,
     ]
     return load_config([REPO_ROOT / "parameters" / "paper.yaml"], overrides=[o for o in overrides if o])
@@ -772,6 +776,7 @@ def run_canary_eval(model: Any, tokenizer: Any, cfg: Any, *, latency_s: float, d
         "samples_per_prompt": cfg.canary.samples_per_prompt,
         "n_answers": result.n_canary,
         "max_new_tokens": cfg.canary.max_new_tokens,
+        "static_cache": cfg.canary.static_cache,
         "generation_batch_size": cfg.eval.batch_size,
         "token_steps": sum(token_counts),
         "canary_seconds": seconds,

@@ -86,6 +86,7 @@ def test_tiny_end_to_end(tmp_path):
     hashes = {on_disk[k]["answers_sha256"] for k in ("canary", "canary_repeat", "canary_static",
                                                      "canary_static_repeat")}
     assert len(hashes) == 1
+    assert [on_disk[k]["static_cache"] for k in ("canary", "canary_repeat", "canary_static")] == [False, False, True]
     assert on_disk["canary_static"]["judge_statuses"] == {"scored": 20}
 
     no_autocast = on_disk["package_no_autocast"]  # float32 on the CPU: autocast changes nothing, flag says so
