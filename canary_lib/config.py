@@ -200,9 +200,9 @@ class SamplingSettings(_Strict):
     max_new_tokens: int = Field(600, ge=1)
     static_cache: bool = False
     """transformers backend: decode through transformers' generate with a static KV cache, which it compiles on a
-    GPU (CUDA graphs; 3.6x faster per token for Qwen2.5-7B + LoRA on an H100). Same draws as the eager loop. Each
-    new (batch, prompt width) compiles again (about a minute for a 7B), so it pays for repeated shapes: the
-    canaries, asked with the same prompts at every evaluation."""
+    GPU (CUDA graphs; for Qwen2.5-7B + LoRA on an H100, 21.8 ms per token step against the eager loop's 52.2 ms).
+    Same draws as the eager loop. Each new (batch, prompt width) compiles again (about a minute for a 7B), so it
+    pays for repeated shapes: the canaries, asked with the same prompts at every evaluation."""
 
 
 class CanarySettings(SamplingSettings):

@@ -262,8 +262,8 @@ def generate_static(
 ) -> list[list[int]]:
     """`sample_continuations` through transformers' `generate` with a static KV cache: the same draws per row.
 
-    On a GPU transformers compiles the decode step of a static cache (torch.compile, CUDA graphs): 17 ms per
-    token step against 61 ms for the eager loop, Qwen2.5-7B + rs-LoRA, 20 answers, H100 (benchmarks/README.md).
+    On a GPU transformers compiles the decode step of a static cache (torch.compile, CUDA graphs): 21.8 ms per
+    token step against 52.2 ms for the eager loop, Qwen2.5-7B + rs-LoRA, 20 answers, H100 (benchmarks/README.md).
     The compilation takes about a minute for a 7B and is repeated for every new (batch size, prompt width);
     finished rows stay in the batch (as padding) so the shapes stay fixed. The model's own generation config
     (a hub checkpoint's repetition penalty, top-k, ...) is set aside for the call: `_row_picker` alone decides.
@@ -331,10 +331,10 @@ class TransformersGenerator:
         was_training = self.model.training
         self.model.eval()
         try:
+            decode = generate_static if sampling.static_cache else sample_continuations
             starts = range(0, len(order), self.batch_size)
             for start in tqdm(starts, desc="generate", unit="batch", disable=not self.progress):
                 chunk = order[start:start + self.batch_size]
-                decode = generate_static if sampling.static_cache else sample_continuations
                 tokens = decode(
                     self.model, [prompts[i] for i in chunk], [seeds[i] for i in chunk],
                     temperature=sampling.temperature, top_p=sampling.top_p,
