@@ -1239,7 +1239,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     s_step = report["package"]["s_per_step"]
 
-    def canary_phase(phase: str, run_cfg: Any) -> dict:
+    def canary_phase(run_cfg: Any) -> dict:
         """One canary evaluation with run_cfg; its overhead at K against the package's s/step."""
         fig = run_canary_eval(model, tokenizer, run_cfg, latency_s=latency, device=device, step=K)
         fig["overhead_pct"] = 100 * fig["canary_seconds"] / (K * s_step)
@@ -1255,10 +1255,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     # second is what every later evaluation of a run costs.
     short = cfg.model_copy(update={"canary": cfg.canary.model_copy(update={"max_new_tokens": 2})})
     run_canary_eval(model, tokenizer, short, latency_s=0.0, device=device)
-    report["canary"] = canary_phase("canary", cfg)
+    report["canary"] = canary_phase(cfg)
     print(f"canary (first): {canary_summary(report['canary'])}", flush=True)
     save("canary")
-    report["canary_repeat"] = canary_phase("canary_repeat", cfg)
+    report["canary_repeat"] = canary_phase(cfg)
     print(f"canary (again): {canary_summary(report['canary_repeat'])}", flush=True)
     steady = report["canary_repeat"]
     report["overhead"] = {"K": K, "pct": steady["overhead_pct"],
@@ -1267,9 +1267,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     save("canary_repeat")
     if not args.no_static_decode:  # canary.static_cache: the first call compiles on a GPU (about a minute for a 7B)
         static = cfg.model_copy(update={"canary": cfg.canary.model_copy(update={"static_cache": True})})
-        optional("canary_static", lambda: canary_phase("canary_static", static), canary_summary)
+        optional("canary_static", lambda: canary_phase(static), canary_summary)
         if "canary_static" in report:
-            optional("canary_static_repeat", lambda: canary_phase("canary_static_repeat", static), canary_summary)
+            optional("canary_static_repeat", lambda: canary_phase(static), canary_summary)
 
     if not args.no_ragged:
         optional("ragged", lambda: ragged_steps(measure, pool_size=len(pool), seq_len=seq_len,
