@@ -13,16 +13,20 @@ What it does (benchmarks/README.md has the details and the exact FLOP formulas):
    at the paper's effective batch (16 = micro-batch 4 x 4 accumulation) on synthetic 512-token chats whose
    prompt part is masked (label -100) and answer part supervised;
 3. times the same steps with the reference a user would pick: transformers `Trainer`, and TRL `SFTTrainer`
-   when trl is importable, on the same model, LoRA and batches; reports package/reference ratios;
-4. runs one canary evaluation as the training loop does (`run_canary` + `CanaryEvaluator`: M = 20 prompts,
-   one answer each, 256 new tokens, `TransformersGenerator` on the LoRA model), the judge being the package's
-   OpenAI-compatible backend talking to a fixed-latency stub chat-completions server on 127.0.0.1; reports
-   generation and judge seconds and the overhead at K = 30 as a share of training time;
-5. splits the canary's decode time: the same answers with the LoRA and with the adapter disabled, against the
+   when trl is importable, on the same model, LoRA and batches; reports package/reference ratios; then the
+   package again with `train.autocast` off (float32 LoRA), for comparison;
+4. runs canary evaluations as the training loop does (`run_canary` + `CanaryEvaluator`: M = 20 prompts, one
+   answer each, 256 new tokens, `TransformersGenerator` on the LoRA model), the judge being the package's
+   OpenAI-compatible backend talking to a fixed-latency stub chat-completions server on 127.0.0.1: the eager
+   loop twice (first evaluation, then the steady state) and the static-cache decode twice (the first call
+   compiles on a GPU); reports generation and judge seconds and the overhead at K = 30 as a share of training
+   time;
+5. times package steps on examples of mixed lengths with and without cuDNN attention;
+6. splits the canary's decode time: the same answers with the LoRA and with the adapter disabled, against the
    memory floor (weight bytes over the measured copy bandwidth), so the profile says where the time goes;
-6. decodes the same prompts with transformers' own `generate`, dynamic and static KV cache (compiled on a GPU):
-   what fix (2) of benchmarks/README.md would give, measured last;
-7. writes bench.json (every figure) and bench.md (a short table) to --out (default $OUT, else benchmarks/out).
+7. decodes the same prompts with transformers' own `generate`, dynamic and static KV cache (compiled on a GPU),
+   greedy, measured last;
+8. writes bench.json (every figure) and bench.md (a short table) to --out (default $OUT, else benchmarks/out).
 
 Random weights cost exactly what trained ones cost per token; the one difference is answer length: a random
 model almost never emits the end-of-turn token, so every canary answer runs to the full 256 tokens (the slow
@@ -849,7 +853,7 @@ def decode_breakdown(model: Any, tokenizer: Any, cfg: Any, *, device: Any, bandw
 
 
 def hf_generate_decode(model: Any, tokenizer: Any, cfg: Any, *, device: Any) -> dict:
-    """Fix (2) of benchmarks/README.md, measured: the canary's prompts decoded by transformers' own `generate`,
+    """The canary's prompts decoded by transformers' own greedy `generate` (no package sampler in the way),
     with its dynamic KV cache and with a static one (which transformers compiles, CUDA graphs included, on a GPU).
 
     Greedy and exactly `max_new_tokens` per answer (the end of turn is suppressed), so both variants do the same
