@@ -63,6 +63,9 @@ class TrainSettings(_Strict):
     micro_batch_size: int = Field(4, ge=1)
     """Examples per forward pass; batch_size must be a multiple of it (gradient accumulation)."""
     max_grad_norm: float | None = 1.0
+    epochs: float = Field(1.0, gt=0)
+    """Passes over D_T (T_0 = ceil(epochs x batches per pass) target steps; the paper: 1). Each pass has its own
+    seeded order; the learning rate decays over the whole run."""
     checkpoint_every: int = Field(100, ge=1)
     """Save a resumable checkpoint every this many steps (and at the end)."""
     keep_checkpoint: bool = False

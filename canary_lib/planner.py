@@ -6,10 +6,11 @@
         if step.canary_after: ...
 
 Each step draws u ~ U(0, 1); u < p_t is a safe step (a batch of D_S), otherwise a target step (the next batch of
-D_T) and T decreases by one. T starts at the number of target batches in one epoch of D_T, and planning stops when
-it reaches 0: safe steps add to the step count, they do not count against T. D_T is visited once in a seeded
-order; D_S is drawn without replacement and reshuffled when exhausted. A step is planned only when asked for, with
-the p of that moment: there is no prefetching that could apply a stale p.
+D_T) and T decreases by one. T starts at the number of target batches in `epochs` passes over D_T (one pass by
+default, as in the paper), and planning stops when it reaches 0: safe steps add to the step count, they do not
+count against T. Each pass visits D_T in its own seeded order (the last pass may stop early for a fractional
+`epochs`); D_S is drawn without replacement and reshuffled when exhausted. A step is planned only when asked
+for, with the p of that moment: there is no prefetching that could apply a stale p.
 
 Plain Python (no torch); the three random streams (u, D_T order, D_S order) are independent, so changing p never
 changes which target batch comes next.
@@ -51,18 +52,23 @@ def _set_rng_state(rng: random.Random, state: list) -> None:
 
 
 class StepPlanner:
-    def __init__(self, *, n_target: int, n_safe: int, batch_size: int, K: int, seed: int) -> None:
+    def __init__(self, *, n_target: int, n_safe: int, batch_size: int, K: int, seed: int,
+                 epochs: float = 1.0) -> None:
         if n_target < 1:
             raise ValueError(f"D_T is empty (n_target={n_target}): nothing to train on")
-        if n_safe < 0 or batch_size < 1 or K < 1:
-            raise ValueError(f"invalid planner sizes: n_safe={n_safe}, batch_size={batch_size}, K={K}")
+        if n_safe < 0 or batch_size < 1 or K < 1 or not epochs > 0:
+            raise ValueError(f"invalid planner sizes: n_safe={n_safe}, batch_size={batch_size}, K={K}, "
+                             f"epochs={epochs}")
         self.n_target, self.n_safe, self.batch_size, self.K, self.seed = n_target, n_safe, batch_size, K, seed
-        self.n_target_batches = math.ceil(n_target / batch_size)
+        self.epochs = epochs
+        self.batches_per_epoch = math.ceil(n_target / batch_size)
+        self.n_target_batches = max(1, math.ceil(epochs * self.batches_per_epoch - 1e-9))
+        """T0: target steps in the whole run (`epochs` passes over D_T)."""
         self.target_remaining = self.n_target_batches
         self.step = 0
         self._u_rng = random.Random(f"{seed}-u")
-        self._target_order = list(range(n_target))
-        random.Random(f"{seed}-target").shuffle(self._target_order)
+        self._target_epoch = 0
+        self._target_order = self._target_permutation(0)
         self._target_cursor = 0
         self._safe_epoch = 0
         self._safe_cursor = 0
@@ -71,6 +77,11 @@ class StepPlanner:
     @property
     def done(self) -> bool:
         return self.target_remaining == 0
+
+    def _target_permutation(self, epoch: int) -> list[int]:
+        order = list(range(self.n_target))
+        random.Random(f"{self.seed}-target" if epoch == 0 else f"{self.seed}-target-{epoch}").shuffle(order)
+        return order
 
     def _safe_permutation(self, epoch: int) -> list[int]:
         order = list(range(self.n_safe))
@@ -92,6 +103,10 @@ class StepPlanner:
         return tuple(batch)
 
     def _next_target_batch(self) -> tuple[int, ...]:
+        if self._target_cursor == self.n_target:  # a pass is over: the next one in its own order
+            self._target_epoch += 1
+            self._target_order = self._target_permutation(self._target_epoch)
+            self._target_cursor = 0
         start = self._target_cursor
         self._target_cursor = min(start + self.batch_size, self.n_target)
         return tuple(self._target_order[start:self._target_cursor])
@@ -114,9 +129,10 @@ class StepPlanner:
 
     def state_dict(self) -> dict:
         return {
-            "sizes": [self.n_target, self.n_safe, self.batch_size, self.K, self.seed],
+            "sizes": [self.n_target, self.n_safe, self.batch_size, self.K, self.seed, self.epochs],
             "step": self.step,
             "target_remaining": self.target_remaining,
+            "target_epoch": self._target_epoch,
             "target_cursor": self._target_cursor,
             "safe_epoch": self._safe_epoch,
             "safe_cursor": self._safe_cursor,
@@ -124,12 +140,15 @@ class StepPlanner:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        sizes = [self.n_target, self.n_safe, self.batch_size, self.K, self.seed]
+        sizes = [self.n_target, self.n_safe, self.batch_size, self.K, self.seed, self.epochs]
         if list(state["sizes"]) != sizes:
-            raise ValueError(f"checkpoint was planned for (n_target, n_safe, batch, K, seed) = {state['sizes']}, "
+            raise ValueError(f"checkpoint was planned for (n_target, n_safe, batch, K, seed, epochs) = "
+                             f"{state['sizes']}, "
                              f"this run has {sizes}: the data or configuration changed since the checkpoint")
         self.step = state["step"]
         self.target_remaining = state["target_remaining"]
+        self._target_epoch = state["target_epoch"]
+        self._target_order = self._target_permutation(self._target_epoch)
         self._target_cursor = state["target_cursor"]
         self._safe_epoch = state["safe_epoch"]
         self._safe_cursor = state["safe_cursor"]

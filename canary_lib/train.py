@@ -70,12 +70,12 @@ def lr_at(step: int, target_remaining: int, n_target_batches: int, base_lr: floa
     Linear warm-up over the first `warmup_steps` optimizer steps, times a linear decay driven by target
     progress, T / T0. Safe steps do not move T, so they take the lr of the next target step: every method
     trains its k-th target batch with the same lr, and the last target batch gets base_lr / T0 (then 0),
-    as a linear schedule over one epoch of D_T would, however many safe steps were added.
+    as a linear schedule over the run's target batches would, however many safe steps were added.
 
     Args:
         step: 0-based index of the optimizer step.
         target_remaining: T *before* this step is drawn (1..T0).
-        n_target_batches: T0, the number of target batches in one epoch of D_T.
+        n_target_batches: T0, the number of target batches of the run (train.epochs passes over D_T).
         base_lr: Peak learning rate.
         warmup_steps: Linear warm-up length in optimizer steps (0: none).
     """
@@ -327,7 +327,7 @@ def train_from_config(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None 
     if not safe and cfg.method.name != "no_defense":
         raise TrainingDataError(f"{cfg.data.path(cfg.data.safe_file)}: method {cfg.method.name} needs safe data")
     planner = StepPlanner(n_target=len(target), n_safe=len(safe), batch_size=cfg.train.batch_size,
-                          K=cfg.controller.K, seed=cfg.seed)
+                          K=cfg.controller.K, seed=cfg.seed, epochs=cfg.train.epochs)
     if canary_fn is None and (schedule.uses_canary or cfg.canary.monitor_open_loop):
         from canary_lib.evaluate import make_canary_fn  # the evaluation stack; only needed with canaries
 

@@ -87,3 +87,35 @@ def test_bad_inputs():
     other = StepPlanner(n_target=11, n_safe=10, batch_size=1, K=1, seed=0)
     with pytest.raises(ValueError, match="changed since the checkpoint"):
         other.load_state_dict(planner.state_dict())
+
+
+def test_epochs_visit_each_example_once_per_pass_in_new_orders():
+    planner = StepPlanner(n_target=50, n_safe=0, batch_size=16, K=5, seed=9, epochs=2)
+    steps = run(planner)
+    assert planner.n_target_batches == 8 and len(steps) == 8
+    passes = [[i for s in steps[k:k + 4] for i in s.indices] for k in (0, 4)]
+    assert all(sorted(p) == list(range(50)) for p in passes)
+    assert passes[0] != passes[1]
+    # the first pass is exactly the one-epoch run's order (epochs=1 runs are unchanged)
+    one = run(StepPlanner(n_target=50, n_safe=0, batch_size=16, K=5, seed=9))
+    assert [s.indices for s in one] == [s.indices for s in steps[:4]]
+
+
+def test_fractional_epochs_round_target_steps_up():
+    planner = StepPlanner(n_target=160, n_safe=0, batch_size=16, K=5, seed=0, epochs=1.25)
+    assert planner.n_target_batches == 13  # ceil(1.25 x 10)
+    assert len(run(planner)) == 13
+
+
+def test_epochs_resume_across_a_pass_boundary():
+    p = lambda t: 0.3  # noqa: E731
+    full = run(StepPlanner(n_target=40, n_safe=30, batch_size=8, K=5, seed=5, epochs=3), p)
+    first = StepPlanner(n_target=40, n_safe=30, batch_size=8, K=5, seed=5, epochs=3)
+    head = [first.next_step(p(first.step)) for _ in range(9)]
+    resumed = StepPlanner(n_target=40, n_safe=30, batch_size=8, K=5, seed=5, epochs=3)
+    resumed.load_state_dict(first.state_dict())
+    assert head + run(resumed, p) == full
+    with pytest.raises(ValueError, match="changed since the checkpoint"):
+        StepPlanner(n_target=40, n_safe=30, batch_size=8, K=5, seed=5, epochs=2).load_state_dict(first.state_dict())
+    with pytest.raises(ValueError, match="epochs"):
+        StepPlanner(n_target=40, n_safe=30, batch_size=8, K=5, seed=5, epochs=0)
