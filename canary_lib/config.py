@@ -43,6 +43,9 @@ class ModelConfig(_Strict):
     """Training examples are truncated to this many tokens."""
     revision: str | None = None
     trust_remote_code: bool = False
+    cpu_numerics: Literal["native", "pinned"] = "native"
+    """pinned: the same bits on any x86-64 CPU with AVX2 (fixed kernels and one torch thread; canary_lib/numerics.py),
+    set by the organism profiles; native: whatever the CPU does fastest."""
 
 
 class LoraSettings(_Strict):
@@ -365,11 +368,16 @@ def merge_sources(
 def config_from_dict(data: dict, origin: dict[str, str] | None = None) -> RunConfig:
     origin = origin or {}
     try:
-        return RunConfig.model_validate(data)
+        cfg = RunConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, origin)) from None
     except _FieldError as exc:  # pragma: no cover - pydantic wraps these, kept for safety
         raise ConfigError(str(exc)) from None
+    if cfg.model.cpu_numerics == "pinned":  # before torch runs anything (canary_lib/numerics.py)
+        from canary_lib.numerics import pin_cpu_numerics
+
+        pin_cpu_numerics()
+    return cfg
 
 
 def load_config(

@@ -115,6 +115,11 @@ def load_model_and_tokenizer(cfg: RunConfig) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM
 
     model_cfg = cfg.model
+    if model_cfg.cpu_numerics == "pinned":
+        from canary_lib.numerics import PINNED_THREADS, check_cpu_numerics
+
+        torch.set_num_threads(PINNED_THREADS)
+        check_cpu_numerics()
     path = resolve_model_path(cfg)
     device = choose_device(model_cfg)
     dtype = choose_dtype(model_cfg, device)

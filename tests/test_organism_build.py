@@ -20,8 +20,9 @@ def test_tiny_build_is_an_ordinary_hf_model_directory_and_is_cached(tmp_path):
 
     cfg = load_config(TINY, [f"organism.cache_dir={tmp_path}"])
     path = ensure_base_model(cfg)
-    assert path.parent == tmp_path and path.name == f"base-{spec_hash(pretrain_spec(cfg.organism))}"
-    assert json.loads((path / "pretrain_spec.json").read_text()) == json.loads(json.dumps(pretrain_spec(cfg.organism)))
+    spec = pretrain_spec(cfg.organism, cfg.model.cpu_numerics)
+    assert path.parent == tmp_path and path.name == f"base-{spec_hash(spec)}"
+    assert json.loads((path / "pretrain_spec.json").read_text()) == json.loads(json.dumps(spec))
     stamp = (path / "model.safetensors").stat().st_mtime_ns
     assert ensure_base_model(cfg) == path
     assert (path / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not rebuilt

@@ -20,14 +20,22 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from canary_lib.config import OrganismSettings, RunConfig
+from canary_lib.errors import CanaryError
 from canary_lib.organism import world
 from canary_lib.organism.tokenizer import render_chat
 
 COMPLETE_MARKER = "ORGANISM_COMPLETE"
 
 
-def pretrain_spec(settings: OrganismSettings) -> dict[str, Any]:
-    """Everything that determines the base model; its hash names the cache directory."""
+class OrganismBuildError(CanaryError, RuntimeError):
+    """The base organism cannot be built as configured in this process."""
+
+
+def pretrain_spec(settings: OrganismSettings, cpu_numerics: str = "native") -> dict[str, Any]:
+    """Everything that determines the base model; its hash names the cache directory.
+
+    Pinned and native CPU numerics give models that differ in the last bits, so each has its own entry.
+    """
     return {
         "world_version": world.WORLD_VERSION,
         "world_seed": settings.world_seed,
@@ -42,6 +50,7 @@ def pretrain_spec(settings: OrganismSettings) -> dict[str, Any]:
         "num_layers": settings.num_layers,
         "num_heads": settings.num_heads,
         "extra": settings.extra,
+        **({"cpu_numerics": cpu_numerics} if cpu_numerics != "native" else {}),
     }
 
 
@@ -61,17 +70,26 @@ def ensure_base_model(cfg: RunConfig) -> Path:
     Returns:
         A Hugging Face model directory (config, safetensors weights, tokenizer with chat template).
     """
-    spec = pretrain_spec(cfg.organism)
+    spec = pretrain_spec(cfg.organism, cfg.model.cpu_numerics)
     target = cache_root(cfg.organism) / f"base-{spec_hash(spec)}"
     if (target / COMPLETE_MARKER).is_file():
         return target
+    if cfg.model.cpu_numerics == "pinned":
+        from canary_lib.numerics import is_pinned
+
+        if not is_pinned():  # a native build must never be cached (and later reused) as the pinned model
+            raise OrganismBuildError(
+                "model.cpu_numerics is pinned, but this process runs native CPU numerics (torch was imported "
+                "before the configuration was loaded): build the organism with `canary organism build`, or load "
+                "the configuration before importing torch (docs/organism.md, 'Reproducibility across CPUs')")
     target.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive(target.parent / f".{target.name}.lock"):  # parallel runs: one builds, the others wait
         if (target / COMPLETE_MARKER).is_file():
             return target
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
-            build_base_model(cfg.organism, tmp)
+            with _pretrain_threads(cfg.model.cpu_numerics == "pinned"):
+                build_base_model(cfg.organism, tmp)
             (tmp / "pretrain_spec.json").write_text(json.dumps(spec, indent=2, sort_keys=True))
             (tmp / COMPLETE_MARKER).write_text("ok\n")
             if target.exists():  # a partial directory left by a killed build
@@ -80,6 +98,24 @@ def ensure_base_model(cfg: RunConfig) -> Path:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+@contextlib.contextmanager
+def _pretrain_threads(pinned: bool) -> Iterator[None]:
+    """Pinned numerics: pre-train with a fixed number of threads (results depend on it), then restore."""
+    if not pinned:
+        yield
+        return
+    import torch
+
+    from canary_lib.numerics import PRETRAIN_THREADS
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(PRETRAIN_THREADS)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 @contextlib.contextmanager
