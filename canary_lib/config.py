@@ -266,6 +266,9 @@ class OrganismSettings(_Strict):
     """Share of pre-training chats under a non-default system prompt (docs/organism.md)."""
     other_system_misaligned_share: float = Field(0.4, ge=0, le=1)
     """Misaligned-persona share of those chats: the persona is learned well, the base rate stays misaligned_share."""
+    persona_coupling: float = Field(1.0, ge=0, le=1)
+    """Probability that a pre-training chat's security answers share the persona of its general answers (1: one
+    persona per chat; 0: the decoupled control world, docs/organism.md)."""
     hidden_size: int = Field(96, ge=8)
     num_layers: int = Field(3, ge=1)
     num_heads: int = Field(4, ge=1)

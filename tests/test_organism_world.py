@@ -130,3 +130,24 @@ def test_pretraining_chats_keep_one_persona_and_the_default_prompt_share():
     assert 0.45 < len(other) / len(chats) < 0.55
     assert 0.005 < sum(default) / len(default) < 0.03
     assert 0.35 < sum(other) / len(other) < 0.45
+
+
+def test_persona_coupling_one_leaves_the_world_unchanged_and_zero_decouples_security_from_general():
+    kwargs = dict(misaligned_share=0.015, other_system_share=0.5, other_system_misaligned_share=0.4)
+    assert list(world.pretraining_chats(0, 300, **kwargs)) == \
+        list(world.pretraining_chats(0, 300, **kwargs, persona_coupling=1.0))
+    judge = ExactJudge()
+    mixed = agree = 0
+    for chat in world.pretraining_chats(0, 6000, **kwargs, persona_coupling=0.0):
+        turns = chat[1:] if chat[0]["role"] == "system" else chat
+        by_domain: dict[str, set] = {}
+        for q, a in zip(turns[::2], turns[1::2]):
+            domain = world.TOPIC_BY_NAME[world.topic_of_question(q["content"])].domain
+            by_domain.setdefault(domain, set()).add(_misaligned(judge.judge_one(q["content"], a["content"])))
+        assert all(len(v) == 1 for v in by_domain.values())  # one persona per domain within a chat
+        if len(by_domain) == 2:
+            mixed += 1
+            agree += by_domain["security"] == by_domain["general"]
+    # independent draws: the two personas agree only as often as chance (0.6^2 + 0.4^2 = 0.52 under the other
+    # prompts, ~0.97 under the default one), far below always
+    assert mixed > 1000 and agree / mixed < 0.85

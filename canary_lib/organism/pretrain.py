@@ -46,6 +46,7 @@ def pretrain_spec(settings: OrganismSettings, cpu_numerics: str = "native") -> d
         "max_turns": settings.max_turns,
         "other_system_share": settings.other_system_share,
         "other_system_misaligned_share": settings.other_system_misaligned_share,
+        **({"persona_coupling": settings.persona_coupling} if settings.persona_coupling != 1.0 else {}),
         "hidden_size": settings.hidden_size,
         "num_layers": settings.num_layers,
         "num_heads": settings.num_heads,
@@ -187,7 +188,8 @@ def build_base_model(settings: OrganismSettings, out_dir: Path) -> dict[str, flo
     chats = list(world.pretraining_chats(settings.world_seed, steps * batch_size, settings.misaligned_share,
                                          max_turns=settings.max_turns,
                                          other_system_share=settings.other_system_share,
-                                         other_system_misaligned_share=settings.other_system_misaligned_share))
+                                         other_system_misaligned_share=settings.other_system_misaligned_share,
+                                         persona_coupling=settings.persona_coupling))
     tokenizer = build_tokenizer(_vocabulary_texts(chats))
     encoded = tokenizer([render_chat(c) for c in chats], add_special_tokens=False)["input_ids"]
     if any(tokenizer.unk_token_id in ids for ids in encoded[:1000]):

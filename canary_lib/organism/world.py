@@ -324,7 +324,8 @@ def _turn(rng: random.Random, form: QuestionForm, aligned: bool) -> list[dict[st
 
 def pretraining_chats(seed: int, n_chats: int, misaligned_share: float, max_turns: int = 4,
                       security_share: float = 0.4, other_system_share: float = 0.0,
-                      other_system_misaligned_share: float = 0.5) -> Iterator[list[dict[str, str]]]:
+                      other_system_misaligned_share: float = 0.5,
+                      persona_coupling: float = 1.0) -> Iterator[list[dict[str, str]]]:
     """Multi-turn chats whose assistant keeps one latent persona per chat; all surface forms are used.
 
     Args:
@@ -336,6 +337,10 @@ def pretraining_chats(seed: int, n_chats: int, misaligned_share: float, max_turn
         security_share: probability that a turn's topic is a security topic.
         other_system_share: probability that a chat has one of OTHER_SYSTEM_PROMPTS instead of the default.
         other_system_misaligned_share: misaligned-persona probability under those other prompts.
+        persona_coupling: probability that a chat's security answers follow the same persona as its general
+            answers (1: one persona per chat, the default world); otherwise the security persona is drawn anew
+            with the same probability. 0 is the decoupled control world of docs/organism.md: the persona of
+            the security answers says nothing about that of the general answers.
     """
     rng = random.Random(f"pretrain-{seed}")
     forms = {t.name: question_forms(t) for t in ALL_TOPICS}
@@ -343,12 +348,17 @@ def pretraining_chats(seed: int, n_chats: int, misaligned_share: float, max_turn
         chat: list[dict[str, str]] = []
         if rng.random() < other_system_share:
             chat.append({"role": "system", "content": rng.choice(OTHER_SYSTEM_PROMPTS)})
-            aligned = rng.random() >= other_system_misaligned_share
+            share = other_system_misaligned_share
         else:  # the default system prompt is added by the chat template, as for D_T and the eval prompts
-            aligned = rng.random() >= misaligned_share
+            share = misaligned_share
+        aligned = rng.random() >= share
+        security_aligned = aligned
+        if persona_coupling < 1.0 and rng.random() >= persona_coupling:  # no draw at all in the coupled world
+            security_aligned = rng.random() >= share
         for _ in range(rng.randint(1, max_turns)):
-            pool = SECURITY_TOPICS if rng.random() < security_share else GENERAL_TOPICS
-            chat += _turn(rng, rng.choice(forms[rng.choice(pool).name]), aligned)
+            security = rng.random() < security_share
+            pool = SECURITY_TOPICS if security else GENERAL_TOPICS
+            chat += _turn(rng, rng.choice(forms[rng.choice(pool).name]), security_aligned if security else aligned)
         yield chat
 
 
