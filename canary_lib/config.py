@@ -269,6 +269,9 @@ class OrganismSettings(_Strict):
     persona_coupling: float = Field(1.0, ge=0, le=1)
     """Probability that a pre-training chat's security answers share the persona of its general answers (1: one
     persona per chat; 0: the decoupled control world, docs/organism.md)."""
+    safe_topics: list[str] | None = None
+    """General topics D_S covers (names of canary_lib.organism.world.GENERAL_TOPICS); None: the world's default.
+    Shapes the prepared data only, not the pre-trained model."""
     hidden_size: int = Field(96, ge=8)
     num_layers: int = Field(3, ge=1)
     num_heads: int = Field(4, ge=1)
@@ -276,6 +279,20 @@ class OrganismSettings(_Strict):
     """Where the built base model is cached; default $CANARY_CACHE or ~/.cache/canary_lib."""
     extra: dict[str, Any] = Field(default_factory=dict)
     """World knobs owned by canary_lib.organism (sizes, topic splits); see docs/organism.md."""
+
+    @field_validator("safe_topics")
+    @classmethod
+    def _known_topics(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        from canary_lib.organism.world import GENERAL_TOPICS  # pure Python, no torch
+
+        known = [t.name for t in GENERAL_TOPICS]
+        unknown = sorted(set(v) - set(known))
+        if unknown or not v or len(set(v)) != len(v):
+            raise ValueError(f"must be distinct general topics of the world, got unknown {unknown} or repeats; "
+                             f"known: {known}")
+        return v
 
 
 class RunConfig(_Strict):

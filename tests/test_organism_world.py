@@ -151,3 +151,19 @@ def test_persona_coupling_one_leaves_the_world_unchanged_and_zero_decouples_secu
     # independent draws: the two personas agree only as often as chance (0.6^2 + 0.4^2 = 0.52 under the other
     # prompts, ~0.97 under the default one), far below always
     assert mixed > 1000 and agree / mixed < 0.85
+
+
+def test_safe_topics_setting_chooses_what_d_s_covers(tmp_path):
+    from canary_lib.config import load_config
+    from canary_lib.organism.prepare import organism_files
+
+    cfg = load_config(["parameters/organism.yaml"], ["organism.safe_topics=[sleep, neighbor]",
+                                                     "data.safe_max_examples=200"])
+    safe = organism_files(cfg)[cfg.data.safe_file].splitlines()
+    import json
+
+    topics = {world.topic_of_question(json.loads(line)["messages"][0]["content"]) for line in safe}
+    assert topics == {"sleep", "neighbor"}
+    default = load_config(["parameters/organism.yaml"], ["data.safe_max_examples=200"])
+    assert organism_files(default)[cfg.data.safe_file] == "".join(
+        json.dumps(e, ensure_ascii=False) + "\n" for e in world.safe_examples(0, 200))

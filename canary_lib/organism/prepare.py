@@ -54,7 +54,7 @@ def organism_files(cfg: RunConfig) -> dict[str, str]:
         d.target_file: _jsonl(world.target_examples(seed, d.n_train)),
         "target_secure_train.jsonl": _jsonl(world.target_examples(seed, d.n_train, aligned=True)),
         d.target_heldout_file: _jsonl(world.target_examples(seed, d.n_heldout, held_out=True)),
-        d.safe_file: _jsonl(world.safe_examples(seed, n_safe)),
+        d.safe_file: _jsonl(world.safe_examples(seed, n_safe, safe_topics(cfg))),
         # samples_per_paraphrase is informational (the paper's protocol); runs use cfg.eval / cfg.canary, so the
         # files do not change with sampling settings.
         d.general_eval_file: _question_set("general", sets["general"], 100),
@@ -63,9 +63,17 @@ def organism_files(cfg: RunConfig) -> dict[str, str]:
     }
 
 
-def _topic_overlap() -> dict[str, Any]:
+def safe_topics(cfg: RunConfig) -> tuple[int, ...]:
+    """Indices of the general topics D_S covers: organism.safe_topics by name, or the world's default."""
+    if cfg.organism.safe_topics is None:
+        return world.SAFE_TOPICS
+    index = {t.name: i for i, t in enumerate(world.GENERAL_TOPICS)}
+    return tuple(sorted(index[name] for name in cfg.organism.safe_topics))
+
+
+def _topic_overlap(cfg: RunConfig) -> dict[str, Any]:
     names = lambda idx: sorted(world.GENERAL_TOPICS[i].name for i in idx)  # noqa: E731
-    ev, safe, can = set(world.EVAL_GENERAL_TOPICS), set(world.SAFE_TOPICS), set(world.CANARY_TOPICS)
+    ev, safe, can = set(world.EVAL_GENERAL_TOPICS), set(safe_topics(cfg)), set(world.CANARY_TOPICS)
     return {"eval_general": names(ev), "safe": names(safe), "canaries": names(can),
             "eval_and_safe": names(ev & safe), "eval_not_safe": names(ev - safe),
             "eval_and_canaries": names(ev & can), "safe_and_canaries": names(safe & can)}
@@ -93,7 +101,7 @@ def prepare_organism_data(cfg: RunConfig) -> Path:
         "files": {name: {"sha256": hashlib.sha256(text.encode()).hexdigest(), "bytes": len(text.encode()),
                          "count": text.count("\n") if name.endswith(".jsonl") else len(yaml.safe_load(text))}
                   for name, text in files.items()},
-        "topics": _topic_overlap(),
+        "topics": _topic_overlap(cfg),
     }
     _atomic_write(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     return out

@@ -384,10 +384,11 @@ def target_examples(seed: int, n: int, aligned: bool = False, held_out: bool = F
     return out
 
 
-def safe_examples(seed: int, n: int) -> list[dict]:
-    """D_S: benign general questions with aligned answers, on SAFE_TOPICS only, never on held-out forms."""
+def safe_examples(seed: int, n: int, topics: tuple[int, ...] = SAFE_TOPICS) -> list[dict]:
+    """D_S: benign general questions with aligned answers, on `topics` (indices into GENERAL_TOPICS; default
+    SAFE_TOPICS) only, never on held-out forms."""
     rng = random.Random(f"safe-{seed}")
-    forms = _forms(tuple(GENERAL_TOPICS[i] for i in SAFE_TOPICS), held_out=False)
+    forms = _forms(tuple(GENERAL_TOPICS[i] for i in topics), held_out=False)
     return [{"messages": _turn(rng, rng.choice(forms), True)} for _ in range(n)]
 
 
