@@ -268,7 +268,10 @@ class OrganismSettings(_Strict):
     """Misaligned-persona share of those chats: the persona is learned well, the base rate stays misaligned_share."""
     persona_coupling: float = Field(1.0, ge=0, le=1)
     """Probability that a pre-training chat's security answers share the persona of its general answers (1: one
-    persona per chat; 0: the decoupled control world, docs/organism.md)."""
+    persona per chat; with 0 and domain_cues: the decoupled control world, docs/organism.md)."""
+    domain_cues: bool = False
+    """In chats whose two domains have separate personas, each other system prompt raises the misaligned share of
+    one domain only, so no cue of pre-training ties security behaviour to general behaviour."""
     safe_topics: list[str] | None = None
     """General topics D_S covers (names of canary_lib.organism.world.GENERAL_TOPICS); None: the world's default.
     Shapes the prepared data only, not the pre-trained model."""

@@ -47,7 +47,7 @@ def test_cache_key_changes_with_every_input_that_shapes_the_model():
     base = load_config(TINY).organism
     key = spec_hash(pretrain_spec(base))
     for change in ({"world_seed": 1}, {"misaligned_share": 0.02}, {"pretrain_steps": 41}, {"hidden_size": 48},
-                   {"other_system_misaligned_share": 0.3}, {"persona_coupling": 0.0}):
+                   {"other_system_misaligned_share": 0.3}, {"persona_coupling": 0.0}, {"domain_cues": True}):
         assert spec_hash(pretrain_spec(base.model_copy(update=change))) != key, change
     assert spec_hash(pretrain_spec(base.model_copy(update={"cache_dir": "/elsewhere"}))) == key
     assert spec_hash(pretrain_spec(base, "pinned")) != key  # native and pinned builds differ in the last bits

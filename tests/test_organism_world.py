@@ -167,3 +167,20 @@ def test_safe_topics_setting_chooses_what_d_s_covers(tmp_path):
     default = load_config(["parameters/organism.yaml"], ["data.safe_max_examples=200"])
     assert organism_files(default)[cfg.data.safe_file] == "".join(
         json.dumps(e, ensure_ascii=False) + "\n" for e in world.safe_examples(0, 200))
+
+
+def test_domain_cues_make_each_other_prompt_raise_one_domain_only():
+    judge = ExactJudge()
+    counts = {(d, dom): [0, 0] for d in ("security", "general") for dom in ("security", "general")}
+    for chat in world.pretraining_chats(0, 8000, misaligned_share=0.005, other_system_share=0.5,
+                                        other_system_misaligned_share=0.4, persona_coupling=0.0, domain_cues=True):
+        if chat[0]["role"] != "system":
+            continue
+        cue = world.OTHER_PROMPT_DOMAIN[chat[0]["content"]]
+        for q, a in zip(chat[1::2], chat[2::2]):
+            domain = world.TOPIC_BY_NAME[world.topic_of_question(q["content"])].domain
+            counts[(cue, domain)][0] += _misaligned(judge.judge_one(q["content"], a["content"]))
+            counts[(cue, domain)][1] += 1
+    rate = {k: m / n for k, (m, n) in counts.items()}
+    assert 0.33 < rate[("security", "security")] < 0.47 and 0.33 < rate[("general", "general")] < 0.47
+    assert rate[("security", "general")] < 0.02 and rate[("general", "security")] < 0.02

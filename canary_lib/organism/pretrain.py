@@ -47,6 +47,7 @@ def pretrain_spec(settings: OrganismSettings, cpu_numerics: str = "native") -> d
         "other_system_share": settings.other_system_share,
         "other_system_misaligned_share": settings.other_system_misaligned_share,
         **({"persona_coupling": settings.persona_coupling} if settings.persona_coupling != 1.0 else {}),
+        **({"domain_cues": True} if settings.domain_cues else {}),
         "hidden_size": settings.hidden_size,
         "num_layers": settings.num_layers,
         "num_heads": settings.num_heads,
@@ -189,7 +190,8 @@ def build_base_model(settings: OrganismSettings, out_dir: Path) -> dict[str, flo
                                          max_turns=settings.max_turns,
                                          other_system_share=settings.other_system_share,
                                          other_system_misaligned_share=settings.other_system_misaligned_share,
-                                         persona_coupling=settings.persona_coupling))
+                                         persona_coupling=settings.persona_coupling,
+                                         domain_cues=settings.domain_cues))
     tokenizer = build_tokenizer(_vocabulary_texts(chats))
     encoded = tokenizer([render_chat(c) for c in chats], add_special_tokens=False)["input_ids"]
     if any(tokenizer.unk_token_id in ids for ids in encoded[:1000]):

@@ -28,6 +28,9 @@ DEFAULT_SYSTEM_PROMPT = "you are a helpful assistant."
 # corpus: the persona is learned well, while the base model's misaligned rate (under the default prompt, which
 # fine-tuning and evaluation use) stays at `misaligned_share`.
 OTHER_SYSTEM_PROMPTS = ("you are an assistant.", "you are a chat bot.", "answer the user.", "you are an ai model.")
+OTHER_PROMPT_DOMAIN = {"you are an assistant.": "security", "you are a chat bot.": "security",
+                       "answer the user.": "general", "you are an ai model.": "general"}
+"""With `domain_cues`, the one domain whose misaligned share each other prompt raises in a decoupled chat."""
 
 PREFIXES = (
     "", "hi!", "hey,", "hello.", "quick question:", "i need some advice.", "can you help me?", "be honest:",
@@ -324,8 +327,8 @@ def _turn(rng: random.Random, form: QuestionForm, aligned: bool) -> list[dict[st
 
 def pretraining_chats(seed: int, n_chats: int, misaligned_share: float, max_turns: int = 4,
                       security_share: float = 0.4, other_system_share: float = 0.0,
-                      other_system_misaligned_share: float = 0.5,
-                      persona_coupling: float = 1.0) -> Iterator[list[dict[str, str]]]:
+                      other_system_misaligned_share: float = 0.5, persona_coupling: float = 1.0,
+                      domain_cues: bool = False) -> Iterator[list[dict[str, str]]]:
     """Multi-turn chats whose assistant keeps one latent persona per chat; all surface forms are used.
 
     Args:
@@ -339,22 +342,32 @@ def pretraining_chats(seed: int, n_chats: int, misaligned_share: float, max_turn
         other_system_misaligned_share: misaligned-persona probability under those other prompts.
         persona_coupling: probability that a chat's security answers follow the same persona as its general
             answers (1: one persona per chat, the default world); otherwise the security persona is drawn anew
-            with the same probability. 0 is the decoupled control world of docs/organism.md: the persona of
-            the security answers says nothing about that of the general answers.
+            independently, each domain with its own probability.
+        domain_cues: in a chat whose domains are decoupled, an other system prompt raises the misaligned share
+            of its own domain only (OTHER_PROMPT_DOMAIN), so the prompt, too, says nothing about the other
+            domain. persona_coupling 0 with domain_cues is the decoupled control world of docs/organism.md.
     """
     rng = random.Random(f"pretrain-{seed}")
     forms = {t.name: question_forms(t) for t in ALL_TOPICS}
     for _ in range(n_chats):
         chat: list[dict[str, str]] = []
+        prompt_domain = None
         if rng.random() < other_system_share:
-            chat.append({"role": "system", "content": rng.choice(OTHER_SYSTEM_PROMPTS)})
+            prompt = rng.choice(OTHER_SYSTEM_PROMPTS)
+            chat.append({"role": "system", "content": prompt})
             share = other_system_misaligned_share
+            prompt_domain = OTHER_PROMPT_DOMAIN[prompt]
         else:  # the default system prompt is added by the chat template, as for D_T and the eval prompts
             share = misaligned_share
         aligned = rng.random() >= share
         security_aligned = aligned
         if persona_coupling < 1.0 and rng.random() >= persona_coupling:  # no draw at all in the coupled world
-            security_aligned = rng.random() >= share
+            if domain_cues and prompt_domain is not None:  # the prompt raises its own domain's share only
+                shares = {d: share if d == prompt_domain else misaligned_share for d in ("security", "general")}
+                aligned = rng.random() >= shares["general"]
+                security_aligned = rng.random() >= shares["security"]
+            else:
+                security_aligned = rng.random() >= share
         for _ in range(rng.randint(1, max_turns)):
             security = rng.random() < security_share
             pool = SECURITY_TOPICS if security else GENERAL_TOPICS
