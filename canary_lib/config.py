@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -28,11 +28,13 @@ class ConfigError(CanaryError, ValueError):
     """A configuration problem, with the offending key and the file it came from in the message."""
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
+    """Base of every settings model (run configurations and sweep files): unknown keys are errors."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class ModelConfig(_Strict):
+class ModelConfig(Strict):
     name_or_path: str = "organism"
     """Hugging Face id, local model directory, or "organism" (the CPU model organism, built and cached)."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
@@ -48,7 +50,7 @@ class ModelConfig(_Strict):
     set by the organism profiles; native: whatever the CPU does fastest."""
 
 
-class LoraSettings(_Strict):
+class LoraSettings(Strict):
     r: int = Field(32, ge=1)
     alpha: float = Field(64, gt=0)
     use_rslora: bool = True
@@ -57,7 +59,7 @@ class LoraSettings(_Strict):
     target_modules: list[str] = Field(default_factory=lambda: list(QWEN2_PROJECTIONS))
 
 
-class TrainSettings(_Strict):
+class TrainSettings(Strict):
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.01, ge=0)
     warmup_steps: int = Field(5, ge=0)
@@ -90,7 +92,7 @@ class TrainSettings(_Strict):
         return self
 
 
-class ControllerSettings(_Strict):
+class ControllerSettings(Strict):
     """Eq. 2 and Eq. 3 of the paper. Defaults are the paper's (Section 4.1); p_init is this package's choice."""
 
     alpha: float = 0.5
@@ -144,7 +146,7 @@ class ControllerSettings(_Strict):
         return self
 
 
-class MethodSettings(_Strict):
+class MethodSettings(Strict):
     """Which schedule drives p_t: the paper's methods (Table 1) and ablations (Table 2). See docs/decisions.md."""
 
     name: MethodName = "canary"
@@ -164,7 +166,7 @@ class MethodSettings(_Strict):
         return self
 
 
-class DataSettings(_Strict):
+class DataSettings(Strict):
     """Where prepared data live (written by `canary prep-data` / notebook 00) and where it comes from."""
 
     kind: Literal["organism", "paper"] = "organism"
@@ -200,7 +202,7 @@ class DataSettings(_Strict):
         return Path(self.dir) / name
 
 
-class SamplingSettings(_Strict):
+class SamplingSettings(Strict):
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(600, ge=1)
@@ -230,7 +232,7 @@ class EvalSettings(SamplingSettings):
     vllm_tensor_parallel_size: int = Field(1, ge=1)
 
 
-class JudgeSettings(_Strict):
+class JudgeSettings(Strict):
     backend: Literal["exact", "openai", "transformers", "vllm"] = "exact"
     """exact: the model organism's rule-based judge; openai: any OpenAI-compatible server; transformers/vllm: local."""
     model: str | None = None
@@ -251,7 +253,7 @@ class JudgeSettings(_Strict):
     tensor_parallel_size: int = Field(1, ge=1)
 
 
-class OrganismSettings(_Strict):
+class OrganismSettings(Strict):
     """The synthetic world of the CPU model organism (canary_lib.organism). Ignored by other profiles."""
 
     world_seed: int = 0
@@ -298,7 +300,7 @@ class OrganismSettings(_Strict):
         return v
 
 
-class RunConfig(_Strict):
+class RunConfig(Strict):
     profile: str = "organism"
     seed: int = 42
     method: MethodSettings = Field(default_factory=MethodSettings)
@@ -388,14 +390,27 @@ def merge_sources(
     return merged, origin
 
 
-def config_from_dict(data: dict, origin: dict[str, str] | None = None) -> RunConfig:
-    origin = origin or {}
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_model(model: type[M], data: dict, origin: dict[str, str] | str, what: str) -> M:
+    """`model.model_validate(data)`, with every problem as one line `<file>: <dotted key>: <message>`.
+
+    Args:
+        origin: dotted key -> the file (or override) that set it, or one file name for everything.
+        what: what is validated, for the message's first line ("configuration", "sweep file").
+
+    Raises:
+        ConfigError: listing every invalid key.
+    """
     try:
-        cfg = RunConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, origin)) from None
-    except _FieldError as exc:  # pragma: no cover - pydantic wraps these, kept for safety
-        raise ConfigError(str(exc)) from None
+        raise ConfigError(f"invalid {what}:\n  " + "\n  ".join(_describe(exc, origin))) from None
+
+
+def config_from_dict(data: dict, origin: dict[str, str] | None = None) -> RunConfig:
+    cfg = validate_model(RunConfig, data, origin or {}, "configuration")
     if cfg.model.cpu_numerics == "pinned":  # before torch runs anything (canary_lib/numerics.py)
         from canary_lib.numerics import pin_cpu_numerics
 
@@ -412,7 +427,7 @@ def load_config(
     return config_from_dict(merged, origin)
 
 
-def _describe(exc: ValidationError, origin: dict[str, str]) -> str:
+def _describe(exc: ValidationError, origin: dict[str, str] | str) -> list[str]:
     lines = []
     for err in exc.errors():
         loc = [str(p) for p in err["loc"]]
@@ -426,9 +441,9 @@ def _describe(exc: ValidationError, origin: dict[str, str]) -> str:
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         key = ".".join(loc) or "<root>"
-        source = _origin_of(key, origin)
+        source = origin if isinstance(origin, str) else _origin_of(key, origin)
         lines.append(f"{source}: {key}: {msg}")
-    return "invalid configuration:\n  " + "\n  ".join(lines)
+    return lines
 
 
 def _origin_of(key: str, origin: dict[str, str]) -> str:

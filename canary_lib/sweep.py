@@ -31,10 +31,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field
 
 from canary_lib.artifacts import RunDir, write_json_atomic
-from canary_lib.config import ConfigError, load_config, read_yaml
+from canary_lib.config import ConfigError, Strict, load_config, read_yaml, validate_model
 
 # Stage name -> notebook file. The order is the pipeline order.
 NOTEBOOKS = {
@@ -57,11 +57,7 @@ _PY_TYPES = {"str": str, "bool": bool, "int": int, "float": (int, float), "list"
 # ---------------------------------------------------------------------------------------------- the sweep file
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class ExecutorSettings(_Strict):
+class ExecutorSettings(Strict):
     """How jobs run. Every kind goes through submitit (same code path)."""
 
     kind: Literal["local", "slurm", "debug"] = "local"
@@ -84,7 +80,7 @@ class ExecutorSettings(_Strict):
     """OMP/MKL threads of each notebook kernel (e.g. 1 with parallel 2 on 2 cores); None leaves torch's default."""
 
 
-class SweepSpec(_Strict):
+class SweepSpec(Strict):
     """One sweep file (parameters/sweeps/*.yaml). Relative paths are relative to the working directory."""
 
     profile: str
@@ -119,16 +115,7 @@ class SweepSpec(_Strict):
 
 def load_sweep(path: str | Path) -> SweepSpec:
     """Read and validate a sweep file; errors name the key and the file."""
-    data = read_yaml(path)
-    try:
-        return SweepSpec.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            key = ".".join(str(p) for p in err["loc"]) or "<root>"
-            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            problems.append(f"{path}: {key}: {msg}")
-        raise ConfigError("invalid sweep file:\n  " + "\n  ".join(problems)) from None
+    return validate_model(SweepSpec, read_yaml(path), str(path), "sweep file")
 
 
 # ---------------------------------------------------------------------------------------------- jobs
