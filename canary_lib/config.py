@@ -17,11 +17,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from canary_lib.errors import CanaryError
+from canary_lib.methods import METHODS
 
 QWEN2_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
-METHODS = ("no_defense", "fixed", "canary", "fixed_mean", "delayed", "shuffled", "no_ema")
-MethodName = Literal["no_defense", "fixed", "canary", "fixed_mean", "delayed", "shuffled", "no_ema"]
 
 
 class ConfigError(CanaryError, ValueError):
@@ -147,11 +146,10 @@ class ControllerSettings(Strict):
 
 
 class MethodSettings(Strict):
-    """Which schedule drives p_t: the paper's methods (Table 1) and ablations (Table 2). See docs/decisions.md."""
+    """Which schedule drives p_t: a method of canary_lib.methods.METHODS (Tables 1 and 2; docs/decisions.md)."""
 
-    name: MethodName = "canary"
-    fixed_p: float = Field(0.05, ge=0, le=1)
-    """p for name=fixed (the paper's Fixed 5%)."""
+    name: str = "canary"
+    """The registry name, which is also the name of the method's parameter file and run directories."""
     delay_cycles: int = Field(5, ge=0)
     """D for name=delayed: the controller acts on the risk measured D evaluation cycles earlier."""
     reference_run: str | None = None
@@ -159,9 +157,17 @@ class MethodSettings(Strict):
     shuffle_seed: int | None = None
     """Seed of the permutation for name=shuffled; defaults to the run seed."""
 
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        if v not in METHODS:
+            renamed = " (Fixed 5% is now fixed_5, with its p in the registry)" if v == "fixed" else ""
+            raise ValueError(f"unknown method {v!r}{renamed}; known: {', '.join(METHODS)} (canary_lib/methods.py)")
+        return v
+
     @model_validator(mode="after")
     def _needs_reference(self) -> "MethodSettings":
-        if self.name in ("fixed_mean", "shuffled") and not self.reference_run:
+        if METHODS[self.name].replays_reference and not self.reference_run:
             raise _FieldError("reference_run", f"method {self.name} replays a canary run: set method.reference_run")
         return self
 
@@ -219,7 +225,7 @@ class CanarySettings(SamplingSettings):
     samples_per_prompt: int = Field(1, ge=1)
     max_new_tokens: int = Field(256, ge=1)
     monitor_open_loop: bool = True
-    """Also measure canary risk in runs whose p_t ignores it (no_defense, fixed, replays), for traces and correlation."""
+    """Also measure canary risk in runs whose p_t ignores it (no_defense, fixed_5, replays), for traces and correlation."""
 
 
 class EvalSettings(SamplingSettings):

@@ -1,19 +1,9 @@
 """The canary controller (Eq. 2 and 3 of the paper) and every schedule of p_t behind one small interface.
 
 A schedule answers two questions: "which p do I use for the step about to be drawn?" (`p`) and "here is a canary
-measurement taken after step t" (`observe`). Methods and ablations (Tables 1 and 2) are schedules:
-
-| method       | schedule                                                                           |
-|--------------|------------------------------------------------------------------------------------|
-| no_defense   | ConstantSchedule(0)                                                                |
-| fixed        | ConstantSchedule(method.fixed_p)  (the paper's Fixed 5%)                           |
-| canary       | CanaryController(controller)                                                       |
-| delayed      | CanaryController(controller, delay_cycles=D): acts on r measured D cycles earlier  |
-| no_ema       | CanaryController(alpha=1, r_low=r_high): raw r_t against the single threshold r_high|
-| fixed_mean   | ConstantSchedule(mean per-step p of the reference canary run)                      |
-| shuffled     | ReplaySchedule(seeded permutation of the reference run's per-step p sequence)      |
-
-Plain Python, no torch: the choices and their reasons are in docs/decisions.md.
+measurement taken after step t" (`observe`). Every method and ablation of Tables 1 and 2 is a schedule, built
+from the run's configuration by one of the functions at the end of this file; `canary_lib.methods.METHODS`
+names them. Plain Python, no torch: the choices and their reasons are in docs/decisions.md.
 """
 
 from __future__ import annotations
@@ -21,9 +11,10 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Callable, Protocol
 
-from canary_lib.config import ControllerSettings, RunConfig
+if TYPE_CHECKING:  # pragma: no cover - config imports the method registry, which imports this module
+    from canary_lib.config import ControllerSettings, RunConfig
 
 
 @dataclass(frozen=True)
@@ -182,24 +173,45 @@ def reference_p_sequence(run_dir: str | Path) -> list[float]:
     return [row["p"] for row in read_steps(run.steps_path)]
 
 
-def make_schedule(cfg: RunConfig) -> Schedule:
-    """The schedule of cfg.method, built from cfg.controller (and the reference run for replays)."""
-    m, c = cfg.method, cfg.controller
-    if m.name == "no_defense":
-        return ConstantSchedule(0.0, c.alpha)
-    if m.name == "fixed":
-        return ConstantSchedule(m.fixed_p, c.alpha)
-    if m.name == "canary":
-        return CanaryController(c)
-    if m.name == "delayed":
-        return CanaryController(c, delay_cycles=m.delay_cycles)
-    if m.name == "no_ema":
-        return CanaryController(no_ema_settings(c))
-    assert m.reference_run, "validated by MethodSettings"
-    sequence = reference_p_sequence(m.reference_run)
-    if m.name == "fixed_mean":
-        return ConstantSchedule(sum(sequence) / len(sequence), c.alpha)
-    if m.name == "shuffled":
-        seed = cfg.seed if m.shuffle_seed is None else m.shuffle_seed
-        return ReplaySchedule(shuffled_sequence(sequence, seed), c.alpha)
-    raise ValueError(f"unknown method {m.name!r}")  # pragma: no cover - Literal-validated
+# ---------------------------------------------------------------------------------------------- schedules of methods
+# One function per kind of method: the run's configuration in, its schedule out (canary_lib.methods names them).
+
+ScheduleFactory = Callable[["RunConfig"], Schedule]
+
+
+def constant_schedule(p: float) -> ScheduleFactory:
+    """p_t = p at every step (No Defense is p = 0, Fixed 5% is p = 0.05)."""
+    return lambda cfg: ConstantSchedule(p, cfg.controller.alpha)
+
+
+def canary_schedule(cfg: RunConfig) -> Schedule:
+    """The paper's method: EMA (Eq. 2) and threshold controller with hysteresis (Eq. 3) on the canary risk."""
+    return CanaryController(cfg.controller)
+
+
+def delayed_schedule(cfg: RunConfig) -> Schedule:
+    """The controller acting on the canary risk measured method.delay_cycles evaluations earlier."""
+    return CanaryController(cfg.controller, delay_cycles=cfg.method.delay_cycles)
+
+
+def no_ema_schedule(cfg: RunConfig) -> Schedule:
+    """Raw r_t against the single threshold r_high (`no_ema_settings`)."""
+    return CanaryController(no_ema_settings(cfg.controller))
+
+
+def fixed_mean_schedule(cfg: RunConfig) -> Schedule:
+    """A constant p equal to the mean per-step p of the reference run (method.reference_run)."""
+    sequence = reference_p_sequence(_reference_run(cfg))
+    return ConstantSchedule(sum(sequence) / len(sequence), cfg.controller.alpha)
+
+
+def shuffled_schedule(cfg: RunConfig) -> Schedule:
+    """A seeded permutation of the reference run's per-step p sequence (method.shuffle_seed, else the run seed)."""
+    seed = cfg.seed if cfg.method.shuffle_seed is None else cfg.method.shuffle_seed
+    return ReplaySchedule(shuffled_sequence(reference_p_sequence(_reference_run(cfg)), seed), cfg.controller.alpha)
+
+
+def _reference_run(cfg: RunConfig) -> str:
+    if not cfg.method.reference_run:
+        raise ValueError(f"method {cfg.method.name} replays a reference run: set method.reference_run")
+    return cfg.method.reference_run

@@ -22,10 +22,14 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from canary_lib.artifacts import write_text_atomic
+from canary_lib.config import ControllerSettings
+from canary_lib.methods import REFERENCE_METHOD, table2_methods
 
 _ANSWER_CHARS = 160
 """Canary answers are cut to this many characters in the replay table (the full text is in the JSONL)."""
 _ANSWER_COLUMNS = ["question_id", "sample", "answer", "aligned", "coherent", "status"]
+_BAND = ControllerSettings()
+"""The default [r_low, r_high] band, drawn when a run's configuration does not say its own."""
 
 
 # ---------------------------------------------------------------------------------------------- saving
@@ -258,19 +262,21 @@ def read_answers(path: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["step", *_ANSWER_COLUMNS])
 
 
-def ablation_traces_figure(runs: pd.DataFrame, methods: tuple[str, ...] = (
-        "canary", "fixed_mean", "delayed", "shuffled", "no_ema")) -> tuple[go.Figure, pd.DataFrame]:
+def ablation_traces_figure(runs: pd.DataFrame,
+                           methods: tuple[str, ...] | None = None) -> tuple[go.Figure, pd.DataFrame]:
     """p_t per training step of the canary run and its ablations, one panel per seed (for notebook 04).
 
     Args:
         runs: `canary_lib.results.collect_runs` output.
-        methods: the methods to draw (those without a trained run are skipped).
+        methods: the methods to draw (default: Table 2's, canary_lib.methods); those without a trained run are
+            skipped.
 
     Returns:
         (figure, the plotted data with columns method, seed, step, p).
     """
     from canary_lib.results import controller_traces
 
+    methods = tuple(table2_methods()) if methods is None else methods
     frames = []
     for method in methods:
         steps, _ = controller_traces(runs, method)
@@ -293,7 +299,7 @@ def ablation_traces_figure(runs: pd.DataFrame, methods: tuple[str, ...] = (
     return fig, data
 
 
-def write_trace_replays(results: Any, results_dir: str | Path, method: str = "canary") -> dict[str, Path]:
+def write_trace_replays(results: Any, results_dir: str | Path, method: str = REFERENCE_METHOD) -> dict[str, Path]:
     """The static trace replay (frames + slider) of every trained run of `method`, one HTML per seed.
 
     Returns:
@@ -307,8 +313,8 @@ def write_trace_replays(results: Any, results_dir: str | Path, method: str = "ca
     for _, row in chosen.iterrows():
         run = RunDir(row.run_dir)
         steps, controller = pd.read_csv(run.steps_path), pd.read_csv(run.controller_path)
-        r_low = row.r_low if pd.notna(row.r_low) else 0.02
-        r_high = row.r_high if pd.notna(row.r_high) else 0.08
+        r_low = row.r_low if pd.notna(row.r_low) else _BAND.r_low
+        r_high = row.r_high if pd.notna(row.r_high) else _BAND.r_high
         fig = trace_replay_figure(steps, controller, read_answers(run.canary_answers_path), r_low, r_high,
                                   title=f"Controller trace replay: {method}, seed {int(row.seed)}")
         name = f"trace_replay_seed{int(row.seed)}"
@@ -336,9 +342,9 @@ def write_results_figures(results: Any, results_dir: str | Path, png: bool = Fal
     paths["table2"] = save_figure(table_figure(results.table2, t2_cols, "Table 2: ablations"),
                                   out / "table2.html", results.table2, png)[0]
     steps, controller = controller_traces(results.runs)
-    canary_runs = results.runs[results.runs.method == "canary"]
-    r_low = float(canary_runs.r_low.dropna().iloc[0]) if canary_runs.r_low.notna().any() else 0.02
-    r_high = float(canary_runs.r_high.dropna().iloc[0]) if canary_runs.r_high.notna().any() else 0.08
+    canary_runs = results.runs[results.runs.method == REFERENCE_METHOD]
+    r_low = float(canary_runs.r_low.dropna().iloc[0]) if canary_runs.r_low.notna().any() else _BAND.r_low
+    r_high = float(canary_runs.r_high.dropna().iloc[0]) if canary_runs.r_high.notna().any() else _BAND.r_high
     merged = steps.merge(controller, on=["seed", "step"], how="outer").sort_values(["seed", "step"])
     paths["figure2"] = save_figure(figure2(steps, controller, r_low, r_high), out / "figure2.html", merged, png)[0]
     points = pd.DataFrame(results.correlation["points"])

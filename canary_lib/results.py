@@ -21,8 +21,9 @@ import pandas as pd
 import yaml
 
 from canary_lib.artifacts import RunDir, read_controller, read_steps, write_json_atomic, write_text_atomic
+from canary_lib.config import MethodSettings
+from canary_lib.methods import BASE, REFERENCE_METHOD, table1_methods, table2_methods
 
-BASE = "base"
 # metrics.json key -> the paper's column name.
 METRICS = {
     "general_misaligned_pct": "Gen. %Mis.",
@@ -31,19 +32,9 @@ METRICS = {
     "in_domain_incoherent_pct": "In-Dom. %Inc.",
     "avg_p": "Avg p_t",
 }
-TABLE1_ROWS = {BASE: "Base (no fine-tuning)", "no_defense": "No Defense", "fixed_5": "Fixed 5%",
-               "canary": "Canary-Controlled"}
-CONTROL_ROWS = {"secure_control": "Control: secure answers, no defense"}
-"""Extra Table 1 rows, shown when their runs exist (the organism's control: fine-tuning on the secure answers of
-the same questions should not raise general misalignment)."""
-REFERENCE = "canary"
-TABLE2_ROWS = {  # method -> (label, what the row tests), in the paper's order
-    "canary": ("Full Canary-Controlled", "Reference"),
-    "fixed_mean": ("Fixed p = p̄", "Adaptive timing"),
-    "delayed": ("Delayed (D={delay})", "Feedback timeliness"),
-    "shuffled": ("Shuffled p_t", "Temporal ordering"),
-    "no_ema": ("No-EMA", "EMA smoothing"),
-}
+BASE_LABEL = "Base (no fine-tuning)"
+_DEFAULT_DELAY = MethodSettings.model_fields["delay_cycles"].default
+"""The "{delay}" of a Table 2 label when no run of the method says its method.delay_cycles."""
 CORRELATION_DEFINITION = {
     "x": "canary_risk_mean: mean of the raw canary risk r_t (Eq. 1) over all canary evaluations of a run "
          "(controller.csv, column canary_risk)",
@@ -162,31 +153,33 @@ def _aggregate(runs: pd.DataFrame, method: str) -> dict[str, Any]:
 
 
 def build_table1(runs: pd.DataFrame) -> pd.DataFrame:
-    """Table 1: base, No Defense, Fixed 5%, Canary-Controlled (+ control rows whose runs exist); mean ± std over
-    the seeds that finished."""
-    rows = [{"label": label, **_aggregate(runs, method)} for method, label in TABLE1_ROWS.items()]
-    rows += [{"label": label, **_aggregate(runs, method)} for method, label in CONTROL_ROWS.items()
+    """Table 1: the base model, then the methods with a Table 1 label (canary_lib.methods), then the control runs
+    that exist; mean ± std over the seeds that finished."""
+    rows = [{"label": BASE_LABEL, **_aggregate(runs, BASE)}]
+    rows += [{"label": label, **_aggregate(runs, method)} for method, label in table1_methods().items()]
+    rows += [{"label": label, **_aggregate(runs, method)} for method, label in table1_methods(control=True).items()
              if (runs.method == method).any()]
     return pd.DataFrame(rows)
 
 
 def build_table2(runs: pd.DataFrame) -> pd.DataFrame:
-    """Table 2: the canary reference row and the four ablations, with the relative change of General %Mis."""
-    delay = runs.loc[runs.method == "delayed", "delay_cycles"].dropna()
+    """Table 2: the reference method's row and the ablations (canary_lib.methods), with the relative change of
+    General %Mis. against the reference."""
     rows = []
-    for method, (label, tests) in TABLE2_ROWS.items():
+    for method, spec in table2_methods().items():
         row = _aggregate(runs, method)
-        row["label"] = label.format(delay=int(delay.iloc[0]) if len(delay) else 5)
-        row["tests"] = tests
+        delay = runs.loc[runs.method == method, "delay_cycles"].dropna()
+        row["label"] = spec.table2.format(delay=int(delay.iloc[0]) if len(delay) else _DEFAULT_DELAY)
+        row["tests"] = spec.tests
         rows.append(row)
     frame = pd.DataFrame(rows)
-    reference = frame.loc[frame.method == REFERENCE, "general_misaligned_pct_mean"].iloc[0]
+    reference = frame.loc[frame.method == REFERENCE_METHOD, "general_misaligned_pct_mean"].iloc[0]
     frame["relative_change"] = [
-        "" if m == REFERENCE else relative_change(v, reference)
+        "" if m == REFERENCE_METHOD else relative_change(v, reference)
         for m, v in zip(frame.method, frame.general_misaligned_pct_mean)
     ]
     frame["Gen. %Mis."] = [
-        text if m == REFERENCE or change == "n/a" else f"{text} ({change})"
+        text if m == REFERENCE_METHOD or change == "n/a" else f"{text} ({change})"
         for m, text, change in zip(frame.method, frame["Gen. %Mis."], frame.relative_change)
     ]
     return frame
@@ -223,7 +216,7 @@ def canary_general_correlation(runs: pd.DataFrame) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- traces
 
 
-def controller_traces(runs: pd.DataFrame, method: str = REFERENCE) -> tuple[pd.DataFrame, pd.DataFrame]:
+def controller_traces(runs: pd.DataFrame, method: str = REFERENCE_METHOD) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Figure 2's data for one method: (per-step p_t by seed, per-evaluation r_t and r̂_t by seed).
 
     Returns:

@@ -7,8 +7,8 @@ The pipeline of one sweep:
 
 1. ``00_data_prep`` then ``01_canary_design`` once (one job);
 2. ``03_evaluate_judge`` on the base model for every seed (the ``base`` row of Table 1), and ``02_train_controller``
-   then ``03_evaluate_judge`` for every method x seed; runs that replay a canary run (``fixed_mean``,
-   ``shuffled``) wait until the canary run of the same seed has finished training;
+   then ``03_evaluate_judge`` for every method x seed; runs that replay the canary run of their seed
+   (``MethodSpec.replays_reference`` in canary_lib.methods) wait until it has finished training;
 3. ``04_ablations`` then ``05_figures`` once (one job), reading every finished run.
 
 Everything is checked before anything runs: each parameter name against the target notebook's ``parameters``
@@ -34,7 +34,8 @@ from typing import Any, Literal
 from pydantic import Field
 
 from canary_lib.artifacts import RunDir, write_json_atomic
-from canary_lib.config import ConfigError, Strict, load_config, read_yaml, validate_model
+from canary_lib.config import ConfigError, RunConfig, Strict, load_config, read_yaml, validate_model
+from canary_lib.methods import BASE, METHODS, REFERENCE_METHOD
 
 # Stage name -> notebook file. The order is the pipeline order.
 NOTEBOOKS = {
@@ -45,10 +46,6 @@ NOTEBOOKS = {
     "ablations": "04_ablations.ipynb",
     "figures": "05_figures.ipynb",
 }
-REPLAY_METHODS = ("fixed_mean", "shuffled")
-"""Method names whose schedule replays a reference canary run (method.reference_run)."""
-BASE_RUN = "base"
-"""Run-directory name of the base-model evaluation (Table 1's base row)."""
 _RUN_STAGES = {"train": "training", "evaluate": "eval"}
 """Notebook stage -> the run-directory stage whose completion marker (canary_lib.artifacts) says it is done."""
 _PY_TYPES = {"str": str, "bool": bool, "int": int, "float": (int, float), "list": list, "dict": dict}
@@ -87,7 +84,8 @@ class SweepSpec(Strict):
     params: list[str]
     """The profile's parameter files, merged left to right (e.g. [parameters/organism.yaml])."""
     methods: list[str]
-    """Method parameter files by name: parameters/methods/<name>.yaml; the name is the run directory's name."""
+    """Registered methods (canary_lib.methods.METHODS), each with its parameter file <methods_dir>/<name>.yaml;
+    the name is also the run directory's name."""
     seeds: list[int]
     overrides: list[str] = Field(default_factory=list)
     """key=value overrides for every run (the same syntax as `canary train --set`)."""
@@ -99,7 +97,7 @@ class SweepSpec(Strict):
     extra_runs: dict[str, list[int]] = Field(default_factory=dict)
     """Runs outside the methods x seeds grid, method -> seeds (e.g. the organism's secure-answers control);
     they are trained and evaluated like the others and listed apart in the results."""
-    reference_method: str = "canary"
+    reference_method: str = REFERENCE_METHOD
     """The method whose run of the same seed the replay ablations (fixed_mean, shuffled) replay."""
     runs_dir: str = "runs/{profile}"
     results_dir: str = "results/{profile}"
@@ -318,10 +316,10 @@ def build_plan(spec: SweepSpec, root: Path | None = None) -> Plan:
     runs: list[Job] = []
     if spec.base_row:
         for seed in spec.seeds:
-            run_dir = runs_dir / BASE_RUN / f"seed{seed}"
+            run_dir = runs_dir / BASE / f"seed{seed}"
             run_overrides = overrides + [f"seed={seed}"]
-            _check_config(params, run_overrides, f"{BASE_RUN}/seed{seed}")
-            runs.append(job(f"{BASE_RUN}/seed{seed}", [
+            _check_config(params, run_overrides, f"{BASE}/seed{seed}")
+            runs.append(job(f"{BASE}/seed{seed}", [
                 step("evaluate", run_dir / NOTEBOOKS["evaluate"], run_dir, PARAMS=params,
                      OVERRIDES=run_overrides, RUN_DIR=str(run_dir), BASE_MODEL=True),
             ]))
@@ -330,12 +328,14 @@ def build_plan(spec: SweepSpec, root: Path | None = None) -> Plan:
         method_file = _abs(spec.methods_dir, root) / f"{method}.yaml"
         if not method_file.is_file():
             raise ConfigError(f"methods: {method!r}: no parameter file {method_file}")
-        method_name = (read_yaml(method_file).get("method") or {}).get("name")
+        if method not in METHODS:
+            raise ConfigError(f"methods: {method!r} is not a registered method (canary_lib/methods.py); "
+                              f"known: {', '.join(METHODS)}")
         for seed in seeds:
             run_dir = runs_dir / method / f"seed{seed}"
             run_overrides = overrides + [f"seed={seed}"]
             needs, needs_dirs = [], []
-            if method_name in REPLAY_METHODS:
+            if METHODS[method].replays_reference:
                 reference = runs_dir / spec.reference_method / f"seed{seed}"
                 if spec.reference_method not in spec.methods and not RunDir(reference).is_complete("training"):
                     raise ConfigError(
@@ -345,7 +345,10 @@ def build_plan(spec: SweepSpec, root: Path | None = None) -> Plan:
                 run_overrides.append(f"method.reference_run={reference}")
                 needs, needs_dirs = [f"{spec.reference_method}/seed{seed}"], [str(reference)]
             run_params = params + [str(method_file)]
-            _check_config(run_params, run_overrides, f"{method}/seed{seed}")
+            name = _check_config(run_params, run_overrides, f"{method}/seed{seed}").method.name
+            if name != method:  # one name per method: registry entry, parameter file, run directory
+                raise ConfigError(f"methods: {method!r}: {method_file} gives method.name {name!r}; "
+                                  f"set method.name: {method} in it")
             values = dict(PARAMS=run_params, OVERRIDES=run_overrides, RUN_DIR=str(run_dir))
             runs.append(job(f"{method}/seed{seed}", [
                 step("train", run_dir / NOTEBOOKS["train"], run_dir, **values),
@@ -360,9 +363,9 @@ def build_plan(spec: SweepSpec, root: Path | None = None) -> Plan:
     return Plan(spec, prep, runs, analysis)
 
 
-def _check_config(params: list[str], overrides: list[str], what: str) -> None:
+def _check_config(params: list[str], overrides: list[str], what: str) -> RunConfig:
     try:
-        load_config(params, overrides)
+        return load_config(params, overrides)
     except ConfigError as exc:
         raise ConfigError(f"{what}: {exc}") from None
 

@@ -44,9 +44,9 @@ from canary_lib.artifacts import (
 )
 from canary_lib.chat import IGNORE_INDEX, EncodedChat, collate, encode_chat
 from canary_lib.config import RunConfig, TrainSettings, dump_config
-from canary_lib.controller import make_schedule
 from canary_lib.data.chat import read_chat_jsonl
 from canary_lib.data.errors import DataError
+from canary_lib.methods import METHODS, make_schedule
 from canary_lib.models import attention_kernels, mixed_precision
 from canary_lib.planner import SAFE, TARGET, StepPlanner
 from canary_lib.types import CanaryFn, CanaryResult
@@ -103,11 +103,12 @@ def select_target_subset(n: int, max_examples: int | None, seed: int) -> list[in
 
 
 def load_training_data(cfg: RunConfig) -> tuple[list, list]:
-    """(D_T, D_S) as lists of conversations; D_S may be empty only for the no-defense method."""
+    """(D_T, D_S) as lists of conversations; D_S is empty only for a method that never draws from it
+    (`MethodSpec.needs_safe_data`) when the file is absent."""
     target_all = read_training_chats(cfg.data.path(cfg.data.target_file))
     target = [target_all[i] for i in select_target_subset(len(target_all), cfg.train.max_target_examples, cfg.seed)]
     safe_path = cfg.data.path(cfg.data.safe_file)
-    if cfg.method.name == "no_defense" and not safe_path.exists():
+    if not METHODS[cfg.method.name].needs_safe_data and not safe_path.exists():
         return target, []
     return target, read_training_chats(safe_path)
 
@@ -324,8 +325,6 @@ def train_from_config(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None 
     # Refuse bad input before anything expensive: data, reference run (for replays), canary setup.
     target, safe = load_training_data(cfg)
     schedule = make_schedule(cfg)
-    if not safe and cfg.method.name != "no_defense":
-        raise TrainingDataError(f"{cfg.data.path(cfg.data.safe_file)}: method {cfg.method.name} needs safe data")
     planner = StepPlanner(n_target=len(target), n_safe=len(safe), batch_size=cfg.train.batch_size,
                           K=cfg.controller.K, seed=cfg.seed, epochs=cfg.train.epochs)
     if canary_fn is None and (schedule.uses_canary or cfg.canary.monitor_open_loop):

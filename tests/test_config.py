@@ -13,10 +13,10 @@ def write(tmp_path, name, text):
 
 def test_merge_order_and_overrides(tmp_path):
     a = write(tmp_path, "a.yaml", "seed: 1\ncontroller: {K: 10, alpha: 0.3}\n")
-    b = write(tmp_path, "b.yaml", "controller: {K: 20}\nmethod: {name: fixed, fixed_p: 0.1}\n")
+    b = write(tmp_path, "b.yaml", "controller: {K: 20}\nmethod: {name: delayed, delay_cycles: 3}\n")
     cfg = load_config([a, b], ["seed=7", "controller.delta_up=0.1", "train.max_target_examples=null"])
     assert (cfg.seed, cfg.controller.K, cfg.controller.alpha, cfg.controller.delta_up) == (7, 20, 0.3, 0.1)
-    assert cfg.method.name == "fixed" and cfg.method.fixed_p == 0.1
+    assert cfg.method.name == "delayed" and cfg.method.delay_cycles == 3
 
 
 @pytest.mark.parametrize("text, key", [
@@ -35,6 +35,8 @@ def test_merge_order_and_overrides(tmp_path):
     ("train: {batch_size: 16, micro_batch_size: 5}", "train"),
     ("method: {name: shuffled}", "method.reference_run"),
     ("method: {name: bogus}", "method.name"),
+    ("method: {name: fixed}", "method.name: unknown method 'fixed' (Fixed 5% is now fixed_5"),
+    ("method: {name: fixed_5, fixed_p: 0.1}", "method.fixed_p: unknown key"),
 ])
 def test_invalid_values_name_key_and_file(tmp_path, text, key):
     path = write(tmp_path, "bad.yaml", text)

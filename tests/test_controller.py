@@ -4,9 +4,10 @@ import pytest
 
 from canary_lib.config import ControllerSettings, load_config
 from canary_lib.controller import (
-    CanaryController, ConstantSchedule, ReplaySchedule, ema_update, make_schedule, no_ema_settings,
-    shuffled_sequence, threshold_update,
+    CanaryController, ConstantSchedule, ReplaySchedule, ema_update, no_ema_settings, shuffled_sequence,
+    threshold_update,
 )
+from canary_lib.methods import METHODS, fixed_p_methods, make_schedule
 
 PAPER = ControllerSettings()
 
@@ -109,9 +110,10 @@ def _write_reference(run_dir, ps):
 def test_make_schedule_for_every_method(tmp_path):
     ref = _write_reference(tmp_path / "ref", [0.0, 0.04, 0.08, 0.08])
     kinds = {}
-    for name in ["no_defense", "fixed", "canary", "delayed", "no_ema"]:
+    for name in ["no_defense", "fixed_5", "canary", "delayed", "no_ema", "secure_control"]:
         kinds[name] = make_schedule(load_config(overrides=[f"method.name={name}"]))
-    assert kinds["no_defense"].p(0) == 0.0 and kinds["fixed"].p(0) == 0.05
+    assert kinds["no_defense"].p(0) == 0.0 and kinds["fixed_5"].p(0) == 0.05 and kinds["secure_control"].p(9) == 0.0
+    assert [kinds[m].uses_canary for m in ("no_defense", "fixed_5", "canary")] == [False, False, True]
     assert kinds["delayed"].delay_cycles == 5 and kinds["no_ema"].settings.alpha == 1.0
     replay = [f"method.reference_run={ref.path}"]
     with pytest.raises(Exception, match="not complete"):
@@ -121,3 +123,10 @@ def test_make_schedule_for_every_method(tmp_path):
     assert fixed_mean.p(7) == pytest.approx(0.05)
     shuffled = make_schedule(load_config(overrides=["method.name=shuffled", *replay]))
     assert sorted(shuffled.sequence) == [0.0, 0.04, 0.08, 0.08]
+
+
+def test_registry_derives_what_each_method_needs():
+    assert [m for m, spec in METHODS.items() if spec.replays_reference] == ["fixed_mean", "shuffled"]
+    assert [m for m, spec in METHODS.items() if not spec.needs_safe_data] == ["no_defense", "secure_control"]
+    fixed = fixed_p_methods()
+    assert (fixed["no_defense"], fixed["fixed_5"]) == (0.0, 0.05) and "secure_control" not in fixed

@@ -79,6 +79,8 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (methods / "canary.yaml").write_text("method: {name: canary}\n")
     (methods / "fixed_mean.yaml").write_text("method: {name: fixed_mean}\n")
     (methods / "no_defense.yaml").write_text("method: {name: no_defense}\n")
+    (methods / "toy.yaml").write_text("method: {name: toy}\n")  # a parameter file without a registry entry
+    (methods / "delayed.yaml").write_text("method: {name: canary}\n")  # a file whose name is not its method
     return tmp_path
 
 
@@ -130,6 +132,8 @@ def test_extra_runs_add_runs_outside_the_grid(project: Path) -> None:
     ({"overrides": ["controller.alpah=0.3"]}, "controller.alpah: unknown key"),
     ({"overrides": ["controller.alpha=2"]}, "controller.alpha"),
     ({"methods": ["canary", "fixd"]}, "'fixd'"),
+    ({"methods": ["canary", "toy"]}, "'toy' is not a registered method"),
+    ({"methods": ["canary", "delayed"]}, "gives method.name 'canary'; set method.name: delayed"),
     ({"methods": ["fixed_mean"]}, "add 'canary' to methods"),
     ({"seedz": [1]}, "seedz: unknown key"),
 ])

@@ -16,7 +16,8 @@ import torch
 from canary_lib.artifacts import CONTROLLER_COLUMNS, STEPS_COLUMNS, RunDir, read_controller, read_steps
 from canary_lib.config import load_config
 from canary_lib.testing import ScriptedCanary, make_tiny_training_world, write_chat_jsonl
-from canary_lib.train import TrainingDataError, lr_at, train_from_config
+from canary_lib.methods import METHODS, fixed_p_method
+from canary_lib.train import TrainingDataError, load_training_data, lr_at, train_from_config
 
 RISKS = [0.3, 0.2, 0.0, 0.1, 0.0, 0.05, 0.0, 0.0, 0.2, 0.0, 0.15, 0.0, 0.0]
 
@@ -178,8 +179,9 @@ def test_same_seed_same_trace_other_seed_other_draws(canary_run, world, tmp_path
     assert [r["source"] for r in read_steps(tmp_path / "seed7" / "steps.csv")] != sources
 
 
-def test_open_loop_without_monitoring_needs_no_canary(world, tmp_path):
-    cfg = tiny_config(world, "method.name=fixed", "method.fixed_p=0.5", "canary.monitor_open_loop=false",
+def test_open_loop_without_monitoring_needs_no_canary(world, tmp_path, monkeypatch):
+    monkeypatch.setitem(METHODS, "fixed_50", fixed_p_method(0.5))  # a fixed-p level is one registry entry
+    cfg = tiny_config(world, "method.name=fixed_50", "canary.monitor_open_loop=false",
                       "train.max_target_examples=48")
     metrics = train_from_config(cfg, tmp_path / "fixed")
     steps = read_steps(tmp_path / "fixed" / "steps.csv")
@@ -223,11 +225,14 @@ def test_empty_and_malformed_data_refused(world, tmp_path):
         train_from_config(_config_with_data(world, tmp_path), tmp_path / "run", canary_fn=ScriptedCanary([0]))
 
 
-def test_safe_data_required_unless_no_defense(world, tmp_path):
+def test_safe_data_required_unless_the_method_never_draws_it(world, tmp_path):
     write_chat_jsonl(tmp_path / "target_train.jsonl",
                      [{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}])
     with pytest.raises(TrainingDataError, match="safe.jsonl: training data file not found"):
         train_from_config(_config_with_data(world, tmp_path), tmp_path / "run", canary_fn=ScriptedCanary([0]))
+    for name in ("no_defense", "secure_control"):  # MethodSpec.needs_safe_data is False
+        target, safe = load_training_data(_config_with_data(world, tmp_path, f"method.name={name}"))
+        assert len(target) == 1 and safe == []
 
 
 def test_loss_and_update_do_not_depend_on_micro_batch_size(world):

@@ -1,0 +1,107 @@
+"""The methods and ablations, in one table: which schedule drives p_t, and where the runs are reported.
+
+    METHODS["fixed_5"].fixed_p      # 0.05
+    make_schedule(cfg)              # METHODS[cfg.method.name].schedule(cfg)
+
+A method's registry name is its only name: `method.name` in its parameter file
+`parameters/methods/<name>.yaml`, the run directories `runs/<profile>/<name>/seed<k>/` and the `method` column
+of the results. Everything else reads this table: config validation of `method.name`, the sweep (which runs
+replay the reference run of their seed, and wait for it), training (which methods need D_S), Table 1 and
+Table 2 (rows, labels, order) and the figures' defaults.
+
+Adding a method takes three things: its schedule (a class with the `Schedule` protocol, or a function of the
+configuration returning one, in canary_lib/controller.py), one entry below, and its parameter file with
+`method: {name: <name>}`. No torch here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from canary_lib.controller import (
+    Schedule,
+    ScheduleFactory,
+    canary_schedule,
+    constant_schedule,
+    delayed_schedule,
+    fixed_mean_schedule,
+    no_ema_schedule,
+    shuffled_schedule,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from canary_lib.config import RunConfig
+
+BASE = "base"
+"""The run directory name of the base model's evaluation (Table 1's first row): not a method, no training."""
+REFERENCE_METHOD = "canary"
+"""The full method: Table 2's reference row, the run the replay ablations replay, the trace figures' method."""
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One method or ablation."""
+
+    schedule: ScheduleFactory
+    """The run's configuration -> its schedule of p_t."""
+    table1: str | None = None
+    """Its row label in Table 1 (None: not in Table 1)."""
+    table2: str | None = None
+    """Its row label in Table 2 (None: not in Table 2); "{delay}" becomes the runs' method.delay_cycles."""
+    tests: str = ""
+    """Table 2: what the row tests."""
+    control: bool = False
+    """A control run: listed below Table 1's methods, and only when its runs exist."""
+    replays_reference: bool = False
+    """p_t is derived from the REFERENCE_METHOD run of the same seed (method.reference_run; the sweep fills it
+    in and starts the run once the reference run has finished training)."""
+    needs_safe_data: bool = True
+    """False: the method never draws a safe batch, so it trains without D_S."""
+    fixed_p: float | None = None
+    """The constant p_t of a fixed-p method on the profile's own D_T (the safe-data frontier's points)."""
+
+
+def fixed_p_method(p: float, **rows: str | None) -> MethodSpec:
+    """A constant p_t = p from the first step to the last (No Defense is p = 0)."""
+    return MethodSpec(constant_schedule(p), fixed_p=p, needs_safe_data=p > 0, **rows)
+
+
+METHODS: dict[str, MethodSpec] = {
+    # Table 1 (in the paper's order)
+    "no_defense": fixed_p_method(0.0, table1="No Defense"),
+    "fixed_5": fixed_p_method(0.05, table1="Fixed 5%"),
+    "canary": MethodSpec(canary_schedule, table1="Canary-Controlled", table2="Full Canary-Controlled",
+                         tests="Reference"),
+    # Table 2: each ablation removes one ingredient of the controller (docs/decisions.md)
+    "fixed_mean": MethodSpec(fixed_mean_schedule, table2="Fixed p = p̄", tests="Adaptive timing",
+                             replays_reference=True),
+    "delayed": MethodSpec(delayed_schedule, table2="Delayed (D={delay})", tests="Feedback timeliness"),
+    "shuffled": MethodSpec(shuffled_schedule, table2="Shuffled p_t", tests="Temporal ordering",
+                           replays_reference=True),
+    "no_ema": MethodSpec(no_ema_schedule, table2="No-EMA", tests="EMA smoothing"),
+    # The organism's control: no defense, fine-tuned on the secure answers (its parameter file names the data)
+    "secure_control": MethodSpec(constant_schedule(0.0), table1="Control: secure answers, no defense", control=True,
+                                 needs_safe_data=False),
+}
+"""Registry name -> MethodSpec, in the order of the tables' rows."""
+
+
+def make_schedule(cfg: RunConfig) -> Schedule:
+    """The schedule of cfg.method.name, built from the configuration (and the reference run for replays)."""
+    return METHODS[cfg.method.name].schedule(cfg)
+
+
+def table1_methods(control: bool = False) -> dict[str, str]:
+    """Method -> Table 1 label, in table order: the methods, or (control=True) the control runs."""
+    return {name: m.table1 for name, m in METHODS.items() if m.table1 and m.control == control}
+
+
+def table2_methods() -> dict[str, MethodSpec]:
+    """The methods with a Table 2 row, in table order (the reference method first)."""
+    return {name: m for name, m in METHODS.items() if m.table2}
+
+
+def fixed_p_methods() -> dict[str, float]:
+    """Every fixed-p method with its p, in registry order."""
+    return {name: m.fixed_p for name, m in METHODS.items() if m.fixed_p is not None}
