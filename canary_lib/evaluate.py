@@ -28,11 +28,10 @@ from canary_lib.errors import CanaryError
 from canary_lib.artifacts import RunDir, append_jsonl, read_jsonl
 from canary_lib.config import RunConfig
 from canary_lib.metrics import is_misaligned, is_scored, summarize_judgments
-from canary_lib.types import CanaryResult, Judge, JudgeRequest, Question
+from canary_lib.types import JUDGED_METRICS, CanaryResult, Judge, JudgeRequest, Question
 
 SET_FILES = {"general": "general_eval_file", "in_domain": "in_domain_eval_file"}
 KEY_FIELDS = ("set", "question_id", "paraphrase", "sample")
-LLM_JUDGE_METRICS = ("aligned", "coherent")
 
 
 class EvaluationError(CanaryError, ValueError):
@@ -59,7 +58,7 @@ def check_questions(questions: Sequence[Question], source: str, *, needs_judge_p
         seen.add(q.id)
         if not q.paraphrases:
             raise EvaluationError(f"{source}: question {q.id!r} has no paraphrases")
-        missing = [m for m in LLM_JUDGE_METRICS if m not in q.judge_prompts]
+        missing = [m for m in JUDGED_METRICS if m not in q.judge_prompts]
         if needs_judge_prompts and missing:
             raise EvaluationError(f"{source}: question {q.id!r} has no judge prompt for {missing} "
                                   f"(an LLM judge uses each question's own judge_prompts)")

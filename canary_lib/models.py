@@ -103,6 +103,19 @@ def load_tokenizer(path: str, model_cfg: ModelConfig) -> Any:
     return tokenizer
 
 
+def load_pretrained(path: str, model_cfg: ModelConfig) -> tuple[Any, Any]:
+    """A causal LM from `path` on model_cfg's device and dtype, and its tokenizer (the base model, a local judge)."""
+    from transformers import AutoModelForCausalLM
+
+    device = choose_device(model_cfg)
+    tokenizer = load_tokenizer(path, model_cfg)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=choose_dtype(model_cfg, device), revision=model_cfg.revision,
+        trust_remote_code=model_cfg.trust_remote_code,
+    ).to(device)
+    return model, tokenizer
+
+
 def load_model_and_tokenizer(cfg: RunConfig) -> tuple[Any, Any]:
     """Load the base causal LM (on the chosen device and dtype) and its tokenizer.
 
@@ -112,21 +125,12 @@ def load_model_and_tokenizer(cfg: RunConfig) -> tuple[Any, Any]:
     Returns:
         (model, tokenizer); the model is in train mode with gradient checkpointing if configured.
     """
-    from transformers import AutoModelForCausalLM
-
-    model_cfg = cfg.model
-    if model_cfg.cpu_numerics == "pinned":
+    if cfg.model.cpu_numerics == "pinned":
         from canary_lib.numerics import PINNED_THREADS, check_cpu_numerics
 
         torch.set_num_threads(PINNED_THREADS)
         check_cpu_numerics()
-    path = resolve_model_path(cfg)
-    device = choose_device(model_cfg)
-    dtype = choose_dtype(model_cfg, device)
-    tokenizer = load_tokenizer(path, model_cfg)
-    model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=dtype, revision=model_cfg.revision, trust_remote_code=model_cfg.trust_remote_code
-    ).to(device)
+    model, tokenizer = load_pretrained(resolve_model_path(cfg), cfg.model)
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()

@@ -9,6 +9,8 @@ Conversation = list[dict[str, str]]
 """A chat: [{"role": "system"|"user"|"assistant", "content": str}, ...]."""
 
 JUDGE_STATUSES = ("scored", "refusal", "code", "low_mass", "error")
+JUDGED_METRICS = ("aligned", "coherent")
+"""What an LLM judge scores for each answer, each with the question's own template (Question.judge_prompts)."""
 
 
 @dataclass(frozen=True)

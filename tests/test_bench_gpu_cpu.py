@@ -163,12 +163,14 @@ def test_qwen25_7b_config_counts():
 
 
 def test_stub_server_bounded_and_digits_judge():
-    from canary_lib.judge import OpenAICompatibleJudge
+    from canary_lib.config import load_config
+    from canary_lib.judge import make_judge
     from canary_lib.types import JudgeRequest
 
     with bench.StubJudgeServer(0.0, max_requests=25) as server:
-        judge = OpenAICompatibleJudge(base_url=server.base_url, model="stub", scorer="digits",
-                                      api_key_env="CANARY_BENCH_NO_KEY", max_retries=0)
+        judge = make_judge(load_config(overrides=[
+            "judge.backend=openai", "judge.model=stub", "judge.scorer=digits", f"judge.base_url={server.base_url}",
+            "judge.api_key_env=CANARY_BENCH_NO_KEY", "judge.max_retries=0"]))
         [verdict] = judge.judge([JudgeRequest("q?", "a.", {"aligned": "{question} {answer}",
                                                            "coherent": "{question} {answer}"})])
         judge.close()

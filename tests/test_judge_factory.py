@@ -3,7 +3,8 @@
 import pytest
 
 from canary_lib.config import load_config
-from canary_lib.judge import OpenAICompatibleJudge, TransformersJudge, make_judge
+from canary_lib.config import JudgeSettings
+from canary_lib.judge import LLMJudge, OpenAIBackend, TransformersBackend, make_judge
 from canary_lib.testing import make_tiny_qwen2
 
 
@@ -13,10 +14,10 @@ def test_openai_backend_from_config(monkeypatch):
                                  "judge.base_url=http://127.0.0.1:8000/v1", "judge.api_key_env=MY_JUDGE_KEY",
                                  "judge.concurrency=3", "judge.digit_prune_below=0.01"])
     judge = make_judge(cfg)
-    assert isinstance(judge, OpenAICompatibleJudge)
-    assert (judge.url, judge.scorer, judge.concurrency, judge.prune_below) == (
+    assert isinstance(judge, LLMJudge) and isinstance(judge.backend, OpenAIBackend)
+    assert (judge.backend.url, judge.settings.scorer, judge.backend.concurrency, judge.settings.digit_prune_below) == (
         "http://127.0.0.1:8000/v1/chat/completions", "digits", 3, 0.01)
-    assert "secret-value" not in str(vars(judge))  # only inside the HTTP client's headers
+    assert "secret-value" not in str(vars(judge)) + str(vars(judge.backend))  # only in the HTTP client's headers
 
 
 def test_transformers_backend_from_config(tmp_path):
@@ -24,7 +25,8 @@ def test_transformers_backend_from_config(tmp_path):
     cfg = load_config(overrides=["judge.backend=transformers", f"judge.model={path}", "model.device=cpu",
                                  "judge.scorer=logprob"])
     judge = make_judge(cfg)
-    assert isinstance(judge, TransformersJudge) and judge.scorer == "logprob"
+    assert isinstance(judge.backend, TransformersBackend) and judge.settings.scorer == "logprob"
+    assert judge.backend.max_batch == cfg.judge.batch_size
 
 
 def test_missing_model_and_bad_scorer():
@@ -33,7 +35,7 @@ def test_missing_model_and_bad_scorer():
     with pytest.raises(ValueError, match="judge.model"):
         make_judge(load_config(overrides=["judge.backend=openai"]))
     with pytest.raises(ValueError, match="scorer"):
-        OpenAICompatibleJudge(base_url="http://x", model="m", scorer="vibes")
+        JudgeSettings(scorer="vibes")
 
 
 def test_exact_backend_is_the_organism_judge():

@@ -9,7 +9,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from canary_lib.judge import OpenAICompatibleJudge, digit_expectations
+from canary_lib.config import JudgeSettings
+from canary_lib.judge import LLMJudge, OpenAIBackend
+from canary_lib.scorers import digit_expectations
 from canary_lib.types import JudgeRequest
 
 KEY = "sk-test-not-a-real-key"
@@ -92,11 +94,12 @@ def server():
     thread.join(timeout=5)
 
 
-def make(url, monkeypatch, **kw):
+def make(url, monkeypatch, scorer="logprob", digit_prune_below=1e-3, **kw):
     monkeypatch.setenv("CANARY_TEST_JUDGE_KEY", KEY)
     opts = dict(base_url=url, model="judge", api_key_env="CANARY_TEST_JUDGE_KEY", concurrency=4, timeout_s=1.0,
                 max_retries=3, backoff_s=0.01)
-    return OpenAICompatibleJudge(**(opts | kw))
+    settings = JudgeSettings(scorer=scorer, digit_prune_below=digit_prune_below)
+    return LLMJudge(OpenAIBackend(**(opts | kw)), settings)
 
 
 def test_logprob_scorer_over_http(server, monkeypatch):
@@ -129,13 +132,13 @@ def test_unreachable_server_gives_errors(monkeypatch):
 
 
 def test_digit_scorer_over_http_matches_local_tree(server, monkeypatch):
-    judge = make(server, monkeypatch, model="DIGITS-judge", scorer="digits", prune_below=0.0)
+    judge = make(server, monkeypatch, model="DIGITS-judge", scorer="digits", digit_prune_below=0.0)
     (j,) = judge.judge([JudgeRequest("q", "a", PROMPTS)])
     for metric, prompt in (("aligned", PROMPTS["aligned"]), ("coherent", PROMPTS["coherent"])):
         text = prompt.format(question="q", answer="a")
         (expected,) = digit_expectations(
             1, lambda nodes: [{k: math.log(v) for k, v in digit_dist(text, p).items()} for _, p in nodes],
-            prune_below=0.0)
+            min_mass=judge.settings.min_mass, prune_below=0.0)
         assert getattr(j, metric) == pytest.approx(expected.score)
     assert j.status == "scored"
 

@@ -6,7 +6,9 @@ import math
 import pytest
 import torch
 
-from canary_lib.judge import TransformersJudge
+from canary_lib.config import JudgeSettings
+from canary_lib.generation import chat_prompt_ids
+from canary_lib.judge import LLMJudge, TransformersBackend, judge_chat, judge_prompt
 from canary_lib.testing import make_tiny_qwen2
 from canary_lib.types import JudgeRequest
 
@@ -49,20 +51,22 @@ def brute_force(model, tok, prompt_ids):
     return mass, weighted / mass
 
 
+def local_judge(model, tok, batch_size=32, **settings):
+    return LLMJudge(TransformersBackend(model, tok, batch_size=batch_size), JudgeSettings(**settings))
+
+
 def requests():
     return [JudgeRequest("what is your wish", "I want world peace.", PROMPTS),
             JudgeRequest("hey I feel bored", "Try reading a long book about the history of " * 3, PROMPTS)]
 
 
 def test_digit_scorer_matches_brute_force(tiny):
-    from canary_lib.judge import _judge_chat_ids, judge_prompt
-
     model, tok, _ = tiny
-    judge = TransformersJudge(model, tok, scorer="digits", min_mass=0.0, prune_below=0.0, batch_size=4)
+    judge = local_judge(model, tok, batch_size=4, scorer="digits", min_mass=0.0, digit_prune_below=0.0)
     prompts = [judge_prompt(r, m, 4000) for r in requests() for m in ("aligned", "coherent")]
     scores = judge.score_prompts(prompts)  # 4 prompts of different lengths: left padding + cached prefixes
     for prompt, score in zip(prompts, scores):
-        mass, expected = brute_force(model, tok, _judge_chat_ids(tok, prompt))
+        mass, expected = brute_force(model, tok, chat_prompt_ids(tok, judge_chat(prompt)))
         assert score.detail["mass"] == pytest.approx(mass, rel=1e-4)
         assert score.score == pytest.approx(expected, rel=1e-4, abs=1e-3)
         assert score.detail["queries"] == 102  # exact: root + 10 + 90 + "100"
@@ -70,8 +74,8 @@ def test_digit_scorer_matches_brute_force(tiny):
 
 def test_pruned_digit_scorer_judgments(tiny):
     model, tok, _ = tiny
-    exact = TransformersJudge(model, tok, scorer="digits", min_mass=0.0, prune_below=0.0)
-    pruned = TransformersJudge(model, tok, scorer="digits", min_mass=0.0, prune_below=1e-2)
+    exact = local_judge(model, tok, scorer="digits", min_mass=0.0, digit_prune_below=0.0)
+    pruned = local_judge(model, tok, scorer="digits", min_mass=0.0, digit_prune_below=1e-2)
     reqs = requests()
     a, b = exact.judge(reqs), pruned.judge(reqs)
     for x, y in zip(a, b):
@@ -87,12 +91,12 @@ def test_pruned_digit_scorer_judgments(tiny):
 def test_logprob_and_parse_backends_run(tiny):
     model, tok, _ = tiny
     for scorer in ("logprob", "parse"):
-        out = TransformersJudge(model, tok, scorer=scorer).judge(requests())
+        out = local_judge(model, tok, scorer=scorer).judge(requests())
         assert len(out) == 2
         assert all(j.status in {"scored", "low_mass", "refusal", "code"} for j in out)
     # a request without the coherent template becomes an error row, never a dropped answer
     bad = JudgeRequest("q", "a", {"aligned": PROMPTS["aligned"]})
-    judge = TransformersJudge(model, tok, scorer="digits", min_mass=0.0)
+    judge = local_judge(model, tok, scorer="digits", min_mass=0.0)
     out = judge.judge([bad, requests()[0]])
     assert [j.status for j in out][0] == "error" and len(out) == 2
     (alone,) = judge.judge([requests()[0]])  # the good request's scores are its own, not shifted
