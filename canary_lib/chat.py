@@ -1,7 +1,10 @@
-"""Chat-template encoding for training, with the loss on assistant tokens only, and right-padded collation.
+"""Chat examples: reading and checking them, and encoding them for training with the loss on assistant tokens only.
 
-    ex = encode_chat(messages, tokenizer, max_length=2048)   # EncodedChat(input_ids, labels)
+    chats = read_chat_jsonl("data/organism/target_train.jsonl")   # checked once, here (validate_messages)
+    ex = encode_chat(chats[0], tokenizer, max_length=2048)        # EncodedChat(input_ids, labels)
     batch = collate([ex1, ex2], pad_token_id=tokenizer.pad_token_id)   # dict of LongTensors
+
+A chat file is the prior work's JSONL format, one `{"messages": [{"role", "content"}, ...]}` per line.
 
 How the mask is built (docs/training.md): the conversation is rendered with the tokenizer's own chat template
 and cut into segments at each assistant turn by rendering prefixes of the conversation:
@@ -20,18 +23,73 @@ The whole conversation is rendered with `add_generation_prompt=False`: no traili
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Sequence
 
-from canary_lib.data.chat import validate_messages
+from canary_lib.data._io import read_records
 from canary_lib.data.errors import DataError
+from canary_lib.types import Conversation
 
 IGNORE_INDEX = -100
 """Label value that cross-entropy ignores."""
+ROLES = ("system", "user", "assistant")
 
 
 class ChatFormatError(DataError):
     """A chat template that cannot be cut into assistant spans (not prefix-stable). A malformed conversation
-    (roles, order, no answer) is refused earlier, as a `DataError`, by `canary_lib.data.chat.validate_messages`."""
+    (roles, order, no answer) is refused earlier, when it is read, as a `DataError` (`validate_messages`)."""
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def validate_messages(messages: Any, where: str = "conversation", require_answer: bool = True) -> Conversation:
+    """Check one chat: a list of {role, content} with known roles whose first non-system turn is the user's
+    and, when `require_answer`, whose last turn is a non-empty assistant answer (the training target).
+
+    The one check for every chat the package reads: data preparation, the loaders and `read_chat_jsonl`.
+
+    Returns:
+        The messages as plain {"role", "content"} dicts (extra keys dropped).
+    """
+    if not isinstance(messages, list) or not messages:
+        raise DataError(f"{where}: 'messages' must be a non-empty list of {{role, content}} objects")
+    out: Conversation = []
+    for j, msg in enumerate(messages):
+        if not isinstance(msg, dict) or msg.get("role") not in ROLES or not isinstance(msg.get("content"), str):
+            raise DataError(f"{where}: messages[{j}] must be {{'role': one of {ROLES}, 'content': str}}, "
+                            f"got {msg!r:.200}")
+        out.append({"role": msg["role"], "content": msg["content"]})
+    first = next((m["role"] for m in out if m["role"] != "system"), None)
+    if first != "user":
+        raise DataError(f"{where}: the first turn after any system prompt must be the user's, got "
+                        f"{first or 'no turn at all'}")
+    if require_answer and (out[-1]["role"] != "assistant" or not out[-1]["content"].strip()):
+        raise DataError(f"{where}: the last message must be a non-empty assistant answer (the training target)")
+    return out
+
+
+def read_chat_jsonl(path: str | Path, what: str = "chat file", require_answer: bool = True) -> list[Conversation]:
+    """Read and validate a chat JSONL file (e.g. a prepared target_train.jsonl or safe.jsonl).
+
+    Raises:
+        DataError: missing file, bad JSON, a line without 'messages', a malformed chat, or an empty file.
+    """
+    path = Path(path)
+    if path.suffix.lower() != ".jsonl":
+        raise DataError(f"{what}: {path}: chat files must be .jsonl")
+    rows = read_records(path, what)
+    if not rows:
+        raise DataError(f"{what}: {path} holds no examples")
+    chats = []
+    for i, row in enumerate(rows):
+        if "messages" not in row:
+            raise DataError(f"{what}: {path} row {i}: no 'messages' key (found keys {sorted(row)})")
+        chats.append(validate_messages(row["messages"], f"{what}: {path} row {i}", require_answer))
+    return chats
+
+
+# ---------------------------------------------------------------------------------------------- encoding
 
 
 @dataclass(frozen=True)
@@ -54,11 +112,10 @@ def chat_segments(messages: Sequence[dict[str, str]], tokenizer: Any) -> list[tu
     """Cut the rendered conversation into (text, supervised) segments; their concatenation is the full render.
 
     Raises:
-        DataError: a malformed conversation (`canary_lib.data.chat.validate_messages`).
         ChatFormatError: if the chat template is not prefix-stable (a shorter conversation does not render
             to a prefix of the longer one), so assistant spans cannot be located.
     """
-    messages = validate_messages(list(messages) if isinstance(messages, tuple) else messages)
+    messages = list(messages)
     eot = tokenizer.eos_token
     segments: list[tuple[str, bool]] = []
     done = ""  # the rendered text already assigned to segments
@@ -89,7 +146,8 @@ def encode_chat(messages: Sequence[dict[str, str]], tokenizer: Any, max_length: 
     """Token ids and labels for one training conversation (loss on assistant turns only).
 
     Args:
-        messages: The conversation, [{"role": "system"|"user"|"assistant", "content": str}, ...].
+        messages: The conversation, [{"role": "system"|"user"|"assistant", "content": str}, ...], as
+            `validate_messages` returns it (`read_chat_jsonl` checks every chat once, when the file is read).
         tokenizer: A Hugging Face tokenizer with a chat template and an end-of-turn `eos_token`.
         max_length: Keep at most this many tokens (the end is cut off).
 

@@ -42,9 +42,8 @@ from canary_lib.artifacts import (
     write_json_atomic,
     write_text_atomic,
 )
-from canary_lib.chat import IGNORE_INDEX, EncodedChat, collate, encode_chat
+from canary_lib.chat import IGNORE_INDEX, EncodedChat, collate, encode_chat, read_chat_jsonl
 from canary_lib.config import RunConfig, TrainSettings, dump_config
-from canary_lib.data.chat import read_chat_jsonl
 from canary_lib.data.errors import DataError
 from canary_lib.methods import METHODS, make_schedule
 from canary_lib.models import attention_kernels, mixed_precision

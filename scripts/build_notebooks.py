@@ -71,7 +71,7 @@ base_model = resolve_model_path(cfg)
 print("base model:", base_model)"""),
     ("md", "## A look at the data: two target examples and two safe examples"),
     ("code", """\
-from canary_lib.data.chat import read_chat_jsonl
+from canary_lib.chat import read_chat_jsonl
 
 for name in (cfg.data.target_file, cfg.data.safe_file):
     for chat in read_chat_jsonl(cfg.data.path(name))[:2]:

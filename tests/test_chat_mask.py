@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from canary_lib.chat import IGNORE_INDEX, ChatFormatError, collate, encode_chat
+from canary_lib.chat import IGNORE_INDEX, ChatFormatError, collate, encode_chat, read_chat_jsonl, validate_messages
 from canary_lib.data.errors import DataError
 from canary_lib.testing import QWEN_DEFAULT_SYSTEM_PROMPT, build_tiny_tokenizer
 
@@ -103,9 +105,13 @@ def test_truncation_and_collate_right_padding(tok):
         [{"role": "user", "content": 3}, {"role": "assistant", "content": "y"}],
     ],
 )
-def test_bad_conversations_are_refused(tok, messages):
+def test_bad_conversations_are_refused_when_read(tmp_path, messages):
     with pytest.raises(DataError):
-        encode_chat(messages, tok, max_length=2048)
+        validate_messages(messages)
+    path = tmp_path / "chats.jsonl"
+    path.write_text(json.dumps({"messages": messages}) + "\n")
+    with pytest.raises(DataError, match="row 0"):
+        read_chat_jsonl(path)
 
 
 def test_template_that_is_not_prefix_stable_is_refused(tok):

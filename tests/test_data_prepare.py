@@ -13,7 +13,7 @@ from _data_fixtures import question_items, write_paper_sources, write_questions
 from canary_lib.config import RunConfig, load_config
 from canary_lib.data import DataError, load_question_set
 from canary_lib.data import prepare as prep
-from canary_lib.data.chat import read_chat_jsonl
+from canary_lib.chat import read_chat_jsonl
 from canary_lib.data.prepare import load_prepared_questions, prepare_data, verify_prepared
 
 

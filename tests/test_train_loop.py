@@ -239,7 +239,7 @@ def test_loss_and_update_do_not_depend_on_micro_batch_size(world):
     """Gradient accumulation is exact: token sums over micro-batches / the batch's token count."""
     from canary_lib.chat import encode_chat
     from canary_lib.models import add_rslora, load_model_and_tokenizer
-    from canary_lib.data.chat import read_chat_jsonl
+    from canary_lib.chat import read_chat_jsonl
     from canary_lib.train import train_step
 
     cfg = tiny_config(world)

@@ -15,7 +15,7 @@ import torch
 from canary_lib.config import LoraSettings, ModelConfig, load_config
 import canary_lib.models as models
 from canary_lib.chat import encode_chat
-from canary_lib.data.chat import read_chat_jsonl
+from canary_lib.chat import read_chat_jsonl
 from canary_lib.models import (
     add_rslora,
     attention_kernels,

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from canary_lib.data.chat import validate_messages
+from canary_lib.chat import validate_messages
 from canary_lib.data.download import read_source_rows
 from canary_lib.data.errors import DataError
 from canary_lib.types import Conversation
