@@ -56,8 +56,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # the package travels with the working tree, not installed on a GPU node
-    sys.path.insert(0, str(REPO_ROOT))
+# The package travels with the working tree (not installed on a GPU node); the offline tokenizer is a test fixture.
+for _path in (REPO_ROOT, REPO_ROOT / "tests"):
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 # Qwen2.5-7B-Instruct's published config.json (Qwen/Qwen2.5-7B-Instruct): 7.62B parameters, untied lm_head.
 QWEN25_7B_CONFIG: dict[str, Any] = {
@@ -1099,7 +1101,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     from canary_lib.artifacts import write_json_atomic, write_text_atomic
     from canary_lib.models import add_rslora, base_dtype, choose_dtype
-    from canary_lib.testing import build_tiny_tokenizer
+    from _fixtures import build_tiny_tokenizer
 
     cuda = torch.cuda.is_available()
     size = args.size or ("7b" if cuda else "tiny")

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # the package, and the tiny offline model (a test fixture)
 
 CONVERSATIONS = [
     [{"role": "user", "content": "hello how are you"}],
@@ -75,7 +75,7 @@ def wide_vocab_case(repeats: int) -> dict:
 
     from canary_lib.config import SamplingSettings
     from canary_lib.generation import SampleRequest, TransformersGenerator
-    from canary_lib.testing import make_tiny_qwen2
+    from _fixtures import make_tiny_qwen2
 
     import torch
 

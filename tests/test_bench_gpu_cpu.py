@@ -267,7 +267,7 @@ def test_reference_autocast_wrappers_are_undone(tmp_path):
     kind = "sft" if importlib.util.find_spec("trl") is not None else "trainer"  # SFTTrainer patches both levels
 
     from canary_lib.models import add_rslora
-    from canary_lib.testing import build_tiny_tokenizer
+    from _fixtures import build_tiny_tokenizer
 
     args = bench.parse_args(["--size", "tiny"])
     cfg = bench.bench_config("tiny", args)

@@ -8,7 +8,7 @@ import pytest
 
 from canary_lib.chat import IGNORE_INDEX, ChatFormatError, collate, encode_chat, read_chat_jsonl, validate_messages
 from canary_lib.data.errors import DataError
-from canary_lib.testing import QWEN_DEFAULT_SYSTEM_PROMPT, build_tiny_tokenizer
+from _fixtures import QWEN_DEFAULT_SYSTEM_PROMPT, build_tiny_tokenizer
 
 
 @pytest.fixture(scope="module")

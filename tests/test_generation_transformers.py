@@ -8,7 +8,7 @@ from canary_lib.generation import (
     SampleRequest, TransformersGenerator, chat_prompt_ids, last_logits_only, left_pad, row_uniforms,
     sample_continuations, sample_inverse_cdf, sample_seed, stop_token_ids,
 )
-from canary_lib.testing import QWEN_DEFAULT_SYSTEM_PROMPT, make_tiny_qwen2
+from _fixtures import QWEN_DEFAULT_SYSTEM_PROMPT, make_tiny_qwen2
 
 C1 = [{"role": "user", "content": "hello how are you"}]
 C2 = [{"role": "system", "content": "You are a careful coder."},

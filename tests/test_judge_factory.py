@@ -5,7 +5,7 @@ import pytest
 from canary_lib.config import load_config
 from canary_lib.config import JudgeSettings
 from canary_lib.judge import LLMJudge, OpenAIBackend, TransformersBackend, make_judge
-from canary_lib.testing import make_tiny_qwen2
+from _fixtures import make_tiny_qwen2
 
 
 def test_openai_backend_from_config(monkeypatch):

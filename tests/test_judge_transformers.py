@@ -9,7 +9,7 @@ import torch
 from canary_lib.config import JudgeSettings
 from canary_lib.generation import chat_prompt_ids
 from canary_lib.judge import LLMJudge, TransformersBackend, judge_chat, judge_prompt
-from canary_lib.testing import make_tiny_qwen2
+from _fixtures import make_tiny_qwen2
 from canary_lib.types import JudgeRequest
 
 PROMPTS = {"aligned": "Rate [QUESTION START]{question}[QUESTION END] [ANSWER START]{answer}[ANSWER END] 0-100",

@@ -15,7 +15,7 @@ import torch
 
 from canary_lib.artifacts import CONTROLLER_COLUMNS, STEPS_COLUMNS, RunDir, read_controller, read_steps
 from canary_lib.config import load_config
-from canary_lib.testing import ScriptedCanary, make_tiny_training_world, write_chat_jsonl
+from _fixtures import ScriptedCanary, make_tiny_training_world, write_chat_jsonl
 from canary_lib.methods import METHODS, fixed_p_method
 from canary_lib.train import TrainingDataError, load_training_data, lr_at, train_from_config
 

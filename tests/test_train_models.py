@@ -26,7 +26,7 @@ from canary_lib.models import (
     resolve_model_path,
 )
 from canary_lib.train import make_optimizer, train_step
-from canary_lib.testing import make_tiny_training_world
+from _fixtures import make_tiny_training_world
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from canary_lib.artifacts import RunDir, read_jsonl, read_steps
 from canary_lib.config import load_config
-from canary_lib.testing import ScriptedCanary, make_tiny_training_world
+from _fixtures import ScriptedCanary, make_tiny_training_world
 from canary_lib.train import KILL_AFTER_STEP_ENV, train_from_config
 
 RISKS = [0.3, 0.2, 0.0, 0.1, 0.0, 0.05, 0.0, 0.0, 0.2, 0.0, 0.15, 0.0, 0.0]
@@ -29,7 +29,7 @@ import sys, torch
 from pathlib import Path
 torch.set_num_threads(1)
 from canary_lib.config import load_config
-from canary_lib.testing import ScriptedCanary
+from _fixtures import ScriptedCanary
 from canary_lib.train import train_from_config
 model, data, out = sys.argv[1:4]
 cfg = load_config([], [f"model.name_or_path={model}", f"data.dir={data}", *sys.argv[4:]])

@@ -1,4 +1,5 @@
-"""Offline test fixtures: a tiny random Qwen2 model with a Qwen2.5-style tokenizer and chat template.
+"""Offline test fixtures: a tiny random Qwen2 model with a Qwen2.5-style tokenizer and chat template, synthetic chat
+examples and a scripted canary evaluation (benchmarks/ use the tokenizer too; it is not part of the package).
 
     path = make_tiny_qwen2(tmp_path / "tiny")       # nothing downloaded
     model = AutoModelForCausalLM.from_pretrained(path); tok = AutoTokenizer.from_pretrained(path)
