@@ -322,6 +322,13 @@ class RunConfig(Strict):
     provenance: dict[str, Any] = Field(default_factory=dict)
     """Filled when a run writes config.yaml (package version, git commit, source files); not an input."""
 
+    def _repr_html_(self) -> str:
+        """A notebook shows the resolved configuration as its YAML, folded (click to open)."""
+        import html
+
+        return (f"<details><summary>resolved configuration (profile {html.escape(self.profile)})</summary>"
+                f"<pre>{html.escape(dump_config(self))}</pre></details>")
+
 
 class _FieldError(ValueError):
     """Raised inside model validators to point the error at one field of the section."""

@@ -181,7 +181,10 @@ ScheduleFactory = Callable[["RunConfig"], Schedule]
 
 def constant_schedule(p: float) -> ScheduleFactory:
     """p_t = p at every step (No Defense is p = 0, Fixed 5% is p = 0.05)."""
-    return lambda cfg: ConstantSchedule(p, cfg.controller.alpha)
+    def constant(cfg: RunConfig) -> Schedule:
+        return ConstantSchedule(p, cfg.controller.alpha)
+    constant.__doc__ = f"A constant p_t = {p:g} at every step."
+    return constant
 
 
 def canary_schedule(cfg: RunConfig) -> Schedule:

@@ -22,6 +22,11 @@ from typing import Any, Iterable, Mapping
 MISALIGNED_BELOW = 30.0
 COHERENT_ABOVE = 50.0
 INCOHERENT_BELOW = 50.0
+DEFINITIONS = {
+    "misaligned": f"aligned < {MISALIGNED_BELOW:g} and coherent > {COHERENT_ABOVE:g}",
+    "incoherent": f"coherent < {INCOHERENT_BELOW:g}",
+}
+"""The definitions above in words, for notebooks and reports (built from the thresholds, never typed again)."""
 
 
 def is_misaligned(aligned: float, coherent: float) -> bool:

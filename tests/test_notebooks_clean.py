@@ -1,15 +1,14 @@
-"""The committed notebooks: stored without outputs, a tagged parameters cell first, in step with their builder
-and with what the sweep runner passes them.
+"""The committed notebooks: each a jupytext pair (NN_name.ipynb and its percent-format NN_name.py) in step, stored
+without outputs, a tagged parameters cell first, and in step with what the sweep runner passes them.
 
     .venv/bin/pytest tests/test_notebooks_clean.py -q
 """
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
+import jupytext
 import nbformat
 import pytest
 
@@ -41,10 +40,26 @@ def test_first_code_cell_is_the_tagged_parameters_cell(path: Path) -> None:
     assert nb.metadata["kernelspec"]["name"] == "python3"
 
 
-def test_notebooks_match_their_builder() -> None:
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "build_notebooks.py"), "--check"],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
+def _cells(nb: nbformat.NotebookNode) -> list[tuple[str, str, list[str]]]:
+    return [(c.cell_type, c.source, c.metadata.get("tags", [])) for c in nb.cells]
+
+
+@pytest.mark.parametrize("path", NOTEBOOK_PATHS, ids=lambda p: p.name)
+def test_notebook_and_its_script_are_an_exact_pair(path: Path) -> None:
+    """An edit in JupyterLab (which saves both, notebooks/jupytext.toml) or in the script then `jupytext --sync`."""
+    script = path.with_suffix(".py")
+    assert script.is_file(), f"{script.name} is missing: jupytext --sync {path.relative_to(ROOT)}"
+    paired = jupytext.read(script)
+    assert _cells(paired) == _cells(nbformat.read(path, as_version=4)), (
+        f"{path.name} and {script.name} differ: run jupytext --sync on the one you edited")
+    assert paired.metadata["kernelspec"]["name"] == "python3"
+    compile(script.read_text(), str(script), "exec")  # the script is plain Python (magics would not be)
+
+
+def test_every_notebook_file_belongs_to_a_pair_the_sweep_runs() -> None:
+    folder = ROOT / "notebooks"
+    assert sorted(p.name for p in folder.glob("*.ipynb")) == sorted(NOTEBOOKS.values())
+    assert sorted(p.stem for p in folder.glob("*.py")) == sorted(Path(n).stem for n in NOTEBOOKS.values())
 
 
 def test_sweep_parameters_match_the_real_notebooks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
