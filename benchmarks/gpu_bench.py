@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import hashlib
 import http.server
 import importlib
@@ -51,7 +52,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -117,8 +118,8 @@ SIZES = {
                        peak_matmul_n=256, judge_latency_s=0.001, bandwidth_bytes=16 << 20),
 }
 
-# Import name -> PyPI distribution, for the packages a run needs. The package's own deps that GPU images lack
-# (pydantic and its three helpers) must be carried as wheels; see benchmarks/README.md.
+# Import name -> PyPI distribution, for the packages a run needs (benchmarks/README.md). A GPU image with torch
+# and transformers may still lack some (e.g. pydantic and its three helpers).
 REQUIRED_MODULES = {
     "torch": "torch",
     "transformers": "transformers",
@@ -134,7 +135,8 @@ REQUIRED_MODULES = {
     "tqdm": "tqdm",
 }
 OPTIONAL_MODULES = {"trl": "trl", "datasets": "datasets"}  # the SFTTrainer reference
-WHEELS_HINT = ("carry them as wheels: see benchmarks/README.md ('Wheels to carry'), then start the command with "
+WHEELS_HINT = ("install them (`pip install -e \".[bench]\"` installs every one; benchmarks/README.md), or on a machine "
+               "without an index carry them as wheels and start the command with "
                "`python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && "
                "export PYTHONPATH=/tmp/site`")
 
@@ -1088,20 +1090,112 @@ def main(argv: Sequence[str] | None = None) -> dict:
     bench.json is rewritten after every phase, so a run cut short (time limit, a failing phase) still leaves
     what it measured; `phases_done` lists the phases it holds and `errors` what failed in optional phases.
     """
-    wall_start = time.perf_counter()
     args = parse_args(argv)
     if args.markdown_from:  # a run cut short (time limit) leaves bench.json without bench.md: make it here
         markdown = markdown_report(json.loads(args.markdown_from.read_text()))
         print(markdown, end="")
         return {"markdown": markdown}
+    # The phases, in the order of the module docstring; each one saves bench.json when it ends.
+    run = start_run(args)         # 1. versions (a missing package stops here), size, device, settings
+    measure_peak(run)             #    the device's matmul peak (the denominator of MFU)
+    build_lora_model(run)         # 2. random-weight model of the preset's size + the package's rs-LoRA, batches
+    package_steps(run)            #    timed steps of the package's train_step
+    reference_steps(run)          # 3. transformers Trainer (and TRL SFTTrainer) on the same model and batches
+    package_variants(run)         #    the package again, and with train.autocast off
+    canary_evaluations(run)       # 4. canary evaluations: eager (first, again), static cache (first, again)
+    if not args.no_ragged:
+        ragged_attention(run)     # 5. ragged-length steps with and without cuDNN attention
+    decode_split(run)             # 6. decode time with and without the LoRA, against the memory floor
+    if args.profile:
+        profiles(run)             #    torch.profiler tables (--profile)
+    if not (args.no_static_decode or args.no_hf_generate):
+        hf_generate(run)          # 7. transformers' generate, dynamic and static cache; last, as it compiles
+    return finish(run)            # 8. bench.md, and bench.json marked done
+
+
+@dataclass
+class BenchRun:
+    """What the phases of one run share: settings, the model and its batches, and the report they fill."""
+
+    args: argparse.Namespace
+    size: str
+    preset: SizePreset
+    cfg: Any
+    device: Any
+    dtype: Any
+    seq_len: int
+    warmup: int
+    timed: int
+    latency: float
+    out_dir: Path
+    references: list[str]
+    sft_missing: list[str]
+    report: dict[str, Any]
+    wall_start: float
+    peak: float = 0.0
+    tokenizer: Any = None
+    model: Any = None
+    flops: FlopCounts | None = None
+    pool: list = field(default_factory=list)
+    tokens: int = 0
+    supervised: int = 0
+
+    def save(self, phase: str) -> None:
+        """Mark the phase done and rewrite bench.json."""
+        from canary_lib.artifacts import write_json_atomic
+
+        self.report["phases_done"].append(phase)
+        self.report["wall_seconds"] = time.perf_counter() - self.wall_start
+        self.report.setdefault("phase_end_seconds", {})[phase] = self.report["wall_seconds"]  # for sizing reruns
+        write_json_atomic(self.out_dir / "bench.json", self.report)
+
+    def optional(self, phase: str, fn: Callable[[], dict], summary: Callable[[dict], str]) -> None:
+        """An optional phase: its figures under report[phase], or its failure under errors; the run goes on."""
+        try:
+            self.report[phase] = result = fn()
+            print(f"{phase}: {summary(result)}", flush=True)
+        except Exception as exc:  # noqa: BLE001 - optional; keep the other figures
+            self.report["errors"][phase] = f"{type(exc).__name__}: {exc}"[:1000]
+            print(f"{phase}: FAILED ({exc})", flush=True)
+        self.save(phase)
+
+    def measure(self, label: str, *, autocast: bool = True, batches: list | None = None) -> dict:
+        """Timed package steps (`time_package`) on the run's batches, summarized and printed."""
+        import torch
+
+        from canary_lib.models import base_dtype
+
+        _reset_peak(self.device)
+        times, losses = time_package(self.model, self.cfg, self.pool if batches is None else batches,
+                                     warmup=self.warmup, timed=self.timed, device=self.device, autocast=autocast)
+        fig = summarize_steps(times, tokens=self.tokens, supervised=self.supervised, flops=self.flops,
+                              peak_flops=self.peak, peak_mem_gib=_peak_gib(self.device),
+                              extra={"losses": losses, "train_loss": statistics.fmean(losses),
+                                     "optim": "canary_lib.train.make_optimizer (AdamW, fused on CUDA)",
+                                     "bf16_autocast": autocast and base_dtype(self.model) == torch.bfloat16,
+                                     "mean_s_per_step": statistics.fmean(times)})
+        print(f"{label}: {fig['s_per_step']:.3f} s/step, {fig['tokens_per_s']:.0f} tokens/s, "
+              f"MFU {100 * fig['mfu']:.1f}%, peak {fig['peak_mem_gib'] or 0:.1f} GiB", flush=True)
+        return fig
+
+    def canary(self, run_cfg: Any) -> dict:
+        """One canary evaluation with run_cfg; its overhead at K against the package's s/step."""
+        K, s_step = self.cfg.controller.K, self.report["package"]["s_per_step"]
+        fig = run_canary_eval(self.model, self.tokenizer, run_cfg, latency_s=self.latency, device=self.device, step=K)
+        fig["overhead_pct"] = 100 * fig["canary_seconds"] / (K * s_step)
+        fig["overhead_pct_generation_only"] = 100 * fig["generation_seconds"] / (K * s_step)
+        return fig
+
+
+def start_run(args: argparse.Namespace) -> BenchRun:
+    """Check the environment (a missing package stops here), pick the size and device, and record the settings."""
+    wall_start = time.perf_counter()
     versions = check_environment()
     print("versions:", json.dumps(versions), flush=True)
 
     import torch
 
-    from canary_lib.artifacts import write_json_atomic, write_text_atomic
-    from canary_lib.models import add_rslora, base_dtype, choose_dtype
-    from _fixtures import build_tiny_tokenizer
+    from canary_lib.models import choose_dtype
 
     cuda = torch.cuda.is_available()
     size = args.size or ("7b" if cuda else "tiny")
@@ -1110,62 +1204,72 @@ def main(argv: Sequence[str] | None = None) -> dict:
     preset = SIZES[size]
     device = torch.device("cuda" if cuda else "cpu")
     cfg = bench_config(size, args)
-    dtype = choose_dtype(cfg.model, device)  # bf16 on a bf16 GPU, fp32 on CPU: what the package would choose
-    seq_len = args.seq_len or preset.seq_len
-    warmup = preset.warmup_steps if args.warmup_steps is None else args.warmup_steps
-    timed = args.timed_steps or preset.timed_steps
-    latency = preset.judge_latency_s if args.judge_latency_ms is None else args.judge_latency_ms / 1e3
     out_dir = args.out or default_out_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
     references = {"auto": ["trainer", "sft"], "trainer": ["trainer"], "sft": ["sft"], "none": []}[args.reference]
     sft_missing = versions["optional_missing"]
     if args.reference == "sft" and sft_missing:
         raise BenchError(f"--reference sft needs {', '.join(sft_missing)}; {WHEELS_HINT}")
-    K = cfg.controller.K
-
-    report: dict[str, Any] = {"size": size, "versions": versions, "device": str(device), "phases_done": [],
-                              "errors": {}}
-    report["settings"] = {
+    run = BenchRun(
+        args=args, size=size, preset=preset, cfg=cfg, device=device,
+        dtype=choose_dtype(cfg.model, device),  # bf16 on a bf16 GPU, fp32 on CPU: what the package would choose
+        seq_len=args.seq_len or preset.seq_len,
+        warmup=preset.warmup_steps if args.warmup_steps is None else args.warmup_steps,
+        timed=args.timed_steps or preset.timed_steps,
+        latency=preset.judge_latency_s if args.judge_latency_ms is None else args.judge_latency_ms / 1e3,
+        out_dir=out_dir, references=references, sft_missing=sft_missing, wall_start=wall_start,
+        report={"size": size, "versions": versions, "device": str(device), "phases_done": [], "errors": {}},
+    )
+    run.report["settings"] = {
         "batch_size": cfg.train.batch_size, "micro_batch_size": cfg.train.micro_batch_size,
-        "accumulation": cfg.train.batch_size // cfg.train.micro_batch_size, "seq_len": seq_len,
-        "tokens_per_step": cfg.train.batch_size * seq_len, "prompt_fraction": args.prompt_fraction,
-        "warmup_steps": warmup, "timed_steps": timed, "references": references,
-        "gradient_checkpointing": cfg.train.gradient_checkpointing, "K": K,
+        "accumulation": cfg.train.batch_size // cfg.train.micro_batch_size, "seq_len": run.seq_len,
+        "tokens_per_step": cfg.train.batch_size * run.seq_len, "prompt_fraction": args.prompt_fraction,
+        "warmup_steps": run.warmup, "timed_steps": run.timed, "references": references,
+        "gradient_checkpointing": cfg.train.gradient_checkpointing, "K": cfg.controller.K,
     }
-
-    def save(phase: str) -> None:
-        report["phases_done"].append(phase)
-        report["wall_seconds"] = time.perf_counter() - wall_start
-        report.setdefault("phase_end_seconds", {})[phase] = report["wall_seconds"]  # for sizing reruns
-        write_json_atomic(out_dir / "bench.json", report)
-
-    print(f"size {size} on {device} ({versions.get('gpu') or platform.processor() or 'cpu'}), dtype {dtype}",
+    print(f"size {size} on {device} ({versions.get('gpu') or platform.processor() or 'cpu'}), dtype {run.dtype}",
           flush=True)
-    peak_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    peak = measure_peak_flops(device, peak_dtype, preset.peak_matmul_n)
-    report |= {"peak_tflops": peak / 1e12, "peak_dtype": str(peak_dtype).split(".")[-1]}
-    print(f"peak {report['peak_dtype']} matmul: {peak / 1e12:.1f} TFLOP/s", flush=True)
-    save("peak")
+    return run
 
-    tokenizer = build_tiny_tokenizer()
+
+def measure_peak(run: BenchRun) -> None:
+    """The matmul peak of the device (bf16 on a GPU), the denominator of MFU."""
+    import torch
+
+    peak_dtype = torch.bfloat16 if run.device.type == "cuda" else torch.float32
+    run.peak = measure_peak_flops(run.device, peak_dtype, run.preset.peak_matmul_n)
+    run.report |= {"peak_tflops": run.peak / 1e12, "peak_dtype": str(peak_dtype).split(".")[-1]}
+    print(f"peak {run.report['peak_dtype']} matmul: {run.peak / 1e12:.1f} TFLOP/s", flush=True)
+    run.save("peak")
+
+
+def build_lora_model(run: BenchRun) -> None:
+    """The random-weight model with the package's rs-LoRA, its FLOP counts, and the synthetic batches."""
+    from canary_lib.models import add_rslora
+
+    from _fixtures import build_tiny_tokenizer
+
+    cfg, seq_len = run.cfg, run.seq_len
+    run.tokenizer = build_tiny_tokenizer()
     t0 = time.perf_counter()
-    model = build_model(size, tokenizer, device, dtype)
+    model = build_model(run.size, run.tokenizer, run.device, run.dtype)
     n_total = sum(p.numel() for p in model.parameters())
     n_active = count_active_params(model)
     model = add_rslora(model, cfg.lora, seed=cfg.seed)
     model.train()
     n_lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    _sync(device)  # initialisation on the GPU is asynchronous
+    _sync(run.device)  # initialisation on the GPU is asynchronous
     build_seconds = time.perf_counter() - t0
     mc = model.config
     head_dim = getattr(mc, "head_dim", None) or mc.hidden_size // mc.num_attention_heads
-    flops = FlopCounts(n_active=n_active, n_lora=n_lora, n_layers=mc.num_hidden_layers,
-                       attn_width=mc.num_attention_heads * head_dim, seq_len=seq_len)
-    report["model"] = {"config": dict(preset.model) | {"vocab_size": mc.vocab_size},
-                       "dtype": str(dtype).split(".")[-1], "n_params": n_total, "n_active": n_active,
-                       "n_lora": n_lora, "build_seconds": build_seconds, "lora": cfg.lora.model_dump(),
-                       "attn_implementation": getattr(mc, "_attn_implementation", None)}
-    report["flops"] = {
+    run.model = model
+    run.flops = flops = FlopCounts(n_active=n_active, n_lora=n_lora, n_layers=mc.num_hidden_layers,
+                                   attn_width=mc.num_attention_heads * head_dim, seq_len=seq_len)
+    run.report["model"] = {"config": dict(run.preset.model) | {"vocab_size": mc.vocab_size},
+                           "dtype": str(run.dtype).split(".")[-1], "n_params": n_total, "n_active": n_active,
+                           "n_lora": n_lora, "build_seconds": build_seconds, "lora": cfg.lora.model_dump(),
+                           "attn_implementation": getattr(mc, "_attn_implementation", None)}
+    run.report["flops"] = {
         "formula_mfu": "(6*n_active + 6*n_lora + 12*n_layers*attn_width*seq_len) * tokens / s_per_step / peak",
         "formula_mfu_frozen": "(4*n_active + 6*n_lora + 12*n_layers*attn_width*seq_len) * tokens / s_per_step / peak",
         "per_step_model": flops.model_flops(cfg.train.batch_size * seq_len),
@@ -1174,42 +1278,29 @@ def main(argv: Sequence[str] | None = None) -> dict:
     }
     print(f"model: {n_total / 1e9:.3f}B parameters ({n_active / 1e9:.3f}B in matmuls), LoRA {n_lora / 1e6:.1f}M "
           f"trainable; built in {build_seconds:.1f} s", flush=True)
-    save("model")
-
+    run.save("model")
     # One epoch of distinct examples covers all steps, so the references cross no epoch boundary.
-    pool = synthetic_batches((warmup + timed) * cfg.train.batch_size, seq_len, mc.vocab_size, args.prompt_fraction)
-    tokens = cfg.train.batch_size * seq_len
-    supervised = sum(ex.n_supervised for ex in pool[: cfg.train.batch_size])
-    report["settings"]["supervised_tokens_per_step"] = supervised
+    run.pool = synthetic_batches((run.warmup + run.timed) * cfg.train.batch_size, seq_len, mc.vocab_size,
+                                 run.args.prompt_fraction)
+    run.tokens = cfg.train.batch_size * seq_len
+    run.supervised = sum(ex.n_supervised for ex in run.pool[: cfg.train.batch_size])
+    run.report["settings"]["supervised_tokens_per_step"] = run.supervised
 
-    def measure(label: str, *, autocast: bool = True, batches: list | None = None) -> dict:
-        _reset_peak(device)
-        times, losses = time_package(model, cfg, pool if batches is None else batches, warmup=warmup, timed=timed,
-                                     device=device, autocast=autocast)
-        fig = summarize_steps(times, tokens=tokens, supervised=supervised, flops=flops, peak_flops=peak,
-                              peak_mem_gib=_peak_gib(device),
-                              extra={"losses": losses, "train_loss": statistics.fmean(losses),
-                                     "optim": "canary_lib.train.make_optimizer (AdamW, fused on CUDA)",
-                                     "bf16_autocast": autocast and base_dtype(model) == torch.bfloat16,
-                                     "mean_s_per_step": statistics.fmean(times)})
-        print(f"{label}: {fig['s_per_step']:.3f} s/step, {fig['tokens_per_s']:.0f} tokens/s, "
-              f"MFU {100 * fig['mfu']:.1f}%, peak {fig['peak_mem_gib'] or 0:.1f} GiB", flush=True)
-        return fig
 
-    report["package"] = measure("package")
-    save("package")
-
+def reference_steps(run: BenchRun) -> None:
+    """The same steps through transformers' Trainer (and TRL's SFTTrainer), with speed and memory ratios."""
+    report = run.report
     report["references"], report["ratios"] = {}, {}
     with tempfile.TemporaryDirectory(prefix="gpu_bench_") as work:
-        for kind in references:
-            if kind == "sft" and sft_missing:
-                report["references"][kind] = {"skipped": f"{', '.join(sft_missing)} not importable"}
-                print(f"reference {kind}: skipped ({', '.join(sft_missing)} not importable)", flush=True)
+        for kind in run.references:
+            if kind == "sft" and run.sft_missing:
+                report["references"][kind] = {"skipped": f"{', '.join(run.sft_missing)} not importable"}
+                print(f"reference {kind}: skipped ({', '.join(run.sft_missing)} not importable)", flush=True)
                 continue
-            _reset_peak(device)
+            _reset_peak(run.device)
             try:
-                times, info = time_reference(kind, model, tokenizer, cfg, pool, warmup=warmup, timed=timed,
-                                             device=device, workdir=Path(work))
+                times, info = time_reference(kind, run.model, run.tokenizer, run.cfg, run.pool, warmup=run.warmup,
+                                             timed=run.timed, device=run.device, workdir=Path(work))
             except Exception as exc:  # noqa: BLE001 - a reference failing must not lose the package's figures
                 message = f"{type(exc).__name__}: {exc}"[:1000]
                 report["references"][kind] = {"skipped": f"failed: {message[:200]}"}
@@ -1217,111 +1308,137 @@ def main(argv: Sequence[str] | None = None) -> dict:
                 print(f"reference {kind}: FAILED ({message})", flush=True)
                 _release_memory()
                 continue
-            fig = summarize_steps(times, tokens=tokens, supervised=supervised, flops=flops, peak_flops=peak,
-                                  peak_mem_gib=_peak_gib(device), extra=info)
+            fig = summarize_steps(times, tokens=run.tokens, supervised=run.supervised, flops=run.flops,
+                                  peak_flops=run.peak, peak_mem_gib=_peak_gib(run.device), extra=info)
             report["references"][kind] = fig
             report["ratios"][kind] = {"speedup": fig["s_per_step"] / report["package"]["s_per_step"],
                                       "memory": (report["package"]["peak_mem_gib"] / fig["peak_mem_gib"]
                                                  if fig["peak_mem_gib"] else None)}
             print(f"reference {kind}: {fig['s_per_step']:.3f} s/step, {fig['tokens_per_s']:.0f} tokens/s; package "
                   f"speed-up {report['ratios'][kind]['speedup']:.2f}x", flush=True)
-            save(f"reference_{kind}")
-    report["forward_patches_left"] = sorted(type(o).__name__ for o in _forward_owners(model) if "forward" in o.__dict__)
-    if not args.no_repeat:
-        report["package_repeat"] = measure("package (repeat)")
-        save("package_repeat")
-    report["package_no_autocast"] = measure("package, train.autocast false (float32 LoRA)", autocast=False)
-    save("package_no_autocast")
+            run.save(f"reference_{kind}")
+    report["forward_patches_left"] = sorted(type(o).__name__ for o in _forward_owners(run.model)
+                                            if "forward" in o.__dict__)
 
-    def optional(phase: str, fn: Callable[[], dict], summary: Callable[[dict], str]) -> None:
-        """An optional phase: its figures under report[phase], or its failure under errors; the run goes on."""
-        try:
-            report[phase] = result = fn()
-            print(f"{phase}: {summary(result)}", flush=True)
-        except Exception as exc:  # noqa: BLE001 - optional; keep the other figures
-            report["errors"][phase] = f"{type(exc).__name__}: {exc}"[:1000]
-            print(f"{phase}: FAILED ({exc})", flush=True)
-        save(phase)
 
-    s_step = report["package"]["s_per_step"]
+def package_steps(run: BenchRun) -> None:
+    """Warm-up then timed optimizer steps of the package's train_step (the figure every ratio divides by)."""
+    run.report["package"] = run.measure("package")
+    run.save("package")
 
-    def canary_phase(run_cfg: Any) -> dict:
-        """One canary evaluation with run_cfg; its overhead at K against the package's s/step."""
-        fig = run_canary_eval(model, tokenizer, run_cfg, latency_s=latency, device=device, step=K)
-        fig["overhead_pct"] = 100 * fig["canary_seconds"] / (K * s_step)
-        fig["overhead_pct_generation_only"] = 100 * fig["generation_seconds"] / (K * s_step)
-        return fig
 
-    def canary_summary(c: dict) -> str:
-        return (f"generation {c['generation_seconds']:.2f} s ({1e3 * c['s_per_token_step']:.1f} ms per token step), "
-                f"judge {c['judge_seconds']:.2f} s ({c['judge_requests']} requests); overhead at K={K}: "
-                f"{c['overhead_pct']:.1f}%")
+def package_variants(run: BenchRun) -> None:
+    """The package's step again (run to run spread; skipped with --no-repeat), then with train.autocast off."""
+    if not run.args.no_repeat:
+        run.report["package_repeat"] = run.measure("package (repeat)")
+        run.save("package_repeat")
+    run.report["package_no_autocast"] = run.measure("package, train.autocast false (float32 LoRA)", autocast=False)
+    run.save("package_no_autocast")
 
+
+def canary_evaluations(run: BenchRun) -> None:
+    """Canary evaluations as the training loop runs them: the first and the steady state, then (unless
+    --no-static-decode) twice with canary.static_cache, whose first call compiles on a GPU."""
+    cfg, report = run.cfg, run.report
     # A short evaluation warms the kernels; the first full one still meets new shapes (every decode length), the
     # second is what every later evaluation of a run costs.
     short = cfg.model_copy(update={"canary": cfg.canary.model_copy(update={"max_new_tokens": 2})})
-    run_canary_eval(model, tokenizer, short, latency_s=0.0, device=device)
-    report["canary"] = canary_phase(cfg)
-    print(f"canary (first): {canary_summary(report['canary'])}", flush=True)
-    save("canary")
-    report["canary_repeat"] = canary_phase(cfg)
-    print(f"canary (again): {canary_summary(report['canary_repeat'])}", flush=True)
-    steady = report["canary_repeat"]
-    report["overhead"] = {"K": K, "pct": steady["overhead_pct"],
+    run_canary_eval(run.model, run.tokenizer, short, latency_s=0.0, device=run.device)
+    report["canary"] = run.canary(cfg)
+    print(f"canary (first): {_canary_summary(report['canary'], cfg.controller.K)}", flush=True)
+    run.save("canary")
+    report["canary_repeat"] = steady = run.canary(cfg)
+    print(f"canary (again): {_canary_summary(steady, cfg.controller.K)}", flush=True)
+    report["overhead"] = {"K": cfg.controller.K, "pct": steady["overhead_pct"],
                           "pct_generation_only": steady["overhead_pct_generation_only"],
                           "pct_first": report["canary"]["overhead_pct"]}
-    save("canary_repeat")
-    if not args.no_static_decode:  # canary.static_cache: the first call compiles on a GPU (about a minute for a 7B)
+    run.save("canary_repeat")
+    if not run.args.no_static_decode:  # canary.static_cache: the first call compiles on a GPU (a minute for a 7B)
         static = cfg.model_copy(update={"canary": cfg.canary.model_copy(update={"static_cache": True})})
-        optional("canary_static", lambda: canary_phase(static), canary_summary)
+        summary = functools.partial(_canary_summary, K=cfg.controller.K)
+        run.optional("canary_static", lambda: run.canary(static), summary)
         if "canary_static" in report:
-            optional("canary_static_repeat", lambda: canary_phase(static), canary_summary)
+            run.optional("canary_static_repeat", lambda: run.canary(static), summary)
 
-    if not args.no_ragged:
-        optional("ragged", lambda: ragged_steps(measure, pool_size=len(pool), seq_len=seq_len,
-                                                vocab=mc.vocab_size, prompt_fraction=args.prompt_fraction),
-                 lambda g: f"ragged lengths, s/step median (mean): without cuDNN attention "
-                           f"{g['without_cudnn']['s_per_step']:.3f} ({g['without_cudnn']['mean_s_per_step']:.3f}), "
-                           f"with it {g['with_cudnn']['s_per_step']:.3f} ({g['with_cudnn']['mean_s_per_step']:.3f})")
 
-    optional("decode", lambda: decode_breakdown(model, tokenizer, cfg, device=device,
-                                                bandwidth=measure_bandwidth(device, preset.bandwidth_bytes)),
-             lambda d: f"{1e3 * d['lora']['s_per_token_step']:.1f} ms per token step with the LoRA, "
-                       f"{1e3 * d['adapter_disabled']['s_per_token_step']:.1f} ms without; memory floor "
-                       f"{1e3 * d['memory_floor_s_per_token_step']:.1f} ms at {d['bandwidth_gb_s']:.0f} GB/s")
+def ragged_attention(run: BenchRun) -> None:
+    """Optional: package steps on examples of mixed lengths, with and without cuDNN attention (`ragged_steps`)."""
+    run.optional("ragged", lambda: ragged_steps(run.measure, pool_size=len(run.pool), seq_len=run.seq_len,
+                                                vocab=run.model.config.vocab_size,
+                                                prompt_fraction=run.args.prompt_fraction), _ragged_summary)
 
-    if args.profile:
-        short_decode = cfg.model_copy(update={"canary": cfg.canary.model_copy(
-            update={"max_new_tokens": min(16, cfg.canary.max_new_tokens)})})
-        jobs = {
-            "package_step": ("profile_step.txt",
-                             lambda: time_package(model, cfg, pool, warmup=0, timed=2, device=device)),
-            "canary_decode": ("profile_canary.txt",
-                              lambda: run_canary_eval(model, tokenizer, short_decode, latency_s=0.0, device=device)),
-        }
-        report["profile"] = {"files": []}
-        for name, (filename, fn) in jobs.items():
-            try:
-                report["profile"][name] = profile_table(fn, device, out_dir / filename)
-                report["profile"]["files"].append(filename)
-            except Exception as exc:  # noqa: BLE001 - the profile is optional; keep the figures
-                report["errors"][f"profile_{name}"] = f"{type(exc).__name__}: {exc}"[:1000]
-                print(f"profile {name}: FAILED ({exc})", flush=True)
-        save("profile")
 
-    if not (args.no_static_decode or args.no_hf_generate):  # last: compiles again; all before is saved
-        optional("hf_generate", lambda: hf_generate_decode(model, tokenizer, cfg, device=device),
-                 lambda g: f"transformers generate, {1e3 * g['dynamic_cache']['s_per_token_step']:.1f} ms per token "
-                           f"step (dynamic cache), {1e3 * g['static_cache']['s_per_token_step']:.1f} ms (static "
-                           f"cache, compiled: {g['static_cache']['compiled']}, first call "
-                           f"{g['static_cache']['first_call_seconds']:.0f} s); same tokens: {g['same_tokens']}")
+def decode_split(run: BenchRun) -> None:
+    """Optional: where a canary decode's time goes (`decode_breakdown`), against the measured copy bandwidth."""
+    run.optional("decode", lambda: decode_breakdown(
+        run.model, run.tokenizer, run.cfg, device=run.device,
+        bandwidth=measure_bandwidth(run.device, run.preset.bandwidth_bytes)), _decode_summary)
 
-    report["wall_seconds"] = time.perf_counter() - wall_start
-    markdown = markdown_report(report)
-    write_text_atomic(out_dir / "bench.md", markdown)
-    save("done")
+
+def hf_generate(run: BenchRun) -> None:
+    """Optional: transformers' own generate on the same prompts (`hf_generate_decode`)."""
+    run.optional("hf_generate", lambda: hf_generate_decode(run.model, run.tokenizer, run.cfg, device=run.device),
+                 _hf_generate_summary)
+
+
+def profiles(run: BenchRun) -> None:
+    """torch.profiler tables of two package steps and of a short canary decode (--profile)."""
+    cfg = run.cfg
+    short_decode = cfg.model_copy(update={"canary": cfg.canary.model_copy(
+        update={"max_new_tokens": min(16, cfg.canary.max_new_tokens)})})
+    jobs = {
+        "package_step": ("profile_step.txt",
+                         lambda: time_package(run.model, cfg, run.pool, warmup=0, timed=2, device=run.device)),
+        "canary_decode": ("profile_canary.txt",
+                          lambda: run_canary_eval(run.model, run.tokenizer, short_decode, latency_s=0.0,
+                                                  device=run.device)),
+    }
+    run.report["profile"] = {"files": []}
+    for name, (filename, fn) in jobs.items():
+        try:
+            run.report["profile"][name] = profile_table(fn, run.device, run.out_dir / filename)
+            run.report["profile"]["files"].append(filename)
+        except Exception as exc:  # noqa: BLE001 - the profile is optional; keep the figures
+            run.report["errors"][f"profile_{name}"] = f"{type(exc).__name__}: {exc}"[:1000]
+            print(f"profile {name}: FAILED ({exc})", flush=True)
+    run.save("profile")
+
+
+def finish(run: BenchRun) -> dict:
+    """bench.md (the short table), bench.json marked done; the report is returned."""
+    from canary_lib.artifacts import write_text_atomic
+
+    run.report["wall_seconds"] = time.perf_counter() - run.wall_start
+    markdown = markdown_report(run.report)
+    write_text_atomic(run.out_dir / "bench.md", markdown)
+    run.save("done")
     print(markdown, flush=True)
-    return report
+    return run.report
+
+
+def _canary_summary(c: dict, K: int) -> str:
+    return (f"generation {c['generation_seconds']:.2f} s ({1e3 * c['s_per_token_step']:.1f} ms per token step), "
+            f"judge {c['judge_seconds']:.2f} s ({c['judge_requests']} requests); overhead at K={K}: "
+            f"{c['overhead_pct']:.1f}%")
+
+
+def _ragged_summary(g: dict) -> str:
+    return (f"ragged lengths, s/step median (mean): without cuDNN attention "
+            f"{g['without_cudnn']['s_per_step']:.3f} ({g['without_cudnn']['mean_s_per_step']:.3f}), "
+            f"with it {g['with_cudnn']['s_per_step']:.3f} ({g['with_cudnn']['mean_s_per_step']:.3f})")
+
+
+def _decode_summary(d: dict) -> str:
+    return (f"{1e3 * d['lora']['s_per_token_step']:.1f} ms per token step with the LoRA, "
+            f"{1e3 * d['adapter_disabled']['s_per_token_step']:.1f} ms without; memory floor "
+            f"{1e3 * d['memory_floor_s_per_token_step']:.1f} ms at {d['bandwidth_gb_s']:.0f} GB/s")
+
+
+def _hf_generate_summary(g: dict) -> str:
+    return (f"transformers generate, {1e3 * g['dynamic_cache']['s_per_token_step']:.1f} ms per token "
+            f"step (dynamic cache), {1e3 * g['static_cache']['s_per_token_step']:.1f} ms (static "
+            f"cache, compiled: {g['static_cache']['compiled']}, first call "
+            f"{g['static_cache']['first_call_seconds']:.0f} s); same tokens: {g['same_tokens']}")
 
 
 def _release_memory() -> None:
