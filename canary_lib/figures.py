@@ -1,4 +1,4 @@
-"""Plotly figures: Tables 1-2, Figure 2, the canary-vs-general scatter, and the controller trace replay.
+"""Plotly figures: Tables 1-2, Figure 2, the canary-vs-general scatter, the safe-data frontier and the controller trace replay.
 
     from canary_lib.figures import write_results_figures
     paths = write_results_figures(results, "results/organism")     # standalone HTML + CSV of the plotted data
@@ -145,6 +145,45 @@ def correlation_figure(correlation: dict[str, Any]) -> go.Figure:
         xaxis_title="mean canary risk r_t over the run", yaxis_title="General %Misaligned (final model)",
         height=500,
     )
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------- frontier
+
+
+def frontier_figure(frontier: pd.DataFrame) -> go.Figure:
+    """General %Misaligned against the realized safe share: the fixed-p curve (mean ± std over seeds, each seed's
+    run as a faint dot) and each adaptive method's seeds as points with their mean."""
+    from canary_lib.frontier import fixed_curve
+
+    fig = go.Figure()
+    fixed = frontier[frontier.kind == "fixed"]
+    curve = fixed_curve(frontier)
+    fig.add_trace(go.Scatter(
+        x=fixed.safe_share, y=fixed.general_misaligned_pct, mode="markers", name="fixed p, per seed",
+        marker={"color": "lightgray", "size": 7}, text=[f"{m} seed {s}" for m, s in zip(fixed.method, fixed.seed)],
+    ))
+    fig.add_trace(go.Scatter(
+        x=curve.safe_share_mean, y=curve.general_misaligned_pct_mean, mode="lines+markers+text",
+        name="fixed p (mean ± std)", line={"color": "black"}, text=[f"p={p:g}" for p in curve.p],
+        textposition="top right", error_y={"type": "data", "array": curve.general_misaligned_pct_std.fillna(0)},
+    ))
+    adaptive = frontier[frontier.kind == "adaptive"]
+    palette = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+    for i, (method, group) in enumerate(adaptive.groupby("method", sort=False)):
+        color = palette[i % len(palette)]
+        fig.add_trace(go.Scatter(
+            x=group.safe_share, y=group.general_misaligned_pct, mode="markers", name=f"{method}, per seed",
+            marker={"color": color, "size": 8, "symbol": "circle-open"}, legendgroup=method,
+            text=[f"{method} seed {s}" for s in group.seed],
+        ))
+        fig.add_trace(go.Scatter(
+            x=[group.safe_share.mean()], y=[group.general_misaligned_pct.mean()], mode="markers", name=method,
+            marker={"color": color, "size": 14, "symbol": "diamond"}, legendgroup=method,
+        ))
+    fig.update_layout(title="Safe-data frontier: General %Misaligned against the share of safe steps taken",
+                      xaxis_title="realized safe share (n_safe_steps / n_steps)",
+                      yaxis_title="General %Misaligned (final model)", height=520)
     return fig
 
 
@@ -326,7 +365,7 @@ def write_trace_replays(results: Any, results_dir: str | Path, method: str = REF
 
 
 def write_results_figures(results: Any, results_dir: str | Path, png: bool = False) -> dict[str, Path]:
-    """Tables 1-2, Figure 2 and the correlation scatter of a `canary_lib.results.Results`, into results_dir/figures.
+    """Tables 1-2, Figure 2, the correlation scatter and the safe-data frontier of a `canary_lib.results.Results`, into results_dir/figures.
 
     Returns:
         Figure name -> HTML path.
@@ -350,4 +389,7 @@ def write_results_figures(results: Any, results_dir: str | Path, png: bool = Fal
     points = pd.DataFrame(results.correlation["points"])
     paths["correlation"] = save_figure(correlation_figure(results.correlation), out / "correlation.html",
                                        points, png)[0]
+    if not results.frontier.empty:
+        paths["frontier"] = save_figure(frontier_figure(results.frontier), out / "frontier.html",
+                                        results.frontier, png)[0]
     return paths

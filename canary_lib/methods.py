@@ -59,7 +59,9 @@ class MethodSpec:
     needs_safe_data: bool = True
     """False: the method never draws a safe batch, so it trains without D_S."""
     fixed_p: float | None = None
-    """The constant p_t of a fixed-p method on the profile's own D_T (the safe-data frontier's points)."""
+    """The constant p_t of a fixed-p method on the profile's own D_T (the safe-data frontier's curve)."""
+    adaptive: bool = False
+    """p_t follows the canary signal (or a replay of it): a point compared with the frontier's fixed curve."""
 
 
 def fixed_p_method(p: float, **rows: str | None) -> MethodSpec:
@@ -72,14 +74,20 @@ METHODS: dict[str, MethodSpec] = {
     "no_defense": fixed_p_method(0.0, table1="No Defense"),
     "fixed_5": fixed_p_method(0.05, table1="Fixed 5%"),
     "canary": MethodSpec(canary_schedule, table1="Canary-Controlled", table2="Full Canary-Controlled",
-                         tests="Reference"),
+                         tests="Reference", adaptive=True),
     # Table 2: each ablation removes one ingredient of the controller (docs/decisions.md)
     "fixed_mean": MethodSpec(fixed_mean_schedule, table2="Fixed p = p̄", tests="Adaptive timing",
                              replays_reference=True),
-    "delayed": MethodSpec(delayed_schedule, table2="Delayed (D={delay})", tests="Feedback timeliness"),
+    "delayed": MethodSpec(delayed_schedule, table2="Delayed (D={delay})", tests="Feedback timeliness",
+                          adaptive=True),
     "shuffled": MethodSpec(shuffled_schedule, table2="Shuffled p_t", tests="Temporal ordering",
-                           replays_reference=True),
-    "no_ema": MethodSpec(no_ema_schedule, table2="No-EMA", tests="EMA smoothing"),
+                           replays_reference=True, adaptive=True),
+    "no_ema": MethodSpec(no_ema_schedule, table2="No-EMA", tests="EMA smoothing", adaptive=True),
+    # The safe-data frontier's other fixed levels (results' frontier.csv; No Defense is its p = 0, Fixed 5% its 0.05)
+    "fixed_2.5": fixed_p_method(0.025),
+    "fixed_10": fixed_p_method(0.10),
+    "fixed_15": fixed_p_method(0.15),
+    "fixed_20": fixed_p_method(0.20),
     # The organism's control: no defense, fine-tuned on the secure answers (its parameter file names the data)
     "secure_control": MethodSpec(constant_schedule(0.0), table1="Control: secure answers, no defense", control=True,
                                  needs_safe_data=False),
@@ -105,3 +113,8 @@ def table2_methods() -> dict[str, MethodSpec]:
 def fixed_p_methods() -> dict[str, float]:
     """Every fixed-p method with its p, in registry order."""
     return {name: m.fixed_p for name, m in METHODS.items() if m.fixed_p is not None}
+
+
+def adaptive_methods() -> list[str]:
+    """The methods plotted as points against the safe-data frontier's fixed curve, in registry order."""
+    return [name for name, m in METHODS.items() if m.adaptive]

@@ -22,7 +22,15 @@ import yaml
 
 from canary_lib.artifacts import RunDir, read_controller, read_steps, write_json_atomic, write_text_atomic
 from canary_lib.config import MethodSettings
-from canary_lib.methods import BASE, REFERENCE_METHOD, table1_methods, table2_methods
+from canary_lib.frontier import CurveComparison, compare_to_fixed_curve, fixed_curve, frontier_table
+from canary_lib.methods import (
+    BASE,
+    REFERENCE_METHOD,
+    adaptive_methods,
+    fixed_p_methods,
+    table1_methods,
+    table2_methods,
+)
 
 # metrics.json key -> the paper's column name.
 METRICS = {
@@ -53,6 +61,10 @@ class Results:
     table1: pd.DataFrame
     table2: pd.DataFrame
     correlation: dict[str, Any]
+    frontier: pd.DataFrame = field(default_factory=pd.DataFrame)
+    """The safe-data frontier: one row per evaluated fixed-p or adaptive run (canary_lib.frontier)."""
+    frontier_comparisons: list[CurveComparison] = field(default_factory=list)
+    """Each adaptive method against the fixed curve at its own safe share, paired by seed."""
     missing: list[str] = field(default_factory=list)
     """Runs that exist but are not finished (no EVAL_COMPLETE)."""
     summary: str = ""
@@ -265,15 +277,36 @@ def _summary(profile: str, res: Results) -> str:
         f"%Misaligned of its final model. With the last canary evaluation instead of the mean: r = {r_last}.",
         "",
     ]
+    lines += _frontier_summary(res)
     if res.missing:
         lines += ["## Unfinished runs (left out)", "", *[f"- {m}" for m in res.missing], ""]
     return "\n".join(lines)
 
 
+def _frontier_summary(res: Results) -> list[str]:
+    """The frontier section of summary.md: the fixed curve and one computed sentence per adaptive method."""
+    if res.frontier.empty:
+        return []
+    curve = fixed_curve(res.frontier)
+    curve_rows = [f"| {p:g} | {share:.3f} | {format_mean_std(m, sd)} | {n} |" for p, share, m, sd, n in zip(
+        curve.p, curve.safe_share_mean, curve.general_misaligned_pct_mean, curve.general_misaligned_pct_std,
+        curve.n_seeds)]
+    lines = ["## Safe-data frontier", "",
+             "General %Misaligned against the realized share of safe steps (n_safe_steps / n_steps). Fixed p "
+             "levels form the curve (mean ± std over seeds); each adaptive method is compared, seed by seed, with "
+             "the curve interpolated at its own safe share (docs/decisions.md, \"Safe-data frontier\"). "
+             "Negative differences: below the curve, i.e. less misalignment than a fixed ratio spending the same "
+             "amount of safe data.", "",
+             "| fixed p | safe share | Gen. %Mis. | n_seeds |", "|---|---|---|---|", *curve_rows, ""]
+    lines += [f"- {c.sentence()}" for c in res.frontier_comparisons]
+    return lines + [""]
+
+
 def build_results(runs_dir: str | Path, results_dir: str | Path, profile: str | None = None) -> Results:
     """Read every run, build Table 1, Table 2 and the correlation, and write them to results_dir.
 
-    Writes ``runs.csv``, ``table1.csv``, ``table2.csv``, ``correlation.json`` and ``summary.md``.
+    Writes ``runs.csv``, ``table1.csv``, ``table2.csv``, ``correlation.json``, ``summary.md`` and, when at least
+    two fixed-p levels finished, ``frontier.csv``.
 
     Args:
         runs_dir: ``runs/<profile>`` with ``<method>/seed<k>/`` run directories.
@@ -284,13 +317,18 @@ def build_results(runs_dir: str | Path, results_dir: str | Path, profile: str | 
     results_dir = Path(results_dir)
     missing = [f"{m}/seed{s}: " + ("training not complete" if not t and m != BASE else "evaluation not complete")
                for m, s, t, e in zip(runs.method, runs.seed, runs.training_complete, runs.eval_complete) if not e]
+    frontier = frontier_table(runs, fixed_p_methods(), adaptive_methods())
+    has_curve = frontier[frontier.kind == "fixed"].p.nunique() >= 2
     res = Results(runs=runs, table1=build_table1(runs), table2=build_table2(runs),
-                  correlation=canary_general_correlation(runs), missing=missing)
+                  correlation=canary_general_correlation(runs), frontier=frontier if has_curve else frontier[:0],
+                  frontier_comparisons=compare_to_fixed_curve(frontier) if has_curve else [], missing=missing)
     res.summary = _summary(profile or Path(runs_dir).name, res)
     write_text_atomic(results_dir / "runs.csv", runs.to_csv(index=False))
     write_text_atomic(results_dir / "table1.csv", res.table1.to_csv(index=False))
     write_text_atomic(results_dir / "table2.csv", res.table2.to_csv(index=False))
     write_json_atomic(results_dir / "correlation.json", _json_safe(res.correlation))
+    if not res.frontier.empty:
+        write_text_atomic(results_dir / "frontier.csv", res.frontier.to_csv(index=False))
     write_text_atomic(results_dir / "summary.md", res.summary)
     return res
 

@@ -21,7 +21,7 @@ from canary_lib.config import RunConfig, load_config
 PROFILE = "parameters/organism.yaml"
 RUNS = {  # probe run name -> (method parameter file, extra overrides)
     "no_defense": ("parameters/methods/no_defense.yaml", []),
-    "fixed_20": ("parameters/methods/fixed_5.yaml", ["method.fixed_p=0.2"]),
+    "fixed_20": ("parameters/methods/fixed_20.yaml", []),
     "canary": ("parameters/methods/canary.yaml", []),
     "no_ema": ("parameters/methods/no_ema.yaml", []),
     "secure_control": ("parameters/methods/secure_control.yaml", []),

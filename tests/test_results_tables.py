@@ -151,3 +151,34 @@ def test_controller_traces_for_figure2(runs_dir: Path) -> None:
 def test_missing_runs_dir_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="run the sweep first"):
         collect_runs(tmp_path / "nope")
+
+
+def test_build_results_writes_the_safe_data_frontier(tmp_path: Path) -> None:
+    runs = tmp_path / "runs" / "organism"
+    # fixed levels: realized safe share -> General %Mis. falls linearly from 40 (share 0.05) to 10 (share 0.20)
+    for seed, offset in zip((42, 123, 456), (-1.0, 0.0, 1.0)):
+        for method, n_safe, gen in (("no_defense", 0, 60.0), ("fixed_5", 5, 40.0), ("fixed_20", 20, 10.0)):
+            write_synthetic_run(runs, method, seed, _m(gen + offset) | {"n_steps": 100, "n_safe_steps": n_safe},
+                                risks=[0.1, 0.2])
+        # at share 0.10 the curve reads 30 + offset; the canary run is 5 points below it in every seed
+        write_synthetic_run(runs, "canary", seed, _m(25.0 + offset) | {"n_steps": 100, "n_safe_steps": 10},
+                            risks=[0.1, 0.05])
+    res = build_results(runs, tmp_path / "results")
+    frontier = pd.read_csv(tmp_path / "results" / "frontier.csv")
+    assert {"method", "kind", "p", "seed", "safe_share", "general_misaligned_pct"} <= set(frontier.columns)
+    assert list(frontier.drop_duplicates("method").method) == ["fixed_0", "fixed_5", "fixed_20", "canary"]
+    assert frontier[frontier.method == "canary"].safe_share.tolist() == [0.1, 0.1, 0.1]
+    (comparison,) = res.frontier_comparisons
+    assert comparison.method == "canary" and comparison.difference_mean == pytest.approx(-5.0)
+    assert "## Safe-data frontier" in res.summary and "-5.00 points" in res.summary
+
+
+def test_no_frontier_without_two_fixed_levels(runs_dir: Path, tmp_path: Path) -> None:
+    # the fixture has No Defense and Fixed 5%, whose synthetic runs share one safe share: still two levels of p
+    res = build_results(runs_dir, tmp_path / "results")
+    assert set(res.frontier.method) >= {"fixed_0", "fixed_5", "canary"}
+    only_canary = tmp_path / "only"
+    write_synthetic_run(only_canary, "canary", 42, _m(5.0), risks=[0.1])
+    res = build_results(only_canary, tmp_path / "results2")
+    assert res.frontier.empty and not (tmp_path / "results2" / "frontier.csv").exists()
+    assert "Safe-data frontier" not in res.summary
