@@ -266,6 +266,13 @@ class CanarySettings(SamplingSettings):
     max_new_tokens: int = Field(256, ge=1)
     monitor_open_loop: bool = True
     """Also measure canary risk in runs whose p_t ignores it (no_defense, fixed_5, replays), for traces and correlation."""
+    judge_retries: int = Field(1, ge=0)
+    """Canary answers the judge failed on (server down, timeout) are sent again this many times."""
+    on_judge_error: Literal["exclude", "stop"] = "exclude"
+    """What still fails after the retries: exclude (r_t over the answers judged, unless more than
+    max_judge_error_share failed: then stop) or stop (training stops at once; a rerun resumes it)."""
+    max_judge_error_share: float = Field(0.25, ge=0, lt=1)
+    """With on_judge_error = exclude: training stops when more than this share of one evaluation's answers failed."""
 
 
 class EvalSettings(SamplingSettings):
