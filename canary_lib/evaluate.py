@@ -276,11 +276,14 @@ def evaluate_model(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None) -> d
     t_start = time.perf_counter()
     run = RunDir(out_dir)
     ensure_run_directory(run.path)
+    check_evaluation(run, cfg, trained=adapter_dir is not None)  # no cached answer reused under other settings
     if adapter_dir is not None and not (Path(adapter_dir) / "adapter_config.json").is_file():
         raise EvaluationError(f"{adapter_dir}: no adapter_config.json (not a saved peft adapter)")
-    check_evaluation(run, cfg, trained=adapter_dir is not None)  # no cached answer reused under other settings
     questions = load_eval_questions(cfg)
     planned = plan_samples(questions, cfg.eval.samples_per_prompt)
+    from canary_lib.models import check_model_source  # torch: only once the cheap checks passed
+
+    check_model_source(cfg.model)
     run.path.mkdir(parents=True, exist_ok=True)
     run.remove_temporaries()
     _record_eval_settings(run, cfg)

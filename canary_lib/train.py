@@ -371,7 +371,9 @@ def train_from_config(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None 
         check_training(run, cfg)
         checkpoint_state = read_checkpoint_state(checkpoint, fingerprint)
 
-    from canary_lib.models import add_rslora, load_model_and_tokenizer
+    from canary_lib.models import add_rslora, check_model_source, load_model_and_tokenizer
+
+    check_model_source(cfg.model)
 
     wall_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
