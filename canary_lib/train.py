@@ -399,41 +399,43 @@ def train_from_config(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None 
     risk_ema = loop.controller[-1]["risk_ema"] if loop.controller else 0.0
     bar = tqdm(total=planner.n_target_batches, initial=planner.n_target_batches - planner.target_remaining,
                desc=f"{cfg.method.name} seed {cfg.seed}", unit="target batch", dynamic_ncols=True)
-    while (planned := planner.next_step(schedule.p(planner.step))) is not None:
-        # one step of Algorithm 1: a batch of exactly the drawn source, one optimizer step
-        start = time.perf_counter()
-        batch = [encode_chat(data[planned.source][i], tokenizer, max_length) for i in planned.indices]
-        loop.n_unsupervised_examples += sum(1 for ex in batch if ex.n_supervised == 0)
-        lr = lr_at(planned.step, planned.target_remaining + (planned.source == TARGET),
-                   planner.n_target_batches, cfg.train.lr, cfg.train.warmup_steps)
-        loss = train_step(model, optimizer, batch, lr=lr, micro_batch_size=cfg.train.micro_batch_size,
-                          pad_token_id=tokenizer.pad_token_id, max_grad_norm=cfg.train.max_grad_norm,
-                          autocast=cfg.train.autocast)
-        loop.train_seconds += time.perf_counter() - start
-        loop.steps.append({"step": planned.step, "source": planned.source, "p": planned.p,
-                           "target_remaining": planned.target_remaining, "loss": loss, "lr": lr})
-
-        # every K steps: measure the canary risk; the controller's new p applies from the next step on
-        if planned.canary_after and canary_fn is not None:
-            result, seconds = run_canary(canary_fn, model, tokenizer, planned.step)
-            loop.canary_seconds += seconds
-            update = schedule.observe(planned.step, result.risk)
-            risk_ema = update.risk_ema
-            loop.controller.append({**update.as_dict(), "n_canary": result.n_canary,
-                                    "n_misaligned": result.n_misaligned, "seconds": seconds,
-                                    "n_judge_errors": result.n_judge_errors})
-            append_jsonl(run.canary_answers_path, [{**r, "step": planned.step} for r in result.records])
-
-        if (planned.step + 1) % cfg.train.checkpoint_every == 0 or planner.done:
+    try:
+        while (planned := planner.next_step(schedule.p(planner.step))) is not None:
+            # one step of Algorithm 1: a batch of exactly the drawn source, one optimizer step
             start = time.perf_counter()
-            save_checkpoint(run, model=model, optimizer=optimizer, planner=planner, schedule=schedule, loop=loop,
-                            fingerprint=fingerprint)
-            loop.checkpoint_seconds += time.perf_counter() - start
-        bar.update(int(planned.source == TARGET))
-        bar.set_postfix(step=planned.step, src=planned.source, p=f"{planned.p:.3f}", loss=f"{loss:.3f}",
-                        r_hat=f"{risk_ema:.3f}", refresh=False)
-        _maybe_kill(planned.step)
-    bar.close()
+            batch = [encode_chat(data[planned.source][i], tokenizer, max_length) for i in planned.indices]
+            loop.n_unsupervised_examples += sum(1 for ex in batch if ex.n_supervised == 0)
+            lr = lr_at(planned.step, planned.target_remaining + (planned.source == TARGET),
+                       planner.n_target_batches, cfg.train.lr, cfg.train.warmup_steps)
+            loss = train_step(model, optimizer, batch, lr=lr, micro_batch_size=cfg.train.micro_batch_size,
+                              pad_token_id=tokenizer.pad_token_id, max_grad_norm=cfg.train.max_grad_norm,
+                              autocast=cfg.train.autocast)
+            loop.train_seconds += time.perf_counter() - start
+            loop.steps.append({"step": planned.step, "source": planned.source, "p": planned.p,
+                               "target_remaining": planned.target_remaining, "loss": loss, "lr": lr})
+
+            # every K steps: measure the canary risk; the controller's new p applies from the next step on
+            if planned.canary_after and canary_fn is not None:
+                result, seconds = run_canary(canary_fn, model, tokenizer, planned.step)
+                loop.canary_seconds += seconds
+                update = schedule.observe(planned.step, result.risk)
+                risk_ema = update.risk_ema
+                loop.controller.append({**update.as_dict(), "n_canary": result.n_canary,
+                                        "n_misaligned": result.n_misaligned, "seconds": seconds,
+                                        "n_judge_errors": result.n_judge_errors})
+                append_jsonl(run.canary_answers_path, [{**r, "step": planned.step} for r in result.records])
+
+            if (planned.step + 1) % cfg.train.checkpoint_every == 0 or planner.done:
+                start = time.perf_counter()
+                save_checkpoint(run, model=model, optimizer=optimizer, planner=planner, schedule=schedule, loop=loop,
+                                fingerprint=fingerprint)
+                loop.checkpoint_seconds += time.perf_counter() - start
+            bar.update(int(planned.source == TARGET))
+            bar.set_postfix(step=planned.step, src=planned.source, p=f"{planned.p:.3f}", loss=f"{loss:.3f}",
+                            r_hat=f"{risk_ema:.3f}", refresh=False)
+            _maybe_kill(planned.step)
+    finally:  # a stop (judge failure, crash) leaves the bar closed, so the error starts its own line
+        bar.close()
 
     metrics = _finish(run, cfg, model, loop, wall_start)
     if not cfg.train.keep_checkpoint:
