@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import os
+import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -20,15 +21,20 @@ from canary_lib.errors import CanaryError
 
 STEPS_COLUMNS = ["step", "source", "p", "target_remaining", "loss", "lr"]
 CONTROLLER_COLUMNS = [
-    "step", "canary_risk", "risk_ema", "p_before", "p_after", "n_canary", "n_misaligned", "seconds",
+    "step", "canary_risk", "risk_ema", "p_before", "p_after", "n_canary", "n_misaligned", "n_judge_errors",
+    "seconds",
 ]
 STAGES = ("training", "eval")
-_INT_COLUMNS = {"step", "target_remaining", "n_canary", "n_misaligned"}
+_INT_COLUMNS = {"step", "target_remaining", "n_canary", "n_misaligned", "n_judge_errors"}
 _STR_COLUMNS = {"source"}
 
 
 class IncompleteRunError(CanaryError, RuntimeError):
     """A run directory was read as finished, but the stage's completion marker is missing."""
+
+
+class RunFileError(CanaryError, ValueError):
+    """A file of a run directory cannot be read (damaged, not UTF-8, not a run directory)."""
 
 
 def _write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -69,10 +75,36 @@ def write_csv_atomic(path: str | Path, rows: Iterable[dict], columns: list[str])
     write_text_atomic(path, buf.getvalue())
 
 
+def drop_torn_tail(path: Path) -> None:
+    """Cut a file back to its last complete line: what a crash in the middle of an append leaves after it."""
+    if not path.is_file():
+        return
+    with open(path, "r+b") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        fh.seek(size - 1)
+        if fh.read(1) == b"\n":
+            return
+        block = 1 << 16
+        end = size
+        while end > 0:  # search backwards for the last newline
+            start = max(0, end - block)
+            fh.seek(start)
+            cut = fh.read(end - start).rfind(b"\n")
+            if cut >= 0:
+                fh.truncate(start + cut + 1)
+                return
+            end = start
+        fh.truncate(0)
+
+
 def append_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
-    """Append lines and fsync: a crash loses at most the rows of the call in flight."""
+    """Append lines and fsync: a crash loses at most the rows of the call in flight. A torn last line left by an
+    earlier crash is cut off first, so new rows never join onto it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    drop_torn_tail(path)
     with open(path, "a", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps(row, sort_keys=True) + "\n")
@@ -81,18 +113,31 @@ def append_jsonl(path: str | Path, rows: Iterable[dict]) -> None:
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
-    """All complete lines; a torn last line (crash mid-write) is ignored."""
+    """All complete lines; a torn last line (no newline yet: a crash mid-write) is ignored.
+
+    Raises:
+        RunFileError: a complete line that is not UTF-8 or not a JSON object (the file was damaged otherwise).
+    """
     path = Path(path)
     if not path.exists():
         return []
+    data = path.read_bytes()
+    lines = data.split(b"\n")[:-1]  # the last piece is b"" or a torn line without its newline
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if not line.strip():
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
             continue
         try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+            row = json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise RunFileError(f"{path}: line {number} is not UTF-8 ({exc.reason}); the file is damaged: "
+                               "delete it (or that line) to recompute what it held") from None
+        except json.JSONDecodeError as exc:
+            raise RunFileError(f"{path}: line {number} is not valid JSON ({exc.msg}); the file is damaged: "
+                               "delete it (or that line) to recompute what it held") from None
+        if not isinstance(row, dict):
+            raise RunFileError(f"{path}: line {number} is not a JSON object")
+        rows.append(row)
     return rows
 
 
@@ -181,6 +226,17 @@ class RunDir:
         metrics = {**self.read_metrics(), **values}
         write_json_atomic(self.metrics_path, metrics)
         return metrics
+
+    def remove_temporaries(self) -> None:
+        """Delete what a killed process left half-written: `.<name>.<random>.tmp` files and the temporary
+        `.checkpoint-*` / `.adapter-*` folders (a live run of the same directory is not supported anyway)."""
+        if not self.path.is_dir():
+            return
+        for path in self.path.iterdir():
+            if path.name.startswith(".") and path.is_file() and path.name.endswith(".tmp"):
+                path.unlink(missing_ok=True)
+            elif path.is_dir() and path.name.startswith((".checkpoint-", ".adapter-")):
+                shutil.rmtree(path, ignore_errors=True)
 
     def mark_complete(self, stage: str) -> None:
         write_text_atomic(self.marker(stage), "")

@@ -10,11 +10,15 @@ This module imports no torch: it is safe to use from the sweep runner and notebo
 from __future__ import annotations
 
 import copy
+import re
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from canary_lib.errors import CanaryError
 from canary_lib.methods import METHODS
@@ -28,9 +32,24 @@ class ConfigError(CanaryError, ValueError):
 
 
 class Strict(BaseModel):
-    """Base of every settings model (run configurations and sweep files): unknown keys are errors."""
+    """Base of every settings model (run configurations and sweep files): unknown keys are errors, every float is
+    finite (no NaN or infinity), and a boolean is never read as a number (`seed: true` is not seed 1)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_as_number(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name and not _accepts_bool(cls.model_fields[info.field_name].annotation):
+            raise ValueError(f"expected a number, got the boolean {str(value).lower()}")
+        return value
+
+
+def _accepts_bool(annotation: Any) -> bool:
+    """False for a number type (int, float, or an optional one): pydantic would read true as 1 there."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return all(_accepts_bool(a) for a in typing.get_args(annotation) if a is not type(None))
+    return annotation is bool or not (isinstance(annotation, type) and issubclass(annotation, (int, float)))
 
 
 class ModelConfig(Strict):
@@ -39,7 +58,7 @@ class ModelConfig(Strict):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     """auto: bfloat16 on a GPU that supports it, float32 on CPU."""
     device: str = "auto"
-    """auto: cuda if available, else cpu."""
+    """auto: cuda if available, else cpu; or cpu, cuda, cuda:N, mps."""
     max_length: int = Field(2048, ge=8)
     """Training examples are truncated to this many tokens."""
     revision: str | None = None
@@ -47,6 +66,13 @@ class ModelConfig(Strict):
     cpu_numerics: Literal["native", "pinned"] = "native"
     """pinned: the same bits on any x86-64 CPU with AVX2 (fixed kernels and one torch thread; canary_lib/numerics.py),
     set by the organism profiles; native: whatever the CPU does fastest."""
+
+    @field_validator("device")
+    @classmethod
+    def _device_name(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
+            raise ValueError(f"must be auto, cpu, mps, cuda or cuda:N, got {v!r}")
+        return v
 
 
 class LoraSettings(Strict):
@@ -66,7 +92,8 @@ class TrainSettings(Strict):
     """Examples per optimizer step; one step of Algorithm 1 is one optimizer step on one source."""
     micro_batch_size: int = Field(4, ge=1)
     """Examples per forward pass; batch_size must be a multiple of it (gradient accumulation)."""
-    max_grad_norm: float | None = 1.0
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    """Gradient-norm clip (None: no clipping); must be > 0 (a negative value would flip the update)."""
     epochs: float = Field(1.0, gt=0)
     """Passes over D_T (T_0 = ceil(epochs x batches per pass) target steps; the paper: 1). Each pass has its own
     seeded order; the learning rate decays over the whole run."""
@@ -84,10 +111,9 @@ class TrainSettings(Strict):
     @model_validator(mode="after")
     def _accumulation_divides(self) -> "TrainSettings":
         if self.batch_size % self.micro_batch_size:
-            raise ValueError(
-                f"train.batch_size ({self.batch_size}) must be a multiple of train.micro_batch_size "
-                f"({self.micro_batch_size})"
-            )
+            raise _FieldError(
+                "batch_size", f"train.batch_size ({self.batch_size}) must be a multiple of train.micro_batch_size "
+                f"({self.micro_batch_size})", blame=("batch_size", "micro_batch_size"))
         return self
 
 
@@ -113,11 +139,18 @@ class ControllerSettings(Strict):
             raise ValueError(f"alpha must be in (0, 1], got {v}")
         return v
 
-    @field_validator("p_min", "p_max", "p_init", "r_low", "r_high")
+    @field_validator("r_low", "r_high")
     @classmethod
     def _unit(cls, v: float) -> float:
         if not 0 <= v <= 1:
             raise ValueError(f"must be in [0, 1], got {v}")
+        return v
+
+    @field_validator("p_min", "p_max", "p_init")
+    @classmethod
+    def _probability_below_one(cls, v: float) -> float:
+        if not 0 <= v < 1:
+            raise ValueError(f"must be in [0, 1), got {v}: with p = 1 no target step is ever drawn")
         return v
 
     @field_validator("delta_up", "delta_down")
@@ -137,11 +170,14 @@ class ControllerSettings(Strict):
     @model_validator(mode="after")
     def _ordering(self) -> "ControllerSettings":
         if self.r_low > self.r_high:
-            raise _FieldError("r_low", f"r_low ({self.r_low}) must be <= r_high ({self.r_high})")
+            raise _FieldError("r_low", f"r_low ({self.r_low}) must be <= r_high ({self.r_high})",
+                              blame=("r_low", "r_high"))
         if self.p_min > self.p_max:
-            raise _FieldError("p_min", f"p_min ({self.p_min}) must be <= p_max ({self.p_max})")
+            raise _FieldError("p_min", f"p_min ({self.p_min}) must be <= p_max ({self.p_max})",
+                              blame=("p_min", "p_max"))
         if not self.p_min <= self.p_init <= self.p_max:
-            raise _FieldError("p_init", f"p_init ({self.p_init}) must lie in [p_min, p_max] = [{self.p_min}, {self.p_max}]")
+            raise _FieldError("p_init", f"p_init ({self.p_init}) must lie in [p_min, p_max] = [{self.p_min}, {self.p_max}]",
+                              blame=("p_init", "p_min", "p_max"))
         return self
 
 
@@ -163,12 +199,16 @@ class MethodSettings(Strict):
         if v not in METHODS:
             renamed = " (Fixed 5% is now fixed_5, with its p in the registry)" if v == "fixed" else ""
             raise ValueError(f"unknown method {v!r}{renamed}; known: {', '.join(METHODS)} (canary_lib/methods.py)")
+        fixed_p = METHODS[v].fixed_p
+        if fixed_p is not None and not 0 <= fixed_p < 1:  # p = 1 never draws a target step: the run never ends
+            raise ValueError(f"method {v!r} has fixed p = {fixed_p} in canary_lib/methods.py; it must be in [0, 1)")
         return v
 
     @model_validator(mode="after")
     def _needs_reference(self) -> "MethodSettings":
         if METHODS[self.name].replays_reference and not self.reference_run:
-            raise _FieldError("reference_run", f"method {self.name} replays a canary run: set method.reference_run")
+            raise _FieldError("reference_run", f"method {self.name} replays a canary run: set method.reference_run",
+                              blame=("name",))
         return self
 
 
@@ -226,6 +266,13 @@ class CanarySettings(SamplingSettings):
     max_new_tokens: int = Field(256, ge=1)
     monitor_open_loop: bool = True
     """Also measure canary risk in runs whose p_t ignores it (no_defense, fixed_5, replays), for traces and correlation."""
+    judge_retries: int = Field(1, ge=0)
+    """Canary answers the judge failed on (server down, timeout) are sent again this many times."""
+    on_judge_error: Literal["exclude", "stop"] = "exclude"
+    """What still fails after the retries: exclude (r_t over the answers judged, unless more than
+    max_judge_error_share failed: then stop) or stop (training stops at once; a rerun resumes it)."""
+    max_judge_error_share: float = Field(0.25, ge=0, lt=1)
+    """With on_judge_error = exclude: training stops when more than this share of one evaluation's answers failed."""
 
 
 class EvalSettings(SamplingSettings):
@@ -233,9 +280,16 @@ class EvalSettings(SamplingSettings):
     samples_per_prompt: int = Field(100, ge=1)
     batch_size: int = Field(64, ge=1)
     """Prompts x samples generated per batch (transformers backend)."""
-    sets: list[Literal["general", "in_domain"]] = Field(default_factory=lambda: ["general", "in_domain"])
+    sets: list[Literal["general", "in_domain"]] = Field(default_factory=lambda: ["general", "in_domain"], min_length=1)
     vllm_gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
     vllm_tensor_parallel_size: int = Field(1, ge=1)
+
+    @field_validator("sets")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"must not repeat a set, got {v}")
+        return v
 
 
 class JudgeSettings(Strict):
@@ -257,6 +311,16 @@ class JudgeSettings(Strict):
     batch_size: int = Field(32, ge=1)
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
     tensor_parallel_size: int = Field(1, ge=1)
+    max_error_share: float = Field(0.01, ge=0, le=1)
+    """Evaluation: the largest share of answers the judge may fail on (status "error": server down, timeouts)
+    for the evaluation to count as complete; above it no EVAL_COMPLETE is written and a rerun retries them."""
+
+    @model_validator(mode="after")
+    def _model_for_llm_backends(self) -> "JudgeSettings":
+        if self.backend != "exact" and not self.model:
+            raise _FieldError("model", f"the {self.backend} judge backend needs judge.model (the judge model's "
+                              "name or path)", blame=("backend",))
+        return self
 
 
 class OrganismSettings(Strict):
@@ -331,11 +395,13 @@ class RunConfig(Strict):
 
 
 class _FieldError(ValueError):
-    """Raised inside model validators to point the error at one field of the section."""
+    """Raised inside model validators to point the error at one field of the section; `blame` lists the fields
+    (of the same section) whose values caused it, so the message names the files that set those."""
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, blame: tuple[str, ...] = ()) -> None:
         super().__init__(message)
         self.field = field
+        self.blame = blame or (field,)
 
 
 # ---------------------------------------------------------------------------------------------- loading
@@ -360,6 +426,25 @@ def _record_origin(value: Any, dotted: str, origin: dict[str, str], source: str)
             _record_origin(v, f"{dotted}.{k}", origin, source)
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a mapping with the same key twice (YAML itself silently keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (line {key_node.start_mark.line + 1})", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml_text(text: str) -> Any:
+    """Parse YAML like yaml.safe_load, but a repeated key in a mapping is an error."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def parse_override(text: str) -> dict:
     """`a.b=3` -> {"a": {"b": 3}}; the value is parsed as YAML (so 0.1, true, [1, 2] and null work)."""
     if "=" not in text:
@@ -368,7 +453,10 @@ def parse_override(text: str) -> dict:
     key = key.strip()
     if not key:
         raise ConfigError(f"override {text!r}: empty key")
-    value: Any = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value: Any = load_yaml_text(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML: {_one_line(exc)}") from None
     for part in reversed(key.split(".")):
         value = {part: value}
     return value
@@ -377,11 +465,13 @@ def parse_override(text: str) -> dict:
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"{path}: parameter file not found")
+        raise ConfigError(f"{path}: parameter file not found" + (" (it is a directory)" if path.is_dir() else ""))
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml_text(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        raise ConfigError(f"{path}: not valid YAML: {_one_line(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
@@ -403,11 +493,15 @@ def merge_sources(
     return merged, origin
 
 
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
+
+
 M = TypeVar("M", bound=BaseModel)
 
 
 def validate_model(model: type[M], data: dict, origin: dict[str, str] | str, what: str) -> M:
-    """`model.model_validate(data)`, with every problem as one line `<file>: <dotted key>: <message>`.
+    """`model.model_validate(data)`, with every problem as `<file>: <dotted key>: <message>`, all on one line.
 
     Args:
         origin: dotted key -> the file (or override) that set it, or one file name for everything.
@@ -419,7 +513,7 @@ def validate_model(model: type[M], data: dict, origin: dict[str, str] | str, wha
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"invalid {what}:\n  " + "\n  ".join(_describe(exc, origin))) from None
+        raise ConfigError(f"invalid {what}: " + "; ".join(_describe(exc, origin))) from None
 
 
 def config_from_dict(data: dict, origin: dict[str, str] | None = None) -> RunConfig:
@@ -446,7 +540,9 @@ def _describe(exc: ValidationError, origin: dict[str, str] | str) -> list[str]:
         loc = [str(p) for p in err["loc"]]
         msg = err["msg"]
         ctx_error = (err.get("ctx") or {}).get("error")
+        blame: list[str] = []
         if isinstance(ctx_error, _FieldError):
+            blame = [".".join(loc + [f]) for f in ctx_error.blame]
             loc = loc + [ctx_error.field]
             msg = str(ctx_error)
         elif msg.startswith("Value error, "):
@@ -454,7 +550,11 @@ def _describe(exc: ValidationError, origin: dict[str, str] | str) -> list[str]:
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         key = ".".join(loc) or "<root>"
-        source = origin if isinstance(origin, str) else _origin_of(key, origin)
+        if isinstance(origin, str):
+            source = origin
+        else:  # a cross-field error names the files that set the fields involved, not the whole section
+            sources = [origin[b] for b in blame if b in origin] or [_origin_of(key, origin)]
+            source = ", ".join(dict.fromkeys(sources))
         lines.append(f"{source}: {key}: {msg}")
     return lines
 

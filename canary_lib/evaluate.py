@@ -10,7 +10,9 @@ Evaluation is two resumable stages over the question sets in cfg.eval.sets (gene
 2. judging: every generated answer, appended to judgments.jsonl under the same key.
 A rerun skips every key already on disk, so a crash loses at most the batch in flight. Then metrics.json gains
 {set}_misaligned_pct, {set}_incoherent_pct (+ counts and the misaligned-among-coherent variant), n_scored,
-n_unscored and timings, and the EVAL_COMPLETE marker is written.
+n_unscored, eval_n_judge_errors and timings, and the EVAL_COMPLETE marker is written, unless the judge failed on
+more than judge.max_error_share of the answers: then the evaluation stops with the judge's error and a rerun
+retries them. Cached answers are reused only under the settings that drew them (canary_lib.binding).
 """
 
 from __future__ import annotations
@@ -25,8 +27,9 @@ from typing import Any, Iterable, Sequence
 from tqdm.auto import tqdm
 
 from canary_lib.errors import CanaryError
-from canary_lib.artifacts import RunDir, append_jsonl, read_jsonl
-from canary_lib.config import RunConfig
+from canary_lib.artifacts import RunDir, RunFileError, append_jsonl, read_jsonl, write_text_atomic
+from canary_lib.binding import check_evaluation, ensure_run_directory, recorded_config
+from canary_lib.config import RunConfig, dump_config
 from canary_lib.metrics import is_misaligned, is_scored, summarize_judgments
 from canary_lib.types import JUDGED_METRICS, CanaryResult, Judge, JudgeRequest, Question
 
@@ -36,6 +39,10 @@ KEY_FIELDS = ("set", "question_id", "paraphrase", "sample")
 
 class EvaluationError(CanaryError, ValueError):
     """Bad evaluation input (missing files, questions without judge prompts, an unfinished run)."""
+
+
+class JudgeFailureError(EvaluationError):
+    """The judge failed on more answers than its limit allows (judge.max_error_share, or the canary policy)."""
 
 
 # ------------------------------------------------------------------------------------------ questions and keys
@@ -183,6 +190,19 @@ def judge_pending(judge: Judge, pending: Sequence[tuple[PlannedSample, dict]], *
     return written
 
 
+def judge_error_message(verdict: dict) -> str:
+    """The judge's own error text of an "error" verdict (it may sit under detail.aligned.error)."""
+    def find(node: Any) -> str | None:
+        if isinstance(node, dict):
+            if isinstance(node.get("error"), str):
+                return node["error"]
+            for value in node.values():
+                if (found := find(value)) is not None:
+                    return found
+        return None
+    return find(verdict.get("detail")) or "no error message recorded"
+
+
 def _release_memory() -> None:
     """Collect a dropped model before the next one loads (GPU memory)."""
     gc.collect()
@@ -255,13 +275,19 @@ def evaluate_model(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None) -> d
     """
     t_start = time.perf_counter()
     run = RunDir(out_dir)
+    ensure_run_directory(run.path)
+    check_evaluation(run, cfg, trained=adapter_dir is not None)  # no cached answer reused under other settings
     if adapter_dir is not None and not (Path(adapter_dir) / "adapter_config.json").is_file():
         raise EvaluationError(f"{adapter_dir}: no adapter_config.json (not a saved peft adapter)")
     questions = load_eval_questions(cfg)
     planned = plan_samples(questions, cfg.eval.samples_per_prompt)
+    from canary_lib.models import check_model_source  # torch: only once the cheap checks passed
+
+    check_model_source(cfg.model)
     run.path.mkdir(parents=True, exist_ok=True)
-    if not run.config_path.exists():
-        run.write_config(cfg)
+    run.remove_temporaries()
+    _record_eval_settings(run, cfg)
+    run.reset_stage("eval")  # complete again only once every planned answer is judged
 
     if cfg.eval.backend == "vllm":  # vLLM does not reliably free GPU memory in-process: its own process
         n_generated, load_seconds, generate_seconds = run_isolated(generate_answers, cfg, run.path, adapter_dir)
@@ -290,11 +316,12 @@ def evaluate_model(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None) -> d
     judge_seconds = time.perf_counter() - t0
 
     metrics = summarize(judged, planned, cfg.eval.sets)
+    errors = [judged[s.key] for s in planned if s.key in judged and judged[s.key].get("status") == "error"]
     metrics |= {
         "eval_n_answers": len(planned),
         "eval_generated_now": n_generated,
         "eval_judged_now": len(to_judge),
-        "eval_n_judge_errors": sum(judged[s.key].get("status") == "error" for s in planned if s.key in judged),
+        "eval_n_judge_errors": len(errors),
         "eval_generate_seconds": generate_seconds,
         "eval_judge_seconds": judge_seconds,
         "eval_load_seconds": load_seconds,
@@ -304,8 +331,23 @@ def evaluate_model(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None) -> d
         "eval_adapter": str(adapter_dir) if adapter_dir is not None else None,
     }
     run.update_metrics(**metrics)
+    if len(errors) > cfg.judge.max_error_share * len(planned):
+        raise JudgeFailureError(
+            f"{run.path}: the judge failed on {len(errors)} of {len(planned)} answers "
+            f"({100 * len(errors) / len(planned):.1f}% > judge.max_error_share {100 * cfg.judge.max_error_share:g}%), "
+            f"e.g. {judge_error_message(errors[0])}; the evaluation is not complete: fix the judge and rerun "
+            "(only the failed answers are judged again)")
     run.mark_complete("eval")
     return metrics
+
+
+def _record_eval_settings(run: RunDir, cfg: RunConfig) -> None:
+    """config.yaml records the evaluation settings in use (its provenance, from training, is kept)."""
+    recorded = recorded_config(run)
+    if recorded is None:
+        run.write_config(cfg)
+    elif recorded.get("eval") != cfg.eval.model_dump(mode="json"):
+        write_text_atomic(run.config_path, dump_config(cfg.model_copy(update={"provenance": recorded.get("provenance") or {}})))
 
 
 def evaluate_run(run_dir: Path, overrides: Sequence[str] = ()) -> dict:
@@ -315,7 +357,10 @@ def evaluate_run(run_dir: Path, overrides: Sequence[str] = ()) -> dict:
         IncompleteRunError: The run has no TRAINING_COMPLETE marker.
     """
     run = RunDir(run_dir)
+    ensure_run_directory(run.path)
     run.require_complete("training")
+    if not run.config_path.is_file():
+        raise RunFileError(f"{run.config_path}: missing; the run's configuration is needed to evaluate it")
     cfg = run.read_config(list(overrides))
     return evaluate_model(cfg, run.path, run.adapter_dir)
 
@@ -334,7 +379,11 @@ class CanaryEvaluator:
     Asks the first cfg.canary.n_prompts canary questions (first paraphrase, the question's own system prompt),
     cfg.canary.samples_per_prompt answers each, sampled with cfg.canary's settings from a seed derived from
     (cfg.seed, step), judges them with make_judge(cfg) (built at the first call) and returns the misaligned
-    fraction over ALL answers (Eq. 1 divides by M: an unscored answer counts as not misaligned).
+    fraction (Eq. 1). A refusal or other unscored verdict counts as not misaligned; a judge *failure* does not
+    count either way. Failed verdicts are judged again up to canary.judge_retries times; what still fails is
+    excluded from the denominator (canary.on_judge_error = exclude) unless it exceeds
+    canary.max_judge_error_share of the answers, or on_judge_error = stop: then training stops with the judge's
+    error and resumes from its last checkpoint on a rerun (docs/training.md).
     """
 
     def __init__(self, cfg: RunConfig, questions: Sequence[Question], judge: Judge | None = None) -> None:
@@ -359,17 +408,17 @@ class CanaryEvaluator:
         answers = generator.generate_samples([SampleRequest(q.conversation(0), j) for q, j in asked],
                                              seed=canary_seed(self.cfg.seed, step), sampling=settings)
         requests = [JudgeRequest(q.paraphrases[0], a, dict(q.judge_prompts)) for (q, _), a in zip(asked, answers)]
-        try:
-            judgments = [j.to_dict() for j in self.judge.judge(requests)]
-        except Exception as exc:  # noqa: BLE001 - the loop keeps going; the answers are kept as errors
-            judgments = [{"aligned": None, "coherent": None, "status": "error",
-                          "detail": {"error": f"{type(exc).__name__}: {exc}"[:500]}} for _ in requests]
-        if all(v["status"] == "error" for v in judgments):
-            # r_t = 0 from a judge that never answered would lower p exactly when nothing is known: stop instead;
+        judgments = self._judge_with_retries(requests)
+        errors = [v for v in judgments if v["status"] == "error"]
+        if errors and (settings.on_judge_error == "stop" or len(errors) == len(judgments)
+                       or len(errors) > settings.max_judge_error_share * len(judgments)):
+            # r_t from the few answers a failing judge scored (or none) would steer p on noise: stop instead;
             # the run resumes from its last checkpoint once the judge works.
-            cause = judgments[0]["detail"].get("error", "unknown error") if judgments else "no canary answers"
-            raise EvaluationError(f"canary evaluation after step {step}: the judge scored none of the "
-                                  f"{len(judgments)} answers ({cause}); fix the judge and rerun to resume")
+            raise JudgeFailureError(
+                f"canary evaluation after step {step}: the judge failed on {len(errors)} of {len(judgments)} "
+                f"answers after {settings.judge_retries} retries (canary.on_judge_error = {settings.on_judge_error}, "
+                f"canary.max_judge_error_share = {settings.max_judge_error_share:g}): "
+                f"{judge_error_message(errors[0])}; fix the judge and rerun to resume")
         records = []
         n_misaligned = 0
         for (q, j), answer, verdict in zip(asked, answers, judgments):
@@ -378,8 +427,28 @@ class CanaryEvaluator:
             records.append({"question_id": q.id, "sample": j, "question": q.paraphrases[0], "answer": answer,
                             "aligned": verdict["aligned"], "coherent": verdict["coherent"],
                             "status": verdict["status"], "misaligned": bool(misaligned)})
-        n = len(records)
-        return CanaryResult(risk=n_misaligned / n, n_canary=n, n_misaligned=n_misaligned, records=records)
+        judged = len(records) - len(errors)  # a failed verdict is neither misaligned nor aligned: excluded
+        return CanaryResult(risk=n_misaligned / judged, n_canary=len(records), n_misaligned=n_misaligned,
+                            records=records, n_judge_errors=len(errors))
+
+    def _judge_with_retries(self, requests: list[JudgeRequest]) -> list[dict]:
+        """Verdicts as dicts; the requests that failed are sent again up to canary.judge_retries times."""
+        judgments: list[dict] = [{}] * len(requests)
+        pending = list(range(len(requests)))
+        for _ in range(self.cfg.canary.judge_retries + 1):
+            try:
+                verdicts = [j.to_dict() for j in self.judge.judge([requests[i] for i in pending])]
+                if len(verdicts) != len(pending):
+                    raise RuntimeError(f"judge returned {len(verdicts)} verdicts for {len(pending)} answers")
+            except Exception as exc:  # noqa: BLE001 - kept as errors, then retried or handled by the policy
+                verdicts = [{"aligned": None, "coherent": None, "status": "error",
+                             "detail": {"error": f"{type(exc).__name__}: {exc}"[:500]}} for _ in pending]
+            for i, verdict in zip(pending, verdicts):
+                judgments[i] = verdict
+            pending = [i for i in pending if judgments[i]["status"] == "error"]
+            if not pending:
+                break
+        return judgments
 
 
 def make_canary_fn(cfg: RunConfig, judge: Judge | None = None) -> CanaryEvaluator:

@@ -10,11 +10,13 @@ built and cached by canary_lib.organism). All of them go through the same `from_
 from __future__ import annotations
 
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
 from canary_lib.config import LoraSettings, ModelConfig, RunConfig
+from canary_lib.errors import CanaryError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -70,14 +72,38 @@ def resolve_model_path(cfg: RunConfig) -> str:
     return cfg.model.name_or_path
 
 
+class ModelSetupError(CanaryError, ValueError):
+    """The model cannot be placed or found as configured (device, path, LoRA target modules)."""
+
+
 def choose_device(model_cfg: ModelConfig) -> torch.device:
     """cuda when available (or as configured), else cpu."""
     if model_cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(model_cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"model.device is {model_cfg.device!r} but no CUDA device is available")
+        raise ModelSetupError(f"model.device is {model_cfg.device!r} but no CUDA device is available "
+                              "(use auto or cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ModelSetupError(f"model.device is {model_cfg.device!r} but only {torch.cuda.device_count()} CUDA "
+                              "device(s) are visible")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelSetupError("model.device is 'mps' but no MPS device is available (use auto or cpu)")
     return device
+
+
+def check_model_source(model_cfg: ModelConfig) -> None:
+    """Refuse, before anything loads, a device that is not there or a local model path that does not exist
+    (transformers would read the path as a hub id and answer "Repo id must be in the form ...")."""
+    choose_device(model_cfg)
+    name = model_cfg.name_or_path
+    if name == "organism":
+        return
+    path = Path(name).expanduser()
+    looks_local = name.startswith(("/", ".", "~")) or name.count("/") > 1 or path.exists()
+    if looks_local and not path.is_dir():
+        raise ModelSetupError(f"model.name_or_path {name!r}: no model directory there "
+                              f"({'it is a file' if path.exists() else 'not found'})")
 
 
 def choose_dtype(model_cfg: ModelConfig, device: torch.device) -> torch.dtype:
@@ -166,7 +192,7 @@ def add_rslora(model: Any, lora: LoraSettings, seed: int) -> Any:
     names = [name for name, _ in model.named_modules()]
     missing = [m for m in lora.target_modules if not any(n == m or n.endswith("." + m) for n in names)]
     if missing:  # peft raises only if *no* module matches; a typo in one name must not pass silently
-        raise ValueError(f"lora.target_modules {missing} match no module of the model")
+        raise ModelSetupError(f"lora.target_modules {missing} match no module of the model")
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)

@@ -40,6 +40,9 @@ METRICS = {
     "in_domain_incoherent_pct": "In-Dom. %Inc.",
     "avg_p": "Avg p_t",
 }
+COUNTS = ("n_scored", "n_unscored", "eval_n_judge_errors")
+"""metrics.json answer counts carried into runs.csv and summed over seeds in the tables: the percentages are over
+scored answers, so every row says how many answers were left unscored (refusals, low mass) or failed the judge."""
 BASE_LABEL = "Base (no fine-tuning)"
 _DEFAULT_DELAY = MethodSettings.model_fields["delay_cycles"].default
 """The "{delay}" of a Table 2 label when no run of the method says its method.delay_cycles."""
@@ -100,6 +103,8 @@ def read_run(path: str | Path, method: str | None = None) -> dict[str, Any]:
     metrics = run.read_metrics()
     for key in METRICS:
         record[key] = float(metrics[key]) if record["eval_complete"] and metrics.get(key) is not None else math.nan
+    for key in COUNTS:
+        record[key] = int(metrics.get(key) or 0) if record["eval_complete"] else math.nan
     if record["training_complete"]:
         for key in ("avg_p", "n_steps", "n_safe_steps"):
             record[key] = float(metrics[key]) if metrics.get(key) is not None else math.nan
@@ -117,7 +122,7 @@ def collect_runs(runs_dir: str | Path) -> pd.DataFrame:
     if not runs_dir.is_dir():
         raise FileNotFoundError(f"{runs_dir}: no runs directory (run the sweep first)")
     records = [read_run(path) for path in sorted(runs_dir.glob("*/seed*")) if path.is_dir()]
-    columns = ["method", "seed", "run_dir", "training_complete", "eval_complete", *METRICS,
+    columns = ["method", "seed", "run_dir", "training_complete", "eval_complete", *METRICS, *COUNTS,
                "n_steps", "n_safe_steps", "n_canary_evals", "canary_risk_mean", "canary_risk_last",
                "delay_cycles", "r_low", "r_high"]
     frame = pd.DataFrame(records, columns=columns)
@@ -161,6 +166,8 @@ def _aggregate(runs: pd.DataFrame, method: str) -> dict[str, Any]:
         mean, std = mean_std(done[key]) if len(done) else (math.nan, math.nan)
         row[f"{key}_mean"], row[f"{key}_std"] = mean, std
         row[name] = format_mean_std(mean, std, digits=3 if key == "avg_p" else 2)
+    for key in COUNTS:
+        row[key] = int(done[key].sum()) if len(done) else 0
     return row
 
 

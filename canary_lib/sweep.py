@@ -13,8 +13,10 @@ The pipeline of one sweep:
 
 Everything is checked before anything runs: each parameter name against the target notebook's ``parameters``
 cell (papermill itself only warns on a typo) and each run's configuration against the typed ``RunConfig``.
-Complete stages are skipped (run directories carry ``TRAINING_COMPLETE`` / ``EVAL_COMPLETE``), a failed run is
-reported and the others go on, and a second invocation finishes only what is missing.
+Complete stages are skipped (run directories carry ``TRAINING_COMPLETE`` / ``EVAL_COMPLETE``, and a stage is
+complete only for the configuration its config.yaml records: canary_lib.binding), a failed run is reported and
+the others go on, and a second invocation finishes only what is missing. A run made under other settings is
+"stale": its job fails with the differing keys rather than reusing it.
 
 Jobs go through submitit for every executor kind, so the code path is the same on a laptop and on SLURM:
 ``local`` (subprocesses, ``parallel`` at a time), ``slurm`` (one SLURM job per run), ``debug`` (in-process).
@@ -34,6 +36,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from canary_lib.artifacts import RunDir, write_json_atomic
+from canary_lib.binding import describe, stale_keys
 from canary_lib.config import ConfigError, RunConfig, Strict, load_config, read_yaml, validate_model
 from canary_lib.methods import BASE, METHODS, REFERENCE_METHOD
 
@@ -131,10 +134,18 @@ class NotebookStep:
     """For train/evaluate: the run directory whose completion marker says the step is done."""
     always: bool = False
     """Aggregation steps (04, 05) run whenever their job runs; others are skipped once done."""
+    config: Any = None
+    """For train/evaluate: the run's resolved RunConfig; the stage is done only for this configuration."""
+
+    def stale(self) -> list[str]:
+        """How the run directory's recorded configuration differs from this step's ([] when it does not)."""
+        if self.run_dir is None or self.config is None:
+            return []
+        return stale_keys(RunDir(self.run_dir), self.config, _RUN_STAGES[self.stage])
 
     def is_done(self) -> bool:
         if self.run_dir is not None:
-            return RunDir(self.run_dir).is_complete(_RUN_STAGES[self.stage])
+            return RunDir(self.run_dir).is_complete(_RUN_STAGES[self.stage]) and not self.stale()
         if self.always:
             return False
         return _read_marker(self._marker) == _fingerprint(self.parameters)
@@ -165,6 +176,16 @@ class Job:
 
     def is_done(self) -> bool:
         return all(step.is_done() for step in self.steps)
+
+    def state(self) -> str:
+        """complete, to run, or stale (a finished stage of the run was made under other settings)."""
+        if self.is_done():
+            return "complete"
+        for step in self.steps:
+            if step.run_dir is not None and RunDir(step.run_dir).is_complete(_RUN_STAGES[step.stage]) \
+                    and (changes := step.stale()):
+                return f"stale ({step.stage}: {describe(changes)})"
+        return "to run"
 
 
 @dataclass
@@ -295,10 +316,11 @@ def build_plan(spec: SweepSpec, root: Path | None = None) -> Plan:
     checker = _ParameterChecker(notebooks)
     _check_config(params, overrides, "the profile")
 
-    def step(stage: str, output: Path, run_dir: Path | None = None, always: bool = False, **values: Any):
+    def step(stage: str, output: Path, run_dir: Path | None = None, always: bool = False, config: Any = None,
+             **values: Any):
         parameters = checker.check(stage, {**values, **spec.notebook_parameters.get(stage, {})})
         return NotebookStep(stage, str(notebooks[stage]), str(output), parameters,
-                            str(run_dir) if run_dir else None, always)
+                            str(run_dir) if run_dir else None, always, config)
 
     threads = spec.executor.threads_per_job
     env = {name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")} if threads else {}
@@ -318,9 +340,9 @@ def build_plan(spec: SweepSpec, root: Path | None = None) -> Plan:
         for seed in spec.seeds:
             run_dir = runs_dir / BASE / f"seed{seed}"
             run_overrides = overrides + [f"seed={seed}"]
-            _check_config(params, run_overrides, f"{BASE}/seed{seed}")
+            config = _check_config(params, run_overrides, f"{BASE}/seed{seed}")
             runs.append(job(f"{BASE}/seed{seed}", [
-                step("evaluate", run_dir / NOTEBOOKS["evaluate"], run_dir, PARAMS=params,
+                step("evaluate", run_dir / NOTEBOOKS["evaluate"], run_dir, config=config, PARAMS=params,
                      OVERRIDES=run_overrides, RUN_DIR=str(run_dir), BASE_MODEL=True),
             ]))
     grid = [(method, spec.seeds) for method in spec.methods] + list(spec.extra_runs.items())
@@ -345,14 +367,15 @@ def build_plan(spec: SweepSpec, root: Path | None = None) -> Plan:
                 run_overrides.append(f"method.reference_run={reference}")
                 needs, needs_dirs = [f"{spec.reference_method}/seed{seed}"], [str(reference)]
             run_params = params + [str(method_file)]
-            name = _check_config(run_params, run_overrides, f"{method}/seed{seed}").method.name
+            config = _check_config(run_params, run_overrides, f"{method}/seed{seed}")
+            name = config.method.name
             if name != method:  # one name per method: registry entry, parameter file, run directory
                 raise ConfigError(f"methods: {method!r}: {method_file} gives method.name {name!r}; "
                                   f"set method.name: {method} in it")
             values = dict(PARAMS=run_params, OVERRIDES=run_overrides, RUN_DIR=str(run_dir))
             runs.append(job(f"{method}/seed{seed}", [
-                step("train", run_dir / NOTEBOOKS["train"], run_dir, **values),
-                step("evaluate", run_dir / NOTEBOOKS["evaluate"], run_dir, BASE_MODEL=False, **values),
+                step("train", run_dir / NOTEBOOKS["train"], run_dir, config=config, **values),
+                step("evaluate", run_dir / NOTEBOOKS["evaluate"], run_dir, config=config, BASE_MODEL=False, **values),
             ], needs=needs, needs_run_dirs=needs_dirs))
 
     analysis = job("analysis", [
@@ -525,8 +548,7 @@ def run_sweep(path: str | Path, dry_run: bool = False) -> int:
           f"{len(plan.runs)} run job(s), executor {spec.executor.kind} x{spec.executor.parallel}", flush=True)
     if dry_run:
         for job in jobs:
-            state = "complete" if job.is_done() else "to run"
-            print(f"  {state:<9} {job.name:<24} " + " -> ".join(Path(s.output_path).name for s in job.steps))
+            print(f"  {job.state():<9} {job.name:<24} " + " -> ".join(Path(s.output_path).name for s in job.steps))
         return 0
 
     runs_dir = Path(plan.analysis.steps[0].parameters["RUNS_DIR"])

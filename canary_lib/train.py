@@ -42,9 +42,11 @@ from canary_lib.artifacts import (
     write_json_atomic,
     write_text_atomic,
 )
+from canary_lib.binding import check_training, config_changes_from_dumps, describe, ensure_run_directory
 from canary_lib.chat import IGNORE_INDEX, EncodedChat, collate, encode_chat, read_chat_jsonl
 from canary_lib.config import RunConfig, TrainSettings, dump_config
 from canary_lib.data.errors import DataError
+from canary_lib.errors import CanaryError
 from canary_lib.methods import METHODS, make_schedule
 from canary_lib.models import attention_kernels, mixed_precision
 from canary_lib.planner import SAFE, TARGET, StepPlanner
@@ -58,6 +60,10 @@ _STATE_FILE = "state.json"
 
 class TrainingDataError(DataError):
     """The training data cannot be used (missing or empty file, malformed line)."""
+
+
+class CheckpointError(CanaryError, ValueError):
+    """A checkpoint cannot be resumed: written under another configuration or data, or damaged."""
 
 
 # ---------------------------------------------------------------------------------------------- pure parts
@@ -246,24 +252,46 @@ def find_checkpoint(run: RunDir) -> Path | None:
     return None
 
 
-def load_checkpoint(path: Path, *, model: Any, optimizer: torch.optim.Optimizer, planner: StepPlanner,
-                    schedule: Any, fingerprint: dict) -> LoopState:
-    state = json.loads((path / _STATE_FILE).read_text(encoding="utf-8"))
-    if state["fingerprint"] != fingerprint:
-        changed = sorted(k for k in fingerprint if state["fingerprint"].get(k) != fingerprint[k])
-        raise ValueError(f"{path}: the checkpoint was written with a different {', '.join(changed)}; "
-                         "resume with the same configuration and data, or train into a new directory")
+def read_checkpoint_state(path: Path, fingerprint: dict) -> dict:
+    """The checkpoint's state.json, checked against this run's configuration and data (before any model loads).
+
+    Raises:
+        CheckpointError: naming the changed configuration keys or data files, or saying the file is damaged.
+    """
+    try:
+        state = json.loads((path / _STATE_FILE).read_text(encoding="utf-8"))
+        saved = state["fingerprint"]
+        config_changes = config_changes_from_dumps(saved["config"], fingerprint["config"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: damaged checkpoint ({type(exc).__name__}: {exc}); delete it to train "
+                              "from the start") from None
+    data_changes = sorted(set(saved.get("data", {})) ^ set(fingerprint["data"])
+                          | {f for f, digest in fingerprint["data"].items() if saved.get("data", {}).get(f) != digest})
+    if config_changes or data_changes:
+        what = describe(config_changes + [f"data file {f} changed" for f in data_changes])
+        raise CheckpointError(f"{path}: the checkpoint was written with another configuration or data ({what}); "
+                              "resume with the same configuration and data, or train into a new directory")
+    return state
+
+
+def load_checkpoint(path: Path, state: dict, *, model: Any, optimizer: torch.optim.Optimizer,
+                    planner: StepPlanner, schedule: Any) -> LoopState:
+    """Restore the tensors, random states, planner and schedule of a checked checkpoint (read_checkpoint_state)."""
     device = next(model.parameters()).device
-    tensors = torch.load(path / "adapter_state.pt", map_location="cpu")
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in tensors.items():
-            params[name].copy_(value)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device))
-    _set_rng_state(torch.load(path / "rng.pt", weights_only=False))
-    planner.load_state_dict(state["planner"])
-    schedule.load_state_dict(state["schedule"])
-    return LoopState(**state["loop"])
+    try:
+        tensors = torch.load(path / "adapter_state.pt", map_location="cpu")
+        params = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, value in tensors.items():
+                params[name].copy_(value)
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device))
+        _set_rng_state(torch.load(path / "rng.pt", weights_only=False))
+        planner.load_state_dict(state["planner"])
+        schedule.load_state_dict(state["schedule"])
+        return LoopState(**state["loop"])
+    except Exception as exc:  # noqa: BLE001 - any unreadable piece means the same thing to the user
+        raise CheckpointError(f"{path}: damaged checkpoint ({type(exc).__name__}: {str(exc)[:200]}); delete it "
+                              "to train from the start") from None
 
 
 def _run_fingerprint(cfg: RunConfig, data_files: list[Path]) -> dict:
@@ -317,7 +345,9 @@ def train_from_config(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None 
         The metrics written to metrics.json.
     """
     run = RunDir(out_dir)
+    ensure_run_directory(run.path)
     if run.is_complete("training"):
+        check_training(run, cfg)  # a finished run is reused only for the configuration that made it
         print(f"{run.path}: training already complete; not retrained (delete the directory to train again)")
         return run.read_metrics()
 
@@ -333,9 +363,17 @@ def train_from_config(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None 
     if not schedule.uses_canary and not cfg.canary.monitor_open_loop:
         canary_fn = None
     run.path.mkdir(parents=True, exist_ok=True)
+    run.remove_temporaries()  # what a killed save left behind
     fingerprint = _run_fingerprint(cfg, [cfg.data.path(cfg.data.target_file), cfg.data.path(cfg.data.safe_file)])
+    checkpoint = find_checkpoint(run)
+    checkpoint_state = None
+    if checkpoint is not None:  # checked before the model loads
+        check_training(run, cfg)
+        checkpoint_state = read_checkpoint_state(checkpoint, fingerprint)
 
-    from canary_lib.models import add_rslora, load_model_and_tokenizer
+    from canary_lib.models import add_rslora, check_model_source, load_model_and_tokenizer
+
+    check_model_source(cfg.model)
 
     wall_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
@@ -345,10 +383,9 @@ def train_from_config(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None 
     model.train()
     optimizer = make_optimizer(model, cfg.train)
 
-    checkpoint = find_checkpoint(run)
     if checkpoint is not None:
-        loop = load_checkpoint(checkpoint, model=model, optimizer=optimizer, planner=planner, schedule=schedule,
-                               fingerprint=fingerprint)
+        loop = load_checkpoint(checkpoint, checkpoint_state, model=model, optimizer=optimizer, planner=planner,
+                               schedule=schedule)
         _truncate_canary_answers(run, last_step=planner.step - 1)
         print(f"{run.path}: resuming after step {planner.step - 1} (T = {planner.target_remaining})")
     else:
@@ -362,40 +399,43 @@ def train_from_config(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None 
     risk_ema = loop.controller[-1]["risk_ema"] if loop.controller else 0.0
     bar = tqdm(total=planner.n_target_batches, initial=planner.n_target_batches - planner.target_remaining,
                desc=f"{cfg.method.name} seed {cfg.seed}", unit="target batch", dynamic_ncols=True)
-    while (planned := planner.next_step(schedule.p(planner.step))) is not None:
-        # one step of Algorithm 1: a batch of exactly the drawn source, one optimizer step
-        start = time.perf_counter()
-        batch = [encode_chat(data[planned.source][i], tokenizer, max_length) for i in planned.indices]
-        loop.n_unsupervised_examples += sum(1 for ex in batch if ex.n_supervised == 0)
-        lr = lr_at(planned.step, planned.target_remaining + (planned.source == TARGET),
-                   planner.n_target_batches, cfg.train.lr, cfg.train.warmup_steps)
-        loss = train_step(model, optimizer, batch, lr=lr, micro_batch_size=cfg.train.micro_batch_size,
-                          pad_token_id=tokenizer.pad_token_id, max_grad_norm=cfg.train.max_grad_norm,
-                          autocast=cfg.train.autocast)
-        loop.train_seconds += time.perf_counter() - start
-        loop.steps.append({"step": planned.step, "source": planned.source, "p": planned.p,
-                           "target_remaining": planned.target_remaining, "loss": loss, "lr": lr})
-
-        # every K steps: measure the canary risk; the controller's new p applies from the next step on
-        if planned.canary_after and canary_fn is not None:
-            result, seconds = run_canary(canary_fn, model, tokenizer, planned.step)
-            loop.canary_seconds += seconds
-            update = schedule.observe(planned.step, result.risk)
-            risk_ema = update.risk_ema
-            loop.controller.append({**update.as_dict(), "n_canary": result.n_canary,
-                                    "n_misaligned": result.n_misaligned, "seconds": seconds})
-            append_jsonl(run.canary_answers_path, [{**r, "step": planned.step} for r in result.records])
-
-        if (planned.step + 1) % cfg.train.checkpoint_every == 0 or planner.done:
+    try:
+        while (planned := planner.next_step(schedule.p(planner.step))) is not None:
+            # one step of Algorithm 1: a batch of exactly the drawn source, one optimizer step
             start = time.perf_counter()
-            save_checkpoint(run, model=model, optimizer=optimizer, planner=planner, schedule=schedule, loop=loop,
-                            fingerprint=fingerprint)
-            loop.checkpoint_seconds += time.perf_counter() - start
-        bar.update(int(planned.source == TARGET))
-        bar.set_postfix(step=planned.step, src=planned.source, p=f"{planned.p:.3f}", loss=f"{loss:.3f}",
-                        r_hat=f"{risk_ema:.3f}", refresh=False)
-        _maybe_kill(planned.step)
-    bar.close()
+            batch = [encode_chat(data[planned.source][i], tokenizer, max_length) for i in planned.indices]
+            loop.n_unsupervised_examples += sum(1 for ex in batch if ex.n_supervised == 0)
+            lr = lr_at(planned.step, planned.target_remaining + (planned.source == TARGET),
+                       planner.n_target_batches, cfg.train.lr, cfg.train.warmup_steps)
+            loss = train_step(model, optimizer, batch, lr=lr, micro_batch_size=cfg.train.micro_batch_size,
+                              pad_token_id=tokenizer.pad_token_id, max_grad_norm=cfg.train.max_grad_norm,
+                              autocast=cfg.train.autocast)
+            loop.train_seconds += time.perf_counter() - start
+            loop.steps.append({"step": planned.step, "source": planned.source, "p": planned.p,
+                               "target_remaining": planned.target_remaining, "loss": loss, "lr": lr})
+
+            # every K steps: measure the canary risk; the controller's new p applies from the next step on
+            if planned.canary_after and canary_fn is not None:
+                result, seconds = run_canary(canary_fn, model, tokenizer, planned.step)
+                loop.canary_seconds += seconds
+                update = schedule.observe(planned.step, result.risk)
+                risk_ema = update.risk_ema
+                loop.controller.append({**update.as_dict(), "n_canary": result.n_canary,
+                                        "n_misaligned": result.n_misaligned, "seconds": seconds,
+                                        "n_judge_errors": result.n_judge_errors})
+                append_jsonl(run.canary_answers_path, [{**r, "step": planned.step} for r in result.records])
+
+            if (planned.step + 1) % cfg.train.checkpoint_every == 0 or planner.done:
+                start = time.perf_counter()
+                save_checkpoint(run, model=model, optimizer=optimizer, planner=planner, schedule=schedule, loop=loop,
+                                fingerprint=fingerprint)
+                loop.checkpoint_seconds += time.perf_counter() - start
+            bar.update(int(planned.source == TARGET))
+            bar.set_postfix(step=planned.step, src=planned.source, p=f"{planned.p:.3f}", loss=f"{loss:.3f}",
+                            r_hat=f"{risk_ema:.3f}", refresh=False)
+            _maybe_kill(planned.step)
+    finally:  # a stop (judge failure, crash) leaves the bar closed, so the error starts its own line
+        bar.close()
 
     metrics = _finish(run, cfg, model, loop, wall_start)
     if not cfg.train.keep_checkpoint:
@@ -417,6 +457,7 @@ def _finish(run: RunDir, cfg: RunConfig, model: Any, loop: LoopState, wall_start
         n_target_steps=n_steps - n_safe,
         avg_p=sum(row["p"] for row in loop.steps) / n_steps,
         n_canary_evals=len(loop.controller),
+        n_canary_judge_errors=sum(row.get("n_judge_errors") or 0 for row in loop.controller),
         final_p=loop.controller[-1]["p_after"] if loop.controller else loop.steps[-1]["p"],
         train_seconds=loop.train_seconds,
         canary_seconds=loop.canary_seconds,

@@ -60,10 +60,12 @@ class Judge(Protocol):
 @dataclass
 class CanaryResult:
     risk: float
-    """r_t (Eq. 1): the misaligned fraction over the judged canary answers."""
+    """r_t (Eq. 1): the misaligned fraction over the canary answers the judge did not fail on."""
     n_canary: int
     n_misaligned: int
     records: list[dict[str, Any]] = field(default_factory=list)
+    n_judge_errors: int = 0
+    """Answers the judge failed on (after retries): excluded from r_t's denominator."""
 
 
 class CanaryFn(Protocol):

@@ -197,8 +197,53 @@ def test_canary_fn_stops_when_the_judge_scores_nothing(cfg, tiny_dir):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_dir)
     tok = AutoTokenizer.from_pretrained(tiny_dir)
-    with pytest.raises(EvaluationError, match="scored none of the 4 answers.*judge server down"):
+    with pytest.raises(EvaluationError, match="judge failed on 4 of 4 answers after 1 retries.*judge server down"):
         make_canary_fn(cfg, judge=DeadJudge())(model, tok, 0)
+
+
+class FlakyJudge(CountingJudge):
+    """Fails on the answers at the given positions of its first `fail_calls` calls (a judge error row, as the
+    LLM judge writes it: the message sits under detail.aligned.error)."""
+
+    def __init__(self, fail_at, fail_calls=1):
+        super().__init__()
+        self.fail_at, self.fail_calls, self.calls = set(fail_at), fail_calls, 0
+
+    def judge(self, requests):
+        self.calls += 1
+        out = super().judge(requests)
+        if self.calls <= self.fail_calls:
+            for i in self.fail_at & set(range(len(out))):
+                out[i] = Judgment(None, None, "error", {"aligned": {"error": "JudgeHTTPError: HTTP 503: busy"}})
+        return out
+
+
+def _canary(cfg, **settings):
+    return cfg.model_copy(update={"canary": cfg.canary.model_copy(update=settings)})
+
+
+def test_canary_judge_failures_are_retried_then_excluded_or_stop_training(cfg, tiny_dir):
+    """A failed canary verdict is never counted as "not misaligned": retried, then excluded from r_t's
+    denominator (and counted), or training stops with the judge's own error."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    clean = make_canary_fn(cfg, judge=CountingJudge())(model, tok, 0)
+    retried = make_canary_fn(cfg, judge=FlakyJudge([0, 1]))(model, tok, 0)
+    assert (retried.risk, retried.n_judge_errors) == (clean.risk, 0)  # the retry scored them
+    persistent = FlakyJudge([0], fail_calls=2)
+    excluded = make_canary_fn(cfg, judge=persistent)(model, tok, 0)
+    assert excluded.n_judge_errors == 1 and excluded.n_canary == 4
+    assert excluded.records[0]["status"] == "error" and not excluded.records[0]["misaligned"]
+    assert excluded.risk == pytest.approx(excluded.n_misaligned / 3)  # over the 3 answers the judge scored
+    with pytest.raises(EvaluationError, match=r"failed on 1 of 4 answers .*on_judge_error = stop.*HTTP 503: busy"):
+        make_canary_fn(_canary(cfg, on_judge_error="stop"), judge=FlakyJudge([0], fail_calls=2))(model, tok, 0)
+    with pytest.raises(EvaluationError, match=r"failed on 2 of 4 answers .*max_judge_error_share = 0.25"):
+        make_canary_fn(cfg, judge=FlakyJudge([0, 1], fail_calls=2))(model, tok, 0)
+    with pytest.raises(EvaluationError, match="failed on 1 of 4 answers after 0 retries"):
+        make_canary_fn(_canary(cfg, judge_retries=0, max_judge_error_share=0.0),
+                       judge=FlakyJudge([0]))(model, tok, 0)
 
 
 def test_generation_stage_in_its_own_process(cfg, tmp_path):
@@ -222,10 +267,25 @@ def test_judge_errors_are_retried_by_a_rerun(cfg, tmp_path, monkeypatch):
 
     cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"sets": ["in_domain"], "samples_per_prompt": 1})})
     monkeypatch.setattr(judge_mod, "make_judge", lambda c: DownJudge())
-    first = evaluate_model(cfg, tmp_path / "e", None)
+    with pytest.raises(EvaluationError, match=r"judge failed on 3 of 3 answers \(100.0% > judge.max_error_share 1%\), "
+                                              r"e.g. ConnectionError: judge server down; the evaluation is not complete"):
+        evaluate_model(cfg, tmp_path / "e", None)
+    first = RunDir(tmp_path / "e").read_metrics()
     assert first["n_unscored"] == 3 and first["eval_n_judge_errors"] == 3  # kept as errors, not dropped
     assert first["in_domain_unscored_by_status"] == {"error": 3}
+    assert not RunDir(tmp_path / "e").is_complete("eval")  # so the sweep runs it again
     monkeypatch.setattr(judge_mod, "make_judge", lambda c: CountingJudge())
     second = evaluate_model(cfg, tmp_path / "e", None)
     assert second["eval_generated_now"] == 0 and second["eval_judged_now"] == 3
     assert second["n_scored"] == 3 and second["eval_n_judge_errors"] == 0
+
+
+def test_judge_failures_within_the_limit_complete_and_are_counted(cfg, tmp_path, monkeypatch):
+    import canary_lib.judge as judge_mod
+
+    cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"sets": ["in_domain"], "samples_per_prompt": 1}),
+                                 "judge": cfg.judge.model_copy(update={"max_error_share": 0.34})})
+    monkeypatch.setattr(judge_mod, "make_judge", lambda c: FlakyJudge([0], fail_calls=9))
+    metrics = evaluate_model(cfg, tmp_path / "e", None)
+    assert metrics["eval_n_judge_errors"] == 1 and metrics["n_scored"] == 2 and metrics["n_unscored"] == 1
+    assert RunDir(tmp_path / "e").is_complete("eval")

@@ -136,6 +136,8 @@ def test_extra_runs_add_runs_outside_the_grid(project: Path) -> None:
     ({"methods": ["canary", "delayed"]}, "gives method.name 'canary'; set method.name: delayed"),
     ({"methods": ["fixed_mean"]}, "add 'canary' to methods"),
     ({"seedz": [1]}, "seedz: unknown key"),
+    ({"judge_base_url": "http://judge:8000/v1"}, "judge.model: the openai judge backend needs judge.model"),
+    ({"overrides": ["controller.p_max=1", "controller.p_init=1"]}, r"controller.p_max: must be in \[0, 1\)"),
 ])
 def test_typos_and_bad_values_fail_before_anything_runs(project: Path, changes: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
@@ -200,7 +202,7 @@ def test_local_executor_runs_two_at_a_time_and_replays_wait(project: Path) -> No
 
 
 def test_judge_server_address_and_gpus_are_sweep_parameters(project: Path) -> None:
-    spec = load_sweep(_sweep(project, judge_base_url="http://judge:8000/v1",
+    spec = load_sweep(_sweep(project, judge_base_url="http://judge:8000/v1", overrides=["judge.model=qwen-judge"],
                              executor={"kind": "slurm", "gpus_per_job": 2, "slurm_partition": "gpu"}))
     plan = build_plan(spec)
     overrides = plan.runs[0].steps[0].parameters["OVERRIDES"]

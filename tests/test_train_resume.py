@@ -69,7 +69,7 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
 
     # the same command with a changed configuration is refused, and leaves the checkpoint alone
     cfg = load_config([], [f"model.name_or_path={model}", f"data.dir={data}", *OVERRIDES, "train.lr=0.001"])
-    with pytest.raises(ValueError, match="different config"):
+    with pytest.raises(ValueError, match=r"trained with another configuration \(train.lr: 0.0001 -> 0.001\)"):
         train_from_config(cfg, resumed, canary_fn=ScriptedCanary(RISKS))
     assert (run.checkpoint_dir / "state.json").is_file()
 

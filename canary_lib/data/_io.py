@@ -69,6 +69,15 @@ def read_records(path: str | Path, what: str = "file") -> list[dict[str, Any]]:
     if not path.is_file():
         raise DataError(f"{what}: file {path} not found; check the path")
     suffix = path.suffix.lower()
+    try:
+        return _read_records(path, suffix, what)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{what}: {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def _read_records(path: Path, suffix: str, what: str) -> list[dict[str, Any]]:
+    from canary_lib.data.errors import DataError
+
     if suffix == ".jsonl":
         rows = []
         with open(path, encoding="utf-8") as fh:

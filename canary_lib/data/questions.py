@@ -45,8 +45,10 @@ def load_question_set(path: str | Path, required_metrics: Sequence[str] = ()) ->
                         f"data directory; run `canary prep-data <params>` to write prepared files).")
     try:
         items = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     except yaml.YAMLError as exc:
-        raise DataError(f"{path}: not valid YAML: {exc}") from None
+        raise DataError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
     return parse_question_set(items, source=str(path), required_metrics=required_metrics)
 
 
