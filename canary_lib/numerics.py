@@ -24,7 +24,9 @@ import os
 import sys
 import warnings
 
-PINNED_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+PINNED_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "AVX2",
+              "MKL_DYNAMIC": "FALSE"}
+"""MKL_DYNAMIC=FALSE: MKL must not drop threads on a busy machine; its reproducibility needs a fixed thread count."""
 PINNED_THREADS = 1
 """torch intra-op threads under pinned numerics (organism runs are fastest with one thread per process)."""
 PRETRAIN_THREADS = 1

@@ -4,3 +4,9 @@ torch is imported, so the whole test process runs pinned, as the `canary` comman
 from canary_lib.numerics import pin_cpu_numerics
 
 pin_cpu_numerics()
+
+import torch  # noqa: E402  (after pinning)
+
+# One intra-op thread, as pinned runs use: with two, MKL and OpenMP may split work differently on a busy machine,
+# and two runs of the same seed in one test differed in the last bits of the loss (measured).
+torch.set_num_threads(1)

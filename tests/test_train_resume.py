@@ -39,6 +39,7 @@ train_from_config(cfg, Path(out), canary_fn=ScriptedCanary(%r))
 
 def _train(model: Path, data: Path, out: Path, kill_after: int | None = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != KILL_AFTER_STEP_ENV}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])  # _fixtures
     if kill_after is not None:
         env[KILL_AFTER_STEP_ENV] = str(kill_after)
     return subprocess.run([sys.executable, "-c", SCRIPT, str(model), str(data), str(out), *OVERRIDES],
