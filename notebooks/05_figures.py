@@ -82,6 +82,22 @@ figure2(steps, controller, cfg.controller.r_low, cfg.controller.r_high).show()
 correlation_figure(results.correlation).show()
 
 # %% [markdown]
+# ## The safe-data frontier
+#
+# Timing or amount? Each fixed-$p$ level (No Defense is $p = 0$) is a point of General %Misaligned against the
+# share of steps that were actually safe; their mean over seeds is the curve. Each adaptive method is a point of
+# its own: below the curve means less misalignment than a fixed ratio spending the same amount of safe data
+# (`summary.md` gives each method's seed-paired difference and its interval; `frontier.csv` the runs).
+
+# %%
+from canary_lib.figures import frontier_figure
+
+if results.frontier.empty:
+    print("no frontier: fewer than two fixed-p levels have finished runs")
+else:
+    frontier_figure(results.frontier).show()
+
+# %% [markdown]
 # ## Scrub a controller trace (interactive)
 #
 # With `INTERACTIVE = True` in JupyterLab: a slider over the first canary run's steps, with its canary answers.
