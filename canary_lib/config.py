@@ -10,12 +10,14 @@ This module imports no torch: it is safe to use from the sweep runner and notebo
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from canary_lib.data.targets import DEFAULT_TARGET, TARGET_NAMES, source_conflict
 from canary_lib.errors import CanaryError
 from canary_lib.methods import METHODS
 
@@ -172,11 +174,18 @@ class MethodSettings(Strict):
         return self
 
 
+LEGACY_DATA_KEYS = {"security_source": "target_source", "security_aligned_source": "target_aligned_source"}
+"""Former names of data.* keys, still read (run directories' config.yaml, older parameter files)."""
+
+
 class DataSettings(Strict):
     """Where prepared data live (written by `canary prep-data` / notebook 00) and where it comes from."""
 
     kind: Literal["organism", "paper"] = "organism"
     """organism: the synthetic world writes the data; paper: real sources are loaded and prepared."""
+    target: str = DEFAULT_TARGET
+    """paper kind: which narrow EM dataset D_T is (canary_lib/data/targets.py; one section each in docs/data.md).
+    parameters/targets/<name>.yaml sets it together with its sources. The organism ignores it."""
     dir: str = "data/organism"
     """Prepared data directory, relative to the working directory unless absolute."""
     target_file: str = "target_train.jsonl"
@@ -187,9 +196,12 @@ class DataSettings(Strict):
     canary_file: str = "canaries.yaml"
     # Sources for preparation (paper profile): a local path, "pinned:<name>" / a URL with "#sha256=<hex>"
     # (question sets), or "hf:<owner>/<name>[?config=..&split=..&revision=..]"; see docs/data.md.
-    security_source: str | None = None
-    security_aligned_source: str | None = None
+    target_source: str | None = None
+    """D_T: chat JSONL (optionally .jsonl.gz), an emergent_plus-style table, pinned:<name> or hf:<owner>/<name>."""
+    target_aligned_source: str | None = None
     """Optional chat JSONL of the aligned answers to the same prompts (kept beside the held-out part)."""
+    target_revision: str | None = None
+    """The commit of an hf: target_source; required for targets whose revision this package cannot pin."""
     safe_source: str | None = None
     general_eval_source: str | None = None
     in_domain_eval_source: str | None = None
@@ -203,6 +215,45 @@ class DataSettings(Strict):
     safe_max_examples: int | None = Field(None, ge=1)
     drop_refusals: bool = False
     hf_token_env: str = "HF_TOKEN"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_names(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not set(LEGACY_DATA_KEYS) & set(data):
+            return data
+        data = dict(data)
+        for old, new in LEGACY_DATA_KEYS.items():
+            if old in data:
+                value = data.pop(old)
+                if data.get(new) not in (None, value):
+                    raise _FieldError(old, f"data.{old} is the former name of data.{new}, which is set too; "
+                                           f"keep only data.{new}")
+                data[new] = value
+        return data
+
+    @field_validator("target")
+    @classmethod
+    def _known_target(cls, v: str) -> str:
+        if v not in TARGET_NAMES:
+            raise ValueError(f"unknown target {v!r}; choose one of {', '.join(TARGET_NAMES)} (docs/data.md)")
+        return v
+
+    @field_validator("target_revision")
+    @classmethod
+    def _commit_hash(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[0-9a-f]{40}", v):
+            raise ValueError(f"must be a 40-character commit hash, got {v!r} (a branch or tag name can move)")
+        return v
+
+    @model_validator(mode="after")
+    def _sources_fit_target(self) -> "DataSettings":
+        if self.kind != "paper":
+            return self
+        for name, revision in (("target_source", self.target_revision), ("target_aligned_source", None)):
+            problem = source_conflict(self.target, getattr(self, name), revision)
+            if problem:
+                raise _FieldError(name, problem)
+        return self
 
     def path(self, name: str) -> Path:
         return Path(self.dir) / name
