@@ -158,6 +158,9 @@ class MethodSettings(Strict):
     """Run directory of the canary run replayed by fixed_mean and shuffled (the sweep fills it in)."""
     shuffle_seed: int | None = None
     """Seed of the permutation for name=shuffled; defaults to the run seed."""
+    safe_budget_p: float = Field(0.05, gt=0, lt=1)
+    """For a budgeted method (canary_budget): the run draws at most as many safe steps as a constant p of this
+    value draws on the same D_T and seed (0.05: exactly Fixed 5%'s count); then p = 0. docs/decisions.md."""
 
     @field_validator("name")
     @classmethod
