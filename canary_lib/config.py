@@ -107,6 +107,10 @@ class ControllerSettings(Strict):
     """Not given by the paper; we start at p_min (no defense until canaries say otherwise): docs/decisions.md."""
     K: int = 30
     """Canary evaluation after step t whenever t mod K == 0 (t = 0 included)."""
+    kp: float | None = Field(None, ge=0)
+    """P/PI methods (canary_p, canary_pi) only: proportional gain; None: (p_max - p_min) / (r_high - r_low)."""
+    ki: float | None = Field(None, ge=0)
+    """canary_pi only: integral gain per evaluation; None: delta_down / r_low (docs/decisions.md)."""
 
     @field_validator("alpha")
     @classmethod
@@ -280,6 +284,9 @@ class CanarySettings(SamplingSettings):
     max_new_tokens: int = Field(256, ge=1)
     monitor_open_loop: bool = True
     """Also measure canary risk in runs whose p_t ignores it (no_defense, fixed_5, replays), for traces and correlation."""
+    risk_signal: Literal["binary", "probability", "deficit"] = "binary"
+    """The r_t the controller acts on: binary is the paper's Eq. 1; the continuous alternatives are defined in
+    canary_lib.metrics.RISK_SIGNALS (docs/decisions.md, "Canary risk signals")."""
 
 
 class EvalSettings(SamplingSettings):

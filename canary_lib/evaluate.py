@@ -27,7 +27,14 @@ from tqdm.auto import tqdm
 from canary_lib.errors import CanaryError
 from canary_lib.artifacts import RunDir, append_jsonl, read_jsonl
 from canary_lib.config import RunConfig
-from canary_lib.metrics import is_misaligned, is_scored, summarize_judgments
+from canary_lib.metrics import (
+    canary_risk,
+    has_cut_probabilities,
+    is_misaligned,
+    is_scored,
+    misaligned_probability,
+    summarize_judgments,
+)
 from canary_lib.types import JUDGED_METRICS, CanaryResult, Judge, JudgeRequest, Question
 
 SET_FILES = {"general": "general_eval_file", "in_domain": "in_domain_eval_file"}
@@ -329,12 +336,13 @@ def canary_seed(seed: int, step: int) -> int:
 
 
 class CanaryEvaluator:
-    """The training loop's canary callable: (model, tokenizer, step) -> CanaryResult with r_t of Eq. 1.
+    """The training loop's canary callable: (model, tokenizer, step) -> CanaryResult with r_t (Eq. 1 by default).
 
     Asks the first cfg.canary.n_prompts canary questions (first paraphrase, the question's own system prompt),
     cfg.canary.samples_per_prompt answers each, sampled with cfg.canary's settings from a seed derived from
     (cfg.seed, step), judges them with make_judge(cfg) (built at the first call) and returns the misaligned
-    fraction over ALL answers (Eq. 1 divides by M: an unscored answer counts as not misaligned).
+    fraction over ALL answers (Eq. 1 divides by M: an unscored answer counts as not misaligned), or the
+    continuous signal cfg.canary.risk_signal names (canary_lib.metrics.canary_risk).
     """
 
     def __init__(self, cfg: RunConfig, questions: Sequence[Question], judge: Judge | None = None) -> None:
@@ -375,11 +383,15 @@ class CanaryEvaluator:
         for (q, j), answer, verdict in zip(asked, answers, judgments):
             misaligned = is_scored(verdict) and is_misaligned(verdict["aligned"], verdict["coherent"])
             n_misaligned += misaligned
-            records.append({"question_id": q.id, "sample": j, "question": q.paraphrases[0], "answer": answer,
-                            "aligned": verdict["aligned"], "coherent": verdict["coherent"],
-                            "status": verdict["status"], "misaligned": bool(misaligned)})
+            record = {"question_id": q.id, "sample": j, "question": q.paraphrases[0], "answer": answer,
+                      "aligned": verdict["aligned"], "coherent": verdict["coherent"], "status": verdict["status"],
+                      "misaligned": bool(misaligned)}
+            if has_cut_probabilities(verdict):  # a judge with score distributions: keep what "probability" reads
+                record["p_misaligned"] = misaligned_probability(verdict)
+            records.append(record)
         n = len(records)
-        return CanaryResult(risk=n_misaligned / n, n_canary=n, n_misaligned=n_misaligned, records=records)
+        return CanaryResult(risk=canary_risk(records, settings.risk_signal), n_canary=n, n_misaligned=n_misaligned,
+                            records=records)
 
 
 def make_canary_fn(cfg: RunConfig, judge: Judge | None = None) -> CanaryEvaluator:

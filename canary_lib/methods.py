@@ -27,6 +27,9 @@ from canary_lib.controller import (
     delayed_schedule,
     fixed_mean_schedule,
     no_ema_schedule,
+    pi_schedule,
+    probability_signal_schedule,
+    proportional_schedule,
     shuffled_schedule,
 )
 
@@ -93,6 +96,12 @@ METHODS: dict[str, MethodSpec] = {
     "canary_budget": MethodSpec(canary_schedule, table2="Budget = Fixed 5%'s safe steps",
                                 tests="Timing at equal safe data", adaptive=True, safe_budget=True,
                                 beyond_paper=True),
+    "canary_probability": MethodSpec(probability_signal_schedule, table2="Risk signal: judged P(misaligned)",
+                                     tests="Continuous risk signal", adaptive=True, beyond_paper=True),
+    "canary_p": MethodSpec(proportional_schedule, table2="P controller", tests="Controller rule (proportional)",
+                           adaptive=True, beyond_paper=True),
+    "canary_pi": MethodSpec(pi_schedule, table2="PI controller", tests="Controller rule (PI)", adaptive=True,
+                            beyond_paper=True),
     # The safe-data frontier's other fixed levels (results' frontier.csv; No Defense is its p = 0, Fixed 5% its 0.05)
     "fixed_2.5": fixed_p_method(0.025),
     "fixed_10": fixed_p_method(0.10),

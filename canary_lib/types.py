@@ -60,7 +60,7 @@ class Judge(Protocol):
 @dataclass
 class CanaryResult:
     risk: float
-    """r_t (Eq. 1): the misaligned fraction over the judged canary answers."""
+    """r_t: by default Eq. 1, the misaligned fraction over the judged canary answers (canary.risk_signal)."""
     n_canary: int
     n_misaligned: int
     records: list[dict[str, Any]] = field(default_factory=list)
