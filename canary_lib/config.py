@@ -286,7 +286,7 @@ class CanarySettings(SamplingSettings):
     """Also measure canary risk in runs whose p_t ignores it (no_defense, fixed_5, replays), for traces and correlation."""
     risk_signal: Literal["binary", "probability", "deficit"] = "binary"
     """The r_t the controller acts on: binary is the paper's Eq. 1; the continuous alternatives are defined in
-    canary_lib.metrics.RISK_SIGNALS (docs/decisions.md, "Canary risk signals")."""
+    canary_lib.metrics.RISK_SIGNALS (docs/decisions.md, "Beyond the paper")."""
 
 
 class EvalSettings(SamplingSettings):

@@ -115,7 +115,7 @@ def proportional_gains(s: ControllerSettings) -> tuple[float, float]:
 
     kp = (p_max - p_min) / (r_high - r_low): the P term spans the hysteresis band, from p_min at r_low to p_max at
     r_high (where Eq. 3 starts stepping up). ki = delta_down / r_low: at r̂ = 0 the integral releases safe data at
-    Eq. 3's own rate, delta_down per evaluation. docs/decisions.md, "P and PI controllers".
+    Eq. 3's own rate, delta_down per evaluation. docs/decisions.md, "Beyond the paper".
     """
     kp = s.kp
     if kp is None:
