@@ -98,8 +98,12 @@ class CanaryController:
         if len(self._queue) > self.delay_cycles:
             acted_on = self._queue.pop(0)
             self._risk_ema = ema_update(self._risk_ema, acted_on, self.settings.alpha)
-            self._p = threshold_update(self._p, self._risk_ema, self.settings)
+            self._p = self._next_p()
         return ControllerUpdate(step, canary_risk, self._risk_ema, p_before, self._p)
+
+    def _next_p(self) -> float:
+        """The rule that turns the new r̂_t into p_t: Eq. 3 (PIController replaces it)."""
+        return threshold_update(self._p, self._risk_ema, self.settings)
 
     def state_dict(self) -> dict:
         return {"p": self._p, "risk_ema": self._risk_ema, "queue": list(self._queue)}
@@ -139,36 +143,25 @@ def pi_update(risk_ema: float, integral: float, kp: float, ki: float, s: Control
     return min(s.p_max, max(s.p_min, s.p_min + kp * error + integral)), integral
 
 
-class PIController:
-    """Closed loop: EMA of the canary risk (Eq. 2), then a proportional (ki = 0) or PI rule instead of Eq. 3."""
+class PIController(CanaryController):
+    """Closed loop: EMA of the canary risk (Eq. 2), then a proportional (ki = 0) or PI rule (`pi_update`) instead
+    of Eq. 3; everything else (the EMA, r̂_0 = 0, p_init, the delay queue) is CanaryController's."""
 
-    uses_canary = True
-
-    def __init__(self, settings: ControllerSettings, integral: bool = True) -> None:
-        self.settings = settings
-        kp, ki = proportional_gains(settings)
-        self.kp, self.ki = kp, ki if integral else 0.0
-        self._p = settings.p_init
-        self._risk_ema = 0.0
+    def __init__(self, settings: ControllerSettings, integral: bool = True, delay_cycles: int = 0) -> None:
+        super().__init__(settings, delay_cycles)
+        self.kp, ki = proportional_gains(settings)
+        self.ki = ki if integral else 0.0
         self._integral = 0.0
 
-    def p(self, step: int) -> float:
-        return self._p
-
-    def observe(self, step: int, canary_risk: float) -> ControllerUpdate:
-        if not 0.0 <= canary_risk <= 1.0:
-            raise ValueError(f"canary risk must be in [0, 1], got {canary_risk}")
-        p_before = self._p
-        self._risk_ema = ema_update(self._risk_ema, canary_risk, self.settings.alpha)
-        self._p, self._integral = pi_update(self._risk_ema, self._integral, self.kp, self.ki, self.settings)
-        return ControllerUpdate(step, canary_risk, self._risk_ema, p_before, self._p)
+    def _next_p(self) -> float:
+        p, self._integral = pi_update(self._risk_ema, self._integral, self.kp, self.ki, self.settings)
+        return p
 
     def state_dict(self) -> dict:
-        return {"p": self._p, "risk_ema": self._risk_ema, "integral": self._integral}
+        return {**super().state_dict(), "integral": self._integral}
 
     def load_state_dict(self, state: dict) -> None:
-        self._p = float(state["p"])
-        self._risk_ema = float(state["risk_ema"])
+        super().load_state_dict(state)
         self._integral = float(state["integral"])
 
 
