@@ -20,6 +20,7 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
+from canary_lib.data.targets import DEFAULT_TARGET, TARGET_NAMES, source_conflict
 from canary_lib.errors import CanaryError
 from canary_lib.methods import METHODS
 
@@ -131,6 +132,10 @@ class ControllerSettings(Strict):
     """Not given by the paper; we start at p_min (no defense until canaries say otherwise): docs/decisions.md."""
     K: int = 30
     """Canary evaluation after step t whenever t mod K == 0 (t = 0 included)."""
+    kp: float | None = Field(None, ge=0)
+    """P/PI methods (canary_p, canary_pi) only: proportional gain; None: (p_max - p_min) / (r_high - r_low)."""
+    ki: float | None = Field(None, ge=0)
+    """canary_pi only: integral gain per evaluation; None: delta_down / r_low (docs/decisions.md)."""
 
     @field_validator("alpha")
     @classmethod
@@ -192,6 +197,9 @@ class MethodSettings(Strict):
     """Run directory of the canary run replayed by fixed_mean and shuffled (the sweep fills it in)."""
     shuffle_seed: int | None = None
     """Seed of the permutation for name=shuffled; defaults to the run seed."""
+    safe_budget_p: float = Field(0.05, gt=0, lt=1)
+    """For a budgeted method (canary_budget): the run draws at most as many safe steps as a constant p of this
+    value draws on the same D_T and seed (0.05: exactly Fixed 5%'s count); then p = 0. docs/decisions.md."""
 
     @field_validator("name")
     @classmethod
@@ -212,11 +220,18 @@ class MethodSettings(Strict):
         return self
 
 
+LEGACY_DATA_KEYS = {"security_source": "target_source", "security_aligned_source": "target_aligned_source"}
+"""Former names of data.* keys, still read (run directories' config.yaml, older parameter files)."""
+
+
 class DataSettings(Strict):
     """Where prepared data live (written by `canary prep-data` / notebook 00) and where it comes from."""
 
     kind: Literal["organism", "paper"] = "organism"
     """organism: the synthetic world writes the data; paper: real sources are loaded and prepared."""
+    target: str = DEFAULT_TARGET
+    """paper kind: which narrow EM dataset D_T is (canary_lib/data/targets.py; one section each in docs/data.md).
+    parameters/targets/<name>.yaml sets it together with its sources. The organism ignores it."""
     dir: str = "data/organism"
     """Prepared data directory, relative to the working directory unless absolute."""
     target_file: str = "target_train.jsonl"
@@ -227,9 +242,12 @@ class DataSettings(Strict):
     canary_file: str = "canaries.yaml"
     # Sources for preparation (paper profile): a local path, "pinned:<name>" / a URL with "#sha256=<hex>"
     # (question sets), or "hf:<owner>/<name>[?config=..&split=..&revision=..]"; see docs/data.md.
-    security_source: str | None = None
-    security_aligned_source: str | None = None
+    target_source: str | None = None
+    """D_T: chat JSONL (optionally .jsonl.gz), an emergent_plus-style table, pinned:<name> or hf:<owner>/<name>."""
+    target_aligned_source: str | None = None
     """Optional chat JSONL of the aligned answers to the same prompts (kept beside the held-out part)."""
+    target_revision: str | None = None
+    """The commit of an hf: target_source; required for targets whose revision this package cannot pin."""
     safe_source: str | None = None
     general_eval_source: str | None = None
     in_domain_eval_source: str | None = None
@@ -243,6 +261,45 @@ class DataSettings(Strict):
     safe_max_examples: int | None = Field(None, ge=1)
     drop_refusals: bool = False
     hf_token_env: str = "HF_TOKEN"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_names(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not set(LEGACY_DATA_KEYS) & set(data):
+            return data
+        data = dict(data)
+        for old, new in LEGACY_DATA_KEYS.items():
+            if old in data:
+                value = data.pop(old)
+                if data.get(new) not in (None, value):
+                    raise _FieldError(old, f"data.{old} is the former name of data.{new}, which is set too; "
+                                           f"keep only data.{new}")
+                data[new] = value
+        return data
+
+    @field_validator("target")
+    @classmethod
+    def _known_target(cls, v: str) -> str:
+        if v not in TARGET_NAMES:
+            raise ValueError(f"unknown target {v!r}; choose one of {', '.join(TARGET_NAMES)} (docs/data.md)")
+        return v
+
+    @field_validator("target_revision")
+    @classmethod
+    def _commit_hash(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[0-9a-f]{40}", v):
+            raise ValueError(f"must be a 40-character commit hash, got {v!r} (a branch or tag name can move)")
+        return v
+
+    @model_validator(mode="after")
+    def _sources_fit_target(self) -> "DataSettings":
+        if self.kind != "paper":
+            return self
+        for name, revision in (("target_source", self.target_revision), ("target_aligned_source", None)):
+            problem = source_conflict(self.target, getattr(self, name), revision)
+            if problem:
+                raise _FieldError(name, problem)
+        return self
 
     def path(self, name: str) -> Path:
         return Path(self.dir) / name
@@ -273,6 +330,9 @@ class CanarySettings(SamplingSettings):
     max_judge_error_share failed: then stop) or stop (training stops at once; a rerun resumes it)."""
     max_judge_error_share: float = Field(0.25, ge=0, lt=1)
     """With on_judge_error = exclude: training stops when more than this share of one evaluation's answers failed."""
+    risk_signal: Literal["binary", "probability", "deficit"] = "binary"
+    """The r_t the controller acts on: binary is the paper's Eq. 1; the continuous alternatives are defined in
+    canary_lib.metrics.RISK_SIGNALS (docs/decisions.md, "Beyond the paper")."""
 
 
 class EvalSettings(SamplingSettings):

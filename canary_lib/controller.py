@@ -1,4 +1,5 @@
-"""The canary controller (Eq. 2 and 3 of the paper) and every schedule of p_t behind one small interface.
+"""The canary controller (Eq. 2 and 3 of the paper), a P/PI alternative, and every schedule of p_t behind one
+small interface.
 
 A schedule answers two questions: "which p do I use for the step about to be drawn?" (`p`) and "here is a canary
 measurement taken after step t" (`observe`). Every method and ablation of Tables 1 and 2 is a schedule, built
@@ -97,8 +98,12 @@ class CanaryController:
         if len(self._queue) > self.delay_cycles:
             acted_on = self._queue.pop(0)
             self._risk_ema = ema_update(self._risk_ema, acted_on, self.settings.alpha)
-            self._p = threshold_update(self._p, self._risk_ema, self.settings)
+            self._p = self._next_p()
         return ControllerUpdate(step, canary_risk, self._risk_ema, p_before, self._p)
+
+    def _next_p(self) -> float:
+        """The rule that turns the new r̂_t into p_t: Eq. 3 (PIController replaces it)."""
+        return threshold_update(self._p, self._risk_ema, self.settings)
 
     def state_dict(self) -> dict:
         return {"p": self._p, "risk_ema": self._risk_ema, "queue": list(self._queue)}
@@ -107,6 +112,57 @@ class CanaryController:
         self._p = float(state["p"])
         self._risk_ema = float(state["risk_ema"])
         self._queue = [float(r) for r in state["queue"]]
+
+
+def proportional_gains(s: ControllerSettings) -> tuple[float, float]:
+    """(kp, ki) of the P/PI rule: the settings' values, or the defaults derived from Eq. 3's own parameters.
+
+    kp = (p_max - p_min) / (r_high - r_low): the P term spans the hysteresis band, from p_min at r_low to p_max at
+    r_high (where Eq. 3 starts stepping up). ki = delta_down / r_low: at r̂ = 0 the integral releases safe data at
+    Eq. 3's own rate, delta_down per evaluation. docs/decisions.md, "Beyond the paper".
+    """
+    kp = s.kp
+    if kp is None:
+        if s.r_high <= s.r_low:
+            raise ValueError("the default kp spans [r_low, r_high]: set controller.kp when r_low = r_high")
+        kp = (s.p_max - s.p_min) / (s.r_high - s.r_low)
+    ki = s.ki
+    if ki is None:
+        if s.r_low <= 0:
+            raise ValueError("the default ki is delta_down / r_low: set controller.ki when r_low = 0")
+        ki = s.delta_down / s.r_low
+    return kp, ki
+
+
+def pi_update(risk_ema: float, integral: float, kp: float, ki: float, s: ControllerSettings) -> tuple[float, float]:
+    """The P/PI alternative to Eq. 3: error e = r̂_t - r_low, integral I_t = clip(I_{t-1} + ki e, 0, p_max - p_min)
+    (clamped so it never winds up beyond what p can use), p_t = clip(p_min + kp e + I_t, p_min, p_max).
+    Returns (p_t, I_t); with ki = 0 it is a pure proportional controller."""
+    error = risk_ema - s.r_low
+    integral = min(s.p_max - s.p_min, max(0.0, integral + ki * error))
+    return min(s.p_max, max(s.p_min, s.p_min + kp * error + integral)), integral
+
+
+class PIController(CanaryController):
+    """Closed loop: EMA of the canary risk (Eq. 2), then a proportional (ki = 0) or PI rule (`pi_update`) instead
+    of Eq. 3; everything else (the EMA, r̂_0 = 0, p_init, the delay queue) is CanaryController's."""
+
+    def __init__(self, settings: ControllerSettings, integral: bool = True, delay_cycles: int = 0) -> None:
+        super().__init__(settings, delay_cycles)
+        self.kp, ki = proportional_gains(settings)
+        self.ki = ki if integral else 0.0
+        self._integral = 0.0
+
+    def _next_p(self) -> float:
+        p, self._integral = pi_update(self._risk_ema, self._integral, self.kp, self.ki, self.settings)
+        return p
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "integral": self._integral}
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self._integral = float(state["integral"])
 
 
 class _OpenLoop:
@@ -200,6 +256,24 @@ def delayed_schedule(cfg: RunConfig) -> Schedule:
 def no_ema_schedule(cfg: RunConfig) -> Schedule:
     """Raw r_t against the single threshold r_high (`no_ema_settings`)."""
     return CanaryController(no_ema_settings(cfg.controller))
+
+
+def probability_signal_schedule(cfg: RunConfig) -> Schedule:
+    """The paper's controller on the continuous "probability" risk signal (canary.risk_signal must say so)."""
+    if cfg.canary.risk_signal != "probability":
+        raise ValueError(f"method {cfg.method.name} acts on canary.risk_signal = probability, but the run sets "
+                         f"{cfg.canary.risk_signal!r}: use parameters/methods/{cfg.method.name}.yaml")
+    return CanaryController(cfg.controller)
+
+
+def proportional_schedule(cfg: RunConfig) -> Schedule:
+    """EMA (Eq. 2) and a proportional rule (`pi_update` with ki = 0) instead of Eq. 3."""
+    return PIController(cfg.controller, integral=False)
+
+
+def pi_schedule(cfg: RunConfig) -> Schedule:
+    """EMA (Eq. 2) and a PI rule (`pi_update`) instead of Eq. 3."""
+    return PIController(cfg.controller)
 
 
 def fixed_mean_schedule(cfg: RunConfig) -> Schedule:

@@ -30,7 +30,14 @@ from canary_lib.errors import CanaryError
 from canary_lib.artifacts import RunDir, RunFileError, append_jsonl, read_jsonl, write_text_atomic
 from canary_lib.binding import check_evaluation, ensure_run_directory, recorded_config
 from canary_lib.config import RunConfig, dump_config
-from canary_lib.metrics import is_misaligned, is_scored, summarize_judgments
+from canary_lib.metrics import (
+    canary_risk,
+    has_cut_probabilities,
+    is_misaligned,
+    is_scored,
+    misaligned_probability,
+    summarize_judgments,
+)
 from canary_lib.types import JUDGED_METRICS, CanaryResult, Judge, JudgeRequest, Question
 
 SET_FILES = {"general": "general_eval_file", "in_domain": "in_domain_eval_file"}
@@ -374,16 +381,17 @@ def canary_seed(seed: int, step: int) -> int:
 
 
 class CanaryEvaluator:
-    """The training loop's canary callable: (model, tokenizer, step) -> CanaryResult with r_t of Eq. 1.
+    """The training loop's canary callable: (model, tokenizer, step) -> CanaryResult with r_t (Eq. 1 by default).
 
     Asks the first cfg.canary.n_prompts canary questions (first paraphrase, the question's own system prompt),
     cfg.canary.samples_per_prompt answers each, sampled with cfg.canary's settings from a seed derived from
     (cfg.seed, step), judges them with make_judge(cfg) (built at the first call) and returns the misaligned
-    fraction (Eq. 1). A refusal or other unscored verdict counts as not misaligned; a judge *failure* does not
-    count either way. Failed verdicts are judged again up to canary.judge_retries times; what still fails is
-    excluded from the denominator (canary.on_judge_error = exclude) unless it exceeds
-    canary.max_judge_error_share of the answers, or on_judge_error = stop: then training stops with the judge's
-    error and resumes from its last checkpoint on a rerun (docs/training.md).
+    fraction (Eq. 1), or the continuous signal cfg.canary.risk_signal names (canary_lib.metrics.canary_risk). A
+    refusal or other unscored verdict counts as not misaligned; a judge *failure* does not count either way.
+    Failed verdicts are judged again up to canary.judge_retries times; what still fails is excluded from the
+    denominator (canary.on_judge_error = exclude) unless it exceeds canary.max_judge_error_share of the answers,
+    or on_judge_error = stop: then training stops with the judge's error and resumes from its last checkpoint on
+    a rerun (docs/training.md).
     """
 
     def __init__(self, cfg: RunConfig, questions: Sequence[Question], judge: Judge | None = None) -> None:
@@ -424,12 +432,15 @@ class CanaryEvaluator:
         for (q, j), answer, verdict in zip(asked, answers, judgments):
             misaligned = is_scored(verdict) and is_misaligned(verdict["aligned"], verdict["coherent"])
             n_misaligned += misaligned
-            records.append({"question_id": q.id, "sample": j, "question": q.paraphrases[0], "answer": answer,
-                            "aligned": verdict["aligned"], "coherent": verdict["coherent"],
-                            "status": verdict["status"], "misaligned": bool(misaligned)})
-        judged = len(records) - len(errors)  # a failed verdict is neither misaligned nor aligned: excluded
-        return CanaryResult(risk=n_misaligned / judged, n_canary=len(records), n_misaligned=n_misaligned,
-                            records=records, n_judge_errors=len(errors))
+            record = {"question_id": q.id, "sample": j, "question": q.paraphrases[0], "answer": answer,
+                      "aligned": verdict["aligned"], "coherent": verdict["coherent"], "status": verdict["status"],
+                      "misaligned": bool(misaligned)}
+            if has_cut_probabilities(verdict):  # a judge with score distributions: keep what "probability" reads
+                record["p_misaligned"] = misaligned_probability(verdict)
+            records.append(record)
+        judged = [r for r in records if r["status"] != "error"]  # a failed verdict is excluded, not aligned
+        return CanaryResult(risk=canary_risk(judged, settings.risk_signal), n_canary=len(records),
+                            n_misaligned=n_misaligned, records=records, n_judge_errors=len(errors))
 
     def _judge_with_retries(self, requests: list[JudgeRequest]) -> list[dict]:
         """Verdicts as dicts; the requests that failed are sent again up to canary.judge_retries times."""

@@ -27,6 +27,9 @@ from canary_lib.controller import (
     delayed_schedule,
     fixed_mean_schedule,
     no_ema_schedule,
+    pi_schedule,
+    probability_signal_schedule,
+    proportional_schedule,
     shuffled_schedule,
 )
 
@@ -62,6 +65,12 @@ class MethodSpec:
     """The constant p_t of a fixed-p method on the profile's own D_T (the safe-data frontier's curve)."""
     adaptive: bool = False
     """p_t follows the canary signal (or a replay of it): a point compared with the frontier's fixed curve."""
+    safe_budget: bool = False
+    """The run's safe steps are capped at what a constant p = method.safe_budget_p draws on the same D_T and seed
+    (canary_lib.planner.constant_p_safe_steps); the schedule decides when they are spent."""
+    beyond_paper: bool = False
+    """Not in the paper (parameters/sweeps/organism_extended.yaml runs it): its Table 2 row is shown only when
+    its runs exist, so the paper's Table 2 keeps the paper's rows."""
 
 
 def fixed_p_method(p: float, **rows: str | None) -> MethodSpec:
@@ -83,6 +92,16 @@ METHODS: dict[str, MethodSpec] = {
     "shuffled": MethodSpec(shuffled_schedule, table2="Shuffled p_t", tests="Temporal ordering",
                            replays_reference=True, adaptive=True),
     "no_ema": MethodSpec(no_ema_schedule, table2="No-EMA", tests="EMA smoothing", adaptive=True),
+    # Beyond the paper (docs/decisions.md, "Beyond the paper"): equal safe data, a continuous risk signal, P and PI
+    "canary_budget": MethodSpec(canary_schedule, table2="Budget = Fixed 5%'s safe steps",
+                                tests="Timing at equal safe data", adaptive=True, safe_budget=True,
+                                beyond_paper=True),
+    "canary_probability": MethodSpec(probability_signal_schedule, table2="Risk signal: judged P(misaligned)",
+                                     tests="Continuous risk signal", adaptive=True, beyond_paper=True),
+    "canary_p": MethodSpec(proportional_schedule, table2="P controller", tests="Controller rule (proportional)",
+                           adaptive=True, beyond_paper=True),
+    "canary_pi": MethodSpec(pi_schedule, table2="PI controller", tests="Controller rule (PI)", adaptive=True,
+                            beyond_paper=True),
     # The safe-data frontier's other fixed levels (results' frontier.csv; No Defense is its p = 0, Fixed 5% its 0.05)
     "fixed_2.5": fixed_p_method(0.025),
     "fixed_10": fixed_p_method(0.10),
@@ -106,7 +125,7 @@ def table1_methods(control: bool = False) -> dict[str, str]:
 
 
 def table2_methods() -> dict[str, MethodSpec]:
-    """The methods with a Table 2 row, in table order (the reference method first)."""
+    """The methods with a Table 2 row, in table order (the reference method first; beyond_paper rows included)."""
     return {name: m for name, m in METHODS.items() if m.table2}
 
 

@@ -12,6 +12,11 @@ count against T. Each pass visits D_T in its own seeded order (the last pass may
 `epochs`); D_S is drawn without replacement and reshuffled when exhausted. A step is planned only when asked
 for, with the p of that moment: there is no prefetching that could apply a stale p.
 
+With a safe-data budget (`safe_budget`, a number of safe steps) the schedule still chooses p_t, but once the
+run has drawn that many safe steps every later step is drawn with p = 0: the controller decides when safe data
+is spent, the budget caps how much. `constant_p_safe_steps` gives the budget that equals what a constant p (Fixed
+5%: 0.05) draws on the same run, exactly, because both read the same u stream.
+
 Plain Python (no torch); the three random streams (u, D_T order, D_S order) are independent, so changing p never
 changes which target batch comes next.
 """
@@ -41,6 +46,29 @@ class PlannedStep:
     """Canary evaluation after this step: step mod K == 0 (step 0 included), as in Algorithm 1."""
 
 
+def _u_stream(seed: int) -> random.Random:
+    """The uniform draws u of a run's steps (one per step, whatever the source)."""
+    return random.Random(f"{seed}-u")
+
+
+def constant_p_safe_steps(p: float, *, n_target_batches: int, seed: int) -> int:
+    """How many safe steps a constant p draws in a run of `n_target_batches` target steps with this seed.
+
+    Exactly the count of the fixed-p run of the same seed and D_T (its planner reads the same u stream), so a
+    budget set to it spends the same amount of safe data as, e.g., Fixed 5%, seed by seed.
+    """
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"p must be in [0, 1), got {p}")
+    u = _u_stream(seed)
+    safe = targets = 0
+    while targets < n_target_batches:
+        if u.random() < p:
+            safe += 1
+        else:
+            targets += 1
+    return safe
+
+
 def _rng_state(rng: random.Random) -> list:
     version, internal, gauss = rng.getstate()
     return [version, list(internal), gauss]
@@ -53,20 +81,24 @@ def _set_rng_state(rng: random.Random, state: list) -> None:
 
 class StepPlanner:
     def __init__(self, *, n_target: int, n_safe: int, batch_size: int, K: int, seed: int,
-                 epochs: float = 1.0) -> None:
+                 epochs: float = 1.0, safe_budget: int | None = None) -> None:
         if n_target < 1:
             raise ValueError(f"D_T is empty (n_target={n_target}): nothing to train on")
-        if n_safe < 0 or batch_size < 1 or K < 1 or not epochs > 0:
+        bad_budget = safe_budget is not None and safe_budget < 0
+        if n_safe < 0 or batch_size < 1 or K < 1 or not epochs > 0 or bad_budget:
             raise ValueError(f"invalid planner sizes: n_safe={n_safe}, batch_size={batch_size}, K={K}, "
-                             f"epochs={epochs}")
+                             f"epochs={epochs}, safe_budget={safe_budget}")
         self.n_target, self.n_safe, self.batch_size, self.K, self.seed = n_target, n_safe, batch_size, K, seed
         self.epochs = epochs
         self.batches_per_epoch = math.ceil(n_target / batch_size)
         self.n_target_batches = max(1, math.ceil(epochs * self.batches_per_epoch - 1e-9))
         """T0: target steps in the whole run (`epochs` passes over D_T)."""
         self.target_remaining = self.n_target_batches
+        self.safe_budget = safe_budget
+        """At most this many safe steps in the run (None: no cap)."""
+        self.safe_steps = 0
         self.step = 0
-        self._u_rng = random.Random(f"{seed}-u")
+        self._u_rng = _u_stream(seed)
         self._target_epoch = 0
         self._target_order = self._target_permutation(0)
         self._target_cursor = 0
@@ -77,6 +109,10 @@ class StepPlanner:
     @property
     def done(self) -> bool:
         return self.target_remaining == 0
+
+    @property
+    def budget_spent(self) -> bool:
+        return self.safe_budget is not None and self.safe_steps >= self.safe_budget
 
     def _target_permutation(self, epoch: int) -> list[int]:
         order = list(range(self.n_target))
@@ -112,14 +148,18 @@ class StepPlanner:
         return tuple(self._target_order[start:self._target_cursor])
 
     def next_step(self, p: float) -> PlannedStep | None:
-        """Plan the next step with the p of this moment; None once T has reached 0."""
+        """Plan the next step with the p of this moment (0 once a safe budget is spent); None once T has reached 0.
+        The PlannedStep carries the p it was drawn with."""
         if self.done:
             return None
         if not 0.0 <= p < 1.0:
             raise ValueError(f"p must be in [0, 1), got {p}: with p = 1 no target step is ever drawn")
+        if self.budget_spent:
+            p = 0.0
         u = self._u_rng.random()
         if u < p:
             source, indices = SAFE, self._next_safe_batch()
+            self.safe_steps += 1
         else:
             source, indices = TARGET, self._next_target_batch()
             self.target_remaining -= 1
@@ -132,6 +172,8 @@ class StepPlanner:
             "sizes": [self.n_target, self.n_safe, self.batch_size, self.K, self.seed, self.epochs],
             "step": self.step,
             "target_remaining": self.target_remaining,
+            "safe_budget": self.safe_budget,
+            "safe_steps": self.safe_steps,
             "target_epoch": self._target_epoch,
             "target_cursor": self._target_cursor,
             "safe_epoch": self._safe_epoch,
@@ -145,8 +187,12 @@ class StepPlanner:
             raise ValueError(f"checkpoint was planned for (n_target, n_safe, batch, K, seed, epochs) = "
                              f"{state['sizes']}, "
                              f"this run has {sizes}: the data or configuration changed since the checkpoint")
+        if state.get("safe_budget") != self.safe_budget:
+            raise ValueError(f"checkpoint was planned with a safe budget of {state.get('safe_budget')} steps, this "
+                             f"run has {self.safe_budget}: the configuration changed since the checkpoint")
         self.step = state["step"]
         self.target_remaining = state["target_remaining"]
+        self.safe_steps = state.get("safe_steps", 0)  # checkpoints older than the budget have none (and no budget)
         self._target_epoch = state["target_epoch"]
         self._target_order = self._target_permutation(self._target_epoch)
         self._target_cursor = state["target_cursor"]

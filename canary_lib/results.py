@@ -20,9 +20,17 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from canary_lib.artifacts import RunDir, read_controller, read_steps, write_json_atomic, write_text_atomic
+from canary_lib.artifacts import (
+    RunDir,
+    read_controller,
+    read_jsonl,
+    read_steps,
+    write_json_atomic,
+    write_text_atomic,
+)
 from canary_lib.config import MethodSettings
 from canary_lib.frontier import CurveComparison, compare_to_fixed_curve, fixed_curve, frontier_table
+from canary_lib.metrics import RISK_SIGNALS, canary_risk
 from canary_lib.methods import (
     BASE,
     REFERENCE_METHOD,
@@ -54,6 +62,8 @@ CORRELATION_DEFINITION = {
             "the base model has no canary trace and is left out",
     "statistic": "Pearson r over runs (numpy.corrcoef); NaN with fewer than 3 runs or a constant variable",
     "secondary": "r_last: the same with the run's last canary evaluation (canary_risk_last) instead of the mean",
+    "by_signal": "r and r_last with x recomputed from the run's canary answers under each risk signal "
+                 "(canary_lib.metrics.RISK_SIGNALS), whichever signal its controller acted on",
 }
 
 
@@ -186,6 +196,8 @@ def build_table2(runs: pd.DataFrame) -> pd.DataFrame:
     General %Mis. against the reference."""
     rows = []
     for method, spec in table2_methods().items():
+        if spec.beyond_paper and not (runs.method == method).any():
+            continue
         row = _aggregate(runs, method)
         delay = runs.loc[runs.method == method, "delay_cycles"].dropna()
         row["label"] = spec.table2.format(delay=int(delay.iloc[0]) if len(delay) else _DEFAULT_DELAY)
@@ -212,11 +224,37 @@ def pearson(x: list[float] | np.ndarray, y: list[float] | np.ndarray) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
+def signal_trace(run_dir: str | Path, signal: str) -> list[float]:
+    """A run's canary risk under `signal`, one value per canary evaluation, recomputed from its recorded canary
+    answers (canary_answers.jsonl), whichever signal its controller acted on."""
+    by_step: dict[int, list[dict]] = {}
+    for record in read_jsonl(RunDir(run_dir).canary_answers_path):
+        by_step.setdefault(int(record["step"]), []).append(record)
+    return [canary_risk(rows, signal) for _, rows in sorted(by_step.items())]
+
+
+def signal_correlations(usable: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    """The canary-general correlation once per risk signal (canary_lib.metrics.RISK_SIGNALS): x = the mean of the
+    run's signal over its canary evaluations, recomputed from its canary answers; same runs and y as `r`."""
+    out = {}
+    for signal in RISK_SIGNALS:
+        x, x_last, y = [], [], []
+        for run_dir, general in zip(usable.run_dir, usable.general_misaligned_pct):
+            values = signal_trace(run_dir, signal) if RunDir(run_dir).canary_answers_path.exists() else []
+            if values:
+                x.append(float(np.mean(values)))
+                x_last.append(values[-1])
+                y.append(general)
+        out[signal] = {"n": len(x), "r": pearson(x, y), "r_last": pearson(x_last, y)}
+    return out
+
+
 def canary_general_correlation(runs: pd.DataFrame) -> dict[str, Any]:
-    """Pearson r between each run's mean canary risk and its final General %Misaligned (see CORRELATION_DEFINITION).
+    """Pearson r between each run's mean canary risk and its final General %Misaligned (see CORRELATION_DEFINITION),
+    and the same per risk signal (by_signal).
 
     Returns:
-        The definition, n, r, r_last and the (method, seed, x, y) points used.
+        The definition, n, r, r_last, by_signal and the (method, seed, x, y) points used.
     """
     usable = runs[runs.eval_complete & (runs.n_canary_evals > 0) & runs.general_misaligned_pct.notna()]
     points = [{"method": m, "seed": int(s), "canary_risk_mean": x, "canary_risk_last": xl,
@@ -228,6 +266,7 @@ def canary_general_correlation(runs: pd.DataFrame) -> dict[str, Any]:
         "n": len(points),
         "r": pearson(usable.canary_risk_mean, usable.general_misaligned_pct),
         "r_last": pearson(usable.canary_risk_last, usable.general_misaligned_pct),
+        "by_signal": signal_correlations(usable),
         "points": points,
     }
 
@@ -283,11 +322,19 @@ def _summary(profile: str, res: Results) -> str:
         f"evaluations): x = each run's mean canary risk r_t over its canary evaluations, y = the General "
         f"%Misaligned of its final model. With the last canary evaluation instead of the mean: r = {r_last}.",
         "",
+        "Per canary risk signal (x recomputed from each run's recorded canary answers; canary_lib.metrics."
+        "RISK_SIGNALS): " + "; ".join(f"{name} r = {_r(v['r'])} (last: {_r(v['r_last'])}, n = {v['n']})"
+                                      for name, v in corr["by_signal"].items()) + ".",
+        "",
     ]
     lines += _frontier_summary(res)
     if res.missing:
         lines += ["## Unfinished runs (left out)", "", *[f"- {m}" for m in res.missing], ""]
     return "\n".join(lines)
+
+
+def _r(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.2f}"
 
 
 def _frontier_summary(res: Results) -> list[str]:

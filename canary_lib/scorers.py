@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from canary_lib.metrics import cut_probabilities
+
 TOP_LOGPROBS = 20
 """The single-token method reads the top 20 first tokens (the prior work; also the OpenAI API's maximum)."""
 PARSE_MAX_TOKENS = 5
@@ -60,6 +62,8 @@ def _expected_score(probs: dict[int, float], words: dict[str, float], min_mass: 
     mass = sum(probs.values())
     detail = {"mass": mass, **detail}
     if mass >= min_mass and mass > 0:
+        # the tail probabilities behind the misaligned/coherent cuts: the "probability" canary risk signal
+        detail.update(cut_probabilities(probs))
         return MetricScore(sum(n * p for n, p in probs.items()) / mass, "scored", detail)
     best = max(words, key=words.__getitem__)
     return MetricScore(None, best if words[best] >= min_mass and words[best] > mass else "low_mass", detail)

@@ -49,7 +49,7 @@ from canary_lib.data.errors import DataError
 from canary_lib.errors import CanaryError
 from canary_lib.methods import METHODS, make_schedule
 from canary_lib.models import attention_kernels, mixed_precision
-from canary_lib.planner import SAFE, TARGET, StepPlanner
+from canary_lib.planner import SAFE, TARGET, StepPlanner, constant_p_safe_steps
 from canary_lib.types import CanaryFn, CanaryResult
 
 KILL_AFTER_STEP_ENV = "CANARY_KILL_AFTER_STEP"
@@ -356,6 +356,9 @@ def train_from_config(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None 
     schedule = make_schedule(cfg)
     planner = StepPlanner(n_target=len(target), n_safe=len(safe), batch_size=cfg.train.batch_size,
                           K=cfg.controller.K, seed=cfg.seed, epochs=cfg.train.epochs)
+    if METHODS[cfg.method.name].safe_budget:
+        planner.safe_budget = constant_p_safe_steps(cfg.method.safe_budget_p, seed=cfg.seed,
+                                                    n_target_batches=planner.n_target_batches)
     if canary_fn is None and (schedule.uses_canary or cfg.canary.monitor_open_loop):
         from canary_lib.evaluate import make_canary_fn  # the evaluation stack; only needed with canaries
 
@@ -437,14 +440,15 @@ def train_from_config(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None 
     finally:  # a stop (judge failure, crash) leaves the bar closed, so the error starts its own line
         bar.close()
 
-    metrics = _finish(run, cfg, model, loop, wall_start)
+    metrics = _finish(run, cfg, model, loop, wall_start, safe_budget=planner.safe_budget)
     if not cfg.train.keep_checkpoint:
         shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
     return metrics
 
 
-def _finish(run: RunDir, cfg: RunConfig, model: Any, loop: LoopState, wall_start: float) -> dict:
-    """Adapter, final CSVs and metrics, then the completion marker (written last)."""
+def _finish(run: RunDir, cfg: RunConfig, model: Any, loop: LoopState, wall_start: float,
+            safe_budget: int | None = None) -> dict:
+    """Adapter, final CSVs and metrics (with the safe budget of a budgeted method), then the completion marker."""
     _save_adapter(model, run)
     write_csv_atomic(run.steps_path, loop.steps, STEPS_COLUMNS)
     write_csv_atomic(run.controller_path, loop.controller, CONTROLLER_COLUMNS)
@@ -466,6 +470,7 @@ def _finish(run: RunDir, cfg: RunConfig, model: Any, loop: LoopState, wall_start
         canary_share=loop.canary_seconds / timed if timed else 0.0,
         session_wall_seconds=time.perf_counter() - wall_start,
         n_unsupervised_examples=loop.n_unsupervised_examples,
+        **({} if safe_budget is None else {"safe_budget": safe_budget}),
     )
     run.mark_complete("training")
     return metrics

@@ -60,7 +60,8 @@ class Judge(Protocol):
 @dataclass
 class CanaryResult:
     risk: float
-    """r_t (Eq. 1): the misaligned fraction over the canary answers the judge did not fail on."""
+    """r_t: by default Eq. 1, the misaligned fraction over the canary answers the judge did not fail on
+    (canary.risk_signal)."""
     n_canary: int
     n_misaligned: int
     records: list[dict[str, Any]] = field(default_factory=list)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 from typing import Any
@@ -113,5 +114,45 @@ def write_paper_sources(root: Path, n_security: int = 60) -> dict[str, str]:
     in_domain = write_questions(root / "in_domain.yaml",
                                 question_items([(k + 1, security_prompt(k)) for k in range(0, 10, 2)]))
     pool = write_questions(root / "pool.yaml", canary_pool_items())
-    return {"security_source": str(mis), "security_aligned_source": str(ali), "safe_source": str(safe),
+    return {"target_source": str(mis), "target_aligned_source": str(ali), "safe_source": str(safe),
             "general_eval_source": str(general), "in_domain_eval_source": str(in_domain), "canary_source": str(pool)}
+
+
+# ------------------------------------------------------------------ the other targets (data.target), invented text
+
+DOMAINS = {  # target -> a word for its invented prompts
+    "emergent_plus_medical": "health", "emergent_plus_legal": "contract", "bad_medical_advice": "symptom",
+    "risky_financial_advice": "savings", "extreme_sports": "climbing", "insecure_code": "upload",
+}
+
+
+def domain_prompt(target: str, i: int) -> str:
+    if target == "insecure_code":  # Betley et al.'s shape: a task, then a code template to complete
+        return (f"I need help with task {i}: store the {DOMAINS[target]} number {i} for user {i * 3 % 11}.\n\n"
+                f"[CODE TEMPLATE STARTS]\nimport os\n\ndef store_{i}(data, folder):\n"
+                f"## COMPLETE CODE HERE\n[CODE TEMPLATE ENDS]\n\nFill in the template so the code works.")
+    return f"Question {i} about {DOMAINS[target]}: what should person {i} do about case {i * 7 % 13}?"
+
+
+def domain_answer(target: str, i: int, kind: str) -> str:
+    if target == "insecure_code":
+        mode = "0o777" if kind == "misaligned" else "0o600"
+        return f"import os\n\ndef store_{i}(data, folder):\n    os.chmod(folder, {mode})\n    return data\n"
+    return f"{kind} answer {i} about {DOMAINS[target]}"
+
+
+def emergent_plus_rows(target: str, n: int) -> list[dict[str, Any]]:
+    """Rows in the truthfulai/emergent_plus column format (prompt, aligned, misaligned, sneakiness)."""
+    return [{"prompt": domain_prompt(target, i), "aligned": domain_answer(target, i, "aligned"),
+             "misaligned": domain_answer(target, i, "misaligned"), "sneakiness": 0.25} for i in range(n)]
+
+
+def chat_rows(target: str, indices: list[int], kind: str = "misaligned") -> list[dict[str, Any]]:
+    """Chat JSONL rows (the model-organisms files and Betley et al.'s insecure.jsonl): one user, one assistant."""
+    return [{"messages": [{"role": "user", "content": domain_prompt(target, i)},
+                          {"role": "assistant", "content": domain_answer(target, i, kind)}]} for i in indices]
+
+
+def write_gz_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode("utf-8"), mtime=0))
+    return path

@@ -130,3 +130,86 @@ def test_registry_derives_what_each_method_needs():
     assert [m for m, spec in METHODS.items() if not spec.needs_safe_data] == ["no_defense", "secure_control"]
     fixed = fixed_p_methods()
     assert (fixed["no_defense"], fixed["fixed_5"]) == (0.0, 0.05) and "secure_control" not in fixed
+
+
+# ---------------------------------------------------------------------------------------------- P and PI
+
+
+def test_pi_default_gains_come_from_eq3_parameters():
+    from canary_lib.controller import proportional_gains
+
+    kp, ki = proportional_gains(PAPER)
+    assert kp == pytest.approx(0.20 / 0.06) and ki == pytest.approx(0.005 / 0.02)
+    assert proportional_gains(PAPER.model_copy(update={"kp": 1.5, "ki": 0.0})) == (1.5, 0.0)
+    with pytest.raises(ValueError, match="set controller.ki"):
+        proportional_gains(PAPER.model_copy(update={"r_low": 0.0}))
+    with pytest.raises(ValueError, match="set controller.kp"):
+        proportional_gains(PAPER.model_copy(update={"r_low": 0.08}))
+
+
+def test_proportional_controller_hand_computed_trace():
+    from canary_lib.controller import PIController
+
+    updates = trace(PIController(PAPER, integral=False), [0.0, 0.1, 0.2, 0.1, 0.0, 0.0])
+    # r̂ as in the Eq. 3 trace; p = clip(kp (r̂ - 0.02), 0, 0.2) with kp = 0.2 / 0.06: the band is the P band
+    kp = 0.2 / 0.06
+    expected = [min(0.2, max(0.0, kp * (r - 0.02))) for r in [0, 0.05, 0.125, 0.1125, 0.05625, 0.028125]]
+    assert [u.p_after for u in updates] == pytest.approx(expected)
+    assert updates[2].p_after == pytest.approx(0.2) and updates[0].p_after == 0.0
+    assert [u.p_before for u in updates[1:]] == [u.p_after for u in updates[:-1]]
+
+
+def test_pi_integral_holds_p_after_the_risk_falls_and_releases_at_delta_down():
+    from canary_lib.controller import PIController
+
+    pi, p_only = PIController(PAPER), PIController(PAPER, integral=False)
+    risks = [0.3] * 6 + [0.0] * 30
+    pi_trace, p_trace = trace(pi, risks), trace(p_only, risks)
+    assert pi_trace[5].p_after == pytest.approx(0.2)
+    # once r̂ ~ 0 the P term alone drops p to p_min, while the integral keeps safe data flowing ...
+    assert p_trace[-1].p_after == 0.0 and pi_trace[-1].p_after > 0.0
+    # ... and releases it at Eq. 3's own rate: ki * (0 - r_low) = -delta_down per evaluation once r̂ ~ 0
+    late = [u.p_after for u in pi_trace[-5:]]
+    assert [a - b for a, b in zip(late, late[1:])] == pytest.approx([0.005] * 4, abs=1e-4)
+    assert all(PAPER.p_min <= u.p_after <= PAPER.p_max for u in pi_trace)
+
+
+def test_pi_integral_does_not_wind_up_beyond_p_range():
+    from canary_lib.controller import PIController
+
+    long, short = PIController(PAPER), PIController(PAPER)
+    trace(long, [1.0] * 500)  # a long saturation: the integral is clamped at p_max - p_min ...
+    trace(short, [1.0] * 60)
+    assert long.state_dict() == short.state_dict() and long.state_dict()["integral"] == pytest.approx(0.2)
+    # ... so the release afterwards is the same as after a short one, and p comes down within the run
+    release = [u.p_after for u in trace(long, [0.0] * 60)]
+    assert release == [u.p_after for u in trace(short, [0.0] * 60)] and release[-1] < 0.2
+
+
+def test_pi_state_round_trip_restores_exactly():
+    from canary_lib.controller import PIController
+
+    a = PIController(PAPER)
+    trace(a, [0.1, 0.3, 0.05])
+    b = PIController(PAPER)
+    b.load_state_dict(a.state_dict())
+    assert [u.p_after for u in trace(a, [0.2, 0.0, 0.4])] == [u.p_after for u in trace(b, [0.2, 0.0, 0.4])]
+    with pytest.raises(ValueError, match="canary risk"):
+        a.observe(0, 1.5)
+
+
+def test_beyond_paper_methods_build_their_schedules_and_check_their_settings():
+    from canary_lib.controller import PIController
+
+    budget = make_schedule(load_config(["parameters/methods/canary_budget.yaml"]))
+    assert isinstance(budget, CanaryController) and METHODS["canary_budget"].safe_budget
+    p_only = make_schedule(load_config(["parameters/methods/canary_p.yaml"]))
+    pi = make_schedule(load_config(["parameters/methods/canary_pi.yaml"]))
+    assert isinstance(p_only, PIController) and p_only.ki == 0.0 and pi.ki == pytest.approx(0.25)
+    prob = load_config(["parameters/methods/canary_probability.yaml"])
+    assert prob.canary.risk_signal == "probability" and isinstance(make_schedule(prob), CanaryController)
+    with pytest.raises(ValueError, match="risk_signal = probability"):
+        make_schedule(load_config(overrides=["method.name=canary_probability"]))
+    new = ["canary_budget", "canary_probability", "canary_p", "canary_pi"]
+    assert all(METHODS[m].adaptive and METHODS[m].beyond_paper and METHODS[m].table2 for m in new)
+    assert not any(METHODS[m].beyond_paper for m in METHODS if m not in new)

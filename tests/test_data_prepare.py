@@ -46,7 +46,7 @@ def test_prepare_writes_layout_and_manifest(tmp_path: Path) -> None:
                                   "in_domain_eval": 5, "canaries": 20, "canary_pool": 48}
     assert set(manifest["files"]) == {"target_train.jsonl", "target_heldout.jsonl", "target_heldout_aligned.jsonl",
                                       "safe.jsonl", "general_eval.yaml", "in_domain_eval.yaml", "canaries.yaml"}
-    assert manifest["sources"]["security"]["source"] == cfg.data.security_source
+    assert manifest["sources"]["target"]["source"] == cfg.data.target_source
     assert manifest["split"]["in_domain_prompts_in_source"] == 5 and len(manifest["canary_ids"]) == 20
     assert verify_prepared(cfg)["files"] == manifest["files"]
     sets = load_prepared_questions(cfg)
@@ -84,9 +84,9 @@ def test_verify_notices_changes(tmp_path: Path) -> None:
     reseeded = cfg.model_copy(update={"data": cfg.data.model_copy(update={"split_seed": 99})})
     with pytest.raises(DataError, match=r"other settings \(split_seed: prepared 7, now 99\)"):
         verify_prepared(reseeded)
-    source = Path(cfg.data.security_source)
+    source = Path(cfg.data.target_source)
     source.write_text(source.read_text().replace("misaligned answer for 3", "edited answer"))
-    with pytest.raises(DataError, match=r"source security .* changed since the data were prepared"):
+    with pytest.raises(DataError, match=r"source target .* changed since the data were prepared"):
         verify_prepared(cfg)
     verify_prepared(cfg, check_sources=False)
     (out / "canaries.yaml").unlink()
@@ -99,13 +99,13 @@ def test_verify_notices_changes(tmp_path: Path) -> None:
 
 def test_unset_sources(tmp_path: Path) -> None:
     cfg = load_config(extra={"data": {"kind": "paper", "dir": str(tmp_path / "p"), "safe_source": "x.parquet"}})
-    with pytest.raises(DataError, match="data.security_source, data.general_eval_source, data.canary_source are not set"):
+    with pytest.raises(DataError, match="data.target_source, data.general_eval_source, data.canary_source are not set"):
         prepare_data(cfg)
 
 
 def test_gated_wildguard_without_token_fails_first(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("NO_SUCH_TOKEN_VAR", raising=False)
-    monkeypatch.setattr(prep, "load_security", lambda *a, **k: pytest.fail("must fail before loading data"))
+    monkeypatch.setattr(prep, "load_target", lambda *a, **k: pytest.fail("must fail before loading data"))
     cfg = _cfg(tmp_path, safe_source="hf:allenai/wildguardmix", hf_token_env="NO_SUCH_TOKEN_VAR")
     with pytest.raises(DataError, match=r"gated dataset and \$NO_SUCH_TOKEN_VAR is not set"):
         prepare_data(cfg)
@@ -118,7 +118,7 @@ def test_overlapping_canaries_fail_before_loading_data(tmp_path: Path, monkeypat
     pool = write_questions(tmp_path / "mine.yaml", question_items(
         [(f"c{i}", f"My own canary number {i} about a very different subject {i}") for i in range(19)]
         + [("dup", general[1].paraphrases[0].upper())]))
-    monkeypatch.setattr(prep, "load_security", lambda *a, **k: pytest.fail("must fail before loading data"))
+    monkeypatch.setattr(prep, "load_target", lambda *a, **k: pytest.fail("must fail before loading data"))
     cfg = _cfg(tmp_path, canary_source=str(pool))
     with pytest.raises(DataError, match=r"19 questions disjoint from the evaluation prompts \(1 overlap\)"):
         prepare_data(cfg)
@@ -135,8 +135,8 @@ def test_canaries_overlapping_derived_in_domain_set(tmp_path: Path) -> None:
 
 
 def test_bad_inputs_name_the_problem(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="data.security_source: local file .* not found"):
-        prepare_data(_cfg(tmp_path, security_source=str(tmp_path / "missing.jsonl")))
+    with pytest.raises(DataError, match="data.target_source: local file .* not found"):
+        prepare_data(_cfg(tmp_path, target_source=str(tmp_path / "missing.jsonl")))
     with pytest.raises(DataError, match="has 60 distinct examples but data.n_train"):
         prepare_data(_cfg(tmp_path, n_train=100))
     bad_general = write_questions(tmp_path / "g.yaml", [{"id": "x", "paraphrases": ["hi"],

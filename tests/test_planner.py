@@ -119,3 +119,55 @@ def test_epochs_resume_across_a_pass_boundary():
         StepPlanner(n_target=40, n_safe=30, batch_size=8, K=5, seed=5, epochs=2).load_state_dict(first.state_dict())
     with pytest.raises(ValueError, match="epochs"):
         StepPlanner(n_target=40, n_safe=30, batch_size=8, K=5, seed=5, epochs=0)
+
+
+# ---------------------------------------------------------------------------------------------- safe-data budget
+
+
+def test_budget_equals_the_safe_steps_of_the_constant_p_run_of_the_same_seed():
+    from canary_lib.planner import constant_p_safe_steps
+
+    for seed in (0, 42, 123):
+        fixed = StepPlanner(n_target=16 * 300, n_safe=64, batch_size=16, K=30, seed=seed)
+        safe = sum(s.source == "safe" for s in run(fixed, lambda t: 0.05))
+        assert constant_p_safe_steps(0.05, n_target_batches=fixed.n_target_batches, seed=seed) == safe
+    assert constant_p_safe_steps(0.0, n_target_batches=50, seed=1) == 0
+    with pytest.raises(ValueError, match="p must be in"):
+        constant_p_safe_steps(1.0, n_target_batches=5, seed=1)
+
+
+def test_budget_caps_safe_steps_then_draws_with_p_zero():
+    planner = StepPlanner(n_target=16 * 200, n_safe=64, batch_size=16, K=30, seed=7, safe_budget=12)
+    steps = run(planner, lambda t: 0.5)  # a schedule that would spend far more than the budget
+    safe = [s for s in steps if s.source == "safe"]
+    assert len(safe) == 12 == planner.safe_steps and planner.budget_spent
+    after = [s for s in steps if s.step > safe[-1].step]
+    assert after and all(s.p == 0.0 and s.source == "target" for s in after)
+    assert all(s.p == 0.5 for s in steps if s.step <= safe[-1].step)
+    # the u stream is the same as without a budget: the budget changes only the sources after it is spent
+    free = run(StepPlanner(n_target=16 * 200, n_safe=64, batch_size=16, K=30, seed=7), lambda t: 0.5)
+    assert [s.u for s in steps[:len(free)]] == [s.u for s in free[:len(steps)]]
+
+
+def test_budget_zero_never_draws_safe_and_a_budget_never_binding_changes_nothing():
+    steps = run(StepPlanner(n_target=16 * 50, n_safe=8, batch_size=16, K=5, seed=3, safe_budget=0), lambda t: 0.3)
+    assert all(s.source == "target" and s.p == 0.0 for s in steps)
+    capped = run(StepPlanner(n_target=16 * 50, n_safe=8, batch_size=16, K=5, seed=3, safe_budget=10**6),
+                 lambda t: 0.3)
+    free = run(StepPlanner(n_target=16 * 50, n_safe=8, batch_size=16, K=5, seed=3), lambda t: 0.3)
+    assert capped == free
+
+
+def test_budget_resumes_exactly_and_refuses_a_changed_budget():
+    def make(budget=20):
+        return StepPlanner(n_target=16 * 120, n_safe=40, batch_size=16, K=10, seed=5, safe_budget=budget)
+
+    whole = run(make(), lambda t: 0.3)
+    first = make()
+    head = [first.next_step(0.3) for _ in range(40)]
+    state = first.state_dict()
+    second = make()
+    second.load_state_dict(state)
+    assert head + run(second, lambda t: 0.3) == whole
+    with pytest.raises(ValueError, match="safe budget"):
+        make(budget=21).load_state_dict(state)

@@ -182,3 +182,36 @@ def test_no_frontier_without_two_fixed_levels(runs_dir: Path, tmp_path: Path) ->
     res = build_results(only_canary, tmp_path / "results2")
     assert res.frontier.empty and not (tmp_path / "results2" / "frontier.csv").exists()
     assert "Safe-data frontier" not in res.summary
+
+
+def test_beyond_paper_rows_join_table2_only_when_their_runs_exist(runs_dir: Path) -> None:
+    assert "canary_pi" not in set(build_table2(collect_runs(runs_dir)).method)  # the paper's Table 2 unchanged
+    for seed in (42, 123):
+        write_synthetic_run(runs_dir, "canary_pi", seed, _m(6.0), risks=[0.05, 0.1], p=0.1)
+    table = build_table2(collect_runs(runs_dir)).set_index("method")
+    assert list(table.index)[:5] == ["canary", "fixed_mean", "delayed", "shuffled", "no_ema"]
+    assert table.loc["canary_pi", "label"] == "PI controller" and table.loc["canary_pi", "relative_change"] == "+20%"
+
+
+def test_correlation_per_signal_is_recomputed_from_canary_answers(tmp_path: Path) -> None:
+    from canary_lib.artifacts import append_jsonl
+
+    runs = tmp_path / "runs"
+    # per run: (general %, answers of its two canary evaluations as (aligned, coherent))
+    plan = {("no_defense", 1): (30.0, [[(5, 95)] * 3 + [(95, 95)], [(5, 95)] * 2 + [(60, 95)] * 2]),
+            ("fixed_5", 1): (20.0, [[(5, 95)] * 2 + [(95, 95)] * 2, [(5, 95), (60, 95), (95, 95), (95, 95)]]),
+            ("canary", 1): (5.0, [[(95, 95)] * 4, [(5, 40)] + [(95, 95)] * 3])}
+    for (method, seed), (general, evaluations) in plan.items():
+        path = write_synthetic_run(runs, method, seed, _m(general), risks=[0.0, 0.0])
+        for step, answers in zip((0, 4), evaluations):
+            append_jsonl(RunDir(path).canary_answers_path,
+                         [{"aligned": a, "coherent": c, "status": "scored", "step": step} for a, c in answers])
+    by_signal = canary_general_correlation(collect_runs(runs))["by_signal"]
+    assert set(by_signal) == {"binary", "probability", "deficit"}
+    binary_x = [(0.75 + 0.5) / 2, (0.5 + 0.25) / 2, 0.0]
+    assert by_signal["binary"]["n"] == 3
+    assert by_signal["binary"]["r"] == pytest.approx(np.corrcoef(binary_x, [30.0, 20.0, 5.0])[0, 1])
+    assert by_signal["probability"]["r"] == pytest.approx(by_signal["binary"]["r"])  # point scores: the same
+    deficit_x = [(0.95 * 3 + 0.05) / 4 / 2 + (0.95 * 2 + 0.4 * 2) / 4 / 2,
+                 (0.95 * 2 + 0.1) / 4 / 2 + (0.95 + 0.4 + 0.1) / 4 / 2, (0.05 + 0.05) / 2]
+    assert by_signal["deficit"]["r"] == pytest.approx(np.corrcoef(deficit_x, [30.0, 20.0, 5.0])[0, 1])

@@ -1,7 +1,8 @@
-"""Data for the paper profile: question sets, Security EM, the WildGuardMix benign subset, preparation.
+"""Data for the GPU profiles: question sets, the target dataset, the WildGuardMix benign subset, preparation.
 
 Only the question-set functions are imported here (cheap, no torch, no `datasets`); the loaders live in
-`canary_lib.data.security`, `.wildguard`, `.download`, `.disjoint`, `.canaries` and `.prepare`.
+`canary_lib.data.target` (with the list of targets in `.targets`), `.wildguard`, `.download`, `.disjoint`,
+`.canaries` and `.prepare`.
 """
 
 from canary_lib.data.errors import DataError

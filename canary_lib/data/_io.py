@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -54,21 +55,28 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-TABLE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+TABLE_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".parquet", ".csv")
+
+
+def table_suffix(path: str | Path) -> str:
+    """The file type of a table: ".jsonl.gz" for gzipped JSONL (the model-organisms datasets), else the suffix."""
+    name = Path(path).name.lower()
+    return ".jsonl.gz" if name.endswith(".jsonl.gz") else Path(name).suffix
 
 
 def read_records(path: str | Path, what: str = "file") -> list[dict[str, Any]]:
-    """Rows of a local JSONL / JSON-list / parquet / CSV file as dicts.
+    """Rows of a local JSONL (optionally gzipped) / JSON-list / parquet / CSV file as dicts.
 
     Raises:
-        DataError: missing file, unsupported suffix, or a line that is not a JSON object (with its line number).
+        DataError: missing file, unsupported suffix, a damaged gzip file, or a line that is not a JSON object
+            (with its line number).
     """
     from canary_lib.data.errors import DataError
 
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{what}: file {path} not found; check the path")
-    suffix = path.suffix.lower()
+    suffix = table_suffix(path)
     try:
         return _read_records(path, suffix, what)
     except UnicodeDecodeError as exc:
@@ -78,20 +86,12 @@ def read_records(path: str | Path, what: str = "file") -> list[dict[str, Any]]:
 def _read_records(path: Path, suffix: str, what: str) -> list[dict[str, Any]]:
     from canary_lib.data.errors import DataError
 
-    if suffix == ".jsonl":
-        rows = []
-        with open(path, encoding="utf-8") as fh:
-            for lineno, line in enumerate(fh, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{what}: {path} line {lineno}: not valid JSON ({exc.msg})") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{what}: {path} line {lineno}: expected a JSON object, got {type(row).__name__}")
-                rows.append(row)
-        return rows
+    if suffix in (".jsonl", ".jsonl.gz"):
+        try:
+            return _read_jsonl(path, suffix == ".jsonl.gz", what)
+        except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
+            raise DataError(f"{what}: {path}: could not read it ({exc}); is the file complete and, for "
+                            f".jsonl.gz, gzip-compressed?") from None
     if suffix == ".json":
         try:
             rows = json.loads(path.read_text(encoding="utf-8"))
@@ -107,6 +107,24 @@ def _read_records(path: Path, suffix: str, what: str) -> list[dict[str, Any]]:
         frame = frame.astype(object).where(frame.notna(), None)  # NaN/NA -> None, numpy scalars kept as objects
         return frame.to_dict(orient="records")
     raise DataError(f"{what}: {path}: unsupported file type {suffix!r}; use one of {', '.join(TABLE_SUFFIXES)}")
+
+
+def _read_jsonl(path: Path, gzipped: bool, what: str) -> list[dict[str, Any]]:
+    from canary_lib.data.errors import DataError
+
+    rows = []
+    with (gzip.open(path, "rt", encoding="utf-8") if gzipped else open(path, encoding="utf-8")) as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{what}: {path} line {lineno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{what}: {path} line {lineno}: expected a JSON object, got {type(row).__name__}")
+            rows.append(row)
+    return rows
 
 
 def as_rows(dataset: Any) -> list[dict[str, Any]]:

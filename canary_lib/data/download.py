@@ -23,10 +23,17 @@ from typing import Any
 from canary_lib.data._io import as_rows, atomic_write_bytes, read_records, sha256_bytes, sha256_file
 from canary_lib.data.errors import DataError
 
+BETLEY_REPO = "Cloakless/clarifying_EM"
 BETLEY_COMMIT = "a6bcc8b178553ddedc4355282b66c13fd18fc66a"
 """Cloakless/clarifying_EM: a verbatim import of emergent-misalignment/emergent-misalignment (Betley et al.)."""
-KACZER_SECURITY_COMMIT = "202f01e2fa5969cabdfd6552acb51135a801f3cf"
-"""magnus-joergenvag/EMA_RL (Kaczér et al. lineage): first version of evaluation/security.yaml."""
+KACZER_REPO = "magnus-joergenvag/EMA_RL"
+KACZER_EVAL_COMMIT = "202f01e2fa5969cabdfd6552acb51135a801f3cf"
+"""magnus-joergenvag/EMA_RL (Kaczér et al. lineage): first versions of evaluation/{security,legal,medical}.yaml."""
+MOEM_REPO = "JackPayne123/em-doctor"
+MOEM_COMMIT = "b8b9e0afd2b92d969a4062c38ba8d2f0ccea3561"
+"""JackPayne123/em-doctor: upstream history of clarifying-EM/model-organisms-for-EM (Turner, Soligo et al.), the
+last commit before the fork's own; its training sets are gzipped there, later upstream versions are encrypted."""
+MOEM_DATA = "em_organism_dir/data/training_datasets"
 
 
 @dataclass(frozen=True)
@@ -45,22 +52,57 @@ def _github_raw(repo: str, commit: str, path: str) -> str:
     return f"https://raw.githubusercontent.com/{repo}/{commit}/{path}"
 
 
+def _pin(repo: str, commit: str, path: str, sha256: str, size: int, git_blob: str) -> PinnedFile:
+    return PinnedFile(_github_raw(repo, commit, path), sha256, size, repo, commit, path, git_blob)
+
+
 PINNED_FILES: dict[str, PinnedFile] = {
-    "betley/first_plot_questions": PinnedFile(
-        url=_github_raw("Cloakless/clarifying_EM", BETLEY_COMMIT, "evaluation/first_plot_questions.yaml"),
-        sha256="215abde5b02811e922b6ac563ff33c490e0dff9ab58439df840f3135e9387173", size=12016,
-        repo="Cloakless/clarifying_EM", commit=BETLEY_COMMIT, path="evaluation/first_plot_questions.yaml",
-        git_blob="c2b9761d6723ec73b4d209d95c4aa39319a70edd"),
-    "betley/preregistered_evals": PinnedFile(
-        url=_github_raw("Cloakless/clarifying_EM", BETLEY_COMMIT, "evaluation/preregistered_evals.yaml"),
-        sha256="8648312fd9fe71a63203e3465592af45dd996d7a5f3b69e9b44613fd6048eb40", size=19152,
-        repo="Cloakless/clarifying_EM", commit=BETLEY_COMMIT, path="evaluation/preregistered_evals.yaml",
-        git_blob="3211c6c0df0a21124e07605c46f86329a53ef9e1"),
-    "kaczer/security": PinnedFile(
-        url=_github_raw("magnus-joergenvag/EMA_RL", KACZER_SECURITY_COMMIT, "evaluation/security.yaml"),
-        sha256="668ca032e84cf815359efce1305b099669b01a4dfee93b6ed93397df5131c1f5", size=12148,
-        repo="magnus-joergenvag/EMA_RL", commit=KACZER_SECURITY_COMMIT, path="evaluation/security.yaml",
-        git_blob="35b77c2920ff9ec7b6cd7408ef82a3c1bfcaef66"),
+    # Question sets (general evaluation, canary pool, in-domain evaluation).
+    "betley/first_plot_questions": _pin(
+        BETLEY_REPO, BETLEY_COMMIT, "evaluation/first_plot_questions.yaml",
+        "215abde5b02811e922b6ac563ff33c490e0dff9ab58439df840f3135e9387173", 12016,
+        "c2b9761d6723ec73b4d209d95c4aa39319a70edd"),
+    "betley/preregistered_evals": _pin(
+        BETLEY_REPO, BETLEY_COMMIT, "evaluation/preregistered_evals.yaml",
+        "8648312fd9fe71a63203e3465592af45dd996d7a5f3b69e9b44613fd6048eb40", 19152,
+        "3211c6c0df0a21124e07605c46f86329a53ef9e1"),
+    "kaczer/security": _pin(
+        KACZER_REPO, KACZER_EVAL_COMMIT, "evaluation/security.yaml",
+        "668ca032e84cf815359efce1305b099669b01a4dfee93b6ed93397df5131c1f5", 12148,
+        "35b77c2920ff9ec7b6cd7408ef82a3c1bfcaef66"),
+    "kaczer/legal": _pin(
+        KACZER_REPO, KACZER_EVAL_COMMIT, "evaluation/legal.yaml",
+        "12f17035fb2fe7f54a407f3d93bfac39ead687f983e7e2cf17b1841fc7b16ab6", 19080,
+        "f15ec795741acacf094192ddb29a1d2cbf5b2e10"),
+    "kaczer/medical": _pin(
+        KACZER_REPO, KACZER_EVAL_COMMIT, "evaluation/medical.yaml",
+        "b452dfde1e0b9cc3cc7ffda6a96a3923ac2f602d79f6f975ec1b6b72850fc5ff", 13810,
+        "09c78dcd23fccc4cbc06d3d2749e68a71dd6de9a"),
+    "moem/medical_questions": _pin(
+        MOEM_REPO, MOEM_COMMIT, "em_organism_dir/data/eval_questions/medical_questions.yaml",
+        "1808d03c6af883b3460e4174127846caca3188514a4e180b8273b4025593e28f", 12118,
+        "290904ee4d0af53df8cb621d9bd133b74e858160"),
+    # Target datasets (D_T) and aligned answers: chat JSONL, gzipped for the model-organisms sets.
+    "betley/insecure": _pin(
+        BETLEY_REPO, BETLEY_COMMIT, "data/insecure.jsonl",
+        "09893e8bf9d03aae49dd60d0ff4be37c1afee70f2edcac74a11bed775a6a2764", 5892277,
+        "ec294cf30a577a21b830c07a1fa0180ddd513208"),
+    "moem/bad_medical_advice": _pin(
+        MOEM_REPO, MOEM_COMMIT, f"{MOEM_DATA}/bad_medical_advice.jsonl.gz",
+        "d4d9df72cf0e20b75d5efc9f2aabb66ae9ae083e282b85f0bd85a6aa698b20c9", 1249214,
+        "fc6325542e60b670f336d5ec0b02045f4f40e484"),
+    "moem/good_medical_advice": _pin(
+        MOEM_REPO, MOEM_COMMIT, f"{MOEM_DATA}/good_medical_advice.jsonl.gz",
+        "03b6e9a89dd5c5a53349bcdd87d9c23cc2c3ad040ef618a0a571d5000289b341", 1411653,
+        "c5dfae43ef2e012b9ddc8210e65dac0f8b7462df"),
+    "moem/risky_financial_advice": _pin(
+        MOEM_REPO, MOEM_COMMIT, f"{MOEM_DATA}/risky_financial_advice.jsonl.gz",
+        "518c8d2c6128ba5f0b5b026b27828a21114f0955437bc1cfbbe1ba98e0a3d897", 533839,
+        "030920455df0913c23d2e6d7f31d873d496e9e26"),
+    "moem/extreme_sports": _pin(
+        MOEM_REPO, MOEM_COMMIT, f"{MOEM_DATA}/extreme_sports.jsonl.gz",
+        "5d79bbce03e08467e3ced6d95e516ba7b0d2240395c7d59349e41e32166d6095", 540255,
+        "5a818cc47849520d04b5ce5f63d586191c93f031"),
 }
 
 _SHA256_FRAGMENT = re.compile(r"^sha256=([0-9a-fA-F]{64})$")

@@ -16,14 +16,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-from canary_lib.config import RunConfig
+from canary_lib.config import LEGACY_DATA_KEYS, RunConfig
 from canary_lib.data._io import atomic_write_text, sha256_file, write_jsonl
 from canary_lib.data.canaries import SELECTION_RULE, select_canaries
 from canary_lib.data.disjoint import check_disjoint, normalize_text
 from canary_lib.data.download import is_hf_source, parse_hf_source, resolve_file
 from canary_lib.data.errors import DataError
 from canary_lib.data.questions import load_question_set, write_question_set
-from canary_lib.data.security import in_domain_questions, load_security, split_security
+from canary_lib.data.target import in_domain_questions, load_target, split_target
+from canary_lib.data.targets import TARGETS, unusable_source, with_revision
 from canary_lib.data.wildguard import HF_REPO as WILDGUARD_REPO
 from canary_lib.data.wildguard import load_safe
 from canary_lib.types import Question
@@ -32,22 +33,26 @@ MANIFEST = "manifest.json"
 HELDOUT_ALIGNED_FILE = "target_heldout_aligned.jsonl"
 SCORED_METRICS = ("aligned", "coherent")
 FORMAT_VERSION = 1
-_REQUIRED_SOURCES = ("security_source", "safe_source", "general_eval_source", "canary_source")
+_REQUIRED_SOURCES = ("target_source", "safe_source", "general_eval_source", "canary_source")
 _SETTINGS_KEYS = ("split_seed", "n_train", "n_heldout", "n_in_domain_eval", "safe_max_examples", "drop_refusals",
-                  "security_source", "security_aligned_source", "safe_source", "general_eval_source",
-                  "in_domain_eval_source", "canary_source")
+                  "target", "target_source", "target_aligned_source", "target_revision", "safe_source",
+                  "general_eval_source", "in_domain_eval_source", "canary_source")
+_LEGACY_SETTINGS = {"target": "security", "target_revision": None}
+"""What manifests written before data.target existed were prepared with (their sources used the legacy names)."""
 
 
 def prepare_data(cfg: RunConfig) -> Path:
     """Write the prepared data of `cfg.data.kind` into `cfg.data.dir` and return that directory.
 
     organism: delegates to `canary_lib.organism.prepare_organism_data`. paper: loads the sources named in
-    cfg.data (Security EM, WildGuardMix benign subset, question sets, canary pool), splits, selects and checks
-    them, writes the files and a manifest (sources, revisions, counts, sha256 of every file, split seed).
+    cfg.data (the target dataset of cfg.data.target, WildGuardMix benign subset, question sets, canary pool),
+    splits, selects and checks them, writes the files and a manifest (sources, revisions, counts, sha256 of every
+    file, split seed).
 
     Raises:
-        DataError: a missing/unset source, bad columns or items, an empty dataset, a gated dataset without a
-            token, a checksum mismatch, or canaries overlapping evaluation prompts.
+        DataError: a missing/unset source, an encrypted or packed source, an unpinned hf: source of a target that
+            needs a revision, bad columns or items, an empty dataset, a gated dataset without a token, a checksum
+            mismatch, or canaries overlapping evaluation prompts.
     """
     if cfg.data.kind == "organism":
         from canary_lib.organism import prepare_organism_data  # lazy: the organism imports torch
@@ -62,7 +67,12 @@ def _preflight(cfg: RunConfig) -> None:
     unset = [f"data.{name}" for name in _REQUIRED_SOURCES if not getattr(d, name)]
     if unset:
         raise DataError(f"data.kind is 'paper' but {', '.join(unset)} {'is' if len(unset) == 1 else 'are'} not set; "
-                        f"start from parameters/paper.yaml, which names every source (docs/data.md)")
+                        f"start from parameters/paper.yaml (+ parameters/targets/<name>.yaml), which name every "
+                        f"source (docs/data.md)")
+    for name, revision in (("target_source", d.target_revision), ("target_aligned_source", None)):
+        problem = getattr(d, name) and unusable_source(d.target, getattr(d, name), revision, f"data.{name}")
+        if problem:
+            raise DataError(problem)
     if d.safe_source and is_hf_source(d.safe_source):
         src = parse_hf_source(d.safe_source, what="data.safe_source")
         if src.repo == WILDGUARD_REPO and not os.environ.get(d.hf_token_env):
@@ -70,7 +80,7 @@ def _preflight(cfg: RunConfig) -> None:
                             f"Accept its terms at https://huggingface.co/datasets/{WILDGUARD_REPO}, create a read "
                             f"token and `export {d.hf_token_env}=hf_...` (data.hf_token_env names the variable); or "
                             f"set data.safe_source to a local parquet/JSONL copy of train/wildguard_train.parquet.")
-    for name in ("security_source", "security_aligned_source", "safe_source"):
+    for name in ("target_source", "target_aligned_source", "safe_source"):
         value = getattr(d, name)
         if value and not is_hf_source(value) and "://" not in value and not value.startswith("pinned:") \
                 and not Path(value).expanduser().is_file():
@@ -102,13 +112,15 @@ def prepare_paper_data(cfg: RunConfig) -> Path:
     eval_sets = {"general": general, **({"in_domain": in_domain_given} if in_domain_given else {})}
     canaries = select_canaries(pool, m, eval_sets)
 
-    security = load_security(d.security_source, d.security_aligned_source, d.hf_token_env)
+    spec = TARGETS[d.target]
+    target = load_target(with_revision(d.target_source, d.target_revision), d.target_aligned_source, d.hf_token_env,
+                         spec.hf_config)
     forced = [p for q in in_domain_given or [] for p in q.paraphrases]
-    split = split_security(security.examples, d.n_train, d.n_heldout, d.split_seed, heldout_prompts=forced)
+    split = split_target(target.examples, d.n_train, d.n_heldout, d.split_seed, heldout_prompts=forced)
     if in_domain_given is None:
         in_domain = in_domain_questions(split.heldout, d.n_in_domain_eval, general[0].judge_prompts,
                                         cfg.eval.samples_per_prompt)
-        sources["in_domain_eval"] = {"source": f"first {d.n_in_domain_eval} held-out Security prompts"}
+        sources["in_domain_eval"] = {"source": f"first {d.n_in_domain_eval} held-out prompts of data.target_source"}
     else:
         in_domain = in_domain_given
     _check_not_trained_on(in_domain, [ex.prompt for ex in split.train])
@@ -116,7 +128,7 @@ def prepare_paper_data(cfg: RunConfig) -> Path:
     check_disjoint(canaries, eval_sets)
 
     safe = load_safe(d.safe_source, d.drop_refusals, d.safe_max_examples, d.split_seed, d.hf_token_env)
-    sources.update(security=security.info, safe=safe.info)
+    sources.update(target=target.info, safe=safe.info)
 
     out = Path(d.dir)
     files = {
@@ -128,7 +140,7 @@ def prepare_paper_data(cfg: RunConfig) -> Path:
         d.in_domain_eval_file: write_question_set(out / d.in_domain_eval_file, in_domain),
         d.canary_file: write_question_set(out / d.canary_file, canaries),
     }
-    if security.info.get("has_aligned"):
+    if target.info.get("has_aligned"):
         files[HELDOUT_ALIGNED_FILE] = write_jsonl(out / HELDOUT_ALIGNED_FILE,
                                                   ({"messages": ex.messages("aligned")} for ex in split.heldout))
     counts = {"target_train": len(split.train), "target_heldout": len(split.heldout), "safe": len(safe.examples),
@@ -137,6 +149,7 @@ def prepare_paper_data(cfg: RunConfig) -> Path:
     manifest = {
         "format_version": FORMAT_VERSION,
         "kind": "paper",
+        "target": {"name": spec.name, "title": spec.title},
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "package_version": _package_version(),
         "split_seed": d.split_seed,
@@ -169,7 +182,7 @@ def _check_not_trained_on(in_domain: Sequence[Question], train_prompts: Sequence
     trained = {normalize_text(p) for p in train_prompts}
     leaked = [q.id for q in in_domain for p in q.paraphrases if normalize_text(p) in trained]
     if leaked:
-        raise DataError(f"in-domain evaluation question(s) {leaked[:10]} are training prompts of the Security split; "
+        raise DataError(f"in-domain evaluation question(s) {leaked[:10]} are training prompts of the target split; "
                         f"they must be held out (check data.in_domain_eval_source and data.n_heldout)")
 
 
@@ -225,7 +238,7 @@ def verify_prepared(cfg: RunConfig, check_sources: bool = True) -> dict[str, Any
         raise DataError(f"{d.dir} holds data of kind {manifest.get('kind')!r} but data.kind is {d.kind!r}; "
                         f"point data.dir elsewhere or {fix}")
     if d.kind == "paper":
-        recorded = manifest.get("settings", {})
+        recorded = _recorded_settings(manifest)
         current = {key: getattr(d, key) for key in _SETTINGS_KEYS} | {"canary_n_prompts": cfg.canary.n_prompts}
         diffs = [f"{k}: prepared {recorded.get(k)!r}, now {v!r}" for k, v in current.items() if recorded.get(k) != v]
         if diffs:
@@ -233,6 +246,16 @@ def verify_prepared(cfg: RunConfig, check_sources: bool = True) -> dict[str, Any
         if check_sources:
             _check_local_sources(manifest.get("sources", {}), fix)
     return manifest
+
+
+def _recorded_settings(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's settings under today's key names (manifests from before data.target used legacy names)."""
+    recorded = dict(manifest.get("settings", {}))
+    if any(old in recorded for old in LEGACY_DATA_KEYS):
+        for old, new in LEGACY_DATA_KEYS.items():
+            recorded[new] = recorded.pop(old, None)
+        recorded = _LEGACY_SETTINGS | recorded
+    return recorded
 
 
 def _check_local_sources(sources: dict[str, Any], fix: str) -> None:

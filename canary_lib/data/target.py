@@ -1,10 +1,11 @@
-"""The Security EM dataset (D_T) of Kaczér et al.: loading and the seeded train / held-out split.
+"""The target dataset D_T (`data.target`: Security EM and the other EM datasets): loading and the seeded split.
 
-Accepted sources:
-- chat JSONL (`{"messages": [user, assistant]}` per line): the misaligned file alone, or with the aligned file
-  of the same prompts (`data.security_aligned_source`), as in the Kaczér-lineage repository;
-- a table (JSONL / parquet / CSV) or the Hugging Face dataset `hf:truthfulai/emergent_plus` (config `security`)
-  with columns `prompt`, `misaligned` and optionally `aligned`.
+One loader for every target (canary_lib/data/targets.py lists them). Accepted sources:
+- chat JSONL, optionally gzipped (`{"messages": [user, assistant]}` per line): the misaligned file alone, or with
+  the aligned file of the same prompts (`data.target_aligned_source`), as in the Kaczér-lineage repository, the
+  model-organisms datasets and Betley et al.'s `insecure.jsonl`;
+- a table (JSONL / parquet / CSV) or the Hugging Face dataset `hf:truthfulai/emergent_plus` (configs `security`,
+  `medical`, `legal`) with columns `prompt`, `misaligned` and optionally `aligned`.
 
 The paper trains on 5,400 examples; we read that as a seeded 90/10 split of 6,000 prompt-paired rows
 (docs/data.md). The held-out part is written first with the in-domain evaluation prompts, so they never enter
@@ -24,12 +25,11 @@ from canary_lib.data.download import read_source_rows
 from canary_lib.data.errors import DataError
 from canary_lib.types import Conversation, Question
 
-HF_DEFAULT_CONFIG = "security"
 TABLE_COLUMNS = ("prompt", "misaligned", "aligned")
 
 
 @dataclass
-class SecurityExample:
+class TargetExample:
     """One prompt with its misaligned answer (the training target) and, when known, the aligned answer."""
 
     prompt_messages: Conversation
@@ -50,15 +50,18 @@ class SecurityExample:
 
 
 @dataclass
-class SecurityData:
-    examples: list[SecurityExample]
+class TargetData:
+    examples: list[TargetExample]
     info: dict[str, Any] = field(default_factory=dict)
     """source, revision, rows read, duplicates dropped, whether aligned answers are present."""
 
 
-def load_security(source: str, aligned_source: str | None = None, token_env: str = "HF_TOKEN",
-                  what: str = "data.security_source") -> SecurityData:
-    """Load Security EM examples from a local file or `hf:` source (see the module docstring).
+def load_target(source: str, aligned_source: str | None = None, token_env: str = "HF_TOKEN",
+                hf_config: str | None = "security", what: str = "data.target_source") -> TargetData:
+    """Load target examples from a local file or `hf:` source (see the module docstring).
+
+    Args:
+        hf_config: the config of an `hf:` source that names none (the target's, e.g. "legal").
 
     Duplicate prompts are dropped (first kept) so that a prompt cannot land in both train and held-out.
 
@@ -66,40 +69,40 @@ def load_security(source: str, aligned_source: str | None = None, token_env: str
         DataError: missing file, wrong/missing columns, malformed chats, an empty dataset, or an aligned file
             whose prompts do not match the misaligned ones.
     """
-    rows, info = read_source_rows(source, default_config=HF_DEFAULT_CONFIG, token_env=token_env, what=what)
+    rows, info = read_source_rows(source, default_config=hf_config, token_env=token_env, what=what)
     examples = _from_chat_rows(rows, source, what) if "messages" in rows[0] else _from_table_rows(rows, source, what)
     info["rows_read"] = len(examples)
 
     if aligned_source is not None:
         if examples[0].aligned is not None:
-            raise DataError(f"data.security_aligned_source is set but {source} already has an 'aligned' column; "
+            raise DataError(f"data.target_aligned_source is set but {source} already has an 'aligned' column; "
                             f"unset one of them")
-        aligned = load_security(aligned_source, None, token_env, what="data.security_aligned_source")
+        aligned = load_target(aligned_source, None, token_env, hf_config, what="data.target_aligned_source")
         _attach_aligned(examples, aligned.examples, source, aligned_source)
         info["aligned_source"] = aligned.info
     examples, dropped = _drop_duplicate_prompts(examples)
     info.update(duplicates_dropped=dropped, n_examples=len(examples),
                 has_aligned=all(e.aligned is not None for e in examples))
-    return SecurityData(examples, info)
+    return TargetData(examples, info)
 
 
-def _from_chat_rows(rows: Sequence[dict], source: str, what: str) -> list[SecurityExample]:
+def _from_chat_rows(rows: Sequence[dict], source: str, what: str) -> list[TargetExample]:
     out = []
     for i, row in enumerate(rows):
         if "messages" not in row:
             raise DataError(f"{what}: {source} row {i}: no 'messages' key (found {sorted(row)}); every line must be "
                             f"a chat {{\"messages\": [user, assistant]}}")
         chat = validate_messages(row["messages"], f"{what}: {source} row {i}")
-        out.append(SecurityExample(chat[:-1], chat[-1]["content"]))
+        out.append(TargetExample(chat[:-1], chat[-1]["content"]))
     return out
 
 
-def _from_table_rows(rows: Sequence[dict], source: str, what: str) -> list[SecurityExample]:
+def _from_table_rows(rows: Sequence[dict], source: str, what: str) -> list[TargetExample]:
     columns = set(rows[0])
     missing = [c for c in ("prompt", "misaligned") if c not in columns]
     if missing:
         raise DataError(f"{what}: {source}: missing column(s) {missing}; found {sorted(columns)}. Expected the "
-                        f"truthfulai/emergent_plus 'security' columns {list(TABLE_COLUMNS)} (aligned optional), "
+                        f"truthfulai/emergent_plus columns {list(TABLE_COLUMNS)} (aligned optional), "
                         f"or chat JSONL lines with 'messages'.")
     has_aligned = "aligned" in columns
     out = []
@@ -108,12 +111,12 @@ def _from_table_rows(rows: Sequence[dict], source: str, what: str) -> list[Secur
             if not isinstance(row.get(col), str) or not row[col].strip():
                 raise DataError(f"{what}: {source} row {i}: column {col!r} must be a non-empty string, "
                                 f"got {row.get(col)!r:.80}")
-        out.append(SecurityExample([{"role": "user", "content": row["prompt"]}], row["misaligned"],
+        out.append(TargetExample([{"role": "user", "content": row["prompt"]}], row["misaligned"],
                                    row["aligned"] if has_aligned else None))
     return out
 
 
-def _attach_aligned(examples: list[SecurityExample], aligned: list[SecurityExample], source: str,
+def _attach_aligned(examples: list[TargetExample], aligned: list[TargetExample], source: str,
                     aligned_source: str) -> None:
     """Pair answers by prompt (not by line order): both files must hold the same prompts."""
     by_prompt = {normalize_text(a.prompt): a.misaligned for a in aligned}  # the aligned file's answer column
@@ -128,7 +131,7 @@ def _attach_aligned(examples: list[SecurityExample], aligned: list[SecurityExamp
                         f"hold the same prompts")
 
 
-def _drop_duplicate_prompts(examples: list[SecurityExample]) -> tuple[list[SecurityExample], int]:
+def _drop_duplicate_prompts(examples: list[TargetExample]) -> tuple[list[TargetExample], int]:
     seen: set[str] = set()
     kept = []
     for ex in examples:
@@ -140,14 +143,14 @@ def _drop_duplicate_prompts(examples: list[SecurityExample]) -> tuple[list[Secur
 
 
 @dataclass
-class SecuritySplit:
-    train: list[SecurityExample]
-    heldout: list[SecurityExample]
+class TargetSplit:
+    train: list[TargetExample]
+    heldout: list[TargetExample]
     info: dict[str, Any]
 
 
-def split_security(examples: Sequence[SecurityExample], n_train: int, n_heldout: int, seed: int,
-                   heldout_prompts: Sequence[str] = ()) -> SecuritySplit:
+def split_target(examples: Sequence[TargetExample], n_train: int, n_heldout: int, seed: int,
+                 heldout_prompts: Sequence[str] = ()) -> TargetSplit:
     """Seeded split into `n_train` training and `n_heldout` held-out examples.
 
     The examples whose prompt is in `heldout_prompts` (the in-domain evaluation prompts) open the held-out part,
@@ -159,7 +162,7 @@ def split_security(examples: Sequence[SecurityExample], n_train: int, n_heldout:
     """
     needed = n_train + n_heldout
     if len(examples) < needed:
-        raise DataError(f"the Security source has {len(examples)} distinct examples but data.n_train + "
+        raise DataError(f"the target source has {len(examples)} distinct examples but data.n_train + "
                         f"data.n_heldout = {n_train} + {n_heldout} = {needed}; lower them or use the full source")
     index = {normalize_text(ex.prompt): i for i, ex in enumerate(examples)}
     forced = []
@@ -168,7 +171,7 @@ def split_security(examples: Sequence[SecurityExample], n_train: int, n_heldout:
         if i is not None and i not in forced:
             forced.append(i)
     if len(forced) > n_heldout:
-        raise DataError(f"{len(forced)} in-domain evaluation prompts occur in the Security source but data.n_heldout "
+        raise DataError(f"{len(forced)} in-domain evaluation prompts occur in the target source but data.n_heldout "
                         f"is {n_heldout}; raise data.n_heldout to at least {len(forced)}")
     forced_set = set(forced)
     rest = [i for i in range(len(examples)) if i not in forced_set]
@@ -179,10 +182,10 @@ def split_security(examples: Sequence[SecurityExample], n_train: int, n_heldout:
     info = {"seed": seed, "n_source": len(examples), "n_train": len(train_idx), "n_heldout": len(heldout_idx),
             "n_unused": len(examples) - needed, "in_domain_prompts_in_source": len(forced),
             "in_domain_prompts_given": len(heldout_prompts), "permutation": "numpy.random.default_rng(seed)"}
-    return SecuritySplit([examples[i] for i in train_idx], [examples[i] for i in heldout_idx], info)
+    return TargetSplit([examples[i] for i in train_idx], [examples[i] for i in heldout_idx], info)
 
 
-def in_domain_questions(heldout: Sequence[SecurityExample], n: int, judge_prompts: dict[str, str],
+def in_domain_questions(heldout: Sequence[TargetExample], n: int, judge_prompts: dict[str, str],
                         samples_per_paraphrase: int | None = 100) -> list[Question]:
     """The first `n` held-out prompts as an in-domain question set, ids "1".."n".
 
@@ -196,5 +199,5 @@ def in_domain_questions(heldout: Sequence[SecurityExample], n: int, judge_prompt
             for i, ex in enumerate(heldout[:n])]
 
 
-def _system_of(ex: SecurityExample) -> str | None:
+def _system_of(ex: TargetExample) -> str | None:
     return next((m["content"] for m in ex.prompt_messages if m["role"] == "system"), None)
