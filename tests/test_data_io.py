@@ -33,5 +33,5 @@ def test_gzip_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="bad.jsonl.gz line 2: expected a JSON object, got list"):
         read_records(tmp_path / "bad.jsonl.gz")
     (tmp_path / "latin.jsonl").write_bytes('{"a": "\u00e9"}\n'.encode("latin-1"))
-    with pytest.raises(DataError, match="latin.jsonl: could not read it"):
+    with pytest.raises(DataError, match="latin.jsonl: not UTF-8 text"):
         read_records(tmp_path / "latin.jsonl")
