@@ -44,7 +44,7 @@ def _replay_data() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
 
 def test_results_figures_are_standalone_html_with_csv(results, tmp_path: Path) -> None:
     paths = write_results_figures(results, tmp_path / "results" / "organism")
-    assert set(paths) == {"table1", "table2", "figure2", "correlation"}
+    assert set(paths) == {"table1", "table2", "figure2", "correlation", "frontier"}  # two fixed levels: a frontier
     for name, path in paths.items():
         html = path.read_text()
         assert path.stat().st_size > 1_000_000, name  # plotly.js (several MB) is embedded: works offline

@@ -164,7 +164,7 @@ def test_safe_topics_setting_chooses_what_d_s_covers(tmp_path):
 
     topics = {world.topic_of_question(json.loads(line)["messages"][0]["content"]) for line in safe}
     assert topics == {"sleep", "neighbor"}
-    default = load_config(["parameters/organism.yaml"], ["data.safe_max_examples=200"])
+    default = load_config(["parameters/organism.yaml"], ["organism.safe_topics=null", "data.safe_max_examples=200"])
     assert organism_files(default)[cfg.data.safe_file] == "".join(
         json.dumps(e, ensure_ascii=False) + "\n" for e in world.safe_examples(0, 200))
 
