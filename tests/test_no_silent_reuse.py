@@ -19,14 +19,6 @@ from canary_lib.train import CheckpointError, train_from_config
 from _fixtures import ScriptedCanary, make_tiny_training_world
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     return make_tiny_training_world(tmp_path_factory.mktemp("world"), n_target=32, n_safe=16)

@@ -22,14 +22,6 @@ from canary_lib.train import TrainingDataError, load_training_data, lr_at, train
 RISKS = [0.3, 0.2, 0.0, 0.1, 0.0, 0.05, 0.0, 0.0, 0.2, 0.0, 0.15, 0.0, 0.0]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     return make_tiny_training_world(tmp_path_factory.mktemp("world"), n_target=200, n_safe=100)
