@@ -18,7 +18,7 @@ reproduce: $(STAMP)
 	$(BIN)/canary reproduce --profile organism
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2    # two worker processes, one torch thread each (tests/conftest.py)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/reproduce_bench.py
