@@ -25,6 +25,7 @@ pytestmark = pytest.mark.slow
 
 SMALL = [
     "data.n_train=2400", "data.n_heldout=30", "data.safe_max_examples=64",  # 2 x 150 target steps of 16
+    "train.epochs=2",  # the profile makes 3 passes over its 5,400 examples; 2 over 2,400 keep this test short
     "eval.samples_per_prompt=10", "eval.sets=[general]", "eval.batch_size=512",
 ]
 
