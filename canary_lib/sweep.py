@@ -39,6 +39,7 @@ from canary_lib.artifacts import RunDir, write_json_atomic
 from canary_lib.binding import describe, stale_keys
 from canary_lib.config import ConfigError, RunConfig, Strict, load_config, read_yaml, validate_model
 from canary_lib.methods import BASE, METHODS, REFERENCE_METHOD
+from canary_lib.sweep_progress import SweepProgress
 
 # Stage name -> notebook file. The order is the pipeline order.
 NOTEBOOKS = {
@@ -425,7 +426,7 @@ class _ParameterChecker:
 class _Runner:
     """Submits jobs through submitit, at most `parallel` at a time, and collects their outcomes."""
 
-    def __init__(self, spec: SweepSpec, runs_dir: Path) -> None:
+    def __init__(self, spec: SweepSpec, runs_dir: Path, progress: SweepProgress | None = None) -> None:
         import submitit
 
         settings = spec.executor
@@ -445,6 +446,7 @@ class _Runner:
         self.executor.update_parameters(**params)
         self.settings = settings
         self.free_gpus = list(settings.gpus)
+        self.progress = progress
 
     def run(self, jobs: list[Job], on_done) -> dict[str, JobOutcome]:
         """Run jobs respecting `needs` (jobs whose dependency failed are reported as failed, not run)."""
@@ -459,6 +461,10 @@ class _Runner:
                 if state == "wait":
                     continue
                 pending.remove(job)
+                if job.is_done():  # checked here, not in a job: a complete run never waits in a cluster's queue
+                    outcomes[job.name] = JobOutcome(job.name, ok=True)
+                    on_done(outcomes[job.name])
+                    continue
                 if state == "failed":
                     outcome = JobOutcome(job.name, ok=False, error=f"skipped: reference run {job.needs} failed")
                     outcomes[job.name] = outcome
@@ -466,6 +472,8 @@ class _Runner:
                     continue
                 gpus = self._take_gpus()
                 running[job.name] = (self._submit(job, gpus), job, gpus)
+                if self.progress:
+                    self.progress.started(job.name)
                 if self.settings.kind != "debug":
                     print(f"  start  {job.name}", flush=True)
             if pending and not running:
@@ -552,13 +560,20 @@ def run_sweep(path: str | Path, dry_run: bool = False) -> int:
         return 0
 
     runs_dir = Path(plan.analysis.steps[0].parameters["RUNS_DIR"])
-    runner = _Runner(spec, runs_dir)
-    outcomes = runner.run([plan.prep], _report)
+    progress = SweepProgress(total=len(jobs), parallel=spec.executor.parallel)
+    runner = _Runner(spec, runs_dir, progress)
+
+    def on_done(outcome: JobOutcome) -> None:
+        progress.finished(outcome)
+        _report(outcome)
+        print(f"         {progress.line()}", flush=True)
+
+    outcomes = runner.run([plan.prep], on_done)
     if not outcomes["prepare"].ok:
         print("data preparation failed: nothing else can run", file=sys.stderr)
         return 1
-    outcomes.update(runner.run(plan.runs, _report))
-    outcomes.update(runner.run([plan.analysis], _report))
+    outcomes.update(runner.run(plan.runs, on_done))
+    outcomes.update(runner.run([plan.analysis], on_done))
 
     failed = [o for o in outcomes.values() if not o.ok]
     results_dir = Path(plan.analysis.steps[0].parameters["RESULTS_DIR"])

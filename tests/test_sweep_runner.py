@@ -8,6 +8,7 @@ exercises papermill and submitit for real in a few seconds.
 
 from __future__ import annotations
 
+import re
 import textwrap
 from pathlib import Path
 
@@ -177,6 +178,25 @@ def test_failed_run_is_reported_others_go_on_and_rerun_finishes_only_what_is_mis
     (project / "executions.log").unlink()
     assert run_sweep(sweep) == 0  # a third invocation: every run complete, only the aggregation reruns
     assert _log(project) == ["ablations", "figures"]
+
+
+def test_complete_jobs_are_not_submitted_again(project: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture) -> None:
+    from canary_lib import sweep as sweep_module
+
+    submitted: list[str] = []
+    submit = sweep_module._Runner._submit
+    monkeypatch.setattr(sweep_module._Runner, "_submit",
+                        lambda self, job, gpus: submitted.append(job.name) or submit(self, job, gpus))
+    path = _sweep(project, methods=["canary", "no_defense"])
+    assert run_sweep(path) == 0
+    assert submitted == ["prepare", "canary/seed42", "no_defense/seed42", "analysis"]
+    submitted.clear()
+    assert run_sweep(path) == 0  # on a cluster, a complete run must not wait in the queue to find out
+    assert submitted == ["analysis"]
+    out = capsys.readouterr().out
+    assert re.search(r"ok +canary/seed42 +already complete", out)
+    assert "[4/4 jobs] 4 ok, 0 failed, 0 running, 0 waiting" in out
 
 
 def test_dry_run_lists_jobs_and_runs_nothing(project: Path, capsys: pytest.CaptureFixture) -> None:
