@@ -200,6 +200,21 @@ def answers_at(answers: pd.DataFrame, step: int) -> pd.DataFrame:
     return done[done.step == done.step.max()]
 
 
+def replay_readout(steps: pd.DataFrame, controller: pd.DataFrame, step: int) -> str:
+    """The numbers at a replay step, as the widget shows them under its slider: p_t of that step and r̂_t of the
+    latest canary evaluation at or before it, e.g. "step 12 | p_t = 0.0400 | r̂_t = 0.1000 (evaluation at step 10)".
+    """
+    row = steps[steps.step == step]
+    p_text = f"{float(row.p.iloc[0]):.4f}" if len(row) else "—"
+    done = controller[controller.step <= step]
+    if done.empty:
+        r_text = "— (no canary evaluation yet)"
+    else:
+        last = done[done.step == done.step.max()].iloc[0]
+        r_text = f"{float(last.risk_ema):.4f} (evaluation at step {int(last.step)})"
+    return f"step {step} | p_t = {p_text} | r̂_t = {r_text}"
+
+
 def _answer_cells(rows: pd.DataFrame) -> list[list[str]]:
     cells = []
     for column in _ANSWER_COLUMNS:
@@ -213,7 +228,7 @@ def _answer_cells(rows: pd.DataFrame) -> list[list[str]]:
 
 
 def _replay_layout(r_low: float, r_high: float, title: str) -> go.Figure:
-    fig = make_subplots(rows=3, cols=1, vertical_spacing=0.07, row_heights=[0.25, 0.25, 0.5],
+    fig = make_subplots(rows=3, cols=1, vertical_spacing=0.1, row_heights=[0.25, 0.25, 0.5],
                         specs=[[{"type": "xy"}], [{"type": "xy"}], [{"type": "table"}]],
                         subplot_titles=("p_t", "r_t (canary risk) and r̂_t (EMA)", "canary answers and judge scores"))
     _add_band(fig, r_low, r_high, row=2)
@@ -269,7 +284,7 @@ def trace_replay_widget(steps: pd.DataFrame, controller: pd.DataFrame, answers: 
     front end that a headless papermill run does not have. Needs ipywidgets and anywidget (FigureWidget).
 
     Returns:
-        An ipywidgets.VBox (slider above the figure) to display.
+        An ipywidgets.VBox to display: the slider, a line with the step's p_t and r̂_t, the figure.
     """
     import ipywidgets as widgets
 
@@ -281,8 +296,10 @@ def trace_replay_widget(steps: pd.DataFrame, controller: pd.DataFrame, answers: 
     fig.update_xaxes(range=[0, last + 1], row=2, col=1)
     slider = widgets.IntSlider(value=last, min=0, max=last, step=1, description="step",
                                continuous_update=False, layout=widgets.Layout(width="90%"))
+    readout = widgets.HTML(replay_readout(steps, controller, last))
 
     def update(change: dict) -> None:
+        readout.value = replay_readout(steps, controller, change["new"])
         new = _replay_traces(steps, controller, answers, change["new"])
         with fig.batch_update():  # one message to the front end instead of one per property
             for i in range(3):
@@ -290,7 +307,7 @@ def trace_replay_widget(steps: pd.DataFrame, controller: pd.DataFrame, answers: 
             fig.data[3].cells.values = new[3].cells.values
 
     slider.observe(update, names="value")
-    return widgets.VBox([slider, fig])
+    return widgets.VBox([slider, readout, fig])
 
 
 def read_answers(path: str | Path) -> pd.DataFrame:

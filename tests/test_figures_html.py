@@ -90,12 +90,22 @@ def test_static_trace_replay_has_one_frame_per_evaluation(tmp_path: Path) -> Non
 def test_trace_replay_widget_slider_updates_the_figure() -> None:
     steps, controller, answers = _replay_data()
     box = trace_replay_widget(steps, controller, answers, r_low=0.02, r_high=0.08)
-    slider, fig = box.children
+    slider, readout, fig = box.children
     assert slider.continuous_update is False and slider.max == 9
+    assert readout.value == "step 9 | p_t = 0.0800 | r̂_t = 0.0500 (evaluation at step 9)"
     slider.value = 4
+    assert readout.value == "step 4 | p_t = 0.0400 | r̂_t = 0.1000 (evaluation at step 3)"
     assert max(fig.data[0].x) == 4
     assert list(fig.data[2].x) == [0, 3]
     assert list(fig.data[3].cells.values[2]) == ["answer 0 at step 3", "answer 1 at step 3"]
+
+
+def test_replay_readout_before_the_first_evaluation() -> None:
+    from canary_lib.figures import replay_readout
+
+    steps, controller, _ = _replay_data()
+    shown = replay_readout(steps, controller.iloc[1:], 2)  # the first evaluation is at step 3
+    assert shown == "step 2 | p_t = 0.0000 | r̂_t = — (no canary evaluation yet)"
 
 
 def test_read_answers_without_file_is_empty(tmp_path: Path) -> None:
