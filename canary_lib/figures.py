@@ -12,7 +12,6 @@ This module imports no torch.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,9 @@ _ANSWER_CHARS = 160
 _ANSWER_COLUMNS = ["question_id", "sample", "answer", "aligned", "coherent", "status"]
 _BAND = ControllerSettings()
 """The default [r_low, r_high] band, drawn when a run's configuration does not say its own."""
+_TABLE_PNG_WIDTH = 1100
+_PNG_SCALE = 1.5
+"""PNGs at 1.5x pixel density: sharp on high-density screens, still tens of kB."""
 
 
 # ---------------------------------------------------------------------------------------------- saving
@@ -42,32 +44,37 @@ def save_figure(fig: go.Figure, path: str | Path, data: pd.DataFrame | None = No
         fig: the figure.
         path: the .html path (the CSV and PNG take the same stem).
         data: the plotted data, written as ``<stem>.csv``.
-        png: also try a PNG; silently skipped where no exporter works.
+        png: also write ``<stem>.png`` (canary_lib.image_export); skipped with one printed line where no
+            exporter works. To picture several figures, pass png=False and hand them to `write_pngs` at once
+            (one browser start instead of one per figure).
 
     Returns:
         The paths written.
     """
     path = Path(path)
-    write_text_atomic(path, fig.to_html(include_plotlyjs=True, full_html=True))
+    # auto_play off: a replay opens on its last frame, where its slider stands, instead of playing every frame
+    write_text_atomic(path, fig.to_html(include_plotlyjs=True, full_html=True, auto_play=False))
     written = [path]
     if data is not None:
         csv_path = path.with_suffix(".csv")
         write_text_atomic(csv_path, data.to_csv(index=False))
         written.append(csv_path)
-    if png and (png_path := _try_png(fig, path.with_suffix(".png"))):
-        written.append(png_path)
+    if png:
+        written += write_pngs({path.with_suffix(".png"): fig})
     return written
 
 
-def _try_png(fig: go.Figure, path: Path) -> Path | None:
-    # Kaleido >= 1 needs a Chrome; without one (or offline) export fails, and HTML remains the artifact.
-    if importlib.util.find_spec("kaleido") is None:
-        return None
-    try:
-        fig.write_image(str(path))
-    except Exception:  # any exporter failure is "no PNG", never a failed run
-        return None
-    return path
+def write_pngs(figures: dict[Path, go.Figure]) -> list[Path]:
+    """Each figure as a PNG at its path (the key), all rendered in one browser; [] where no exporter works.
+    Tables are pictured wider than plotly's default 700 px so their columns do not wrap."""
+    from canary_lib.image_export import write_images
+
+    items = []
+    for png_path, fig in figures.items():
+        is_table = any(isinstance(trace, go.Table) for trace in fig.data)
+        picture = go.Figure(fig).update_layout(width=fig.layout.width or (_TABLE_PNG_WIDTH if is_table else None))
+        items.append((picture, Path(png_path)))
+    return write_images(items, scale=_PNG_SCALE)
 
 
 # ---------------------------------------------------------------------------------------------- tables
@@ -381,32 +388,46 @@ def write_trace_replays(results: Any, results_dir: str | Path, method: str = REF
 # ---------------------------------------------------------------------------------------------- all at once
 
 
-def write_results_figures(results: Any, results_dir: str | Path, png: bool = False) -> dict[str, Path]:
+def table1_figure(table1: pd.DataFrame) -> go.Figure:
+    """Table 1 (results.table1) as a figure: label, n_seeds and the paper's five columns."""
+    from canary_lib.results import METRICS
+
+    return table_figure(table1, ["label", "n_seeds", *METRICS.values()], "Table 1: main results")
+
+
+def table2_figure(table2: pd.DataFrame) -> go.Figure:
+    """Table 2 (results.table2) as a figure, with the relative change of each ablation."""
+    return table_figure(table2, ["label", "n_seeds", "Gen. %Mis.", "Gen. %Inc.", "Avg p_t", "tests"],
+                        "Table 2: ablations")
+
+
+def write_results_figures(results: Any, results_dir: str | Path, png: bool = True) -> dict[str, Path]:
     """Tables 1-2, Figure 2, the correlation scatter and the safe-data frontier of a `canary_lib.results.Results`, into results_dir/figures.
+
+    Args:
+        png: also write a PNG of each next to its HTML, all in one browser (skipped, with one printed line,
+            where no exporter works).
 
     Returns:
         Figure name -> HTML path.
     """
-    from canary_lib.results import METRICS, controller_traces
+    from canary_lib.results import controller_traces
 
     out = Path(results_dir) / "figures"
-    paths: dict[str, Path] = {}
-    t1_cols = ["label", "n_seeds", *METRICS.values()]
-    paths["table1"] = save_figure(table_figure(results.table1, t1_cols, "Table 1: main results"),
-                                  out / "table1.html", results.table1, png)[0]
-    t2_cols = ["label", "n_seeds", "Gen. %Mis.", "Gen. %Inc.", "Avg p_t", "tests"]
-    paths["table2"] = save_figure(table_figure(results.table2, t2_cols, "Table 2: ablations"),
-                                  out / "table2.html", results.table2, png)[0]
     steps, controller = controller_traces(results.runs)
     canary_runs = results.runs[results.runs.method == REFERENCE_METHOD]
     r_low = float(canary_runs.r_low.dropna().iloc[0]) if canary_runs.r_low.notna().any() else _BAND.r_low
     r_high = float(canary_runs.r_high.dropna().iloc[0]) if canary_runs.r_high.notna().any() else _BAND.r_high
     merged = steps.merge(controller, on=["seed", "step"], how="outer").sort_values(["seed", "step"])
-    paths["figure2"] = save_figure(figure2(steps, controller, r_low, r_high), out / "figure2.html", merged, png)[0]
-    points = pd.DataFrame(results.correlation["points"])
-    paths["correlation"] = save_figure(correlation_figure(results.correlation), out / "correlation.html",
-                                       points, png)[0]
-    if not results.frontier.empty:
-        paths["frontier"] = save_figure(frontier_figure(results.frontier), out / "frontier.html",
-                                        results.frontier, png)[0]
+    figures = {
+        "table1": (table1_figure(results.table1), results.table1),
+        "table2": (table2_figure(results.table2), results.table2),
+        "figure2": (figure2(steps, controller, r_low, r_high), merged),
+        "correlation": (correlation_figure(results.correlation), pd.DataFrame(results.correlation["points"])),
+    }
+    if not results.frontier.empty:  # only where at least two fixed levels finished
+        figures["frontier"] = (frontier_figure(results.frontier), results.frontier)
+    paths = {name: save_figure(fig, out / f"{name}.html", data)[0] for name, (fig, data) in figures.items()}
+    if png:
+        write_pngs({paths[name].with_suffix(".png"): fig for name, (fig, _) in figures.items()})
     return paths
