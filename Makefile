@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
-.PHONY: setup reproduce test bench
+.PHONY: setup reproduce test bench readme-images
 setup: $(STAMP)
 
 reproduce: $(STAMP)
@@ -22,3 +22,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/reproduce_bench.py
+
+# The README's pictures (docs/images/table1.png, figure2.png) from results/organism; reads the results only.
+readme-images: $(STAMP)
+	$(BIN)/canary readme-images --results results/organism --out docs/images

@@ -60,6 +60,14 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return reproduce(args.profile)
 
 
+def _cmd_readme_images(args: argparse.Namespace) -> int:
+    from canary_lib.readme_images import write_readme_images
+
+    for path in write_readme_images(args.results, args.out):
+        print(path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="canary", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -92,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="the whole pipeline for a profile: Table 1, Table 2, Figure 2")
     p.add_argument("--profile", default="organism")
     p.set_defaults(func=_cmd_reproduce)
+
+    p = sub.add_parser("readme-images", help="PNGs of Table 1 and Figure 2 for the README (reads results only)")
+    p.add_argument("--results", default="results/organism", help="a finished reproduction's results directory")
+    p.add_argument("--out", default="docs/images", help="where table1.png and figure2.png go")
+    p.set_defaults(func=_cmd_readme_images)
     return parser
 
 

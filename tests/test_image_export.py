@@ -1,5 +1,5 @@
 """Pictures of figures never fail a run: without an exporter (no kaleido, no browser, a browser that does not
-start) nothing is written and one line says why.
+start) nothing is written and one line says why. The README-images command, asked for explicitly, fails clearly.
 (Real PNGs through Chromium are checked in test_browser_figures.py.)
 
     .venv/bin/pytest tests/test_image_export.py -q
@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from canary_lib.cli import main
 from canary_lib.figures import save_figure, table_figure
 from canary_lib.image_export import exporter_problem, write_images
 
@@ -41,3 +42,8 @@ def test_a_browser_that_does_not_start_means_no_png(tmp_path: Path, monkeypatch:
     assert list(tmp_path.glob("*.png")) == []  # no partial picture left behind
     assert "no PNG/SVG copies" in capsys.readouterr().err
 
+
+def test_readme_images_need_a_finished_reproduction(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["readme-images", "--results", str(tmp_path / "results"), "--out", str(tmp_path / "img")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("canary: ") and "table1.csv: not found" in err and "make reproduce" in err
