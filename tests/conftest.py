@@ -1,12 +1,54 @@
-"""Test-session set-up: the organism profiles pin CPU numerics (canary_lib/numerics.py), which must happen before
-torch is imported, so the whole test process runs pinned, as the `canary` command and the sweep's kernels do."""
+"""Test-session set-up and fixtures shared by the end-to-end tests (helpers in _e2e.py and _browser.py).
 
+The organism profiles pin CPU numerics (canary_lib/numerics.py), which must happen before torch is imported, so
+the whole test process runs pinned, as the `canary` command and the sweep's kernels do.
+
+    .venv/bin/pytest -m browser -q        # the browser tests only (Chromium: apt-get install chromium)
+    .venv/bin/pytest -m slurm -q          # the single-node SLURM test (apt-get install slurm-wlm munge; root)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from _browser import CHROMIUM_ARGS, REQUIRE_ENV, browser_problem
+from _e2e import TINY_METHODS, TinySweep, need, run_sweep_in, used_artifacts, write_tiny_sweep
+
+from canary_lib.image_export import find_browser
 from canary_lib.numerics import pin_cpu_numerics
 
-pin_cpu_numerics()
+pin_cpu_numerics()  # none of the imports above imports torch
 
 import torch  # noqa: E402  (after pinning)
 
 # One intra-op thread, as pinned runs use: with two, MKL and OpenMP may split work differently on a busy machine,
 # and two runs of the same seed in one test differed in the last bits of the loss (measured).
 torch.set_num_threads(1)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001 (pytest's signature)
+    for root in used_artifacts:
+        terminalreporter.write_line(f"screenshots kept by the browser tests: {root.resolve()}")
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory: pytest.TempPathFactory) -> TinySweep:
+    """The tiny organism's sweep (base row, TINY_METHODS, seed 42), run once for every test that reads it."""
+    root = tmp_path_factory.mktemp("tiny_sweep")
+    sweep_file = write_tiny_sweep(root, TINY_METHODS,
+                                  {"kind": "local", "parallel": 2, "threads_per_job": 1, "poll_s": 0.5})
+    return TinySweep(root, sweep_file, run_sweep_in(root, sweep_file))
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[Any]:
+    """A headless Chromium (Playwright Browser), shared by the session's browser tests."""
+    need(browser_problem(), REQUIRE_ENV)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=find_browser(), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
