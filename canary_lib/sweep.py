@@ -220,6 +220,12 @@ def _read_marker(path: Path) -> Any:
         return None
 
 
+KERNEL_START_TIMEOUT_S = 600
+"""How long a notebook's kernel may take to start (papermill's default is 60 s). Importing torch and
+transformers in a kernel that shares its cores with other jobs' training took over a minute in the SLURM test;
+a kernel that never starts still fails the job, only later."""
+
+
 def execute_job(job: Job) -> JobOutcome:
     """Run a job's notebook steps in order (what each submitit job calls); never raises for a failed notebook.
 
@@ -256,6 +262,7 @@ def _execute_steps(job: Job, outcome: JobOutcome, pm: Any) -> None:
             pm.execute_notebook(
                 step.input_path, step.output_path, parameters=step.parameters, kernel_name=job.kernel_name,
                 cwd=job.cwd, progress_bar=False, execution_timeout=job.cell_timeout_s,
+                start_timeout=KERNEL_START_TIMEOUT_S,
             )
         except Exception as exc:  # a failed notebook is a result to report, not a crash of the sweep
             outcome.ok = False
