@@ -19,6 +19,7 @@ import plotly.graph_objects as go
 from canary_lib.errors import CanaryError
 from canary_lib.figures import figure2, table1_figure, write_pngs
 from canary_lib.image_export import exporter_problem
+from canary_lib.methods import REFERENCE_METHOD
 
 DEFAULT_RESULTS = "results/organism"
 DEFAULT_OUT = "docs/images"
@@ -37,9 +38,9 @@ def figure2_from_results(results_dir: str | Path) -> go.Figure:
     runs = _read(results_dir / "runs.csv")
     steps = merged.loc[merged.p.notna(), ["seed", "step", "p"]]
     controller = merged.loc[merged.risk_ema.notna(), ["seed", "step", "risk_ema"]]
-    canary = runs[runs.method == "canary"]
+    canary = runs[runs.method == REFERENCE_METHOD]
     if canary.empty or canary.r_low.isna().all():
-        raise CanaryError(f"{results_dir / 'runs.csv'}: no canary run with its r_low / r_high band")
+        raise CanaryError(f"{results_dir / 'runs.csv'}: no {REFERENCE_METHOD} run with its r_low / r_high band")
     return figure2(steps, controller, float(canary.r_low.dropna().iloc[0]), float(canary.r_high.dropna().iloc[0]))
 
 
