@@ -21,13 +21,18 @@ from canary_lib.artifacts import read_jsonl
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 # Per figure, what its CSV (and run directory) says must be drawn. A new figure needs an entry here.
-FIGURES = ("table1", "table2", "figure2", "correlation", "ablation_p_traces", "trace_replay_seed42")
-PICTURED = ("table1", "table2", "figure2", "correlation")
+FIGURES = ("table1", "table2", "figure2", "correlation", "frontier", "ablation_p_traces", "trace_replay_seed42")
+PICTURED = ("table1", "table2", "figure2", "correlation", "frontier")
 
 
 def _trace(type_: str, name: str, mode: str | None, length: int | None, markers: int | None = 0) -> tuple:
     """A trace as compared: type, name, mode, points laid out, markers drawn (None for tables)."""
     return (type_, name, mode, length, markers)
+
+
+def _plotted(rows: pd.DataFrame) -> int:
+    """How many of a frontier's rows have both coordinates (a point is drawn for each)."""
+    return int((rows.safe_share.notna() & rows.general_misaligned_pct.notna()).sum())
 
 
 def _expected(name: str, data: pd.DataFrame, sweep: TinySweep) -> dict:
@@ -43,6 +48,15 @@ def _expected(name: str, data: pd.DataFrame, sweep: TinySweep) -> dict:
         return {"traces": traces}
     if name == "correlation":
         return {"traces": [_trace("scatter", m, "markers", len(rows), len(rows)) for m, rows in data.groupby("method")]}
+    if name == "frontier":  # the tiny sweep's fixed levels: no_defense (p = 0) and fixed_5; adaptive: the others
+        fixed, adaptive = data[data.kind == "fixed"], data[data.kind == "adaptive"]
+        n_levels = fixed.p.nunique()
+        traces = [_trace("scatter", "fixed p, per seed", "markers", len(fixed), _plotted(fixed)),
+                  _trace("scatter", "fixed p (mean ± std)", "lines+markers+text", n_levels, n_levels)]
+        for method, rows in adaptive.groupby("method", sort=False):
+            traces.append(_trace("scatter", f"{method}, per seed", "markers", len(rows), _plotted(rows)))
+            traces.append(_trace("scatter", method, "markers", 1, min(1, _plotted(rows))))
+        return {"traces": traces}
     if name == "ablation_p_traces":
         groups = data.groupby(["method", "seed"])
         return {"traces": [_trace("scatter", method, "lines", len(rows)) for (method, _), rows in groups]}

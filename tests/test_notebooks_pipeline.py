@@ -47,7 +47,8 @@ def test_every_notebook_runs_in_pipeline_order_on_the_tiny_organism(tiny_sweep: 
     assert table2.general_misaligned_pct_mean.iloc[:2].notna().all()
     correlation = json.loads((results / "correlation.json").read_text())
     assert correlation["n"] == len(TINY_METHODS)
-    for name in ("table1", "table2", "figure2", "correlation", "ablation_p_traces", "trace_replay_seed42"):
+    for name in ("table1", "table2", "figure2", "correlation", "frontier", "ablation_p_traces",
+                 "trace_replay_seed42"):
         assert (results / "figures" / f"{name}.html").is_file(), name
     assert "Table 1" in (results / "summary.md").read_text()
 
