@@ -14,6 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY_METHODS = ["no_defense", "fixed_5", "canary", "fixed_mean"]
 """Table 1's methods and one replay ablation (it must wait for the canary run): every notebook runs, in a few
 minutes; the other ablations share these code paths and are covered by the sweep and results tests."""
+TINY_SWEEP_ENV = "CANARY_TINY_SWEEP_DIR"
+"""Where the session's tiny sweep runs (resumed if it is there already); default a fresh temporary directory."""
 ARTIFACTS_ENV = "CANARY_TEST_ARTIFACTS"
 """Directory for screenshots and other files a person may want to look at after the tests (default
 tests/artifacts/, git-ignored)."""

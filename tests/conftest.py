@@ -9,12 +9,14 @@ the whole test process runs pinned, as the `canary` command and the sweep's kern
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from _browser import CHROMIUM_ARGS, REQUIRE_ENV, browser_problem
-from _e2e import TINY_METHODS, TinySweep, need, run_sweep_in, used_artifacts, write_tiny_sweep
+from _e2e import TINY_METHODS, TINY_SWEEP_ENV, TinySweep, need, run_sweep_in, used_artifacts, write_tiny_sweep
 
 from canary_lib.image_export import find_browser
 from canary_lib.numerics import pin_cpu_numerics
@@ -35,8 +37,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
 
 @pytest.fixture(scope="session")
 def tiny_sweep(tmp_path_factory: pytest.TempPathFactory) -> TinySweep:
-    """The tiny organism's sweep (base row, TINY_METHODS, seed 42), run once for every test that reads it."""
-    root = tmp_path_factory.mktemp("tiny_sweep")
+    """The tiny organism's sweep (base row, TINY_METHODS, seed 42), run once for every test that reads it.
+
+    Under CANARY_TINY_SWEEP_DIR=<dir> the sweep runs in that directory instead of a fresh temporary one, so a
+    session interrupted (or a run killed) half-way resumes there: only what is missing is run again, and the
+    tests then check the whole sweep as usual."""
+    root = Path(os.environ.get(TINY_SWEEP_ENV) or tmp_path_factory.mktemp("tiny_sweep"))
+    root.mkdir(parents=True, exist_ok=True)
     sweep_file = write_tiny_sweep(root, TINY_METHODS,
                                   {"kind": "local", "parallel": 2, "threads_per_job": 1, "poll_s": 0.5})
     return TinySweep(root, sweep_file, run_sweep_in(root, sweep_file))
