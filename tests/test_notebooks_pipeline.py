@@ -24,6 +24,7 @@ def _errors(path: Path) -> list[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("tiny_sweep")  # the worker that runs the browser tests reuses its tiny sweep
 def test_every_notebook_runs_in_pipeline_order_on_the_tiny_organism(tiny_sweep: TinySweep) -> None:
     for needed in ("organism.yaml", "organism_tiny.yaml"):
         assert (ROOT / "parameters" / needed).is_file(), f"parameters/{needed} is missing"
