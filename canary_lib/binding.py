@@ -127,8 +127,15 @@ def check_evaluation(run: RunDir, cfg: Any, *, trained: bool) -> None:
 
 
 def config_changes_from_dumps(old_yaml: str, new_yaml: str) -> list[str]:
-    """The changed keys between two config dumps (a checkpoint's fingerprint against the run's configuration)."""
-    return config_changes(yaml.safe_load(old_yaml) or {}, yaml.safe_load(new_yaml) or {}, lambda k: True)
+    """The changed keys between two config dumps (a checkpoint's fingerprint against the run's configuration).
+
+    Raises:
+        ValueError: a dump is not a mapping (a damaged or foreign file).
+    """
+    old, new = yaml.safe_load(old_yaml) or {}, yaml.safe_load(new_yaml) or {}
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        raise ValueError("a configuration dump is not a mapping")
+    return config_changes(old, new, lambda k: True)
 
 
 def ensure_run_directory(path: Path) -> None:

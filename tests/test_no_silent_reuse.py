@@ -167,6 +167,9 @@ def test_checkpoint_of_other_settings_or_damaged_refused_before_model_load(world
     (run.checkpoint_dir / "state.json").write_text("{not json")
     with pytest.raises(CheckpointError, match=r"checkpoint: damaged checkpoint \(JSONDecodeError"):
         train_from_config(cfg, out, canary_fn=ScriptedCanary([0.1]))
+    (run.checkpoint_dir / "state.json").write_text('{"fingerprint": {"config": "not a mapping", "data": {}}}')
+    with pytest.raises(CheckpointError, match=r"damaged checkpoint \(ValueError: a configuration dump is not a map"):
+        train_from_config(cfg, out, canary_fn=ScriptedCanary([0.1]))
 
 
 def test_out_a_file_and_eval_without_config_are_one_line_errors(world, tmp_path, capsys):

@@ -67,13 +67,13 @@ def test_slurm_sweep_survives_a_failed_run_and_a_rerun_finishes_only_it(
     # fixed_5's run directory holds a checkpoint of another configuration: training refuses to resume from it.
     stale = runs / "fixed_5" / "seed42" / "checkpoint"
     stale.mkdir(parents=True)
-    (stale / "state.json").write_text(json.dumps({"fingerprint": {"config": "another run"}}))
+    (stale / "state.json").write_text(json.dumps({"fingerprint": {"config": "seed: 7\n", "data": {}}}))
 
     assert run_sweep_in(tmp_path, sweep) == 1
     out = capsys.readouterr().out
     jobs = _status(tmp_path)
     assert jobs["fixed_5/seed42"]["ok"] is False
-    assert "checkpoint was written with a different" in jobs["fixed_5/seed42"]["error"]
+    assert "checkpoint was written with another configuration" in jobs["fixed_5/seed42"]["error"]
     assert jobs["fixed_5/seed42"]["notebook"].endswith("fixed_5/seed42/02_train_controller.ipynb")
     assert "FAILED fixed_5/seed42" in out
     assert jobs["no_defense/seed42"]["executed"] == ["train", "evaluate"]  # the other run went on to the end
