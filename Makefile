@@ -18,8 +18,7 @@ reproduce: $(STAMP)
 	$(BIN)/canary reproduce --profile organism
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup   # two workers, one torch thread each (tests/conftest.py);
-	# loadgroup: the tests of one xdist_group (those reading the session's tiny sweep) share one worker
+	$(BIN)/python -m pytest -q -n 2    # two worker processes, one torch thread each (tests/conftest.py)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/reproduce_bench.py

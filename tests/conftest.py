@@ -37,16 +37,32 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # no
 
 @pytest.fixture(scope="session")
 def tiny_sweep(tmp_path_factory: pytest.TempPathFactory) -> TinySweep:
-    """The tiny organism's sweep (base row, TINY_METHODS, seed 42), run once for every test that reads it.
+    """The tiny organism's sweep (base row, TINY_METHODS, seed 42), run once per test session for every test
+    that reads it, also under pytest-xdist: the first worker to ask runs it (under a file lock) and the others
+    wait for it and read its exit status. (pytest-xdist's `--dist loadgroup` would keep these tests on one
+    worker, but it does not group with pytest 9: measured, each worker ran its own sweep.)
 
     Under CANARY_TINY_SWEEP_DIR=<dir> the sweep runs in that directory instead of a fresh temporary one, so a
     session interrupted (or a run killed) half-way resumes there: only what is missing is run again, and the
     tests then check the whole sweep as usual."""
-    root = Path(os.environ.get(TINY_SWEEP_ENV) or tmp_path_factory.mktemp("tiny_sweep"))
+    from filelock import FileLock
+
+    session = os.environ.get("PYTEST_XDIST_TESTRUNUID", "")  # the same in every worker of one session
+    if os.environ.get(TINY_SWEEP_ENV):
+        root = Path(os.environ[TINY_SWEEP_ENV])
+    elif session:  # the workers' common base directory
+        root = tmp_path_factory.getbasetemp().parent / "tiny_sweep"
+    else:
+        root = tmp_path_factory.mktemp("tiny_sweep")
     root.mkdir(parents=True, exist_ok=True)
     sweep_file = write_tiny_sweep(root, TINY_METHODS,
                                   {"kind": "local", "parallel": 2, "threads_per_job": 1, "poll_s": 0.5})
-    return TinySweep(root, sweep_file, run_sweep_in(root, sweep_file))
+    status_file = root / f".status-{session or os.getpid()}"
+    with FileLock(str(root) + ".lock"):
+        if not status_file.exists():
+            status_file.write_text(str(run_sweep_in(root, sweep_file)))
+        status = int(status_file.read_text())
+    return TinySweep(root, sweep_file, status)
 
 
 @pytest.fixture(scope="session")

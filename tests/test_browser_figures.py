@@ -19,8 +19,7 @@ from _e2e import TinySweep, artifacts_dir
 
 from canary_lib.artifacts import read_jsonl
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow,
-              pytest.mark.xdist_group("tiny_sweep")]  # one worker runs the session's tiny sweep once
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 # Per figure, what its CSV (and run directory) says must be drawn. A new figure needs an entry here.
 FIGURES = ("table1", "table2", "figure2", "correlation", "frontier", "ablation_p_traces", "trace_replay_seed42")
 PICTURED = ("table1", "table2", "figure2", "correlation", "frontier")

@@ -27,8 +27,7 @@ import pytest
 from _browser import open_page, settled_plot
 from _e2e import ROOT, TinySweep, artifacts_dir
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow,
-              pytest.mark.xdist_group("tiny_sweep")]  # one worker runs the session's tiny sweep once
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 SERVER_START_S = 180
 RUN_ALL_S = 900  # training the tiny organism with canary evaluations takes about a minute on 2 busy cores
 # p_t starts at 0.2 and falls by 0.05 at each canary evaluation while r̂_t is under r_low (the tiny model's canary
