@@ -27,7 +27,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-PROGRAMS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "sinfo", "scontrol")
+PROGRAMS = ("munged", "mungekey", "slurmctld", "slurmd", "sbatch", "sinfo", "scontrol", "squeue", "scancel")
 START_TIMEOUT_S = 60
 
 
@@ -159,8 +159,62 @@ def _check(result: subprocess.CompletedProcess, what: str, cluster: Cluster | No
 
 
 def stop(root: str | Path) -> None:
-    """Stop the daemons started by `start` (by their pid files), waiting for each to exit."""
+    """Stop the cluster started by `start`: let its jobs end (cancel what is left after DRAIN_TIMEOUT_S), stop the
+    daemons by their pid files, then kill anything the cluster started that is still there (a job step whose
+    slurmd went away first lingers otherwise: measured, slurmstepd, its batch script and srun)."""
     root = Path(root).resolve()
+    _drain(Cluster(root))
+    _stop_daemons(root)
+    _kill_leftovers(Cluster(root))
+
+
+DRAIN_TIMEOUT_S = 30
+
+
+def _drain(cluster: Cluster) -> None:
+    if not cluster.conf.exists():
+        return
+    deadline = time.monotonic() + DRAIN_TIMEOUT_S
+    while True:
+        queue = subprocess.run([_program("squeue"), "-h", "-o", "%i"], env={**os.environ, **cluster.env},
+                               capture_output=True, text=True, timeout=30)
+        jobs = queue.stdout.split() if queue.returncode == 0 else []
+        if not jobs:
+            return
+        if time.monotonic() > deadline:
+            subprocess.run([_program("scancel"), *jobs], env={**os.environ, **cluster.env}, capture_output=True,
+                           timeout=30)
+            time.sleep(2)
+            return
+        time.sleep(0.5)
+
+
+def leftover_pids(cluster: Cluster) -> list[int]:
+    """Live processes started under this cluster (they inherit its SLURM_CONF from slurmd), this one excepted."""
+    mark = f"SLURM_CONF={cluster.conf}".encode()
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if int(pid) != os.getpid() and mark in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") \
+                    and _alive(int(pid)):
+                found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+def _kill_leftovers(cluster: Cluster) -> None:
+    for pid in leftover_pids(cluster):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and leftover_pids(cluster):
+        time.sleep(0.2)
+
+
+def _stop_daemons(root: Path) -> None:
     for daemon in ("slurmd", "slurmctld", "munged"):
         pid_file = root / "run" / f"{daemon}.pid"
         try:

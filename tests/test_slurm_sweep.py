@@ -45,7 +45,9 @@ def slurm_cluster() -> Iterator[Any]:
         yield cluster
     finally:
         local_slurm.stop(root)
+        left = local_slurm.leftover_pids(local_slurm.Cluster(root))
         shutil.rmtree(root, ignore_errors=True)
+    assert left == [], f"processes of the stopped cluster still running: {left}"
 
 
 def _status(root: Path) -> dict[str, dict]:
