@@ -204,32 +204,32 @@ def leftover_pids(cluster: Cluster) -> list[int]:
 
 
 def _kill_leftovers(cluster: Cluster) -> None:
-    for pid in leftover_pids(cluster):
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and leftover_pids(cluster):
-        time.sleep(0.2)
+    _signal_and_wait(leftover_pids(cluster), signal.SIGKILL, wait_s=10)
 
 
 def _stop_daemons(root: Path) -> None:
     for daemon in ("slurmd", "slurmctld", "munged"):
-        pid_file = root / "run" / f"{daemon}.pid"
         try:
-            pid = int(pid_file.read_text().strip())
+            pid = int((root / "run" / f"{daemon}.pid").read_text().strip())
         except (OSError, ValueError):
             continue
+        if not _signal_and_wait([pid], signal.SIGTERM, wait_s=20):
+            _signal_and_wait([pid], signal.SIGKILL, wait_s=10)
+
+
+def _signal_and_wait(pids: list[int], sig: int, wait_s: float) -> bool:
+    """Send `sig` to each process, then wait up to `wait_s` for all to exit; True when none is left."""
+    for pid in pids:
         try:
-            os.kill(pid, signal.SIGTERM)
+            os.kill(pid, sig)
         except ProcessLookupError:
-            continue
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.2)
-        if _alive(pid):
-            os.kill(pid, signal.SIGKILL)
+            pass
+    deadline = time.monotonic() + wait_s
+    while any(_alive(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 def _alive(pid: int) -> bool:
