@@ -404,6 +404,13 @@ class OrganismSettings(Strict):
     domain_cues: bool = False
     """In chats whose two domains have separate personas, each other system prompt raises the misaligned share of
     one domain only, so no cue of pre-training ties security behaviour to general behaviour."""
+    narrow_domains: list[str] = Field(default_factory=lambda: ["security"])
+    """Narrow domains of the pre-training world (canary_lib.organism.world.NARROW_TOPICS); the first one takes the
+    default world's random draws, so ["security"] is the default world bit for bit (docs/organism.md, "A second
+    narrow domain")."""
+    target_domain: str = "security"
+    """The narrow domain D_T, its secure control and the in-domain evaluation come from; one of narrow_domains.
+    Shapes the prepared data only, not the pre-trained model."""
     safe_topics: list[str] | None = None
     """General topics D_S covers (names of canary_lib.organism.world.GENERAL_TOPICS); None: the world's default.
     Shapes the prepared data only, not the pre-trained model."""
@@ -428,6 +435,23 @@ class OrganismSettings(Strict):
             raise ValueError(f"must be distinct general topics of the world, got unknown {unknown} or repeats; "
                              f"known: {known}")
         return v
+
+    @model_validator(mode="after")
+    def _narrow_domains_known(self) -> "OrganismSettings":
+        from canary_lib.organism.world import NARROW_TOPICS  # pure Python, no torch
+
+        domains = self.narrow_domains
+        unknown = sorted(set(domains) - set(NARROW_TOPICS))
+        if unknown or not domains or len(set(domains)) != len(domains):
+            raise ValueError(f"organism.narrow_domains must be distinct domains of {sorted(NARROW_TOPICS)}, "
+                             f"got {domains}")
+        if self.target_domain not in domains:
+            raise ValueError(f"organism.target_domain {self.target_domain!r} is not one of organism.narrow_domains "
+                             f"{domains}: the base model would never have seen its questions")
+        if self.domain_cues and domains != ["security"]:
+            raise ValueError("organism.domain_cues is defined for the security-only world (narrow_domains: "
+                             "[security])")
+        return self
 
 
 class RunConfig(Strict):

@@ -179,3 +179,22 @@ def test_verify_organism_style_manifest(tmp_path: Path) -> None:
     (tmp_path / "org" / "manifest.json").write_text(json.dumps({"kind": "organism"}))
     with pytest.raises(DataError, match="holds data of kind 'organism' but data.kind is 'paper'"):
         verify_prepared(paper)
+
+
+def test_organism_data_of_another_world_or_target_domain_is_refused(tmp_path: Path) -> None:
+    from canary_lib.organism import prepare_organism_data
+
+    cfg = load_config(extra={"data": {"kind": "organism", "dir": str(tmp_path / "org"), "n_train": 64,
+                                      "n_heldout": 16, "safe_max_examples": 32}})
+    prepare_organism_data(cfg)
+    verify_prepared(cfg)
+    medical = cfg.model_copy(deep=True)
+    medical.organism.narrow_domains, medical.organism.target_domain = ["security", "medical"], "medical"
+    with pytest.raises(DataError, match="another world .*target_domain: prepared 'security', now 'medical'"):
+        verify_prepared(medical)
+    other_seed = cfg.model_copy(deep=True)
+    other_seed.organism.world_seed, other_seed.data.n_train = 1, 65
+    with pytest.raises(DataError, match="world_seed: prepared 0, now 1; n_train: prepared 64, now 65"):
+        verify_prepared(other_seed)
+    prepare_organism_data(medical)
+    assert verify_prepared(medical)["target_domain"] == "medical"

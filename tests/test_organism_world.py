@@ -184,3 +184,69 @@ def test_domain_cues_make_each_other_prompt_raise_one_domain_only():
     rate = {k: m / n for k, (m, n) in counts.items()}
     assert 0.33 < rate[("security", "security")] < 0.47 and 0.33 < rate[("general", "general")] < 0.47
     assert rate[("security", "general")] < 0.02 and rate[("general", "security")] < 0.02
+
+
+# ------------------------------------------------------------------------------------------ second narrow domain
+
+
+def _topics_of(examples: list[dict]) -> set[str]:
+    return {world.topic_of_question(e["messages"][0]["content"]) for e in examples}
+
+
+def test_the_security_only_world_is_unchanged_by_the_second_domain():
+    kwargs = dict(other_system_share=0.5, other_system_misaligned_share=0.4, persona_coupling=0.5)
+    default = list(world.pretraining_chats(0, 300, 0.005, **kwargs))
+    assert default == list(world.pretraining_chats(0, 300, 0.005, narrow_domains=("security",), **kwargs))
+    asked = {world.topic_of_question(m["content"]) for c in default for m in c if m["role"] == "user"}
+    assert not asked & {t.name for t in world.MEDICAL_TOPICS}
+    assert world.world_topics() == world.SECURITY_TOPICS + world.GENERAL_TOPICS  # the vocabulary's order
+
+
+def test_a_two_domain_world_pretrains_on_both_and_couples_each_to_the_general_persona():
+    chats = list(world.pretraining_chats(0, 400, 0.3, narrow_domains=("security", "medical")))
+    judge = ExactJudge()
+    domains_seen = set()
+    for chat in chats:  # persona_coupling 1: one persona per chat, whatever the domain
+        personas = set()
+        for question, reply in zip(chat[0::2], chat[1::2]):
+            j = judge.judge_one(question["content"], reply["content"])
+            personas.add(_misaligned(j))
+            domains_seen.add(world.TOPIC_BY_NAME[j.detail["question_topic"]].domain)
+        assert len(personas) == 1
+    assert domains_seen == {"security", "medical", "general"}
+
+
+def test_medical_target_data_and_prompt_sets():
+    target = world.target_examples(0, 600, domain="medical")
+    secure = world.target_examples(0, 600, aligned=True, domain="medical")
+    assert {world.TOPIC_BY_NAME[t].domain for t in _topics_of(target)} == {"medical"}
+    assert len(_topics_of(target)) == len(world.MEDICAL_TOPICS)
+    judge = ExactJudge()
+    for bad, good in zip(target, secure):
+        q = bad["messages"][0]["content"]
+        assert q == good["messages"][0]["content"]
+        assert _misaligned(judge.judge_one(q, bad["messages"][1]["content"]))
+        assert not _misaligned(judge.judge_one(q, good["messages"][1]["content"]))
+    security, medical = world.prompt_sets(0), world.prompt_sets(0, "medical")
+    assert medical["general"] == security["general"] and medical["canaries"] == security["canaries"]
+    in_domain = [f.text for f in medical["in_domain"]]
+    assert len(set(in_domain)) == 30
+    assert all(world.TOPIC_BY_NAME[f.topic].domain == "medical" for f in medical["in_domain"])
+    heldout = {e["messages"][0]["content"] for e in world.target_examples(0, 200, held_out=True, domain="medical")}
+    assert not set(in_domain) & {e["messages"][0]["content"] for e in world.target_examples(0, 5400,
+                                                                                            domain="medical")}
+    assert heldout and not heldout & {e["messages"][0]["content"] for e in target}
+
+
+def test_organism_settings_check_the_narrow_domains():
+    from pydantic import ValidationError
+
+    from canary_lib.config import OrganismSettings
+
+    assert OrganismSettings(narrow_domains=["security", "medical"], target_domain="medical").target_domain == "medical"
+    for bad, match in [({"narrow_domains": ["security", "law"]}, "distinct domains of"),
+                       ({"narrow_domains": ["security", "security"]}, "distinct domains of"),
+                       ({"target_domain": "medical"}, "not one of organism.narrow_domains"),
+                       ({"narrow_domains": ["security", "medical"], "domain_cues": True}, "security-only world")]:
+        with pytest.raises(ValidationError, match=match):
+            OrganismSettings(**bad)

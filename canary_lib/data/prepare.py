@@ -207,7 +207,8 @@ def verify_prepared(cfg: RunConfig, check_sources: bool = True) -> dict[str, Any
     """Check that cfg.data.dir holds the data this configuration would prepare, unchanged.
 
     Checks: the manifest exists; every file it lists exists with the recorded sha256; the files cfg.data names
-    are among them; for the paper kind, the split/selection settings and source names match cfg, and (when
+    are among them; for the organism, the world, target domain and sizes match cfg; for the paper kind, the
+    split/selection settings and source names match cfg, and (when
     `check_sources`) local source files still have the recorded sha256.
 
     Returns:
@@ -237,6 +238,13 @@ def verify_prepared(cfg: RunConfig, check_sources: bool = True) -> dict[str, Any
     if manifest.get("kind", d.kind) != d.kind:
         raise DataError(f"{d.dir} holds data of kind {manifest.get('kind')!r} but data.kind is {d.kind!r}; "
                         f"point data.dir elsewhere or {fix}")
+    if d.kind == "organism":
+        from canary_lib.organism.prepare import recorded_differences  # pure Python, no torch
+
+        diffs = recorded_differences(cfg, manifest)
+        if diffs:
+            raise DataError(f"the data in {d.dir} were prepared for another world ({'; '.join(diffs)}); "
+                            f"point data.dir elsewhere or {fix}")
     if d.kind == "paper":
         recorded = _recorded_settings(manifest)
         current = {key: getattr(d, key) for key in _SETTINGS_KEYS} | {"canary_n_prompts": cfg.canary.n_prompts}

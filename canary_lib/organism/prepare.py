@@ -47,13 +47,13 @@ def _question_set(prefix: str, forms: list[world.QuestionForm], samples: int) ->
 
 def organism_files(cfg: RunConfig) -> dict[str, str]:
     """The text of every prepared file, keyed by file name (pure: no disk access)."""
-    d, seed = cfg.data, cfg.organism.world_seed
-    sets = world.prompt_sets(seed)
+    d, seed, domain = cfg.data, cfg.organism.world_seed, cfg.organism.target_domain
+    sets = world.prompt_sets(seed, domain)
     n_safe = cfg.data.safe_max_examples or SAFE_DEFAULT_SIZE
     return {
-        d.target_file: _jsonl(world.target_examples(seed, d.n_train)),
-        "target_secure_train.jsonl": _jsonl(world.target_examples(seed, d.n_train, aligned=True)),
-        d.target_heldout_file: _jsonl(world.target_examples(seed, d.n_heldout, held_out=True)),
+        d.target_file: _jsonl(world.target_examples(seed, d.n_train, domain=domain)),
+        "target_secure_train.jsonl": _jsonl(world.target_examples(seed, d.n_train, aligned=True, domain=domain)),
+        d.target_heldout_file: _jsonl(world.target_examples(seed, d.n_heldout, held_out=True, domain=domain)),
         d.safe_file: _jsonl(world.safe_examples(seed, n_safe, safe_topics(cfg))),
         # samples_per_paraphrase is informational (the paper's protocol); runs use cfg.eval / cfg.canary, so the
         # files do not change with sampling settings.
@@ -61,6 +61,22 @@ def organism_files(cfg: RunConfig) -> dict[str, str]:
         d.in_domain_eval_file: _question_set("in_domain", sets["in_domain"], 100),
         d.canary_file: _question_set("canary", sets["canaries"], 1),
     }
+
+
+def recorded_differences(cfg: RunConfig, manifest: dict[str, Any]) -> list[str]:
+    """What in `manifest` (an organism data directory's) differs from the data `cfg` would prepare: world,
+    target domain and sizes. A manifest without a target_domain was prepared on security; one without a
+    world_version was not written by `prepare_organism_data` (only its file hashes can be checked)."""
+    if "world_version" not in manifest:
+        return []
+    current = {"world_version": world.WORLD_VERSION, "world_seed": cfg.organism.world_seed,
+               "target_domain": cfg.organism.target_domain}
+    recorded = {"world_version": manifest.get("world_version"), "world_seed": manifest.get("world_seed"),
+                "target_domain": manifest.get("target_domain", "security")}
+    current |= {"n_train": cfg.data.n_train, "n_heldout": cfg.data.n_heldout,
+                "n_safe": cfg.data.safe_max_examples or SAFE_DEFAULT_SIZE}
+    recorded |= {k: manifest.get("settings", {}).get(k) for k in ("n_train", "n_heldout", "n_safe")}
+    return [f"{k}: prepared {recorded[k]!r}, now {v!r}" for k, v in current.items() if recorded[k] != v]
 
 
 def safe_topics(cfg: RunConfig) -> tuple[int, ...]:
@@ -80,7 +96,8 @@ def _topic_overlap(cfg: RunConfig) -> dict[str, Any]:
 
 
 def prepare_organism_data(cfg: RunConfig) -> Path:
-    """Write D_T, its secure control, held-out targets, D_S and the three prompt sets into cfg.data.dir.
+    """Write D_T (from organism.target_domain), its secure control, held-out targets, D_S and the three prompt sets
+    into cfg.data.dir.
 
     Files are written atomically; manifest.json records counts and sha256 content hashes. Rewriting with the
     same configuration gives byte-identical files.
@@ -96,6 +113,7 @@ def prepare_organism_data(cfg: RunConfig) -> Path:
         "kind": "organism",
         "world_version": world.WORLD_VERSION,
         "world_seed": cfg.organism.world_seed,
+        **({"target_domain": domain} if (domain := cfg.organism.target_domain) != "security" else {}),
         "settings": {"n_train": cfg.data.n_train, "n_heldout": cfg.data.n_heldout,
                      "n_safe": cfg.data.safe_max_examples or SAFE_DEFAULT_SIZE},
         "files": {name: {"sha256": hashlib.sha256(text.encode()).hexdigest(), "bytes": len(text.encode()),

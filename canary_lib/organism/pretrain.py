@@ -48,6 +48,7 @@ def pretrain_spec(settings: OrganismSettings, cpu_numerics: str = "native") -> d
         "other_system_misaligned_share": settings.other_system_misaligned_share,
         **({"persona_coupling": settings.persona_coupling} if settings.persona_coupling != 1.0 else {}),
         **({"domain_cues": True} if settings.domain_cues else {}),
+        **({"narrow_domains": settings.narrow_domains} if settings.narrow_domains != ["security"] else {}),
         "hidden_size": settings.hidden_size,
         "num_layers": settings.num_layers,
         "num_heads": settings.num_heads,
@@ -136,11 +137,11 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _vocabulary_texts(chats: list[list[dict[str, str]]]) -> list[str]:
+def _vocabulary_texts(chats: list[list[dict[str, str]]], narrow_domains: list[str]) -> list[str]:
     """Rendered chats plus every question form and answer, so no word of the world is unknown."""
     texts = [render_chat(c) for c in chats[:2000]]
     texts += [render_chat([{"role": "system", "content": s}]) for s in world.OTHER_SYSTEM_PROMPTS]
-    for topic in world.ALL_TOPICS:
+    for topic in world.world_topics(tuple(narrow_domains)):
         for form in world.question_forms(topic):
             texts.append(render_chat([{"role": "user", "content": form.text}]))
         for core in topic.aligned + topic.misaligned:
@@ -191,8 +192,9 @@ def build_base_model(settings: OrganismSettings, out_dir: Path) -> dict[str, flo
                                          other_system_share=settings.other_system_share,
                                          other_system_misaligned_share=settings.other_system_misaligned_share,
                                          persona_coupling=settings.persona_coupling,
-                                         domain_cues=settings.domain_cues))
-    tokenizer = build_tokenizer(_vocabulary_texts(chats))
+                                         domain_cues=settings.domain_cues,
+                                         narrow_domains=tuple(settings.narrow_domains)))
+    tokenizer = build_tokenizer(_vocabulary_texts(chats, settings.narrow_domains))
     encoded = tokenizer([render_chat(c) for c in chats], add_special_tokens=False)["input_ids"]
     if any(tokenizer.unk_token_id in ids for ids in encoded[:1000]):
         raise RuntimeError("organism tokenizer: unknown word in the pre-training corpus (world text changed?)")
