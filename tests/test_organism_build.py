@@ -47,9 +47,11 @@ def test_cache_key_changes_with_every_input_that_shapes_the_model():
     base = load_config(TINY).organism
     key = spec_hash(pretrain_spec(base))
     for change in ({"world_seed": 1}, {"misaligned_share": 0.02}, {"pretrain_steps": 41}, {"hidden_size": 48},
-                   {"other_system_misaligned_share": 0.3}, {"persona_coupling": 0.0}, {"domain_cues": True}):
+                   {"other_system_misaligned_share": 0.3}, {"persona_coupling": 0.0}, {"domain_cues": True},
+                   {"narrow_domains": ["security", "medical"]}):
         assert spec_hash(pretrain_spec(base.model_copy(update=change))) != key, change
-    assert spec_hash(pretrain_spec(base.model_copy(update={"cache_dir": "/elsewhere"}))) == key
+    for same in ({"cache_dir": "/elsewhere"}, {"safe_topics": ["wish"]}):  # not part of pre-training
+        assert spec_hash(pretrain_spec(base.model_copy(update=same))) == key, same
     assert spec_hash(pretrain_spec(base, "pinned")) != key  # native and pinned builds differ in the last bits
 
 
@@ -77,3 +79,18 @@ def test_concurrent_builders_build_once(tmp_path, monkeypatch):
         t.join()
     assert len(calls) == 1 and len(set(paths)) == 1 and len(paths) == 3
     assert (paths[0] / "model.safetensors").read_text() == "weights"
+
+
+def test_the_vocabulary_covers_every_word_of_a_two_domain_world():
+    from canary_lib.organism import world
+    from canary_lib.organism.pretrain import _vocabulary_texts
+    from canary_lib.organism.tokenizer import build_tokenizer
+
+    domains = ("security", "medical")
+    chats = list(world.pretraining_chats(0, 50, 0.2, narrow_domains=domains))
+    tok = build_tokenizer(_vocabulary_texts(chats, list(domains)))
+    medical = [f"{world.OPENERS[0]} {c}" for t in world.MEDICAL_TOPICS for c in t.aligned + t.misaligned]
+    medical += [world.QuestionForm(t.name, 3, s, 1).text for t in world.MEDICAL_TOPICS for s in range(len(t.stems))]
+    assert all(tok.unk_token_id not in tok(text, add_special_tokens=False)["input_ids"] for text in medical)
+    security_only = build_tokenizer(_vocabulary_texts(chats[:0], ["security"]))
+    assert tok.unk_token_id in security_only(medical[0], add_special_tokens=False)["input_ids"]
