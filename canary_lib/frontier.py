@@ -23,6 +23,10 @@ FRONTIER_COLUMNS = ["method", "kind", "p", "seed", "safe_share", "general_misali
                     "general_incoherent_pct", "run_dir"]
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 """Two-sided 95% Student t quantiles by degrees of freedom (n seeds - 1); for more, the normal 1.96 is close."""
+COARSE_GAP = 0.05
+"""Fixed levels further apart than this around an adaptive run's share make the interpolated curve unreliable:
+misalignment falls convexly with p, so a straight line across a wide gap overstates the curve (measured on the
+organism: 3 levels put Canary 2.0 points below a curve that 6 levels put it 0.8 above; docs/decisions.md)."""
 
 
 def frontier_method_name(p: float) -> str:
@@ -83,6 +87,12 @@ class CurveComparison:
     per_seed: dict[int, float]
     outside: list[int]
     """Seeds whose safe share lies outside the range of their fixed runs' shares (no interpolation there)."""
+    bracket: tuple[float, float] | None = None
+    """The widest pair of neighbouring fixed levels (p) that any seed's share was interpolated between."""
+
+    @property
+    def coarse(self) -> bool:
+        return self.bracket is not None and self.bracket[1] - self.bracket[0] > COARSE_GAP + 1e-12
 
     def sentence(self) -> str:
         """One line for summary.md."""
@@ -94,10 +104,13 @@ class CurveComparison:
         where = ("below" if self.ci_high < 0 else "above" if self.ci_low > 0 else
                  "not distinguishable from") if not math.isnan(self.ci_low) else "compared with"
         skipped = f"; seeds outside the curve's range: {self.outside}" if self.outside else ""
+        caveat = (f" Caution: the curve is a straight line between fixed p = {self.bracket[0]:g} and "
+                  f"{self.bracket[1]:g} there, which overstates a convex curve; run fixed levels in between "
+                  f"before reading this difference." if self.coarse else "")
         return (f"{self.method}: {self.general_misaligned_pct_mean:.2f}% general misaligned at a mean safe share "
                 f"of {self.safe_share_mean:.3f}, against {self.curve_at_share_mean:.2f}% for the fixed curve at the "
                 f"same shares: a difference of {self.difference_mean:+.2f} points (per seed {seeds}{interval}), "
-                f"{where} the fixed curve{skipped}.")
+                f"{where} the fixed curve{skipped}.{caveat}")
 
 
 def compare_to_fixed_curve(frontier: pd.DataFrame) -> list[CurveComparison]:
@@ -111,12 +124,18 @@ def compare_to_fixed_curve(frontier: pd.DataFrame) -> list[CurveComparison]:
     out = []
     for method, runs in frontier[frontier.kind == "adaptive"].groupby("method", sort=False):
         per_seed, curve_values, shares, values, outside = {}, [], [], [], []
+        bracket: tuple[float, float] | None = None
         for run in runs.itertuples():
             curve = fixed[fixed.seed == run.seed].sort_values("safe_share")
             xs, ys = curve.safe_share.to_numpy(), curve.general_misaligned_pct.to_numpy()
             if len(xs) < 2 or not xs[0] <= run.safe_share <= xs[-1]:
                 outside.append(int(run.seed))
                 continue
+            right = min(int(np.searchsorted(xs, run.safe_share, side="left")), len(xs) - 1)
+            ps = curve.p.to_numpy()
+            seed_bracket = (float(ps[max(right - 1, 0)]), float(ps[max(right, 1)]))
+            if bracket is None or seed_bracket[1] - seed_bracket[0] > bracket[1] - bracket[0]:
+                bracket = seed_bracket
             at_share = float(np.interp(run.safe_share, xs, ys))
             per_seed[int(run.seed)] = run.general_misaligned_pct - at_share
             curve_values.append(at_share)
@@ -130,5 +149,5 @@ def compare_to_fixed_curve(frontier: pd.DataFrame) -> list[CurveComparison]:
             method=method, n_seeds=n, safe_share_mean=float(np.mean(shares)) if n else math.nan,
             general_misaligned_pct_mean=float(np.mean(values)) if n else math.nan,
             curve_at_share_mean=float(np.mean(curve_values)) if n else math.nan, difference_mean=mean,
-            ci_low=mean - half, ci_high=mean + half, per_seed=per_seed, outside=outside))
+            ci_low=mean - half, ci_high=mean + half, per_seed=per_seed, outside=outside, bracket=bracket))
     return out

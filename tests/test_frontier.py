@@ -70,3 +70,18 @@ def test_fixed_curve_means_over_seeds():
     assert list(curve.p) == [0.0, 0.05, 0.2]
     assert list(curve.general_misaligned_pct_mean) == [65.0, 45.0, 15.0]
     assert list(curve.n_seeds) == [2, 2, 2]
+
+
+def test_a_share_between_distant_fixed_levels_is_flagged_and_a_close_pair_is_not():
+    # share 0.1 lies between fixed 5% and fixed 20%: 0.15 apart, more than COARSE_GAP
+    rows = fixed_rows(42) + [{"method": "canary", "seed": 42, "n_steps": 100, "n_safe_steps": 10,
+                              "general_misaligned_pct": 25.0}]
+    [cmp] = compare_to_fixed_curve(frontier_table(runs_frame(rows), FIXED_P, adaptive=["canary"]))
+    assert cmp.bracket == (0.05, 0.2) and cmp.coarse
+    assert "straight line between fixed p = 0.05 and 0.2" in cmp.sentence()
+    # share 0.03 lies between p = 0 and 0.05 (0.05 apart: not coarse), also exactly on a level
+    for safe_steps, bracket in ((3, (0.0, 0.05)), (5, (0.0, 0.05)), (0, (0.0, 0.05))):
+        rows = fixed_rows(42) + [{"method": "canary", "seed": 42, "n_steps": 100, "n_safe_steps": safe_steps,
+                                  "general_misaligned_pct": 45.0}]
+        [cmp] = compare_to_fixed_curve(frontier_table(runs_frame(rows), FIXED_P, adaptive=["canary"]))
+        assert cmp.bracket == bracket and not cmp.coarse and "Caution" not in cmp.sentence()
