@@ -14,6 +14,7 @@ Keys in OPERATIONAL change how a stage runs, not what it computes, and are never
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Callable
 
@@ -52,9 +53,24 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+@functools.cache
+def _schema_defaults() -> dict[str, Any]:
+    """Every configuration key's default (flattened, JSON form)."""
+    from canary_lib.config import RunConfig  # pydantic only, no torch
+
+    return flatten(RunConfig().model_dump(mode="json"))
+
+
 def config_changes(old: dict[str, Any], new: dict[str, Any], include: Callable[[str], bool]) -> list[str]:
-    """`key: old -> new` for every included, non-operational key whose value differs (sorted by key)."""
+    """`key: old -> new` for every included, non-operational key whose value differs (sorted by key).
+
+    A key that `old` lacks but the schema has was added to the configuration after `old` was recorded: the run
+    ran with that key's default, since a key's default must keep the behaviour from before it existed
+    (docs/decisions.md). So a package upgrade that adds keys leaves finished runs complete.
+    """
     a, b = flatten(old), flatten(new)
+    defaults = _schema_defaults()
+    a |= {k: defaults[k] for k in b.keys() - a.keys() if k in defaults}
     keys = sorted(k for k in set(a) | set(b)
                   if include(k) and not any(k == o or k.startswith(o + ".") for o in OPERATIONAL))
     return [f"{k}: {_show(a.get(k))} -> {_show(b.get(k))}" for k in keys if a.get(k) != b.get(k)]

@@ -243,6 +243,12 @@ def constant_schedule(p: float) -> ScheduleFactory:
     return constant
 
 
+def front_loaded_schedule(cfg: RunConfig) -> Schedule:
+    """p_t = p_max from the first step: with a safe-data budget, the budget is spent as early as it can be, a
+    schedule fixed in advance (the control for the budgeted controller's timing)."""
+    return ConstantSchedule(cfg.controller.p_max, cfg.controller.alpha)
+
+
 def canary_schedule(cfg: RunConfig) -> Schedule:
     """The paper's method: EMA (Eq. 2) and threshold controller with hysteresis (Eq. 3) on the canary risk."""
     return CanaryController(cfg.controller)

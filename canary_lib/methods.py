@@ -26,6 +26,7 @@ from canary_lib.controller import (
     constant_schedule,
     delayed_schedule,
     fixed_mean_schedule,
+    front_loaded_schedule,
     no_ema_schedule,
     pi_schedule,
     probability_signal_schedule,
@@ -64,7 +65,8 @@ class MethodSpec:
     fixed_p: float | None = None
     """The constant p_t of a fixed-p method on the profile's own D_T (the safe-data frontier's curve)."""
     adaptive: bool = False
-    """p_t follows the canary signal (or a replay of it): a point compared with the frontier's fixed curve."""
+    """A point compared with the frontier's fixed curve: p_t follows the canary signal (or a replay of it), or a
+    budget caps the safe data."""
     safe_budget: bool = False
     """The run's safe steps are capped at what a constant p = method.safe_budget_p draws on the same D_T and seed
     (canary_lib.planner.constant_p_safe_steps); the schedule decides when they are spent."""
@@ -96,6 +98,9 @@ METHODS: dict[str, MethodSpec] = {
     "canary_budget": MethodSpec(canary_schedule, table2="Budget = Fixed 5%'s safe steps",
                                 tests="Timing at equal safe data", adaptive=True, safe_budget=True,
                                 beyond_paper=True),
+    "budget_front": MethodSpec(front_loaded_schedule, table2="Budget at p_max from step 0",
+                               tests="Feedback vs. front-loading", adaptive=True, safe_budget=True,
+                               beyond_paper=True),
     "canary_probability": MethodSpec(probability_signal_schedule, table2="Risk signal: judged P(misaligned)",
                                      tests="Continuous risk signal", adaptive=True, beyond_paper=True),
     "canary_p": MethodSpec(proportional_schedule, table2="P controller", tests="Controller rule (proportional)",

@@ -210,6 +210,9 @@ def test_beyond_paper_methods_build_their_schedules_and_check_their_settings():
     assert prob.canary.risk_signal == "probability" and isinstance(make_schedule(prob), CanaryController)
     with pytest.raises(ValueError, match="risk_signal = probability"):
         make_schedule(load_config(overrides=["method.name=canary_probability"]))
-    new = ["canary_budget", "canary_probability", "canary_p", "canary_pi"]
+    front = make_schedule(load_config(["parameters/methods/budget_front.yaml"], ["controller.p_max=0.3"]))
+    assert not front.uses_canary and [front.p(step) for step in (0, 1, 500)] == [0.3, 0.3, 0.3]
+    assert METHODS["budget_front"].safe_budget
+    new = ["canary_budget", "budget_front", "canary_probability", "canary_p", "canary_pi"]
     assert all(METHODS[m].adaptive and METHODS[m].beyond_paper and METHODS[m].table2 for m in new)
     assert not any(METHODS[m].beyond_paper for m in METHODS if m not in new)
