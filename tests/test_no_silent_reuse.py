@@ -72,6 +72,24 @@ def test_sweep_completeness_is_for_this_config(world, finished):
     assert not stale.is_done() and stale.stale() == ["seed: 42 -> 7"]
 
 
+def test_a_key_added_after_the_run_was_recorded_counts_at_its_default(tmp_path):
+    import yaml
+
+    run = RunDir(tmp_path / "run")
+    run.write_config(load_config())
+    recorded = yaml.safe_load(run.config_path.read_text())
+    del recorded["organism"]["narrow_domains"], recorded["organism"]["target_domain"]  # an older package's dump
+    run.config_path.write_text(yaml.safe_dump(recorded))
+    assert stale_keys(run, load_config(), "training") == []
+    medical = load_config(overrides=["organism.narrow_domains=[security, medical]", "organism.target_domain=medical"])
+    assert stale_keys(run, medical, "training") == ["organism.narrow_domains: [security] -> [security, medical]",
+                                                    "organism.target_domain: security -> medical"]
+    # a key the schema does not know stays a difference
+    recorded["organism"]["retired_knob"] = 3
+    run.config_path.write_text(yaml.safe_dump(recorded))
+    assert stale_keys(run, load_config(), "training") == ["organism.retired_knob: 3 -> null"]
+
+
 # ------------------------------------------------------------------------------- case 2: cached answers
 
 
