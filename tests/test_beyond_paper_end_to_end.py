@@ -54,6 +54,15 @@ def test_extended_methods_on_the_tiny_organism(tmp_path: Path) -> None:
     budget, fixed = run("canary_budget").read_metrics(), run("fixed_5").read_metrics()
     assert budget["safe_budget"] == fixed["n_safe_steps"] and budget["n_safe_steps"] <= budget["safe_budget"]
     assert budget["n_target_steps"] == fixed["n_target_steps"]
+    # the same budget from step 0: p_max until the budget is spent, then 0; no canary feedback needed
+    front = run("budget_front").read_metrics()
+    assert front["safe_budget"] == fixed["n_safe_steps"] == front["n_safe_steps"]
+    steps = read_steps(run("budget_front").steps_path)
+    safe_at = [i for i, r in enumerate(steps) if r["source"] == "safe"]
+    assert safe_at, "the tiny Fixed 5% run drew no safe step: nothing to check"
+    last_safe = safe_at[-1]
+    assert {r["p"] for r in steps[:last_safe + 1]} == {base.controller.p_max}
+    assert {r["p"] for r in steps[last_safe + 1:]} <= {0.0}
 
     # the probability signal with the exact judge: the same run as canary, step for step
     def trace(method: str) -> list[tuple]:
@@ -79,9 +88,9 @@ def test_extended_methods_on_the_tiny_organism(tmp_path: Path) -> None:
     assert {"canary_budget", "canary_probability", "canary_p", "canary_pi"} <= set(table2.index)
     assert table2.loc["canary_pi", "n_seeds"] == 1
     adaptive = set(results.frontier[results.frontier.kind == "adaptive"].method)
-    assert {"canary_budget", "canary_p", "canary_pi", "canary_probability"} <= adaptive
+    assert {"canary_budget", "budget_front", "canary_p", "canary_pi", "canary_probability"} <= adaptive
     by_signal = json.loads((tmp_path / "results/correlation.json").read_text())["by_signal"]
-    assert set(by_signal) == {"binary", "probability", "deficit"} and by_signal["binary"]["n"] == 7
+    assert set(by_signal) == {"binary", "probability", "deficit"} and by_signal["binary"]["n"] == 8
     assert "Per canary risk signal" in results.summary
 
     # The tiny organism's canary risk stays 0, so nothing above moves p. With a scripted high risk the budget
