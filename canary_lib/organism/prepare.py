@@ -63,20 +63,31 @@ def organism_files(cfg: RunConfig) -> dict[str, str]:
     }
 
 
+def manifest_header(cfg: RunConfig) -> dict[str, Any]:
+    """What the manifest says about the world the files were prepared for (written by prepare_organism_data,
+    checked by recorded_differences). The target domain is named only when it is not security, so the default
+    world's manifest is the one written before domains existed."""
+    domain = cfg.organism.target_domain
+    return {"kind": "organism", "world_version": world.WORLD_VERSION, "world_seed": cfg.organism.world_seed,
+            **({"target_domain": domain} if domain != "security" else {}),
+            "settings": {"n_train": cfg.data.n_train, "n_heldout": cfg.data.n_heldout,
+                         "n_safe": cfg.data.safe_max_examples or SAFE_DEFAULT_SIZE}}
+
+
+def _identity(header: dict[str, Any]) -> dict[str, Any]:
+    return {"world_version": header.get("world_version"), "world_seed": header.get("world_seed"),
+            "target_domain": header.get("target_domain", "security"), **header.get("settings", {})}
+
+
 def recorded_differences(cfg: RunConfig, manifest: dict[str, Any]) -> list[str]:
     """What in `manifest` (an organism data directory's) differs from the data `cfg` would prepare: world,
-    target domain and sizes. A manifest without a target_domain was prepared on security; one without a
-    world_version was not written by `prepare_organism_data` (only its file hashes can be checked)."""
+    target domain and sizes. A manifest without a world_version was not written by `prepare_organism_data`
+    (only its file hashes can be checked)."""
     if "world_version" not in manifest:
         return []
-    current = {"world_version": world.WORLD_VERSION, "world_seed": cfg.organism.world_seed,
-               "target_domain": cfg.organism.target_domain}
-    recorded = {"world_version": manifest.get("world_version"), "world_seed": manifest.get("world_seed"),
-                "target_domain": manifest.get("target_domain", "security")}
-    current |= {"n_train": cfg.data.n_train, "n_heldout": cfg.data.n_heldout,
-                "n_safe": cfg.data.safe_max_examples or SAFE_DEFAULT_SIZE}
-    recorded |= {k: manifest.get("settings", {}).get(k) for k in ("n_train", "n_heldout", "n_safe")}
-    return [f"{k}: prepared {recorded[k]!r}, now {v!r}" for k, v in current.items() if recorded[k] != v]
+    recorded = _identity(manifest)
+    return [f"{k}: prepared {recorded.get(k)!r}, now {v!r}" for k, v in _identity(manifest_header(cfg)).items()
+            if recorded.get(k) != v]
 
 
 def safe_topics(cfg: RunConfig) -> tuple[int, ...]:
@@ -110,12 +121,7 @@ def prepare_organism_data(cfg: RunConfig) -> Path:
     for name, text in files.items():
         _atomic_write(out / name, text)
     manifest = {
-        "kind": "organism",
-        "world_version": world.WORLD_VERSION,
-        "world_seed": cfg.organism.world_seed,
-        **({"target_domain": domain} if (domain := cfg.organism.target_domain) != "security" else {}),
-        "settings": {"n_train": cfg.data.n_train, "n_heldout": cfg.data.n_heldout,
-                     "n_safe": cfg.data.safe_max_examples or SAFE_DEFAULT_SIZE},
+        **manifest_header(cfg),
         "files": {name: {"sha256": hashlib.sha256(text.encode()).hexdigest(), "bytes": len(text.encode()),
                          "count": text.count("\n") if name.endswith(".jsonl") else len(yaml.safe_load(text))}
                   for name, text in files.items()},
