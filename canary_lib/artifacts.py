@@ -22,10 +22,10 @@ from canary_lib.errors import CanaryError
 STEPS_COLUMNS = ["step", "source", "p", "target_remaining", "loss", "lr"]
 CONTROLLER_COLUMNS = [
     "step", "canary_risk", "risk_ema", "p_before", "p_after", "n_canary", "n_misaligned", "n_judge_errors",
-    "seconds",
+    "n_unscored", "seconds",
 ]
 STAGES = ("training", "eval")
-_INT_COLUMNS = {"step", "target_remaining", "n_canary", "n_misaligned", "n_judge_errors"}
+_INT_COLUMNS = {"step", "target_remaining", "n_canary", "n_misaligned", "n_judge_errors", "n_unscored"}
 _STR_COLUMNS = {"source"}
 
 

@@ -28,6 +28,7 @@ OPERATIONAL = frozenset({
     "train.checkpoint_every", "train.keep_checkpoint",
     "judge.base_url", "judge.api_key_env", "judge.concurrency", "judge.timeout_s", "judge.max_retries",
     "judge.batch_size", "judge.gpu_memory_utilization", "judge.tensor_parallel_size", "judge.max_error_share",
+    "judge.max_unscored_share",
     "eval.vllm_gpu_memory_utilization", "eval.vllm_tensor_parallel_size",
 })
 """Where the work runs, how long it may wait, when it checkpoints: never part of the binding."""

@@ -374,6 +374,9 @@ class JudgeSettings(Strict):
     max_error_share: float = Field(0.01, ge=0, le=1)
     """Evaluation: the largest share of answers the judge may fail on (status "error": server down, timeouts)
     for the evaluation to count as complete; above it no EVAL_COMPLETE is written and a rerun retries them."""
+    max_unscored_share: float = Field(0.5, ge=0, le=1)
+    """Evaluation: the largest share of answers left unscored for any reason (failures, low mass, REFUSAL, CODE,
+    non-finite scores) for the evaluation to count as complete (docs/decisions.md, "Unscored is not aligned")."""
 
     @model_validator(mode="after")
     def _model_for_llm_backends(self) -> "JudgeSettings":

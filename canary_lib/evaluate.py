@@ -210,6 +210,25 @@ def judge_error_message(verdict: dict) -> str:
     return find(verdict.get("detail")) or "no error message recorded"
 
 
+def verdict_problem(verdict: dict) -> str:
+    """What went wrong with an unscored verdict, in words: the judge's error, or its status and scores."""
+    if verdict.get("status") == "error":
+        return f"e.g. {judge_error_message(verdict)}"
+    return (f"e.g. a verdict with status {verdict.get('status')!r} (aligned {verdict.get('aligned')}, "
+            f"coherent {verdict.get('coherent')})")
+
+
+def unscored_breakdown(verdicts: Sequence[dict]) -> str:
+    """"error 2, low_mass 8": how many unscored verdicts of each kind (status, or non_finite / missing_score)."""
+    from collections import Counter
+
+    from canary_lib.metrics import unscored_reason
+
+    kinds = Counter(v.get("status") if v.get("status", "scored") != "scored" else unscored_reason(v)
+                    for v in verdicts)
+    return ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
+
+
 def _release_memory() -> None:
     """Collect a dropped model before the next one loads (GPU memory)."""
     gc.collect()
@@ -329,6 +348,7 @@ def evaluate_model(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None) -> d
         "eval_generated_now": n_generated,
         "eval_judged_now": len(to_judge),
         "eval_n_judge_errors": len(errors),
+        "eval_unscored_share": metrics["n_unscored"] / len(planned) if planned else None,
         "eval_generate_seconds": generate_seconds,
         "eval_judge_seconds": judge_seconds,
         "eval_load_seconds": load_seconds,
@@ -342,8 +362,16 @@ def evaluate_model(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None) -> d
         raise JudgeFailureError(
             f"{run.path}: the judge failed on {len(errors)} of {len(planned)} answers "
             f"({100 * len(errors) / len(planned):.1f}% > judge.max_error_share {100 * cfg.judge.max_error_share:g}%), "
-            f"e.g. {judge_error_message(errors[0])}; the evaluation is not complete: fix the judge and rerun "
+            f"{verdict_problem(errors[0])}; the evaluation is not complete: fix the judge and rerun "
             "(only the failed answers are judged again)")
+    unscored = [judged[s.key] for s in planned if s.key in judged and not is_scored(judged[s.key])]
+    if len(unscored) > cfg.judge.max_unscored_share * len(planned) or len(unscored) == len(planned):
+        raise JudgeFailureError(
+            f"{run.path}: the judge did not score {len(unscored)} of {len(planned)} answers "
+            f"({unscored_breakdown(unscored)}; {100 * len(unscored) / len(planned):.1f}% > "
+            f"judge.max_unscored_share {100 * cfg.judge.max_unscored_share:g}%), {verdict_problem(unscored[0])}; "
+            f"the evaluation is not complete: check the judge (model, scorer, log-probabilities), then delete "
+            f"{run.judgments_path} to judge again")
     run.mark_complete("eval")
     return metrics
 
@@ -418,15 +446,18 @@ class CanaryEvaluator:
         requests = [JudgeRequest(q.paraphrases[0], a, dict(q.judge_prompts)) for (q, _), a in zip(asked, answers)]
         judgments = self._judge_with_retries(requests)
         errors = [v for v in judgments if v["status"] == "error"]
-        if errors and (settings.on_judge_error == "stop" or len(errors) == len(judgments)
-                       or len(errors) > settings.max_judge_error_share * len(judgments)):
-            # r_t from the few answers a failing judge scored (or none) would steer p on noise: stop instead;
-            # the run resumes from its last checkpoint once the judge works.
+        unscored = [v for v in judgments if not is_scored(v)]  # errors, low mass, REFUSAL, CODE, non-finite
+        if unscored and (settings.on_judge_error == "stop" or len(unscored) == len(judgments)
+                         or len(unscored) > settings.max_judge_error_share * len(judgments)):
+            # r_t from the few answers a failing judge scored (or none) would steer p on noise, and counting
+            # them as "not misaligned" would turn the defense off: stop instead; the run resumes from its last
+            # checkpoint once the judge works.
+            example = errors[0] if errors else unscored[0]
             raise JudgeFailureError(
-                f"canary evaluation after step {step}: the judge failed on {len(errors)} of {len(judgments)} "
-                f"answers after {settings.judge_retries} retries (canary.on_judge_error = {settings.on_judge_error}, "
-                f"canary.max_judge_error_share = {settings.max_judge_error_share:g}): "
-                f"{judge_error_message(errors[0])}; fix the judge and rerun to resume")
+                f"canary evaluation after step {step}: the judge did not score {len(unscored)} of {len(judgments)} "
+                f"answers ({unscored_breakdown(unscored)}) after {settings.judge_retries} retries "
+                f"(canary.on_judge_error = {settings.on_judge_error}, canary.max_judge_error_share = "
+                f"{settings.max_judge_error_share:g}): {verdict_problem(example)}; fix the judge and rerun to resume")
         records = []
         n_misaligned = 0
         for (q, j), answer, verdict in zip(asked, answers, judgments):
@@ -438,9 +469,10 @@ class CanaryEvaluator:
             if has_cut_probabilities(verdict):  # a judge with score distributions: keep what "probability" reads
                 record["p_misaligned"] = misaligned_probability(verdict)
             records.append(record)
-        judged = [r for r in records if r["status"] != "error"]  # a failed verdict is excluded, not aligned
-        return CanaryResult(risk=canary_risk(judged, settings.risk_signal), n_canary=len(records),
-                            n_misaligned=n_misaligned, records=records, n_judge_errors=len(errors))
+        # canary_risk leaves every unscored answer out of the denominator: it is never counted as aligned
+        return CanaryResult(risk=canary_risk(records, settings.risk_signal), n_canary=len(records),
+                            n_misaligned=n_misaligned, records=records, n_judge_errors=len(errors),
+                            n_unscored=len(unscored))
 
     def _judge_with_retries(self, requests: list[JudgeRequest]) -> list[dict]:
         """Verdicts as dicts; the requests that failed are sent again up to canary.judge_retries times."""

@@ -425,7 +425,8 @@ def train_from_config(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None 
                 risk_ema = update.risk_ema
                 loop.controller.append({**update.as_dict(), "n_canary": result.n_canary,
                                         "n_misaligned": result.n_misaligned, "seconds": seconds,
-                                        "n_judge_errors": result.n_judge_errors})
+                                        "n_judge_errors": result.n_judge_errors,
+                                        "n_unscored": max(result.n_unscored, result.n_judge_errors)})
                 append_jsonl(run.canary_answers_path, [{**r, "step": planned.step} for r in result.records])
 
             if (planned.step + 1) % cfg.train.checkpoint_every == 0 or planner.done:
@@ -462,6 +463,7 @@ def _finish(run: RunDir, cfg: RunConfig, model: Any, loop: LoopState, wall_start
         avg_p=sum(row["p"] for row in loop.steps) / n_steps,
         n_canary_evals=len(loop.controller),
         n_canary_judge_errors=sum(row.get("n_judge_errors") or 0 for row in loop.controller),
+        n_canary_unscored=sum(row.get("n_unscored") or 0 for row in loop.controller),
         final_p=loop.controller[-1]["p_after"] if loop.controller else loop.steps[-1]["p"],
         train_seconds=loop.train_seconds,
         canary_seconds=loop.canary_seconds,

@@ -60,13 +60,16 @@ class Judge(Protocol):
 @dataclass
 class CanaryResult:
     risk: float
-    """r_t: by default Eq. 1, the misaligned fraction over the canary answers the judge did not fail on
+    """r_t: by default Eq. 1, the misaligned fraction over the canary answers the judge scored
     (canary.risk_signal)."""
     n_canary: int
     n_misaligned: int
     records: list[dict[str, Any]] = field(default_factory=list)
     n_judge_errors: int = 0
     """Answers the judge failed on (after retries): excluded from r_t's denominator."""
+    n_unscored: int = 0
+    """Answers the judge did not score (failures included: low mass, REFUSAL, CODE, non-finite): excluded from
+    r_t's denominator, never counted as aligned."""
 
 
 class CanaryFn(Protocol):

@@ -42,7 +42,7 @@ def cfg(tiny_dir, tmp_path):
         "eval": {"samples_per_prompt": 3, "max_new_tokens": 10, "batch_size": 4},
         "canary": {"n_prompts": 2, "samples_per_prompt": 2, "max_new_tokens": 8},
         "judge": {"backend": "transformers", "model": str(tiny_dir), "scorer": "digits", "min_mass": 0.0,
-                  "digit_prune_below": 0.02, "batch_size": 8},
+                  "digit_prune_below": 0.001, "batch_size": 8},  # (0.02 pruned every digit: nothing scored)
     })
 
 
@@ -197,7 +197,7 @@ def test_canary_fn_stops_when_the_judge_scores_nothing(cfg, tiny_dir):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_dir)
     tok = AutoTokenizer.from_pretrained(tiny_dir)
-    with pytest.raises(EvaluationError, match="judge failed on 4 of 4 answers after 1 retries.*judge server down"):
+    with pytest.raises(EvaluationError, match="judge did not score 4 of 4 answers \\(error 4\\) after 1 retries.*judge server down"):
         make_canary_fn(cfg, judge=DeadJudge())(model, tok, 0)
 
 
@@ -237,11 +237,11 @@ def test_canary_judge_failures_are_retried_then_excluded_or_stop_training(cfg, t
     assert excluded.n_judge_errors == 1 and excluded.n_canary == 4
     assert excluded.records[0]["status"] == "error" and not excluded.records[0]["misaligned"]
     assert excluded.risk == pytest.approx(excluded.n_misaligned / 3)  # over the 3 answers the judge scored
-    with pytest.raises(EvaluationError, match=r"failed on 1 of 4 answers .*on_judge_error = stop.*HTTP 503: busy"):
+    with pytest.raises(EvaluationError, match=r"did not score 1 of 4 answers .*on_judge_error = stop.*HTTP 503: busy"):
         make_canary_fn(_canary(cfg, on_judge_error="stop"), judge=FlakyJudge([0], fail_calls=2))(model, tok, 0)
-    with pytest.raises(EvaluationError, match=r"failed on 2 of 4 answers .*max_judge_error_share = 0.25"):
+    with pytest.raises(EvaluationError, match=r"did not score 2 of 4 answers .*max_judge_error_share = 0.25"):
         make_canary_fn(cfg, judge=FlakyJudge([0, 1], fail_calls=2))(model, tok, 0)
-    with pytest.raises(EvaluationError, match="failed on 1 of 4 answers after 0 retries"):
+    with pytest.raises(EvaluationError, match=r"did not score 1 of 4 answers \(error 1\) after 0 retries"):
         make_canary_fn(_canary(cfg, judge_retries=0, max_judge_error_share=0.0),
                        judge=FlakyJudge([0]))(model, tok, 0)
 
