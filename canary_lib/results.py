@@ -51,6 +51,8 @@ METRICS = {
 COUNTS = ("n_scored", "n_unscored", "eval_n_judge_errors")
 """metrics.json answer counts carried into runs.csv and summed over seeds in the tables: the percentages are over
 scored answers, so every row says how many answers were left unscored (refusals, low mass) or failed the judge."""
+TRAINING_COUNTS = ("n_canary_unscored",)
+"""Training's metrics.json counts carried the same way: canary answers the judge did not score (never aligned)."""
 BASE_LABEL = "Base (no fine-tuning)"
 _DEFAULT_DELAY = MethodSettings.model_fields["delay_cycles"].default
 """The "{delay}" of a Table 2 label when no run of the method says its method.delay_cycles."""
@@ -79,7 +81,8 @@ class Results:
     frontier_comparisons: list[CurveComparison] = field(default_factory=list)
     """Each adaptive method against the fixed curve at its own safe share, paired by seed."""
     missing: list[str] = field(default_factory=list)
-    """Runs that exist but are not finished (no EVAL_COMPLETE)."""
+    """Runs that are not finished (no marker), have no scored answer, or have no directory (a seed of the tables'
+    methods that another method has)."""
     summary: str = ""
 
 
@@ -118,6 +121,8 @@ def read_run(path: str | Path, method: str | None = None) -> dict[str, Any]:
     if record["training_complete"]:
         for key in ("avg_p", "n_steps", "n_safe_steps"):
             record[key] = float(metrics[key]) if metrics.get(key) is not None else math.nan
+    for key in TRAINING_COUNTS:
+        record[key] = int(metrics.get(key) or 0) if record["training_complete"] else math.nan
     risks = [row["canary_risk"] for row in read_controller(run.controller_path)] \
         if record["training_complete"] and run.controller_path.exists() else []
     record["n_canary_evals"] = len(risks)
@@ -132,7 +137,7 @@ def collect_runs(runs_dir: str | Path) -> pd.DataFrame:
     if not runs_dir.is_dir():
         raise FileNotFoundError(f"{runs_dir}: no runs directory (run the sweep first)")
     records = [read_run(path) for path in sorted(runs_dir.glob("*/seed*")) if path.is_dir()]
-    columns = ["method", "seed", "run_dir", "training_complete", "eval_complete", *METRICS, *COUNTS,
+    columns = ["method", "seed", "run_dir", "training_complete", "eval_complete", *METRICS, *COUNTS, *TRAINING_COUNTS,
                "n_steps", "n_safe_steps", "n_canary_evals", "canary_risk_mean", "canary_risk_last",
                "delay_cycles", "r_low", "r_high"]
     frame = pd.DataFrame(records, columns=columns)
@@ -168,37 +173,67 @@ def relative_change(value: float, reference: float) -> str:
     return f"{rounded:+d}%"
 
 
-def _aggregate(runs: pd.DataFrame, method: str) -> dict[str, Any]:
-    done = runs[(runs.method == method) & runs.eval_complete]
+def expected_seeds(runs: pd.DataFrame) -> list[int]:
+    """The seeds every row of Table 1 and Table 2 should average: each seed that any run directory of the base
+    model, a Table 1 method (not a control) or a Table 2 method has (the sweep runs every method on every seed)."""
+    grid = {BASE, *table1_methods(), *table2_methods()}
+    return sorted({int(s) for m, s in zip(runs.method, runs.seed) if m in grid and not pd.isna(s)})
+
+
+def seed_problem(run: pd.Series | None) -> str | None:
+    """Why a seed's run does not count in a row's mean (None: it counts)."""
+    if run is None:
+        return "no run directory"
+    if not run.training_complete and run.method != BASE:
+        return "training not complete"
+    if not run.eval_complete:
+        return "evaluation not complete"
+    if pd.isna(run.general_misaligned_pct):
+        return "evaluation scored no answers"
+    return None
+
+
+def _aggregate(runs: pd.DataFrame, method: str, seeds: list[int] | None = None) -> dict[str, Any]:
+    """One table row: mean ± std over the seeds whose run finished with scored answers; every other seed of
+    `seeds` (default: the seeds the method's runs have) is named in seeds_left_out with the reason."""
+    mine = runs[runs.method == method]
+    by_seed = {int(r.seed): r for _, r in mine.iterrows() if not pd.isna(r.seed)}
+    wanted = sorted(set(seeds or []) | set(by_seed))
+    problems = {s: p for s in wanted if (p := seed_problem(by_seed.get(s))) is not None}
+    done = mine[mine.seed.notna() & ~mine.seed.isin(list(problems))]
     row: dict[str, Any] = {"method": method, "n_seeds": len(done),
-                           "seeds": " ".join(str(int(s)) for s in done.seed.dropna())}
+                           "seeds": " ".join(str(int(s)) for s in done.seed.dropna()),
+                           "seeds_left_out": "; ".join(f"{s}: {p}" for s, p in problems.items())}
     for key, name in METRICS.items():
         mean, std = mean_std(done[key]) if len(done) else (math.nan, math.nan)
         row[f"{key}_mean"], row[f"{key}_std"] = mean, std
         row[name] = format_mean_std(mean, std, digits=3 if key == "avg_p" else 2)
-    for key in COUNTS:
+    for key in (*COUNTS, *TRAINING_COUNTS):
         row[key] = int(done[key].sum()) if len(done) else 0
     return row
 
 
-def build_table1(runs: pd.DataFrame) -> pd.DataFrame:
+def build_table1(runs: pd.DataFrame, seeds: list[int] | None = None) -> pd.DataFrame:
     """Table 1: the base model, then the methods with a Table 1 label (canary_lib.methods), then the control runs
-    that exist; mean ± std over the seeds that finished."""
-    rows = [{"label": BASE_LABEL, **_aggregate(runs, BASE)}]
-    rows += [{"label": label, **_aggregate(runs, method)} for method, label in table1_methods().items()]
+    that exist; mean ± std over the seeds that finished with scored answers, the others of `seeds` (default:
+    expected_seeds) named in seeds_left_out."""
+    seeds = expected_seeds(runs) if seeds is None else seeds
+    rows = [{"label": BASE_LABEL, **_aggregate(runs, BASE, seeds)}]
+    rows += [{"label": label, **_aggregate(runs, method, seeds)} for method, label in table1_methods().items()]
     rows += [{"label": label, **_aggregate(runs, method)} for method, label in table1_methods(control=True).items()
              if (runs.method == method).any()]
     return pd.DataFrame(rows)
 
 
-def build_table2(runs: pd.DataFrame) -> pd.DataFrame:
+def build_table2(runs: pd.DataFrame, seeds: list[int] | None = None) -> pd.DataFrame:
     """Table 2: the reference method's row and the ablations (canary_lib.methods), with the relative change of
-    General %Mis. against the reference."""
+    General %Mis. against the reference; seeds as in build_table1."""
+    seeds = expected_seeds(runs) if seeds is None else seeds
     rows = []
     for method, spec in table2_methods().items():
         if spec.beyond_paper and not (runs.method == method).any():
             continue
-        row = _aggregate(runs, method)
+        row = _aggregate(runs, method, seeds)
         delay = runs.loc[runs.method == method, "delay_cycles"].dropna()
         row["label"] = spec.table2.format(delay=int(delay.iloc[0]) if len(delay) else _DEFAULT_DELAY)
         row["tests"] = spec.tests
@@ -305,15 +340,16 @@ def markdown_table(frame: pd.DataFrame, columns: list[str]) -> str:
 
 
 def _summary(profile: str, res: Results) -> str:
-    t1_cols = ["label", "n_seeds", *METRICS.values()]
-    t2_cols = ["label", "n_seeds", "Gen. %Mis.", "Gen. %Inc.", "Avg p_t", "tests"]
+    t1_cols = ["label", "n_seeds", *METRICS.values(), "seeds_left_out"]
+    t2_cols = ["label", "n_seeds", "Gen. %Mis.", "Gen. %Inc.", "Avg p_t", "tests", "seeds_left_out"]
     corr = res.correlation
     r_text = "n/a" if math.isnan(corr["r"]) else f"{corr['r']:.2f}"
     r_last = "n/a" if math.isnan(corr["r_last"]) else f"{corr['r_last']:.2f}"
     lines = [
         f"# Results: {profile}", "",
-        "Mean ± sample standard deviation over the seeds that finished (n_seeds). Percentages are over scored "
-        "answers. Avg p_t is the mean of p over all training steps.", "",
+        "Mean ± sample standard deviation over the seeds that finished with scored answers (n_seeds); a seed of "
+        "the sweep that is missing, unfinished or has no scored answer is named in its row (seeds_left_out) and "
+        "below. Percentages are over scored answers. Avg p_t is the mean of p over all training steps.", "",
         "## Table 1: main results", "", markdown_table(res.table1, t1_cols), "",
         "## Table 2: ablations (relative change of Gen. %Mis. against the full canary-controlled run)", "",
         markdown_table(res.table2, t2_cols), "",
@@ -356,7 +392,8 @@ def _frontier_summary(res: Results) -> list[str]:
     return lines + [""]
 
 
-def build_results(runs_dir: str | Path, results_dir: str | Path, profile: str | None = None) -> Results:
+def build_results(runs_dir: str | Path, results_dir: str | Path, profile: str | None = None,
+                  seeds: list[int] | None = None) -> Results:
     """Read every run, build Table 1, Table 2 and the correlation, and write them to results_dir.
 
     Writes ``runs.csv``, ``table1.csv``, ``table2.csv``, ``correlation.json``, ``summary.md`` and, when at least
@@ -366,14 +403,21 @@ def build_results(runs_dir: str | Path, results_dir: str | Path, profile: str | 
         runs_dir: ``runs/<profile>`` with ``<method>/seed<k>/`` run directories.
         results_dir: where the files go (created).
         profile: name for the summary's title (default: runs_dir's name).
+        seeds: the seeds every table row should have (default: expected_seeds, every seed a run of the tables'
+            methods has); a missing, unfinished or unscored one is named in its row and in summary.md.
     """
     runs = collect_runs(runs_dir)
     results_dir = Path(results_dir)
-    missing = [f"{m}/seed{s}: " + ("training not complete" if not t and m != BASE else "evaluation not complete")
-               for m, s, t, e in zip(runs.method, runs.seed, runs.training_complete, runs.eval_complete) if not e]
+    seeds = expected_seeds(runs) if seeds is None else list(seeds)
+    missing = [f"{m}/seed{int(s)}: {problem}" for (_, run), m, s in zip(runs.iterrows(), runs.method, runs.seed)
+               if (problem := seed_problem(run)) is not None]
+    present = {(m, int(s)) for m, s in zip(runs.method, runs.seed) if not pd.isna(s)}
+    rows = dict.fromkeys([BASE, *table1_methods(), *(m for m, spec in table2_methods().items()
+                                                     if not spec.beyond_paper or (runs.method == m).any())])
+    missing += [f"{m}/seed{s}: no run directory" for m in rows for s in seeds if (m, s) not in present]
     frontier = frontier_table(runs, fixed_p_methods(), adaptive_methods())
     has_curve = frontier[frontier.kind == "fixed"].p.nunique() >= 2
-    res = Results(runs=runs, table1=build_table1(runs), table2=build_table2(runs),
+    res = Results(runs=runs, table1=build_table1(runs, seeds), table2=build_table2(runs, seeds),
                   correlation=canary_general_correlation(runs), frontier=frontier if has_curve else frontier[:0],
                   frontier_comparisons=compare_to_fixed_curve(frontier) if has_curve else [], missing=missing)
     res.summary = _summary(profile or Path(runs_dir).name, res)

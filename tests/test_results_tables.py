@@ -137,7 +137,35 @@ def test_build_results_writes_tables_summary_and_lists_unfinished_runs(runs_dir:
     assert "canary/seed7: evaluation not complete" in summary
     assert "no_ema/seed8: training not complete" in summary
     assert "Pearson r =" in summary and "n = 21" in summary
-    assert len(res.missing) == 2
+    # seeds 7 and 8 have runs of canary / no_ema, so every other row of the tables lacks them: named, not hidden
+    assert len(res.missing) == 16 and "base/seed7: no run directory" in res.missing
+    assert "no_ema/seed7: no run directory" in res.missing and "canary/seed8: no run directory" in res.missing
+    # with the sweep's seeds given, only the two unfinished runs are left out
+    assert len(build_results(runs_dir, tmp_path / "given", seeds=[42, 123, 456]).missing) == 2
+
+
+def test_rows_never_average_fewer_seeds_than_they_name(runs_dir: Path, tmp_path: Path) -> None:
+    """Issue 25, case 4: a seed whose evaluation scored nothing, or whose directory is absent, is left out of
+    n_seeds, the seed list and the mean, and named in the row and in summary.md."""
+    import shutil
+
+    write_synthetic_run(runs_dir, "fixed_5", 123, {**_m(10.0), "general_misaligned_pct": None,
+                                                  "in_domain_misaligned_pct": None, "n_scored": 0})
+    shutil.rmtree(runs_dir / "no_defense" / "seed456")
+    res = build_results(runs_dir, tmp_path / "out", seeds=[42, 123, 456])
+    table = res.table1.set_index("method")
+    assert table.loc["fixed_5", "n_seeds"] == 2 and table.loc["fixed_5", "seeds"] == "42 456"
+    assert table.loc["fixed_5", "general_misaligned_pct_mean"] == pytest.approx(10.0)  # (9 + 11) / 2
+    assert table.loc["fixed_5", "seeds_left_out"] == "123: evaluation scored no answers"
+    assert table.loc["no_defense", "n_seeds"] == 2 and table.loc["no_defense", "seeds_left_out"] == \
+        "456: no run directory"
+    assert table.loc["canary", "seeds_left_out"] == "7: evaluation not complete"  # its own unfinished run
+    assert "n_canary_unscored" in res.runs.columns and "n_canary_unscored" in res.table1.columns
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert "fixed_5/seed123: evaluation scored no answers" in summary
+    assert "no_defense/seed456: no run directory" in summary
+    assert "| No Defense | 2 | 19.00 ± 1.41 | 1.00 ± 0.00 | 80.00 ± 0.00 | 5.00 ± 0.00 | 0.000 ± 0.000 | " \
+           "456: no run directory |" in summary
 
 
 def test_controller_traces_for_figure2(runs_dir: Path) -> None:
