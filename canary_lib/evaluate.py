@@ -298,7 +298,19 @@ def evaluate_model(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None) -> d
 
     Returns:
         The evaluation keys added to metrics.json.
+
+    Raises:
+        RunDirectoryBusyError: another process trains or evaluates `out_dir` (one owner per run directory).
     """
+    from canary_lib.rundir_lock import hold_run_directory
+
+    ensure_run_directory(Path(out_dir))
+    with hold_run_directory(out_dir, "evaluation"):
+        return _evaluate_held(cfg, out_dir, adapter_dir)
+
+
+def _evaluate_held(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None) -> dict:
+    """evaluate_model's work, while this process holds the run directory."""
     t_start = time.perf_counter()
     run = RunDir(out_dir)
     ensure_run_directory(run.path)

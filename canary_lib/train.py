@@ -50,6 +50,7 @@ from canary_lib.errors import CanaryError
 from canary_lib.methods import METHODS, make_schedule
 from canary_lib.models import attention_kernels, mixed_precision
 from canary_lib.planner import SAFE, TARGET, StepPlanner, constant_p_safe_steps
+from canary_lib.rundir_lock import hold_run_directory
 from canary_lib.types import CanaryFn, CanaryResult
 
 KILL_AFTER_STEP_ENV = "CANARY_KILL_AFTER_STEP"
@@ -343,7 +344,17 @@ def train_from_config(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None 
 
     Returns:
         The metrics written to metrics.json.
+
+    Raises:
+        RunDirectoryBusyError: another process trains or evaluates `out_dir` (one owner per run directory).
     """
+    ensure_run_directory(Path(out_dir))
+    with hold_run_directory(out_dir, "training"):
+        return _train_held(cfg, out_dir, canary_fn)
+
+
+def _train_held(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None) -> dict:
+    """train_from_config's work, while this process holds the run directory."""
     run = RunDir(out_dir)
     ensure_run_directory(run.path)
     if run.is_complete("training"):
