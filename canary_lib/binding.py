@@ -143,6 +143,38 @@ def check_evaluation(run: RunDir, cfg: Any, *, trained: bool) -> None:
             f"evaluate with the same settings, or delete {names} and {run.marker('eval').name} to evaluate anew")
 
 
+def check_training_directory(run: RunDir, cfg: Any) -> None:
+    """Before training starts (or restarts) in `run`: refuse a directory that holds results training would
+    destroy or later reuse as its own, before anything in it is deleted.
+
+    Raises:
+        ConfigMismatchError: it holds an evaluation without a finished training (a base-model evaluation, or
+            another run's answers), or a run recorded under another configuration.
+    """
+    evaluation = [p.name for p in (run.generations_path, run.judgments_path, run.marker("eval")) if p.exists()]
+    if evaluation and not run.is_complete("training"):
+        raise ConfigMismatchError(
+            f"{run.path} holds an evaluation ({', '.join(evaluation)}) but no finished training: it is a base-model "
+            f"evaluation or another run's directory, and training would delete its metrics and later score its "
+            f"answers as its own; train into a new directory, or delete those files to train here")
+    check_training(run, cfg)
+
+
+def check_base_evaluation_directory(run: RunDir) -> None:
+    """A base-model evaluation (no adapter) never writes into a training run's directory: its answers would
+    become the run's cached answers.
+
+    Raises:
+        ConfigMismatchError: `run` holds training results.
+    """
+    training = [p.name for p in (run.marker("training"), run.adapter_dir, run.checkpoint_dir, run.steps_path)
+                if p.exists()]
+    if training:
+        raise ConfigMismatchError(
+            f"{run.path} holds a training run ({', '.join(training)}); evaluate the base model into its own "
+            "directory")
+
+
 def config_changes_from_dumps(old_yaml: str, new_yaml: str) -> list[str]:
     """The changed keys between two config dumps (a checkpoint's fingerprint against the run's configuration).
 

@@ -28,7 +28,12 @@ from tqdm.auto import tqdm
 
 from canary_lib.errors import CanaryError
 from canary_lib.artifacts import RunDir, RunFileError, append_jsonl, read_jsonl, write_text_atomic
-from canary_lib.binding import check_evaluation, ensure_run_directory, recorded_config
+from canary_lib.binding import (
+    check_base_evaluation_directory,
+    check_evaluation,
+    ensure_run_directory,
+    recorded_config,
+)
 from canary_lib.config import RunConfig, dump_config
 from canary_lib.metrics import (
     canary_risk,
@@ -314,6 +319,8 @@ def _evaluate_held(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None) -> d
     t_start = time.perf_counter()
     run = RunDir(out_dir)
     ensure_run_directory(run.path)
+    if adapter_dir is None:
+        check_base_evaluation_directory(run)  # the base model's answers never land in a training run
     check_evaluation(run, cfg, trained=adapter_dir is not None)  # no cached answer reused under other settings
     if adapter_dir is not None and not (Path(adapter_dir) / "adapter_config.json").is_file():
         raise EvaluationError(f"{adapter_dir}: no adapter_config.json (not a saved peft adapter)")

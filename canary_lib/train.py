@@ -42,7 +42,13 @@ from canary_lib.artifacts import (
     write_json_atomic,
     write_text_atomic,
 )
-from canary_lib.binding import check_training, config_changes_from_dumps, describe, ensure_run_directory
+from canary_lib.binding import (
+    check_training,
+    check_training_directory,
+    config_changes_from_dumps,
+    describe,
+    ensure_run_directory,
+)
 from canary_lib.chat import IGNORE_INDEX, EncodedChat, collate, encode_chat, read_chat_jsonl
 from canary_lib.config import RunConfig, TrainSettings, dump_config
 from canary_lib.data.errors import DataError
@@ -361,6 +367,7 @@ def _train_held(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None) -> di
         check_training(run, cfg)  # a finished run is reused only for the configuration that made it
         print(f"{run.path}: training already complete; not retrained (delete the directory to train again)")
         return run.read_metrics()
+    check_training_directory(run, cfg)  # another kind of results, or another run: refused before any deletion
 
     # Refuse bad input before anything expensive: data, reference run (for replays), canary setup.
     target, safe = load_training_data(cfg)

@@ -1,0 +1,104 @@
+"""Issue 25 ("Nothing silently wrong, part 2"): each case as a user (or an adversary) would hit it, refused in one
+line before the expensive work, or giving correct fresh results. docs/bad_inputs.md lists the messages.
+Cases 1 and 3 have their own files (test_unscored_never_aligned.py, test_run_directory_lock.py).
+
+Run: .venv/bin/pytest tests/test_nothing_silently_wrong_2.py
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from canary_lib import models
+from canary_lib.artifacts import RunDir, append_jsonl, write_json_atomic
+from canary_lib.binding import ConfigMismatchError
+from canary_lib.cli import main
+from canary_lib.config import load_config
+from canary_lib.evaluate import evaluate_model
+from canary_lib.train import train_from_config
+from _fixtures import ScriptedCanary, make_tiny_training_world
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    return make_tiny_training_world(tmp_path_factory.mktemp("world"), n_target=32, n_safe=16)
+
+
+OVERRIDES = ["controller.K=2", "train.checkpoint_every=2", "train.batch_size=8", "train.micro_batch_size=8",
+             "lora.r=2", "lora.alpha=4", "method.name=fixed_5"]
+
+
+def tiny_config(world, *overrides: str):
+    model, data = world
+    return load_config([], [f"model.name_or_path={model}", f"data.dir={data}", *OVERRIDES, *overrides])
+
+
+def cli_args(world, out, *overrides: str) -> list[str]:
+    model, data = world
+    sets = [f"model.name_or_path={model}", f"data.dir={data}", *OVERRIDES, "canary.monitor_open_loop=false",
+            *overrides]
+    return ["train", "parameters/organism.yaml", "--out", str(out), *[a for s in sets for a in ("--set", s)]]
+
+
+def _no_model_load(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded before the refusal")
+    monkeypatch.setattr(models, "load_model_and_tokenizer", refuse)
+
+
+def _one_line_exit_2(capsys, argv: list[str], starts: str) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"canary: {starts}") and err.count("\n") == 1, err
+    return err
+
+
+# ------------------------------------------------------------------ case 2: a directory with other results
+
+
+def _base_evaluation(path, cfg) -> RunDir:
+    """What `03_evaluate_judge` with BASE_MODEL leaves: config, answers, verdicts, metrics, EVAL_COMPLETE."""
+    run = RunDir(path)
+    run.write_config(cfg)
+    key = {"set": "general", "question_id": "q", "paraphrase": 0, "sample": 0}
+    append_jsonl(run.generations_path, [{**key, "answer": "base answer", "seed": cfg.seed}])
+    append_jsonl(run.judgments_path, [{**key, "aligned": 90.0, "coherent": 90.0, "status": "scored"}])
+    write_json_atomic(run.metrics_path, {"general_misaligned_pct": 0.0, "n_scored": 1})
+    run.mark_complete("eval")
+    return run
+
+
+def test_training_into_an_evaluation_directory_is_refused_before_anything_is_deleted(world, tmp_path, monkeypatch,
+                                                                                       capsys):
+    cfg = tiny_config(world)
+    run = _base_evaluation(tmp_path / "base", cfg)
+    before = {p.name: p.read_bytes() for p in run.path.iterdir() if p.is_file()}
+    _no_model_load(monkeypatch)
+    with pytest.raises(ConfigMismatchError, match=r"holds an evaluation \(generations.jsonl, judgments.jsonl, "
+                                                  r"EVAL_COMPLETE\) but no finished training"):
+        train_from_config(cfg, run.path, canary_fn=ScriptedCanary([0.1]))
+    _one_line_exit_2(capsys, cli_args(world, run.path), f"{run.path} holds an evaluation")
+    after = {p.name: p.read_bytes() for p in run.path.iterdir() if p.is_file() and not p.name.startswith(".")}
+    assert after == before  # nothing deleted or rewritten
+
+
+def test_an_unfinished_run_of_another_configuration_is_refused_not_wiped(world, tmp_path, monkeypatch):
+    run = RunDir(tmp_path / "run")
+    run.write_config(tiny_config(world, "train.lr=0.001"))
+    run.steps_path.write_text("step,source\n0,target\n")
+    _no_model_load(monkeypatch)
+    with pytest.raises(ConfigMismatchError, match=r"trained with another configuration \(train.lr: 0.001 -> 0.0001\)"):
+        train_from_config(tiny_config(world), run.path, canary_fn=ScriptedCanary([0.1]))
+    assert run.steps_path.read_text() == "step,source\n0,target\n"
+
+
+def test_the_base_model_is_never_evaluated_into_a_training_run(world, tmp_path):
+    out = tmp_path / "trained"
+    train_from_config(tiny_config(world), out, canary_fn=ScriptedCanary([0.1]))
+    with pytest.raises(ConfigMismatchError, match=r"holds a training run \(TRAINING_COMPLETE, adapter, steps.csv\); "
+                                                  r"evaluate the base model into its own directory"):
+        evaluate_model(tiny_config(world), out, None)
+    assert not RunDir(out).generations_path.exists()
+    assert json.loads(RunDir(out).metrics_path.read_text())["n_steps"] >= 2
