@@ -286,13 +286,14 @@ def load_checkpoint(path: Path, state: dict, *, model: Any, optimizer: torch.opt
     """Restore the tensors, random states, planner and schedule of a checked checkpoint (read_checkpoint_state)."""
     device = next(model.parameters()).device
     try:
-        tensors = torch.load(path / "adapter_state.pt", map_location="cpu")
+        # weights_only everywhere: a checkpoint file is data, never code (a planted pickle must not run)
+        tensors = torch.load(path / "adapter_state.pt", map_location="cpu", weights_only=True)
         params = dict(model.named_parameters())
         with torch.no_grad():
             for name, value in tensors.items():
                 params[name].copy_(value)
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device))
-        _set_rng_state(torch.load(path / "rng.pt", weights_only=False))
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
+        _set_rng_state(torch.load(path / "rng.pt", weights_only=True))
         planner.load_state_dict(state["planner"])
         schedule.load_state_dict(state["schedule"])
         return LoopState(**state["loop"])

@@ -102,3 +102,37 @@ def test_the_base_model_is_never_evaluated_into_a_training_run(world, tmp_path):
         evaluate_model(tiny_config(world), out, None)
     assert not RunDir(out).generations_path.exists()
     assert json.loads(RunDir(out).metrics_path.read_text())["n_steps"] >= 2
+
+
+# ------------------------------------------------------------------ case 5: a checkpoint file never runs code
+
+
+class _Payload:
+    """Unpickling this creates a file: what a planted checkpoint would do with a real command."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("name", ["rng.pt", "optimizer.pt", "adapter_state.pt"])
+def test_a_planted_checkpoint_payload_does_not_run(world, tmp_path, name):
+    import torch
+
+    from canary_lib.train import CheckpointError
+
+    out = tmp_path / "run"
+    cfg = tiny_config(world, "train.keep_checkpoint=true")
+    train_from_config(cfg, out, canary_fn=ScriptedCanary([0.1]))
+    run = RunDir(out)
+    run.reset_stage("training")  # as if killed after its last checkpoint
+    saved = (run.checkpoint_dir / name).read_bytes()
+    marker = tmp_path / "payload-ran"
+    torch.save(_Payload(marker), run.checkpoint_dir / name)
+    with pytest.raises(CheckpointError, match=rf"checkpoint: damaged checkpoint \(UnpicklingError"):
+        train_from_config(cfg, out, canary_fn=ScriptedCanary([0.1]))
+    assert not marker.exists()
+    (run.checkpoint_dir / name).write_bytes(saved)  # the real file resumes under weights_only
+    assert train_from_config(cfg, out, canary_fn=ScriptedCanary([0.1]))["n_steps"] >= 2
