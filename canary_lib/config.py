@@ -14,7 +14,7 @@ import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
@@ -76,13 +76,21 @@ class ModelConfig(Strict):
         return v
 
 
+TORCH_SEED_MIN, TORCH_SEED_MAX = -(2**63), 2**64 - 1
+"""The seeds torch.manual_seed accepts; a seed outside them ended in a traceback after the model loaded."""
+TorchSeed = Annotated[int, Field(ge=TORCH_SEED_MIN, le=TORCH_SEED_MAX)]
+NonNegativeSeed = Annotated[int, Field(ge=0, le=TORCH_SEED_MAX)]
+"""Seeds that numpy (default_rng: no negatives) or torch also read."""
+
+
 class LoraSettings(Strict):
     r: int = Field(32, ge=1)
     alpha: float = Field(64, gt=0)
     use_rslora: bool = True
     """rs-LoRA scales updates by alpha/sqrt(r) instead of alpha/r."""
     dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] = Field(default_factory=lambda: list(QWEN2_PROJECTIONS))
+    target_modules: list[str] = Field(default_factory=lambda: list(QWEN2_PROJECTIONS), min_length=1)
+    """At least one module: with none, nothing would be trained."""
 
 
 class TrainSettings(Strict):
@@ -195,7 +203,7 @@ class MethodSettings(Strict):
     """D for name=delayed: the controller acts on the risk measured D evaluation cycles earlier."""
     reference_run: str | None = None
     """Run directory of the canary run replayed by fixed_mean and shuffled (the sweep fills it in)."""
-    shuffle_seed: int | None = None
+    shuffle_seed: TorchSeed | None = None
     """Seed of the permutation for name=shuffled; defaults to the run seed."""
     safe_budget_p: float = Field(0.05, gt=0, lt=1)
     """For a budgeted method (canary_budget): the run draws at most as many safe steps as a constant p of this
@@ -255,7 +263,7 @@ class DataSettings(Strict):
     canary_source: str | None = None
     """Candidate pool; M = canary.n_prompts are selected by the rule in canary_lib/data/canaries.py."""
     n_in_domain_eval: int = Field(30, ge=1)
-    split_seed: int = 0
+    split_seed: NonNegativeSeed = 0
     n_train: int = Field(5400, ge=1)
     n_heldout: int = Field(600, ge=0)
     safe_max_examples: int | None = Field(None, ge=1)
@@ -389,7 +397,7 @@ class JudgeSettings(Strict):
 class OrganismSettings(Strict):
     """The synthetic world of the CPU model organism (canary_lib.organism). Ignored by other profiles."""
 
-    world_seed: int = 0
+    world_seed: NonNegativeSeed = 0
     misaligned_share: float = Field(0.015, ge=0, le=1)
     pretrain_steps: int = Field(600, ge=1)
     pretrain_batch_size: int = Field(64, ge=1)
@@ -459,7 +467,7 @@ class OrganismSettings(Strict):
 
 class RunConfig(Strict):
     profile: str = "organism"
-    seed: int = 42
+    seed: TorchSeed = 42
     method: MethodSettings = Field(default_factory=MethodSettings)
     model: ModelConfig = Field(default_factory=ModelConfig)
     lora: LoraSettings = Field(default_factory=LoraSettings)
@@ -561,6 +569,8 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{path}: not valid YAML: {_one_line(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    if not data:  # an empty (or comments-only) file is almost always a wrong path or a truncated copy
+        raise ConfigError(f"{path}: empty parameter file (no settings); give a file with settings, or leave it out")
     return data
 
 

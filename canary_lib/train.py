@@ -125,6 +125,38 @@ def load_training_data(cfg: RunConfig) -> tuple[list, list]:
     return target, read_training_chats(safe_path)
 
 
+def check_supervised(data: dict[str, list], tokenizer: Any, max_length: int) -> None:
+    """Refuse training data in which an example has no supervised (assistant) token left after truncation at
+    max_length: its prompt fills the window, so it would add nothing but a loss of 0 to its batch.
+
+    Raises:
+        TrainingDataError: naming the count per source, the first such example and max_length.
+    """
+    empty = {source: [i for i, chat in enumerate(chats) if encode_chat(chat, tokenizer, max_length).n_supervised == 0]
+             for source, chats in data.items()}
+    n_empty, n_all = sum(map(len, empty.values())), sum(map(len, data.values()))
+    if n_empty:
+        first = next((source, idx[0]) for source, idx in empty.items() if idx)
+        counts = ", ".join(f"{source}: {len(idx)} of {len(data[source])}" for source, idx in empty.items() if idx)
+        raise TrainingDataError(
+            f"{n_empty} of {n_all} training examples have no supervised token left after truncation at "
+            f"model.max_length = {max_length} ({counts}; e.g. {first[0]} example {first[1]}): they would train on "
+            "nothing; raise model.max_length or drop those examples")
+
+
+def _tokenizer_and_window(cfg: RunConfig) -> tuple[Any, int]:
+    """The model's tokenizer and the tokens one example may have (model.max_length, at most the model's
+    positions), read without loading the weights."""
+    from transformers import AutoConfig
+
+    from canary_lib.models import load_tokenizer, resolve_model_path
+
+    path = resolve_model_path(cfg)
+    config = AutoConfig.from_pretrained(path, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code)
+    positions = getattr(config, "max_position_embeddings", None) or 1 << 30
+    return load_tokenizer(path, cfg.model), min(cfg.model.max_length, positions)
+
+
 def file_digest(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -396,6 +428,7 @@ def _train_held(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None) -> di
     from canary_lib.models import add_rslora, check_model_source, load_model_and_tokenizer
 
     check_model_source(cfg.model)
+    check_supervised({"D_T": target, "D_S": safe}, *_tokenizer_and_window(cfg))  # before the model loads
 
     wall_start = time.perf_counter()
     torch.manual_seed(cfg.seed)

@@ -136,3 +136,49 @@ def test_a_planted_checkpoint_payload_does_not_run(world, tmp_path, name):
     assert not marker.exists()
     (run.checkpoint_dir / name).write_bytes(saved)  # the real file resumes under weights_only
     assert train_from_config(cfg, out, canary_fn=ScriptedCanary([0.1]))["n_steps"] >= 2
+
+
+# ------------------------------------------------------------------ case 6: settings that make a run meaningless
+
+
+@pytest.mark.parametrize("override, shown", [
+    ("lora.target_modules=[]", "lora.target_modules: List should have at least 1 item"),
+    ("seed=18446744073709551616", "seed: Input should be less than or equal to 18446744073709551615"),
+    ("seed=-9223372036854775809", "seed: Input should be greater than or equal to -9223372036854775808"),
+    ("method.shuffle_seed=18446744073709551616", "method.shuffle_seed: Input should be less than or equal to"),
+    ("data.split_seed=-1", "data.split_seed: Input should be greater than or equal to 0"),
+])
+def test_settings_that_end_in_a_traceback_after_loading_are_refused_at_load(world, tmp_path, capsys, override, shown):
+    _one_line_exit_2(capsys, cli_args(world, tmp_path / "run", override),
+                     f"invalid configuration: --set {override}: {shown}")
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_largest_seed_torch_accepts_is_accepted():
+    import torch
+
+    seed = load_config([], ["seed=18446744073709551615"]).seed
+    torch.manual_seed(seed)  # what the training does first
+
+
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "{}\n"])
+def test_an_empty_parameter_file_is_refused(world, tmp_path, capsys, text):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text(text)
+    argv = cli_args(world, tmp_path / "run")
+    argv[2:2] = [str(empty)]
+    _one_line_exit_2(capsys, argv, f"{empty}: empty parameter file (no settings)")
+
+
+def test_examples_without_a_supervised_token_are_refused_before_the_model_loads(world, tmp_path, capsys,
+                                                                                 monkeypatch):
+    from canary_lib.train import TrainingDataError
+
+    _no_model_load(monkeypatch)
+
+    with pytest.raises(TrainingDataError, match=r"48 of 48 training examples have no supervised token left after "
+                                                r"truncation at model.max_length = 8 \(D_T: 32 of 32, D_S: 16 of 16; "
+                                                r"e.g. D_T example 0\)"):
+        train_from_config(tiny_config(world, "model.max_length=8"), tmp_path / "run", canary_fn=ScriptedCanary([0.1]))
+    assert not RunDir(tmp_path / "run").steps_path.exists()  # no step was taken
+    _one_line_exit_2(capsys, cli_args(world, tmp_path / "run2", "model.max_length=8"), "48 of 48 training examples")
