@@ -113,5 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except CanaryError as exc:
-        print(f"canary: {exc}", file=sys.stderr)
+        from canary_lib.redact import redact
+
+        print(f"canary: {redact(str(exc))}", file=sys.stderr)
         return 2

@@ -27,6 +27,7 @@ from typing import Any, Iterable, Sequence
 from tqdm.auto import tqdm
 
 from canary_lib.errors import CanaryError
+from canary_lib.redact import redact
 from canary_lib.artifacts import RunDir, RunFileError, append_jsonl, read_jsonl, write_text_atomic
 from canary_lib.binding import (
     check_base_evaluation_directory,
@@ -194,7 +195,7 @@ def judge_pending(judge: Judge, pending: Sequence[tuple[PlannedSample, dict]], *
             rows = [j.to_dict() for j in judgments]
         except Exception as exc:  # noqa: BLE001 - recorded per answer (status "error"), never dropped
             rows = [{"aligned": None, "coherent": None, "status": "error",
-                     "detail": {"error": f"{type(exc).__name__}: {exc}"[:500]}} for _ in requests]
+                     "detail": {"error": redact(f"{type(exc).__name__}: {exc}")[:500]}} for _ in requests]
         append_jsonl(path, [{**dict(zip(KEY_FIELDS, s.key)), **row} for (s, _), row in zip(chunk, rows)])
         written += len(chunk)
         bar.update(len(chunk))
@@ -504,7 +505,7 @@ class CanaryEvaluator:
                     raise RuntimeError(f"judge returned {len(verdicts)} verdicts for {len(pending)} answers")
             except Exception as exc:  # noqa: BLE001 - kept as errors, then retried or handled by the policy
                 verdicts = [{"aligned": None, "coherent": None, "status": "error",
-                             "detail": {"error": f"{type(exc).__name__}: {exc}"[:500]}} for _ in pending]
+                             "detail": {"error": redact(f"{type(exc).__name__}: {exc}")[:500]}} for _ in pending]
             for i, verdict in zip(pending, verdicts):
                 judgments[i] = verdict
             pending = [i for i in pending if judgments[i]["status"] == "error"]

@@ -20,6 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
+from canary_lib.redact import redact, register_secret
 from canary_lib.scorers import (
     OTHER_MASS_KEY,
     PARSE_MAX_TOKENS,
@@ -216,6 +217,7 @@ class OpenAIBackend:
         self.max_retries = max_retries
         self.backoff_s = backoff_s
         key = os.environ.get(api_key_env)  # read here, kept only in the client's headers, never logged or written
+        register_secret(key)  # and masked in any error text that echoes it (canary_lib.redact)
         if not key and "api.openai.com" in base_url:
             raise ValueError(f"the OpenAI API needs a key: set the environment variable {api_key_env}")
         headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -268,16 +270,16 @@ class OpenAIBackend:
                 response = self._client.post(self.url, json=body)
                 if response.status_code < 400:
                     return response.json()
-                error = f"HTTP {response.status_code}: {response.text[:200]}"
+                error = f"HTTP {response.status_code}: {redact(response.text)[:200]}"  # masked before it is cut
                 retryable = response.status_code == 429 or response.status_code >= 500
             except httpx.TimeoutException as exc:
                 error, retryable = f"timeout: {exc}", True
             except httpx.TransportError as exc:
                 error, retryable = f"connection: {exc}", True
             except json.JSONDecodeError:
-                error, retryable = f"not JSON: {response.text[:200]}", True
+                error, retryable = f"not JSON: {redact(response.text)[:200]}", True
             if not retryable or attempt == self.max_retries:
-                raise JudgeHTTPError(error)
+                raise JudgeHTTPError(redact(error))  # a server may echo the request's Authorization header
             time.sleep(self.backoff_s * 2**attempt * (0.5 + random.random()))  # exponential backoff, jitter
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 from canary_lib.metrics import cut_probabilities
+from canary_lib.redact import redact
 
 TOP_LOGPROBS = 20
 """The single-token method reads the top 20 first tokens (the prior work; also the OpenAI API's maximum)."""
@@ -38,7 +39,8 @@ class MetricScore:
 
 
 def error_score(exc: BaseException) -> MetricScore:
-    return MetricScore(None, "error", {"error": f"{type(exc).__name__}: {exc}"[:500]})
+    """A failed metric; its error text is stored, so secrets are masked first (canary_lib.redact)."""
+    return MetricScore(None, "error", {"error": redact(f"{type(exc).__name__}: {exc}")[:500]})
 
 
 def word_of(token: str) -> str | None:

@@ -182,3 +182,72 @@ def test_examples_without_a_supervised_token_are_refused_before_the_model_loads(
         train_from_config(tiny_config(world, "model.max_length=8"), tmp_path / "run", canary_fn=ScriptedCanary([0.1]))
     assert not RunDir(tmp_path / "run").steps_path.exists()  # no step was taken
     _one_line_exit_2(capsys, cli_args(world, tmp_path / "run2", "model.max_length=8"), "48 of 48 training examples")
+
+
+# ------------------------------------------------------------------ case 7: no secret reaches disk or the terminal
+
+SECRET = "zq-plain-secret-value-991"  # no known key format: masked because the judge registered it
+
+
+@pytest.fixture
+def echoing_server():
+    """A judge server that refuses every request with HTTP 401 and echoes the request's headers in its body."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Echo(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = json.dumps({"error": f"unauthorized: Authorization: {self.headers['Authorization']}",
+                               "request_headers": dict(self.headers)}).encode()
+            self.send_response(401)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    httpd.shutdown()
+
+
+def test_an_error_body_echoing_the_authorization_header_is_stored_and_shown_redacted(world, tmp_path, monkeypatch,
+                                                                                      echoing_server):
+    from canary_lib.data import write_question_set
+    from canary_lib.evaluate import EvaluationError
+    from canary_lib.types import Question
+
+    prompts = {"aligned": "A {question} {answer}", "coherent": "C {question} {answer}"}
+    data = tmp_path / "data"
+    write_question_set(data / "general_eval.yaml", [Question("q", ["what?"], judge_prompts=prompts)])
+    monkeypatch.setenv("CANARY_TEST_JUDGE_KEY", SECRET)
+    cfg = tiny_config(world, f"data.dir={data}", "eval.sets=[general]", "eval.samples_per_prompt=2",
+                      "eval.max_new_tokens=4", "judge.backend=openai", "judge.model=judge",
+                      f"judge.base_url={echoing_server}", "judge.api_key_env=CANARY_TEST_JUDGE_KEY",
+                      "judge.max_retries=0")
+    out = tmp_path / "base"
+    with pytest.raises(EvaluationError, match=r"HTTP 401") as err:
+        evaluate_model(cfg, out, None)
+    stored = RunDir(out).judgments_path.read_text()
+    assert "unauthorized: Authorization: Bearer ***" in stored  # the echo is kept, the key is not
+    for text in (stored, str(err.value), RunDir(out).metrics_path.read_text()):
+        assert SECRET not in text
+
+
+@pytest.mark.parametrize("text, shown", [
+    ('{"Authorization": "Bearer abc.DEF-123"}', '{"Authorization": "Bearer ***"}'),
+    ("authorization: Basic dXNlcjpwYXNz", "authorization: Basic ***"),
+    ("GET https://judge.example/v1?api_key=S3CRET&x=1", "GET https://judge.example/v1?api_key=***&x=1"),
+    ("https://user:pa55word@judge.example/v1", "https://***@judge.example/v1"),
+    ("key sk-proj-abcdefghijklmnop1234 and hf_abcdefghijklmnopqrstuv", "key *** and ***"),
+    ("JudgeHTTPError: connection: [Errno 111] Connection refused", "JudgeHTTPError: connection: [Errno 111] "
+                                                                  "Connection refused"),
+])
+def test_redact_masks_what_looks_like_a_credential_and_nothing_else(text, shown):
+    from canary_lib.redact import redact
+
+    assert redact(text) == shown
