@@ -218,9 +218,22 @@ class RunDir:
         return config_from_dict(*merge_sources([self.config_path], overrides))
 
     def read_metrics(self) -> dict:
+        """metrics.json ({} when there is none).
+
+        Raises:
+            RunFileError: the file is damaged (not UTF-8, not JSON, not an object).
+        """
         if not self.metrics_path.exists():
             return {}
-        return json.loads(self.metrics_path.read_text(encoding="utf-8"))
+        try:
+            metrics = json.loads(self.metrics_path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise RunFileError(f"{self.metrics_path}: damaged ({type(exc).__name__}: {exc}); restore it, or delete "
+                               f"{self.path} and run it again") from None
+        if not isinstance(metrics, dict):
+            raise RunFileError(f"{self.metrics_path}: damaged (not a JSON object); restore it, or delete "
+                               f"{self.path} and run it again")
+        return metrics
 
     def update_metrics(self, **values: Any) -> dict:
         metrics = {**self.read_metrics(), **values}

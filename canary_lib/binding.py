@@ -90,7 +90,15 @@ def recorded_config(run: RunDir) -> dict[str, Any] | None:
     """The run's config.yaml as a dict (None when there is none)."""
     if not run.config_path.is_file():
         return None
-    return yaml.safe_load(run.config_path.read_text(encoding="utf-8")) or {}
+    try:
+        recorded = yaml.safe_load(run.config_path.read_text(encoding="utf-8")) or {}
+    except (UnicodeDecodeError, yaml.YAMLError) as exc:
+        problem = " ".join(str(exc).split())[:200]
+        raise RunFileError(f"{run.config_path}: damaged ({type(exc).__name__}: {problem}); restore it, or use a "
+                           "new run directory") from None
+    if not isinstance(recorded, dict):
+        raise RunFileError(f"{run.config_path}: damaged (not a mapping); restore it, or use a new run directory")
+    return recorded
 
 
 def _as_dict(cfg: Any) -> dict[str, Any]:

@@ -117,3 +117,20 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"canary: {redact(str(exc))}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a read-only or full disk, a missing path: one line, not a traceback
+        print(f"canary: {os_error_line(exc)}", file=sys.stderr)
+        return 2
+
+
+def os_error_line(exc: OSError) -> str:
+    """"PATH: No space left on device (ENOSPC); ..." for an OSError the command cannot recover from."""
+    import errno
+
+    where = f"{exc.filename}: " if exc.filename else ""
+    name = errno.errorcode.get(exc.errno or 0, "")
+    hint = {errno.ENOSPC: "free space and rerun (finished work is kept; the run resumes)",
+            errno.EDQUOT: "free space and rerun (finished work is kept; the run resumes)",
+            errno.EROFS: "the file system is read-only: choose a writable directory",
+            errno.EACCES: "no permission: choose a directory you can write, or fix its permissions",
+            errno.EPERM: "no permission: choose a directory you can write, or fix its permissions"}.get(exc.errno or 0)
+    return f"{where}{exc.strerror or exc}" + (f" ({name})" if name else "") + (f"; {hint}" if hint else "")

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +49,8 @@ from canary_lib.metrics import (
 from canary_lib.types import JUDGED_METRICS, CanaryResult, Judge, JudgeRequest, Question
 
 SET_FILES = {"general": "general_eval_file", "in_domain": "in_domain_eval_file"}
+OPENAI_API = "https://api.openai.com/v1"
+"""The judge's address when judge.base_url is unset (canary_lib.judge.OPENAI_URL)."""
 KEY_FIELDS = ("set", "question_id", "paraphrase", "sample")
 
 
@@ -133,6 +137,53 @@ def _latest_by_key(rows: Iterable[dict]) -> dict[tuple, dict]:
 # ------------------------------------------------------------------------------------------ generation
 
 
+def check_adapter(adapter_dir: Path) -> None:
+    """A saved adapter is readable: its config is a JSON object and its weights' safetensors header and size are
+    whole (read without loading any model).
+
+    Raises:
+        EvaluationError: naming what is damaged.
+    """
+    def damaged(problem: str) -> EvaluationError:
+        return EvaluationError(f"{adapter_dir}: damaged adapter ({problem}); train the run again into a new "
+                               "directory")
+    try:
+        config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise damaged(f"adapter_config.json: {type(exc).__name__}: {exc}") from None
+    if not isinstance(config, dict):
+        raise damaged("adapter_config.json is not a JSON object")
+    weights = adapter_dir / "adapter_model.safetensors"
+    if not weights.is_file():
+        if (adapter_dir / "adapter_model.bin").is_file():
+            return  # an older peft format; peft reads it
+        raise damaged("no adapter_model.safetensors")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(weights), framework="np") as fh:
+            names = list(fh.keys())
+            for name in names:  # the offsets of every tensor must lie inside the file
+                fh.get_slice(name)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
+        raise damaged(f"adapter_model.safetensors: {type(exc).__name__}: {str(exc)[:200]}") from None
+    if not names:
+        raise damaged("adapter_model.safetensors holds no tensors")
+
+
+def require_judge_key(cfg: RunConfig) -> None:
+    """The OpenAI API judge needs its key in the environment: refuse before any model loads, not after the
+    generation (the key itself is read and kept only by the judge's client).
+
+    Raises:
+        EvaluationError: naming the environment variable.
+    """
+    j = cfg.judge
+    if j.backend == "openai" and "api.openai.com" in (j.base_url or OPENAI_API) and not os.environ.get(j.api_key_env):
+        raise EvaluationError(f"the judge is the OpenAI API ({j.base_url or OPENAI_API}) and needs a key: set the "
+                              f"environment variable {j.api_key_env} (judge.api_key_env)")
+
+
 def build_generator(cfg: RunConfig, adapter_dir: Path | None) -> Any:
     """The cfg.eval.backend generator with the adapter applied (None: the base model)."""
     from canary_lib.models import resolve_model_path
@@ -152,7 +203,11 @@ def build_generator(cfg: RunConfig, adapter_dir: Path | None) -> Any:
 
         # Evaluation never trains: fold the adapter into the weights (W + scale * B @ A, the same rs-LoRA
         # scale) so every projection is one matrix product instead of three.
-        model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False).merge_and_unload()
+        try:
+            model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False).merge_and_unload()
+        except Exception as exc:  # noqa: BLE001 - whatever is unreadable in it, the adapter is damaged
+            raise EvaluationError(f"{adapter_dir}: damaged adapter ({type(exc).__name__}: {str(exc)[:200]}); "
+                                  "train the run again into a new directory") from None
     return TransformersGenerator(model.eval(), tokenizer, batch_size=cfg.eval.batch_size)
 
 
@@ -323,8 +378,12 @@ def _evaluate_held(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None) -> d
     if adapter_dir is None:
         check_base_evaluation_directory(run)  # the base model's answers never land in a training run
     check_evaluation(run, cfg, trained=adapter_dir is not None)  # no cached answer reused under other settings
+    run.read_metrics()  # a damaged metrics.json is refused now, not after the generation
     if adapter_dir is not None and not (Path(adapter_dir) / "adapter_config.json").is_file():
         raise EvaluationError(f"{adapter_dir}: no adapter_config.json (not a saved peft adapter)")
+    if adapter_dir is not None:
+        check_adapter(Path(adapter_dir))
+    require_judge_key(cfg)  # not found only after hours of generation
     questions = load_eval_questions(cfg)
     planned = plan_samples(questions, cfg.eval.samples_per_prompt)
     from canary_lib.models import check_model_source  # torch: only once the cheap checks passed
@@ -527,6 +586,8 @@ def make_canary_fn(cfg: RunConfig, judge: Judge | None = None) -> CanaryEvaluato
     """
     from canary_lib.data import load_question_set
 
+    if judge is None:
+        require_judge_key(cfg)
     path = cfg.data.path(cfg.data.canary_file)
     if not path.is_file():
         raise EvaluationError(f"{path}: canary question file not found (prepare the data first: canary prep-data)")

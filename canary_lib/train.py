@@ -401,6 +401,7 @@ def _train_held(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None) -> di
         print(f"{run.path}: training already complete; not retrained (delete the directory to train again)")
         return run.read_metrics()
     check_training_directory(run, cfg)  # another kind of results, or another run: refused before any deletion
+    run.read_metrics()  # a damaged metrics.json is refused now, not when the finished run writes its metrics
 
     # Refuse bad input before anything expensive: data, reference run (for replays), canary setup.
     target, safe = load_training_data(cfg)

@@ -251,3 +251,72 @@ def test_redact_masks_what_looks_like_a_credential_and_nothing_else(text, shown)
     from canary_lib.redact import redact
 
     assert redact(text) == shown
+
+
+# ------------------------------------------------------------------ case 8: one line instead of a traceback
+
+
+@pytest.fixture
+def trained(world, tmp_path):
+    out = tmp_path / "trained"
+    train_from_config(tiny_config(world), out, canary_fn=ScriptedCanary([0.1]))
+    return RunDir(out)
+
+
+@pytest.mark.parametrize("errno_name, shown", [
+    ("ENOSPC", "No space left on device (ENOSPC); free space and rerun"),
+    ("EROFS", "Read-only file system (EROFS); the file system is read-only: choose a writable directory"),
+])
+def test_a_full_or_read_only_output_directory_is_one_line(world, tmp_path, capsys, monkeypatch, errno_name, shown):
+    import errno
+    import os
+    import tempfile
+
+    code = getattr(errno, errno_name)
+
+    def fail(*args, dir=None, **kwargs):
+        raise OSError(code, os.strerror(code), str(dir))
+    monkeypatch.setattr(tempfile, "mkstemp", fail)
+    err = _one_line_exit_2(capsys, cli_args(world, tmp_path / "run"), str(tmp_path / "run"))
+    assert shown in err
+
+
+def test_damaged_run_files_are_one_line_errors_before_the_model_loads(world, trained, capsys, monkeypatch):
+    _no_model_load(monkeypatch)
+    run = trained
+    params = run.path.parent / "params.yaml"  # the run's own settings, as a user retrains it
+    params.write_bytes(run.config_path.read_bytes())
+    train = ["train", str(params), "--out", str(run.path)]
+    metrics = run.metrics_path.read_bytes()
+    run.metrics_path.write_text("{torn")
+    _one_line_exit_2(capsys, train, f"{run.metrics_path}: damaged (JSONDecodeError")
+    _one_line_exit_2(capsys, ["eval", str(run.path)], f"{run.metrics_path}: damaged (JSONDecodeError")
+    run.metrics_path.write_bytes(metrics)
+
+    weights = run.adapter_dir / "adapter_model.safetensors"
+    saved = weights.read_bytes()
+    weights.write_bytes(saved[: len(saved) // 2])  # a copy cut short
+    _one_line_exit_2(capsys, ["eval", str(run.path)], f"{run.adapter_dir}: damaged adapter (adapter_model.safetensors")
+    weights.write_bytes(b"garbage")
+    _one_line_exit_2(capsys, ["eval", str(run.path)], f"{run.adapter_dir}: damaged adapter")
+    weights.write_bytes(saved)
+    (run.adapter_dir / "adapter_config.json").write_text("{not json")
+    _one_line_exit_2(capsys, ["eval", str(run.path)], f"{run.adapter_dir}: damaged adapter (adapter_config.json")
+
+    run.config_path.write_text("seed: [1,\n")
+    _one_line_exit_2(capsys, train, f"{run.config_path}: damaged (")
+    _one_line_exit_2(capsys, ["eval", str(run.path)], f"{run.config_path}: not valid YAML")
+
+
+def test_a_missing_api_key_is_refused_before_the_model_loads(world, tmp_path, monkeypatch):
+    from canary_lib.evaluate import EvaluationError
+
+    monkeypatch.delenv("CANARY_NO_SUCH_KEY", raising=False)
+    _no_model_load(monkeypatch)
+    api = ["judge.backend=openai", "judge.model=gpt-4o", "judge.api_key_env=CANARY_NO_SUCH_KEY"]
+    with pytest.raises(EvaluationError, match=r"the judge is the OpenAI API \(https://api.openai.com/v1\) and needs "
+                                              r"a key: set the environment variable CANARY_NO_SUCH_KEY"):
+        evaluate_model(tiny_config(world, *api), tmp_path / "base", None)
+    with pytest.raises(EvaluationError, match=r"needs a key: set the environment variable CANARY_NO_SUCH_KEY"):
+        train_from_config(tiny_config(world, *api, "method.name=canary"), tmp_path / "run")
+    assert not (tmp_path / "base").exists() and not (tmp_path / "run").exists()
