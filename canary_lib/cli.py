@@ -117,6 +117,9 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"canary: {redact(str(exc))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # a second Ctrl-C (training), or one during evaluation: both resume on a rerun
+        print("canary: interrupted; run the same command again to resume from what was saved", file=sys.stderr)
+        return 130
     except OSError as exc:  # a read-only or full disk, a missing path: one line, not a traceback
         print(f"canary: {os_error_line(exc)}", file=sys.stderr)
         return 2

@@ -53,6 +53,7 @@ from canary_lib.chat import IGNORE_INDEX, EncodedChat, collate, encode_chat, rea
 from canary_lib.config import RunConfig, TrainSettings, dump_config
 from canary_lib.data.errors import DataError
 from canary_lib.errors import CanaryError
+from canary_lib.graceful_stop import StopRequest, maybe_send_test_signal
 from canary_lib.methods import METHODS, make_schedule
 from canary_lib.models import attention_kernels, mixed_precision
 from canary_lib.planner import SAFE, TARGET, StepPlanner, constant_p_safe_steps
@@ -455,6 +456,7 @@ def _train_held(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None) -> di
     risk_ema = loop.controller[-1]["risk_ema"] if loop.controller else 0.0
     bar = tqdm(total=planner.n_target_batches, initial=planner.n_target_batches - planner.target_remaining,
                desc=f"{cfg.method.name} seed {cfg.seed}", unit="target batch", dynamic_ncols=True)
+    stop = StopRequest.install()  # Ctrl-C / SIGTERM: finish the step, checkpoint, one line
     try:
         while (planned := planner.next_step(schedule.p(planner.step))) is not None:
             # one step of Algorithm 1: a batch of exactly the drawn source, one optimizer step
@@ -491,7 +493,14 @@ def _train_held(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None) -> di
             bar.set_postfix(step=planned.step, src=planned.source, p=f"{planned.p:.3f}", loss=f"{loss:.3f}",
                             r_hat=f"{risk_ema:.3f}", refresh=False)
             _maybe_kill(planned.step)
+            maybe_send_test_signal(planned.step)
+            if stop.signum is not None and not planner.done:
+                if (planned.step + 1) % cfg.train.checkpoint_every != 0:  # not written above
+                    save_checkpoint(run, model=model, optimizer=optimizer, planner=planner, schedule=schedule,
+                                    loop=loop, fingerprint=fingerprint)
+                raise stop.error(run.path, planned.step)
     finally:  # a stop (judge failure, crash) leaves the bar closed, so the error starts its own line
+        stop.uninstall()
         bar.close()
 
     metrics = _finish(run, cfg, model, loop, wall_start, safe_budget=planner.safe_budget)

@@ -320,3 +320,68 @@ def test_a_missing_api_key_is_refused_before_the_model_loads(world, tmp_path, mo
     with pytest.raises(EvaluationError, match=r"needs a key: set the environment variable CANARY_NO_SUCH_KEY"):
         train_from_config(tiny_config(world, *api, "method.name=canary"), tmp_path / "run")
     assert not (tmp_path / "base").exists() and not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------ case 8: Ctrl-C and SIGTERM
+
+
+INTERRUPTIBLE = """
+import sys, torch
+torch.set_num_threads(1)
+import canary_lib.evaluate as ev
+from _fixtures import ScriptedCanary
+ev.make_canary_fn = lambda cfg, judge=None: ScriptedCanary([0.3, 0.0, 0.2, 0.05, 0.0, 0.15])
+from canary_lib.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _train_cli(world, out, tmp_path, signal_after: str | None = None):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from canary_lib.graceful_stop import SIGNAL_AFTER_STEP_ENV
+
+    model, data = world
+    params = tmp_path / "canary.yaml"
+    params.write_text(f"model: {{name_or_path: {model}}}\ndata: {{dir: {data}}}\nmethod: {{name: canary}}\n"
+                      "controller: {K: 2, p_init: 0.1}\nlora: {r: 4, alpha: 8, dropout: 0.1}\n"
+                      "train: {batch_size: 8, micro_batch_size: 8, checkpoint_every: 1000, epochs: 2}\n")
+    env = {k: v for k, v in os.environ.items() if k != SIGNAL_AFTER_STEP_ENV}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
+    if signal_after:
+        env[SIGNAL_AFTER_STEP_ENV] = signal_after
+    return subprocess.run([sys.executable, "-c", INTERRUPTIBLE, "train", str(params), "--out", str(out)], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_ctrl_c_and_sigterm_finish_the_step_checkpoint_and_resume_identically(world, tmp_path):
+    """checkpoint_every = 1000 (as the organism's): without the handler, one Ctrl-C lost the whole run."""
+    import csv
+
+    from safetensors.torch import load_file
+
+    reference, resumed = tmp_path / "reference", tmp_path / "resumed"
+    assert _train_cli(world, reference, tmp_path).returncode == 0
+    for signal_after, name, step in (("3:SIGTERM", "SIGTERM", 3), ("6:SIGINT", "SIGINT", 6)):
+        done = _train_cli(world, resumed, tmp_path, signal_after)
+        assert done.returncode == 2, done.stderr[-2000:]
+        last = done.stderr.strip().splitlines()[-1]
+        assert last == (f"canary: {resumed}: stopped by {name} after step {step}; checkpoint written: run the same "
+                        "command again to resume"), done.stderr[-2000:]
+        assert "Traceback" not in done.stderr
+        assert (resumed / "checkpoint" / "state.json").is_file() and not RunDir(resumed).is_complete("training")
+        assert len(RunDir(resumed).steps_path.read_text().splitlines()) == step + 2  # header + steps 0..step
+    assert _train_cli(world, resumed, tmp_path).returncode == 0
+
+    def controller(out):
+        with open(out / "controller.csv", newline="") as fh:
+            return [row[:-1] for row in csv.reader(fh)]  # all but the wall-clock seconds
+    assert (resumed / "steps.csv").read_bytes() == (reference / "steps.csv").read_bytes()
+    assert controller(resumed) == controller(reference)
+    assert (resumed / "canary_answers.jsonl").read_bytes() == (reference / "canary_answers.jsonl").read_bytes()
+    ref = load_file(reference / "adapter" / "adapter_model.safetensors")
+    res = load_file(resumed / "adapter" / "adapter_model.safetensors")
+    assert ref.keys() == res.keys() and all((ref[k] == res[k]).all() for k in ref)
