@@ -311,8 +311,11 @@ def build_plan(spec: SweepSpec, root: Path | None = None) -> Plan:
         raise ConfigError(f"notebook_parameters: unknown stage(s) {unknown_stages}; known: {list(NOTEBOOKS)}")
     if not spec.methods or not spec.seeds:
         raise ConfigError("a sweep needs at least one method and one seed")
-    if len(set(spec.seeds)) != len(spec.seeds) or len(set(spec.methods)) != len(spec.methods):
-        raise ConfigError("methods and seeds must not repeat")
+    repeats = [f"{what} {sorted({v for v in values if values.count(v) > 1})}"
+               for what, values in (("methods", list(spec.methods)), ("seeds", list(spec.seeds)))
+               if len(set(values)) != len(values)]
+    if repeats:
+        raise ConfigError(f"methods and seeds must not repeat: {' and '.join(repeats)} appear more than once")
     repeated = sorted(set(spec.extra_runs) & set(spec.methods))
     if repeated:
         raise ConfigError(f"extra_runs: {repeated} already in methods (each method runs once per seed)")

@@ -314,6 +314,41 @@ def read_checkpoint_state(path: Path, fingerprint: dict) -> dict:
     return state
 
 
+def refuse_partial_checkpoint(run: RunDir) -> None:
+    """A checkpoint folder without its state.json (written last, so a whole one always has it) was damaged
+    after it was written: training must not silently start again from step 0 over it.
+
+    Raises:
+        CheckpointError: naming the folder.
+    """
+    for candidate in (run.checkpoint_dir, run.path / "checkpoint.old"):
+        if candidate.is_dir() and not (candidate / _STATE_FILE).is_file():
+            raise CheckpointError(f"{candidate}: incomplete checkpoint (no {_STATE_FILE}); restore it, or delete it "
+                                  "to train from the start")
+
+
+def check_canary_answers(run: RunDir, state: dict) -> None:
+    """canary_answers.jsonl must still hold every answer of the canary evaluations the checkpoint recorded: they
+    cannot be recomputed after resuming (the model has moved on), so a short file would stay short.
+
+    Raises:
+        CheckpointError: naming the evaluations whose answers are missing.
+    """
+    expected = {int(row["step"]): int(row.get("n_canary") or 0) for row in state.get("loop", {}).get("controller", [])}
+    if not expected:
+        return
+    found: dict[int, int] = {}
+    for record in read_jsonl(run.canary_answers_path):
+        found[int(record.get("step", -1))] = found.get(int(record.get("step", -1)), 0) + 1
+    short = [step for step, n in sorted(expected.items()) if found.get(step, 0) < n]
+    if short:
+        shown = ", ".join(map(str, short[:5])) + (f" and {len(short) - 5} more" if len(short) > 5 else "")
+        raise CheckpointError(
+            f"{run.canary_answers_path}: the answers of {len(short)} of the {len(expected)} canary evaluations the "
+            f"checkpoint recorded are missing (after steps {shown}); they cannot be recomputed: restore the file, "
+            f"or delete {run.path} to train again")
+
+
 def load_checkpoint(path: Path, state: dict, *, model: Any, optimizer: torch.optim.Optimizer,
                     planner: StepPlanner, schedule: Any) -> LoopState:
     """Restore the tensors, random states, planner and schedule of a checked checkpoint (read_checkpoint_state)."""
@@ -423,9 +458,12 @@ def _train_held(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None) -> di
     fingerprint = _run_fingerprint(cfg, [cfg.data.path(cfg.data.target_file), cfg.data.path(cfg.data.safe_file)])
     checkpoint = find_checkpoint(run)
     checkpoint_state = None
+    if checkpoint is None:
+        refuse_partial_checkpoint(run)  # a checkpoint folder without state.json is damage, not "no checkpoint"
     if checkpoint is not None:  # checked before the model loads
         check_training(run, cfg)
         checkpoint_state = read_checkpoint_state(checkpoint, fingerprint)
+        check_canary_answers(run, checkpoint_state)
 
     from canary_lib.models import add_rslora, check_model_source, load_model_and_tokenizer
 

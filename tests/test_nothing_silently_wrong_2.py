@@ -385,3 +385,45 @@ def test_ctrl_c_and_sigterm_finish_the_step_checkpoint_and_resume_identically(wo
     ref = load_file(reference / "adapter" / "adapter_model.safetensors")
     res = load_file(resumed / "adapter" / "adapter_model.safetensors")
     assert ref.keys() == res.keys() and all((ref[k] == res[k]).all() for k in ref)
+
+
+# ------------------------------------------------------------------ case 9: quietly incomplete
+
+
+@pytest.fixture
+def interrupted(world, tmp_path):
+    """A run killed after its last checkpoint (kept), with canary evaluations recorded."""
+    out = tmp_path / "run"
+    cfg = tiny_config(world, "train.keep_checkpoint=true")
+    train_from_config(cfg, out, canary_fn=ScriptedCanary([0.1, 0.2]))
+    RunDir(out).reset_stage("training")
+    return cfg, RunDir(out)
+
+
+def test_a_checkpoint_without_its_state_is_refused_not_restarted_from_step_0(interrupted, monkeypatch, capsys):
+    from canary_lib.train import CheckpointError
+
+    cfg, run = interrupted
+    (run.checkpoint_dir / "state.json").unlink()
+    steps = run.steps_path.read_bytes()
+    _no_model_load(monkeypatch)
+    with pytest.raises(CheckpointError, match=r"checkpoint: incomplete checkpoint \(no state.json\); restore it, or "
+                                              r"delete it to train from the start"):
+        train_from_config(cfg, run.path, canary_fn=ScriptedCanary([0.1]))
+    assert run.steps_path.read_bytes() == steps and run.checkpoint_dir.is_dir()  # nothing wiped
+
+
+@pytest.mark.parametrize("damage", ["delete", "cut"])
+def test_missing_canary_answers_are_refused_on_resume(interrupted, monkeypatch, damage):
+    from canary_lib.train import CheckpointError
+
+    cfg, run = interrupted
+    if damage == "delete":
+        run.canary_answers_path.unlink()
+    else:
+        lines = run.canary_answers_path.read_text().splitlines(keepends=True)
+        run.canary_answers_path.write_text("".join(lines[:-1]))  # the last evaluation lost one answer
+    _no_model_load(monkeypatch)
+    with pytest.raises(CheckpointError, match=r"canary_answers.jsonl: the answers of \d+ of the \d+ canary "
+                                              r"evaluations the checkpoint recorded are missing \(after steps"):
+        train_from_config(cfg, run.path, canary_fn=ScriptedCanary([0.1]))

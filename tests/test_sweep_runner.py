@@ -137,6 +137,8 @@ def test_extra_runs_add_runs_outside_the_grid(project: Path) -> None:
     ({"methods": ["canary", "delayed"]}, "gives method.name 'canary'; set method.name: delayed"),
     ({"methods": ["fixed_mean"]}, "add 'canary' to methods"),
     ({"seedz": [1]}, "seedz: unknown key"),
+    ({"seeds": [42, 123, 42]}, r"methods and seeds must not repeat: seeds \[42\] appear more than once"),
+    ({"methods": ["canary", "no_defense", "canary"]}, r"must not repeat: methods \['canary'\] appear"),
     ({"judge_base_url": "http://judge:8000/v1"}, "judge.model: the openai judge backend needs judge.model"),
     ({"overrides": ["controller.p_max=1", "controller.p_init=1"]}, r"controller.p_max: must be in \[0, 1\)"),
 ])
