@@ -427,3 +427,13 @@ def test_missing_canary_answers_are_refused_on_resume(interrupted, monkeypatch, 
     with pytest.raises(CheckpointError, match=r"canary_answers.jsonl: the answers of \d+ of the \d+ canary "
                                               r"evaluations the checkpoint recorded are missing \(after steps"):
         train_from_config(cfg, run.path, canary_fn=ScriptedCanary([0.1]))
+
+
+def test_ctrl_c_during_evaluation_is_one_line(tmp_path, capsys, monkeypatch):
+    import canary_lib.evaluate as ev
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(ev, "evaluate_run", interrupted)
+    assert main(["eval", str(tmp_path)]) == 130
+    assert capsys.readouterr().err == "canary: interrupted; run the same command again to resume from what was saved\n"
