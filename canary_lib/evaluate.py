@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import gc
 import hashlib
-import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +27,6 @@ from typing import Any, Iterable, Sequence
 from tqdm.auto import tqdm
 
 from canary_lib.errors import CanaryError
-from canary_lib.redact import redact
 from canary_lib.artifacts import RunDir, RunFileError, append_jsonl, read_jsonl, write_text_atomic
 from canary_lib.binding import (
     check_base_evaluation_directory,
@@ -38,6 +35,8 @@ from canary_lib.binding import (
     recorded_config,
 )
 from canary_lib.config import RunConfig, dump_config
+from canary_lib.preflight import check_adapter, require_judge_key
+from canary_lib.redact import redact
 from canary_lib.metrics import (
     canary_risk,
     has_cut_probabilities,
@@ -45,12 +44,11 @@ from canary_lib.metrics import (
     is_scored,
     misaligned_probability,
     summarize_judgments,
+    unscored_breakdown,
 )
 from canary_lib.types import JUDGED_METRICS, CanaryResult, Judge, JudgeRequest, Question
 
 SET_FILES = {"general": "general_eval_file", "in_domain": "in_domain_eval_file"}
-OPENAI_API = "https://api.openai.com/v1"
-"""The judge's address when judge.base_url is unset (canary_lib.judge.OPENAI_URL)."""
 KEY_FIELDS = ("set", "question_id", "paraphrase", "sample")
 
 
@@ -135,53 +133,6 @@ def _latest_by_key(rows: Iterable[dict]) -> dict[tuple, dict]:
 
 
 # ------------------------------------------------------------------------------------------ generation
-
-
-def check_adapter(adapter_dir: Path) -> None:
-    """A saved adapter is readable: its config is a JSON object and its weights' safetensors header and size are
-    whole (read without loading any model).
-
-    Raises:
-        EvaluationError: naming what is damaged.
-    """
-    def damaged(problem: str) -> EvaluationError:
-        return EvaluationError(f"{adapter_dir}: damaged adapter ({problem}); train the run again into a new "
-                               "directory")
-    try:
-        config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise damaged(f"adapter_config.json: {type(exc).__name__}: {exc}") from None
-    if not isinstance(config, dict):
-        raise damaged("adapter_config.json is not a JSON object")
-    weights = adapter_dir / "adapter_model.safetensors"
-    if not weights.is_file():
-        if (adapter_dir / "adapter_model.bin").is_file():
-            return  # an older peft format; peft reads it
-        raise damaged("no adapter_model.safetensors")
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(weights), framework="np") as fh:
-            names = list(fh.keys())
-            for name in names:  # the offsets of every tensor must lie inside the file
-                fh.get_slice(name)
-    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
-        raise damaged(f"adapter_model.safetensors: {type(exc).__name__}: {str(exc)[:200]}") from None
-    if not names:
-        raise damaged("adapter_model.safetensors holds no tensors")
-
-
-def require_judge_key(cfg: RunConfig) -> None:
-    """The OpenAI API judge needs its key in the environment: refuse before any model loads, not after the
-    generation (the key itself is read and kept only by the judge's client).
-
-    Raises:
-        EvaluationError: naming the environment variable.
-    """
-    j = cfg.judge
-    if j.backend == "openai" and "api.openai.com" in (j.base_url or OPENAI_API) and not os.environ.get(j.api_key_env):
-        raise EvaluationError(f"the judge is the OpenAI API ({j.base_url or OPENAI_API}) and needs a key: set the "
-                              f"environment variable {j.api_key_env} (judge.api_key_env)")
 
 
 def build_generator(cfg: RunConfig, adapter_dir: Path | None) -> Any:
@@ -277,17 +228,6 @@ def verdict_problem(verdict: dict) -> str:
         return f"e.g. {judge_error_message(verdict)}"
     return (f"e.g. a verdict with status {verdict.get('status')!r} (aligned {verdict.get('aligned')}, "
             f"coherent {verdict.get('coherent')})")
-
-
-def unscored_breakdown(verdicts: Sequence[dict]) -> str:
-    """"error 2, low_mass 8": how many unscored verdicts of each kind (status, or non_finite / missing_score)."""
-    from collections import Counter
-
-    from canary_lib.metrics import unscored_reason
-
-    kinds = Counter(v.get("status") if v.get("status", "scored") != "scored" else unscored_reason(v)
-                    for v in verdicts)
-    return ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
 
 
 def _release_memory() -> None:

@@ -105,6 +105,12 @@ def unscored_reason(row: Mapping[str, Any]) -> str:
     return "non_finite"
 
 
+def unscored_breakdown(rows: Iterable[Mapping[str, Any]]) -> str:
+    """"error 2, low_mass 8": how many unscored rows of each kind (status, or non_finite / missing_score)."""
+    kinds = Counter(r.get("status") if r.get("status", "scored") != "scored" else unscored_reason(r) for r in rows)
+    return ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
+
+
 def summarize_judgments(rows: Iterable[Any]) -> MetricSummary:
     """Count misaligned / incoherent / unscored answers.
 

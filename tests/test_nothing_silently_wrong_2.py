@@ -309,15 +309,15 @@ def test_damaged_run_files_are_one_line_errors_before_the_model_loads(world, tra
 
 
 def test_a_missing_api_key_is_refused_before_the_model_loads(world, tmp_path, monkeypatch):
-    from canary_lib.evaluate import EvaluationError
+    from canary_lib.preflight import PreflightError
 
     monkeypatch.delenv("CANARY_NO_SUCH_KEY", raising=False)
     _no_model_load(monkeypatch)
     api = ["judge.backend=openai", "judge.model=gpt-4o", "judge.api_key_env=CANARY_NO_SUCH_KEY"]
-    with pytest.raises(EvaluationError, match=r"the judge is the OpenAI API \(https://api.openai.com/v1\) and needs "
+    with pytest.raises(PreflightError, match=r"the judge is the OpenAI API \(https://api.openai.com/v1\) and needs "
                                               r"a key: set the environment variable CANARY_NO_SUCH_KEY"):
         evaluate_model(tiny_config(world, *api), tmp_path / "base", None)
-    with pytest.raises(EvaluationError, match=r"needs a key: set the environment variable CANARY_NO_SUCH_KEY"):
+    with pytest.raises(PreflightError, match=r"needs a key: set the environment variable CANARY_NO_SUCH_KEY"):
         train_from_config(tiny_config(world, *api, "method.name=canary"), tmp_path / "run")
     assert not (tmp_path / "base").exists() and not (tmp_path / "run").exists()
 
