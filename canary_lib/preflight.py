@@ -35,7 +35,7 @@ def check_adapter(adapter_dir: Path) -> None:
     """
     def damaged(problem: str) -> PreflightError:
         return PreflightError(f"{adapter_dir}: damaged adapter ({problem}); train the run again into a new "
-                               "directory")
+                              "directory")
     try:
         config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
