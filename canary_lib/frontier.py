@@ -43,7 +43,8 @@ def frontier_table(runs: pd.DataFrame, fixed_p: dict[str, float], adaptive: list
         adaptive: method names plotted as points against the fixed curve.
     """
     rows = []
-    for method, group in runs[runs.eval_complete].groupby("method", sort=False):
+    scored = runs.eval_complete & runs.general_misaligned_pct.notna()  # a seed without scored answers: no point
+    for method, group in runs[scored].groupby("method", sort=False):
         if method in fixed_p:
             kind, p, name = "fixed", fixed_p[method], frontier_method_name(fixed_p[method])
         elif method in adaptive:

@@ -161,6 +161,7 @@ def test_rows_never_average_fewer_seeds_than_they_name(runs_dir: Path, tmp_path:
         "456: no run directory"
     assert table.loc["canary", "seeds_left_out"] == "7: evaluation not complete"  # its own unfinished run
     assert "n_canary_unscored" in res.runs.columns and "n_canary_unscored" in res.table1.columns
+    assert sorted(res.frontier[res.frontier.p == 0.05].seed) == [42, 456]  # no frontier point without a score
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "fixed_5/seed123: evaluation scored no answers" in summary
     assert "no_defense/seed456: no run directory" in summary
