@@ -1,6 +1,6 @@
 """Ctrl-C (SIGINT) and SIGTERM (SLURM's preemption, `kill`) stop training between two steps, never inside one.
 
-    stop = StopRequest.install()      # in the training loop, before the first step
+    stop = StopRequest.install()      # when training takes the run directory (model loading included)
     ...                               # after each step: if stop.signum is not None: checkpoint, raise stop.error(...)
     stop.uninstall()                  # the previous handlers again
 
@@ -54,12 +54,17 @@ class StopRequest:
         if self.signum is not None:  # asked twice: stop now
             raise KeyboardInterrupt
         self.signum = signum
-        sys.stderr.write(f"\ncanary: {signal.Signals(signum).name} received: finishing this step, then a "
-                         "checkpoint (send it again to stop at once)\n")
+        sys.stderr.write(f"\ncanary: {signal.Signals(signum).name} received: stopping after the current step, "
+                         "with a checkpoint (send it again to stop at once)\n")
         sys.stderr.flush()
 
-    def error(self, run_path: Any, step: int) -> TrainingInterrupted:
+    def error(self, run_path: Any, step: int | None) -> TrainingInterrupted:
+        """The one line: after which step the checkpoint was written (None: before the first step of this
+        session, while loading, with nothing new to save)."""
         name = signal.Signals(self.signum).name if self.signum is not None else "a signal"
+        if step is None:
+            return TrainingInterrupted(f"{run_path}: stopped by {name} before the first step of this session; "
+                                       "nothing new to save: run the same command again to resume")
         return TrainingInterrupted(f"{run_path}: stopped by {name} after step {step}; checkpoint written: run the "
                                    "same command again to resume")
 

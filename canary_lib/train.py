@@ -425,10 +425,14 @@ def train_from_config(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None 
     """
     ensure_run_directory(Path(out_dir))
     with hold_run_directory(out_dir, "training"):
-        return _train_held(cfg, out_dir, canary_fn)
+        stop = StopRequest.install()  # Ctrl-C / SIGTERM from here on: stop between steps, checkpoint, one line
+        try:
+            return _train_held(cfg, out_dir, canary_fn, stop)
+        finally:
+            stop.uninstall()
 
 
-def _train_held(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None) -> dict:
+def _train_held(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None, stop: StopRequest) -> dict:
     """train_from_config's work, while this process holds the run directory."""
     run = RunDir(out_dir)
     ensure_run_directory(run.path)
@@ -494,8 +498,9 @@ def _train_held(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None) -> di
     risk_ema = loop.controller[-1]["risk_ema"] if loop.controller else 0.0
     bar = tqdm(total=planner.n_target_batches, initial=planner.n_target_batches - planner.target_remaining,
                desc=f"{cfg.method.name} seed {cfg.seed}", unit="target batch", dynamic_ncols=True)
-    stop = StopRequest.install()  # Ctrl-C / SIGTERM: finish the step, checkpoint, one line
     try:
+        if stop.signum is not None:  # asked to stop while loading: no step of this session to finish or save
+            raise stop.error(run.path, None)
         while (planned := planner.next_step(schedule.p(planner.step))) is not None:
             # one step of Algorithm 1: a batch of exactly the drawn source, one optimizer step
             start = time.perf_counter()
@@ -538,7 +543,6 @@ def _train_held(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None) -> di
                                     loop=loop, fingerprint=fingerprint)
                 raise stop.error(run.path, planned.step)
     finally:  # a stop (judge failure, crash) leaves the bar closed, so the error starts its own line
-        stop.uninstall()
         bar.close()
 
     metrics = _finish(run, cfg, model, loop, wall_start, safe_budget=planner.safe_budget)

@@ -437,3 +437,25 @@ def test_ctrl_c_during_evaluation_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(ev, "evaluate_run", interrupted)
     assert main(["eval", str(tmp_path)]) == 130
     assert capsys.readouterr().err == "canary: interrupted; run the same command again to resume from what was saved\n"
+
+
+def test_a_signal_while_the_model_loads_stops_before_the_first_step(world, tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    from canary_lib.graceful_stop import TrainingInterrupted
+
+    real = models.load_model_and_tokenizer
+
+    def load_then_interrupted(cfg):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C during a long load
+        return real(cfg)
+    monkeypatch.setattr(models, "load_model_and_tokenizer", load_then_interrupted)
+    previous = signal.getsignal(signal.SIGINT)
+    with pytest.raises(TrainingInterrupted, match=r"stopped by SIGINT before the first step of this session; "
+                                                  r"nothing new to save"):
+        train_from_config(tiny_config(world), tmp_path / "run", canary_fn=ScriptedCanary([0.1]))
+    assert signal.getsignal(signal.SIGINT) is previous  # the handlers are given back
+    assert "SIGINT received: stopping after the current step" in capsys.readouterr().err
+    monkeypatch.setattr(models, "load_model_and_tokenizer", real)
+    assert train_from_config(tiny_config(world), tmp_path / "run", canary_fn=ScriptedCanary([0.1]))["n_steps"] >= 2
