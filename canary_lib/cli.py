@@ -9,6 +9,7 @@ from pathlib import Path
 
 from canary_lib.config import load_config
 from canary_lib.errors import CanaryError
+from canary_lib.redact import redact
 
 
 def _add_params(p: argparse.ArgumentParser) -> None:
@@ -113,15 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except CanaryError as exc:
-        from canary_lib.redact import redact
-
         print(f"canary: {redact(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # a second Ctrl-C (training), or one during evaluation: both resume on a rerun
         print("canary: interrupted; run the same command again to resume from what was saved", file=sys.stderr)
         return 130
     except OSError as exc:  # a read-only or full disk, a missing path: one line, not a traceback
-        print(f"canary: {os_error_line(exc)}", file=sys.stderr)
+        print(f"canary: {redact(os_error_line(exc))}", file=sys.stderr)
         return 2
 
 
