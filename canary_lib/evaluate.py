@@ -132,11 +132,12 @@ def build_generator(cfg: RunConfig, adapter_dir: Path | None) -> Any:
     from canary_lib.models import resolve_model_path
 
     if cfg.eval.backend == "vllm":
-        from canary_lib.generation import VLLMGenerator
+        from canary_lib.generation import VLLMGenerator, vllm_model_kwargs
 
         return VLLMGenerator(resolve_model_path(cfg), adapter_dir, seed=cfg.seed,
                              gpu_memory_utilization=cfg.eval.vllm_gpu_memory_utilization,
-                             tensor_parallel_size=cfg.eval.vllm_tensor_parallel_size)
+                             tensor_parallel_size=cfg.eval.vllm_tensor_parallel_size,
+                             **vllm_model_kwargs(cfg.model))
     from canary_lib.generation import TransformersGenerator
     from canary_lib.models import load_model_and_tokenizer
 
@@ -291,6 +292,11 @@ def evaluate_model(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None) -> d
     from canary_lib.models import check_model_source  # torch: only once the cheap checks passed
 
     check_model_source(cfg.model)
+    judged_before = _latest_by_key(read_jsonl(run.judgments_path))
+    if any(judged_before.get(s.key, {}).get("status", "error") == "error" for s in planned):
+        from canary_lib.judge import preflight_judge  # before the model loads, not after generation
+
+        preflight_judge(cfg)
     run.path.mkdir(parents=True, exist_ok=True)
     run.remove_temporaries()
     _record_eval_settings(run, cfg)
@@ -484,4 +490,8 @@ def make_canary_fn(cfg: RunConfig, judge: Judge | None = None) -> CanaryEvaluato
                               f"{cfg.canary.n_prompts}")
     questions = questions[: cfg.canary.n_prompts]
     check_questions(questions, str(path), needs_judge_prompts=judge is None and cfg.judge.backend != "exact")
+    if judge is None:  # training calls this before its model loads: a judge server that is not there fails now
+        from canary_lib.judge import preflight_judge
+
+        preflight_judge(cfg)
     return CanaryEvaluator(cfg, questions, judge)

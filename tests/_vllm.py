@@ -95,7 +95,8 @@ def make_tiny_judge_qwen2(path: Path, *, seed: int = 0, digit_logit: float = 3.0
         head[:, 0] = 0.0
         for k, token in enumerate(digits):
             embed[token, 0] = 1.0 if k in CONTINUING_DIGITS else -1.0
-            head[token, 0] = digit_logit * (0.7 + 0.6 * torch.rand((), generator=generator).item())
+            weight = 0.7 + 0.6 * torch.rand((), generator=generator).item()
+            head[token, 0] = digit_logit * weight * (0.8 if k in CONTINUING_DIGITS else 1.0)  # greedy: one digit
         head[tokenizer.convert_tokens_to_ids("<|im_end|>"), 0] = -1.5 * digit_logit
         model.model.norm.weight[0] = 1.0
     model.save_pretrained(path)
