@@ -187,7 +187,7 @@ def make_judge(cfg: RunConfig) -> Judge:
         backend = TransformersBackend(model, tokenizer, batch_size=j.batch_size)
     else:
         backend = VLLMBackend(j.model, gpu_memory_utilization=j.gpu_memory_utilization,
-                              tensor_parallel_size=j.tensor_parallel_size)
+                              tensor_parallel_size=j.tensor_parallel_size, max_model_len=j.max_model_len)
     return LLMJudge(backend, j)
 
 
@@ -484,11 +484,12 @@ class VLLMBackend:
 
     max_batch = None
 
-    def __init__(self, model: str, *, gpu_memory_utilization: float, tensor_parallel_size: int) -> None:
+    def __init__(self, model: str, *, gpu_memory_utilization: float, tensor_parallel_size: int,
+                 max_model_len: int | None = None) -> None:
         from vllm import LLM
 
         self.llm = LLM(model=model, enable_prefix_caching=True, gpu_memory_utilization=gpu_memory_utilization,
-                       tensor_parallel_size=tensor_parallel_size)
+                       tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len)
         self.tokenizer = self.llm.get_tokenizer()
 
     def _ids(self, prompt: str) -> list[int]:

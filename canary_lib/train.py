@@ -374,9 +374,12 @@ def train_from_config(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None 
         check_training(run, cfg)
         checkpoint_state = read_checkpoint_state(checkpoint, fingerprint)
 
-    from canary_lib.models import add_rslora, check_model_source, load_model_and_tokenizer
+    from canary_lib.models import add_rslora, check_model_source, choose_device, load_model_and_tokenizer
 
     check_model_source(cfg.model)
+    from canary_lib.memory import check_found_device
+
+    check_found_device(cfg, choose_device(cfg.model))  # the estimate against the GPU found (canary_lib/memory.py)
 
     wall_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
