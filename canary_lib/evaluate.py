@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -261,13 +262,26 @@ def generate_answers(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None) ->
     return len(to_generate), t1 - t0, seconds
 
 
-def run_isolated(fn: Any, *args: Any) -> Any:
-    """fn(*args) in a fresh (spawned) process, so all the GPU memory it took is returned when it ends."""
+VLLM_PYTHON_ENV = "CANARY_VLLM_PYTHON"
+"""A Python with vLLM for the generation stage when this one has none (the CPU tests' .venv-vllm; unset on a GPU
+node, where `.[gpu]` puts vLLM beside everything else)."""
+
+
+def run_isolated(fn: Any, *args: Any, python: str | None = None) -> Any:
+    """fn(*args) in a fresh (spawned) process, so all the GPU memory it took is returned when it ends; `python`:
+    the interpreter it runs in (one where canary_lib imports), default this one."""
     import multiprocessing
+    import multiprocessing.spawn
     from concurrent.futures import ProcessPoolExecutor
 
-    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(fn, *args).result()
+    own = multiprocessing.spawn.get_executable()
+    if python:
+        multiprocessing.spawn.set_executable(python)
+    try:
+        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return pool.submit(fn, *args).result()
+    finally:
+        multiprocessing.spawn.set_executable(own)
 
 
 def evaluate_model(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None) -> dict:
@@ -303,7 +317,8 @@ def evaluate_model(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None) -> d
     run.reset_stage("eval")  # complete again only once every planned answer is judged
 
     if cfg.eval.backend == "vllm":  # vLLM does not reliably free GPU memory in-process: its own process
-        n_generated, load_seconds, generate_seconds = run_isolated(generate_answers, cfg, run.path, adapter_dir)
+        n_generated, load_seconds, generate_seconds = run_isolated(generate_answers, cfg, run.path, adapter_dir,
+                                                                   python=os.environ.get(VLLM_PYTHON_ENV))
     else:
         n_generated, load_seconds, generate_seconds = generate_answers(cfg, run.path, adapter_dir)
     generated = _latest_by_key(read_jsonl(run.generations_path))
