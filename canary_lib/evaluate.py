@@ -267,21 +267,35 @@ VLLM_PYTHON_ENV = "CANARY_VLLM_PYTHON"
 node, where `.[gpu]` puts vLLM beside everything else)."""
 
 
-def run_isolated(fn: Any, *args: Any, python: str | None = None) -> Any:
-    """fn(*args) in a fresh (spawned) process, so all the GPU memory it took is returned when it ends; `python`:
-    the interpreter it runs in (one where canary_lib imports), default this one."""
+def run_isolated(fn: Any, *args: Any) -> Any:
+    """fn(*args) in a fresh (spawned) process, so all the GPU memory it took is returned when it ends."""
     import multiprocessing
-    import multiprocessing.spawn
     from concurrent.futures import ProcessPoolExecutor
 
-    own = multiprocessing.spawn.get_executable()
-    if python:
-        multiprocessing.spawn.set_executable(python)
-    try:
-        with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            return pool.submit(fn, *args).result()
-    finally:
-        multiprocessing.spawn.set_executable(own)
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def generate_answers_in(python: str, cfg: RunConfig, out_dir: Path, adapter_dir: Path | None) -> tuple:
+    """`generate_answers` in another Python (one with vLLM, where canary_lib imports too), as a subprocess: a
+    spawned multiprocessing child would inherit this interpreter's sys.path and miss that one's packages."""
+    import json
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        request, result = Path(tmp) / "request.json", Path(tmp) / "result.json"
+        request.write_text(json.dumps({"config": cfg.model_dump(mode="json"), "out_dir": str(out_dir),
+                                       "adapter_dir": str(adapter_dir) if adapter_dir else None}))
+        code = ("import json, sys; from pathlib import Path; from canary_lib.config import config_from_dict; "
+                "from canary_lib.evaluate import generate_answers; r = json.loads(Path(sys.argv[1]).read_text()); "
+                "a = r['adapter_dir']; out = generate_answers(config_from_dict(r['config']), Path(r['out_dir']), "
+                "Path(a) if a else None); Path(sys.argv[2]).write_text(json.dumps(list(out)))")
+        done = subprocess.run([python, "-c", code, str(request), str(result)], stderr=subprocess.PIPE, text=True)
+        if done.returncode != 0 or not result.is_file():
+            tail = " ".join(done.stderr.strip().splitlines()[-3:])[-400:]
+            raise RuntimeError(f"the generation stage in {python} failed (exit {done.returncode}): {tail}")
+        return tuple(json.loads(result.read_text()))
 
 
 def evaluate_model(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None) -> dict:
@@ -317,8 +331,10 @@ def evaluate_model(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None) -> d
     run.reset_stage("eval")  # complete again only once every planned answer is judged
 
     if cfg.eval.backend == "vllm":  # vLLM does not reliably free GPU memory in-process: its own process
-        n_generated, load_seconds, generate_seconds = run_isolated(generate_answers, cfg, run.path, adapter_dir,
-                                                                   python=os.environ.get(VLLM_PYTHON_ENV))
+        python = os.environ.get(VLLM_PYTHON_ENV)
+        n_generated, load_seconds, generate_seconds = (
+            generate_answers_in(python, cfg, run.path, adapter_dir) if python
+            else run_isolated(generate_answers, cfg, run.path, adapter_dir))
     else:
         n_generated, load_seconds, generate_seconds = generate_answers(cfg, run.path, adapter_dir)
     generated = _latest_by_key(read_jsonl(run.generations_path))
