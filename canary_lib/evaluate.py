@@ -257,6 +257,7 @@ def generate_answers(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None) ->
     generate_pending(generator, to_generate, seed=cfg.seed, sampling=cfg.eval, path=run.generations_path,
                      chunk_size=chunk)
     seconds = time.perf_counter() - t1
+    getattr(generator, "close", lambda: None)()  # vLLM's engine processes end here, not at interpreter exit
     del generator
     _release_memory()
     return len(to_generate), t1 - t0, seconds

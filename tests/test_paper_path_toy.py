@@ -86,4 +86,6 @@ def test_paper_path_on_vllm(tmp_path, monkeypatch):
     assert not alive(pids)
     generations = [json.loads(x) for x in (tmp_path / "runs/canary/seed42/generations.jsonl").read_text().splitlines()]
     assert len(generations) == 22 and all(isinstance(g["answer"], str) for g in generations)
+    recorded = yaml.safe_load((tmp_path / "runs/canary/seed42/config.yaml").read_text())
+    assert recorded["eval"]["backend"] == "vllm" and recorded["judge"]["backend"] == "openai"
     print({k: metrics[k] for k in ("general_misaligned_pct", "n_scored", "n_unscored", "eval_generate_seconds")})
