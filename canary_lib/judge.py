@@ -485,11 +485,11 @@ class VLLMBackend:
     max_batch = None
 
     def __init__(self, model: str, *, gpu_memory_utilization: float, tensor_parallel_size: int,
-                 max_model_len: int | None = None) -> None:
+                 max_model_len: int | None = None, **engine_args: Any) -> None:
         from vllm import LLM
 
         self.llm = LLM(model=model, enable_prefix_caching=True, gpu_memory_utilization=gpu_memory_utilization,
-                       tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len)
+                       tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len, **engine_args)
         self.tokenizer = self.llm.get_tokenizer()
 
     def _ids(self, prompt: str) -> list[int]:

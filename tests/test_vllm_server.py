@@ -3,7 +3,8 @@ Qwen2.5 chat template: its scores equal the transformers judge's on the same wei
 truncation allows; the continued-prefix request is accepted; the pre-flight check passes against it and fails
 fast and in one line against a dead port; no vLLM process is left after the server ends.
 
-One server for the whole module, in one test: starting it takes 40-100 s on the shared 2-core machine.
+One server for the whole module, in one test: starting it takes 40-100 s on the shared 2-core machine. The
+offline vLLM judge (`VLLMBackend`) is compared with the transformers judge the same way.
 """
 
 from __future__ import annotations
@@ -141,3 +142,35 @@ def test_truncation_bound_is_tight_enough_to_fail():
         detail = {"mass": 0.8, "unseen": 0.02}
 
     assert math.isclose(truncation_bound("digits", Score(), None, ""), 100 * 0.02 / 0.8)
+
+
+def test_offline_vllm_judge_matches_transformers(tmp_path):
+    """`VLLMBackend` (the offline judge, `judge.backend: vllm`) in the vLLM environment: the same scores as the
+    transformers judge on the same weights, within the same truncation bound (vLLM's top-20 log-probabilities)."""
+    need(vllm_problem(), REQUIRE_ENV)
+    import json
+    from types import SimpleNamespace
+
+    from _vllm import ROOT, run_vllm_script
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_dir = make_tiny_judge_qwen2(tmp_path / "judge")
+    prompts = judge_prompts()
+    out = tmp_path / "scores.json"
+    done = run_vllm_script(ROOT / "tests" / "vllm_scripts" / "judge_offline.py", str(model_dir), str(out),
+                           json.dumps(prompts))
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(out.read_text())
+    local = TransformersBackend(AutoModelForCausalLM.from_pretrained(model_dir).eval(),
+                                AutoTokenizer.from_pretrained(model_dir), batch_size=16)
+    for scorer in ("logprob", "digits", "parse"):
+        settings = JudgeSettings(backend="transformers", model=str(model_dir), scorer=scorer, digit_prune_below=0.0)
+        theirs = LLMJudge(local, settings).score_prompts(prompts)
+        for k, (v, t) in enumerate(zip(got[scorer], theirs)):
+            assert v["status"] == t.status, (scorer, k, v, t)
+            if scorer == "parse":
+                assert v["detail"]["text"] == t.detail["text"] and v["score"] == t.score
+            elif v["score"] is not None:
+                bound = truncation_bound(scorer, SimpleNamespace(detail=v["detail"]), local, prompts[k])
+                assert abs(v["score"] - t.score) <= bound + FLOAT_TOL, (scorer, k, v["score"], t.score, bound)
+        print(scorer, [round(s["score"], 3) if s["score"] is not None else s["status"] for s in got[scorer]])
