@@ -125,8 +125,8 @@ class VLLMServer:
 
     def __enter__(self) -> "VLLMServer":
         t0 = time.perf_counter()
-        out = self.log.open("w")
-        self.process = subprocess.Popen(self.args, stdout=out, stderr=subprocess.STDOUT, env=vllm_env(),
+        self._out = self.log.open("w")
+        self.process = subprocess.Popen(self.args, stdout=self._out, stderr=subprocess.STDOUT, env=vllm_env(),
                                         start_new_session=True, cwd=self.log.parent)
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -148,6 +148,7 @@ class VLLMServer:
     def __exit__(self, *exc: object) -> None:
         self._note_pids()
         self._stop()
+        self._out.close()
 
     def _note_pids(self) -> None:
         import psutil

@@ -5,7 +5,6 @@ model as training does. (The pre-flight against a real `vllm serve`: tests/test_
 from __future__ import annotations
 
 import re
-import shutil
 import time
 import tomllib
 from pathlib import Path
@@ -16,7 +15,7 @@ from _data_fixtures import question_items, write_questions
 from _fixtures import make_tiny_training_world
 from _vllm import ROOT, free_port
 
-from canary_lib.config import ConfigError, load_config
+from canary_lib.config import load_config
 from canary_lib.judge import JudgeUnavailableError, check_judge_server
 
 DEAD = "http://127.0.0.1:{port}/v1"
