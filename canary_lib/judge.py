@@ -246,9 +246,9 @@ def check_judge_server(base_url: str, model: str, *, api_key_env: str, timeout_s
     except httpx.TransportError as exc:  # refused, unreachable, timed out: no retries here
         raise JudgeUnavailableError(f"no judge server answers at {base_url} ({type(exc).__name__}: "
                                     f"{' '.join(str(exc).split())[:120]}); {_start_hint(base_url, model)}") from None
-    except json.JSONDecodeError:
-        raise JudgeUnavailableError(f"{base_url}/models did not answer JSON: is it an OpenAI-compatible server "
-                                    "(the address should end in /v1)?") from None
+    except (json.JSONDecodeError, AttributeError):
+        raise JudgeUnavailableError(f"{base_url}/models did not answer a model list: is it an OpenAI-compatible "
+                                    "server (the address should end in /v1)?") from None
     what = {"digits": "a continued-prefix top-20 request (continue_final_message, a vLLM server extension: use "
                       "judge.scorer logprob for hosted APIs)", "logprob": "a top-20 log-probability request",
             "parse": "a chat request"}[scorer]

@@ -45,7 +45,8 @@ def tiny_openai_run(tmp_path: Path, port: int, **extra: str):
     model, data = make_tiny_training_world(tmp_path, n_target=32, n_safe=16)
     write_questions(data / "canaries.yaml", question_items([(k, f"canary question {k}?") for k in range(4)]))
     overrides = [f"model.name_or_path={model}", f"data.dir={data}", "data.kind=organism", "canary.n_prompts=4",
-                 "judge.backend=openai", "judge.model=Qwen/Qwen2.5-32B-Instruct", f"judge.base_url={DEAD.format(port=port)}",
+                 "judge.backend=openai", "judge.model=Qwen/Qwen2.5-32B-Instruct",
+                 f"judge.base_url={DEAD.format(port=port)}",
                  "judge.api_key_env=NO_KEY_HERE", "train.batch_size=4", "train.micro_batch_size=4",
                  "method.name=canary", *[f"{k}={v}" for k, v in extra.items()]]
     return load_config(overrides=overrides)

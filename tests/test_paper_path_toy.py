@@ -58,7 +58,8 @@ def run_paper_path(tmp_path: Path, toy: Path, *eval_overrides: str) -> dict:
     overrides = [x for o in eval_overrides for x in ("--set", o)]
     assert main(["eval", str(run), *overrides]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["n_scored"] > 0 and metrics["eval_n_answers"] == 2 * (6 + 5)  # 6 general and 5 in-domain questions, 2 answers each
+    # 6 general and 5 in-domain questions, 2 answers each
+    assert metrics["n_scored"] > 0 and metrics["eval_n_answers"] == 2 * (6 + 5)
     [row] = [r for _, r in build_table1(collect_runs(tmp_path / "runs")).iterrows() if r["method"] == "canary"]
     assert row["n_seeds"] == 1 and not math.isnan(row["general_misaligned_pct_mean"])
     return metrics
