@@ -180,6 +180,20 @@ def test_gpu_extra_pins_the_tested_vllm_and_agrees_with_the_lock():
     assert checked == {"torch", "transformers", "lark"}
 
 
+GPU_LOCK_EXCEPTIONS = {"numpy": "vLLM's mistral_common needs numpy<2.4 on Python <= 3.12"}
+
+
+def test_gpu_lock_is_the_cpu_lock_plus_vllm():
+    """constraints-gpu.txt (a GPU node's exact set) pins the gpu extra's vLLM and, for every package the CPU lock
+    pins too, the same version, except the documented exceptions."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    gpu, lock = _pins(ROOT / "constraints-gpu.txt"), _pins(ROOT / "constraints.txt")
+    assert f"vllm=={gpu['vllm']}" == extras["gpu"][0]
+    differ = {name: (lock[name], version) for name, version in gpu.items() if name in lock and lock[name] != version}
+    assert set(differ) == set(GPU_LOCK_EXCEPTIONS), differ
+    assert gpu["torch"] == lock["torch"] and gpu["transformers"] == lock["transformers"]
+
+
 # ------------------------------------------------------------------------------------------ vLLM generation
 
 
