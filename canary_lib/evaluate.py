@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,11 +141,12 @@ def build_generator(cfg: RunConfig, adapter_dir: Path | None) -> Any:
     from canary_lib.models import resolve_model_path
 
     if cfg.eval.backend == "vllm":
-        from canary_lib.generation import VLLMGenerator
+        from canary_lib.generation import VLLMGenerator, vllm_model_kwargs
 
         return VLLMGenerator(resolve_model_path(cfg), adapter_dir, seed=cfg.seed,
                              gpu_memory_utilization=cfg.eval.vllm_gpu_memory_utilization,
-                             tensor_parallel_size=cfg.eval.vllm_tensor_parallel_size)
+                             tensor_parallel_size=cfg.eval.vllm_tensor_parallel_size,
+                             **vllm_model_kwargs(cfg.model))
     from canary_lib.generation import TransformersGenerator
     from canary_lib.models import load_model_and_tokenizer
 
@@ -275,9 +277,15 @@ def generate_answers(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None) ->
     generate_pending(generator, to_generate, seed=cfg.seed, sampling=cfg.eval, path=run.generations_path,
                      chunk_size=chunk)
     seconds = time.perf_counter() - t1
+    getattr(generator, "close", lambda: None)()  # vLLM's engine processes end here, not at interpreter exit
     del generator
     _release_memory()
     return len(to_generate), t1 - t0, seconds
+
+
+VLLM_PYTHON_ENV = "CANARY_VLLM_PYTHON"
+"""A Python with vLLM for the generation stage when this one has none (the CPU tests' .venv-vllm; unset on a GPU
+node, where `.[gpu]` puts vLLM beside everything else)."""
 
 
 def run_isolated(fn: Any, *args: Any) -> Any:
@@ -287,6 +295,28 @@ def run_isolated(fn: Any, *args: Any) -> Any:
 
     with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
         return pool.submit(fn, *args).result()
+
+
+def generate_answers_in(python: str, cfg: RunConfig, out_dir: Path, adapter_dir: Path | None) -> tuple:
+    """`generate_answers` in another Python (one with vLLM, where canary_lib imports too), as a subprocess: a
+    spawned multiprocessing child would inherit this interpreter's sys.path and miss that one's packages."""
+    import json
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        request, result = Path(tmp) / "request.json", Path(tmp) / "result.json"
+        request.write_text(json.dumps({"config": cfg.model_dump(mode="json"), "out_dir": str(out_dir),
+                                       "adapter_dir": str(adapter_dir) if adapter_dir else None}))
+        code = ("import json, sys; from pathlib import Path; from canary_lib.config import config_from_dict; "
+                "from canary_lib.evaluate import generate_answers; r = json.loads(Path(sys.argv[1]).read_text()); "
+                "a = r['adapter_dir']; out = generate_answers(config_from_dict(r['config']), Path(r['out_dir']), "
+                "Path(a) if a else None); Path(sys.argv[2]).write_text(json.dumps(list(out)))")
+        done = subprocess.run([python, "-c", code, str(request), str(result)], stderr=subprocess.PIPE, text=True)
+        if done.returncode != 0 or not result.is_file():
+            tail = " ".join(done.stderr.strip().splitlines()[-3:])[-400:]
+            raise RuntimeError(f"the generation stage in {python} failed (exit {done.returncode}): {tail}")
+        return tuple(json.loads(result.read_text()))
 
 
 def evaluate_model(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None) -> dict:
@@ -329,13 +359,21 @@ def _evaluate_held(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None) -> d
     from canary_lib.models import check_model_source  # torch: only once the cheap checks passed
 
     check_model_source(cfg.model)
+    judged_before = _latest_by_key(read_jsonl(run.judgments_path))
+    if any(judged_before.get(s.key, {}).get("status", "error") == "error" for s in planned):
+        from canary_lib.judge import preflight_judge  # before the model loads, not after generation
+
+        preflight_judge(cfg)
     run.path.mkdir(parents=True, exist_ok=True)
     run.remove_temporaries()
     _record_eval_settings(run, cfg)
     run.reset_stage("eval")  # complete again only once every planned answer is judged
 
     if cfg.eval.backend == "vllm":  # vLLM does not reliably free GPU memory in-process: its own process
-        n_generated, load_seconds, generate_seconds = run_isolated(generate_answers, cfg, run.path, adapter_dir)
+        python = os.environ.get(VLLM_PYTHON_ENV)
+        n_generated, load_seconds, generate_seconds = (
+            generate_answers_in(python, cfg, run.path, adapter_dir) if python
+            else run_isolated(generate_answers, cfg, run.path, adapter_dir))
     else:
         n_generated, load_seconds, generate_seconds = generate_answers(cfg, run.path, adapter_dir)
     generated = _latest_by_key(read_jsonl(run.generations_path))
@@ -537,4 +575,8 @@ def make_canary_fn(cfg: RunConfig, judge: Judge | None = None) -> CanaryEvaluato
                               f"{cfg.canary.n_prompts}")
     questions = questions[: cfg.canary.n_prompts]
     check_questions(questions, str(path), needs_judge_prompts=judge is None and cfg.judge.backend != "exact")
+    if judge is None:  # training calls this before its model loads: a judge server that is not there fails now
+        from canary_lib.judge import preflight_judge
+
+        preflight_judge(cfg)
     return CanaryEvaluator(cfg, questions, judge)

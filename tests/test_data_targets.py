@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from _data_fixtures import (chat_rows, domain_answer, domain_prompt, emergent_plus_rows, question_items,
                             write_gz_jsonl, write_jsonl_rows, write_paper_sources, write_questions)
@@ -253,7 +254,15 @@ def test_every_target_has_pins_a_section_and_parameter_files() -> None:
 
 
 @pytest.mark.parametrize("sweep", sorted(p.name for p in (ROOT / "parameters" / "sweeps").glob("*.yaml")))
-def test_committed_sweeps_dry_run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, sweep: str) -> None:
+def test_committed_sweeps_dry_run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture, sweep: str,
+                                  tmp_path: Path) -> None:
     monkeypatch.chdir(ROOT)
-    assert run_sweep(Path("parameters/sweeps") / sweep, dry_run=True) == 0
+    path = Path("parameters/sweeps") / sweep
+    spec = yaml.safe_load(path.read_text())
+    if spec["executor"]["kind"] == "slurm" and not spec.get("judge_base_url"):  # the user must say where the judge is
+        with pytest.raises(ConfigError, match="loopback.*judge_base_url"):
+            run_sweep(path, dry_run=True)
+        path = tmp_path / sweep
+        path.write_text(yaml.safe_dump({**spec, "judge_base_url": "http://judge-node:8000/v1"}))
+    assert run_sweep(path, dry_run=True) == 0
     assert "run job(s)" in capsys.readouterr().out
