@@ -20,6 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
+from canary_lib.judge_usage import UsageCounter
 from canary_lib.scorers import (
     OTHER_MASS_KEY,
     PARSE_MAX_TOKENS,
@@ -212,6 +213,7 @@ class OpenAIBackend:
 
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
+        self.usage = UsageCounter()  # every request sent (retries too); tokens from the server's usage fields
         self.concurrency = concurrency
         self.max_retries = max_retries
         self.backoff_s = backoff_s
@@ -265,9 +267,12 @@ class OpenAIBackend:
 
         for attempt in range(self.max_retries + 1):
             try:
+                self.usage.add(requests=1)
                 response = self._client.post(self.url, json=body)
                 if response.status_code < 400:
-                    return response.json()
+                    data = response.json()
+                    self.usage.add_response(data)
+                    return data
                 error = f"HTTP {response.status_code}: {response.text[:200]}"
                 retryable = response.status_code == 429 or response.status_code >= 500
             except httpx.TimeoutException as exc:
@@ -308,13 +313,20 @@ class TransformersBackend:
         self.max_batch = batch_size
         self._generator = TransformersGenerator(self.model, tokenizer, batch_size)
         self._last_only = last_logits_only(model)  # only the last position's logits are read
+        self.usage = UsageCounter()  # counted locally: token ids fed, tokens scored or generated
 
     def greedy_texts(self, prompts: Sequence[str], max_tokens: int) -> list[str | Exception]:
         from canary_lib.config import SamplingSettings
 
+        from canary_lib.generation import chat_prompt_ids
+
         greedy = SamplingSettings(temperature=0.0, top_p=1.0, max_new_tokens=max_tokens)
-        return [answers[0] for answers in self._generator.generate([judge_chat(p) for p in prompts], n=1, seed=0,
-                                                                    sampling=greedy)]
+        texts = [answers[0] for answers in self._generator.generate([judge_chat(p) for p in prompts], n=1, seed=0,
+                                                                     sampling=greedy)]
+        self.usage.add(requests=len(prompts),
+                       prompt_tokens=sum(len(chat_prompt_ids(self.tokenizer, judge_chat(p))) for p in prompts),
+                       completion_tokens=sum(len(self.tokenizer.encode(t, add_special_tokens=False)) for t in texts))
+        return texts
 
     def next_token_logprobs(self, prompts: Sequence[str], top_k: int | None) -> NextTokens:
         from canary_lib.generation import chat_prompt_ids, left_pad, positions_from_mask
@@ -327,6 +339,9 @@ class TransformersBackend:
         reduce = self._reduce if top_k is None else (lambda row: self._top_k(row, top_k))
 
         def next_tokens(nodes: Sequence[tuple[int, str]]) -> list[dict[str, float] | Exception]:
+            # one request per (prompt, prefix): its prompt and prefix tokens in, one token scored
+            self.usage.add(requests=len(nodes), completion_tokens=len(nodes), prompt_tokens=sum(
+                len(ids[i]) + (len(self.tokenizer.encode(p, add_special_tokens=False)) if p else 0) for i, p in nodes))
             if all(prefix == "" for _, prefix in nodes):
                 return [reduce(root[i]) for i, _ in nodes]
             return self._prefix_distributions(nodes, cache, mask, positions, reduce)
@@ -408,6 +423,7 @@ class VLLMBackend:
         self.llm = LLM(model=model, enable_prefix_caching=True, gpu_memory_utilization=gpu_memory_utilization,
                        tensor_parallel_size=tensor_parallel_size)
         self.tokenizer = self.llm.get_tokenizer()
+        self.usage = UsageCounter()
 
     def _ids(self, prompt: str) -> list[int]:
         from canary_lib.generation import chat_prompt_ids
@@ -418,7 +434,10 @@ class VLLMBackend:
         from vllm import SamplingParams
 
         params = SamplingParams(temperature=0.0, **sampling)
-        return self.llm.generate([{"prompt_token_ids": t} for t in token_lists], params, use_tqdm=False)
+        outputs = self.llm.generate([{"prompt_token_ids": t} for t in token_lists], params, use_tqdm=False)
+        self.usage.add(requests=len(token_lists), prompt_tokens=sum(len(t) for t in token_lists),
+                       completion_tokens=sum(len(o.outputs[0].token_ids) for o in outputs))
+        return outputs
 
     def greedy_texts(self, prompts: Sequence[str], max_tokens: int) -> list[str | Exception]:
         return [o.outputs[0].text for o in self._generate([self._ids(p) for p in prompts], max_tokens=max_tokens)]

@@ -51,6 +51,10 @@ METRICS = {
 COUNTS = ("n_scored", "n_unscored", "eval_n_judge_errors")
 """metrics.json answer counts carried into runs.csv and summed over seeds in the tables: the percentages are over
 scored answers, so every row says how many answers were left unscored (refusals, low mass) or failed the judge."""
+JUDGE_COST = tuple(f"{stage}_judge_{k}" for stage in ("canary", "eval")
+                   for k in ("requests", "prompt_tokens", "completion_tokens"))
+"""metrics.json's judge cost (canary_lib.judge_usage) carried into runs.csv: the canary judge's during training and
+the evaluation judge's; NaN where the stage is unfinished or was run before the package counted it."""
 BASE_LABEL = "Base (no fine-tuning)"
 _DEFAULT_DELAY = MethodSettings.model_fields["delay_cycles"].default
 """The "{delay}" of a Table 2 label when no run of the method says its method.delay_cycles."""
@@ -115,6 +119,9 @@ def read_run(path: str | Path, method: str | None = None) -> dict[str, Any]:
         record[key] = float(metrics[key]) if record["eval_complete"] and metrics.get(key) is not None else math.nan
     for key in COUNTS:
         record[key] = int(metrics.get(key) or 0) if record["eval_complete"] else math.nan
+    for key in JUDGE_COST:
+        done = record["eval_complete"] if key.startswith("eval") else record["training_complete"]
+        record[key] = metrics[key] if done and metrics.get(key) is not None else math.nan
     if record["training_complete"]:
         for key in ("avg_p", "n_steps", "n_safe_steps"):
             record[key] = float(metrics[key]) if metrics.get(key) is not None else math.nan
@@ -134,7 +141,7 @@ def collect_runs(runs_dir: str | Path) -> pd.DataFrame:
     records = [read_run(path) for path in sorted(runs_dir.glob("*/seed*")) if path.is_dir()]
     columns = ["method", "seed", "run_dir", "training_complete", "eval_complete", *METRICS, *COUNTS,
                "n_steps", "n_safe_steps", "n_canary_evals", "canary_risk_mean", "canary_risk_last",
-               "delay_cycles", "r_low", "r_high"]
+               "delay_cycles", "r_low", "r_high", *JUDGE_COST]
     frame = pd.DataFrame(records, columns=columns)
     return frame.sort_values(["method", "seed"], kind="stable").reset_index(drop=True)
 

@@ -67,6 +67,8 @@ class CanaryResult:
     records: list[dict[str, Any]] = field(default_factory=list)
     n_judge_errors: int = 0
     """Answers the judge failed on (after retries): excluded from r_t's denominator."""
+    judge_usage: dict[str, int] = field(default_factory=dict)
+    """What judging this evaluation cost: requests, prompt_tokens, completion_tokens (canary_lib.judge_usage)."""
 
 
 class CanaryFn(Protocol):
