@@ -26,6 +26,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    if args.step is not None:  # a kept adapter snapshot, into its own directory
+        from canary_lib.snapshots import evaluate_snapshot
+
+        evaluate_snapshot(Path(args.run_dir), args.step, overrides=args.overrides)
+        return 0
     from canary_lib.evaluate import evaluate_run
 
     evaluate_run(Path(args.run_dir), overrides=args.overrides)
@@ -80,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a trained run with the judge (resumable)")
     p.add_argument("run_dir")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--step", type=int, default=None,
+                   help="evaluate the adapter snapshot kept after this step (train.snapshot_every) into "
+                        "RUN/snapshot_evals/step<S>/")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("prep-data", help="prepare the datasets and prompt sets of a profile")
