@@ -31,6 +31,7 @@ from canary_lib.artifacts import (
 from canary_lib.config import MethodSettings
 from canary_lib.frontier import CurveComparison, compare_to_fixed_curve, fixed_curve, frontier_table
 from canary_lib.metrics import RISK_SIGNALS, canary_risk
+from canary_lib.rejudge import REJUDGED_DIR
 from canary_lib.methods import (
     BASE,
     REFERENCE_METHOD,
@@ -97,24 +98,27 @@ def _seed_of(path: Path, config: dict) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def read_run(path: str | Path, method: str | None = None) -> dict[str, Any]:
+def read_run(path: str | Path, method: str | None = None, judge: str | None = None) -> dict[str, Any]:
     """One run directory as a flat record (metrics only from finished stages).
 
     Args:
         path: the run directory.
         method: the method name (default: the parent directory's name, as the sweep lays runs out).
+        judge: read the evaluation of that re-judging (RUN/rejudged/<judge>/, canary_lib.rejudge) instead of
+            the run's own judge.
     """
     run = RunDir(path)
+    evaluated = RunDir(run.path / REJUDGED_DIR / judge) if judge else run
     config = yaml.safe_load(run.config_path.read_text()) if run.config_path.exists() else {}
     config = config or {}
     record: dict[str, Any] = {
         "method": method or run.path.parent.name, "seed": _seed_of(run.path, config), "run_dir": str(run.path),
-        "training_complete": run.is_complete("training"), "eval_complete": run.is_complete("eval"),
+        "training_complete": run.is_complete("training"), "eval_complete": evaluated.is_complete("eval"),
         "delay_cycles": (config.get("method") or {}).get("delay_cycles"),
         "r_low": (config.get("controller") or {}).get("r_low"),
         "r_high": (config.get("controller") or {}).get("r_high"),
     }
-    metrics = run.read_metrics()
+    metrics = run.read_metrics() | (evaluated.read_metrics() if judge else {})
     for key in METRICS:
         record[key] = float(metrics[key]) if record["eval_complete"] and metrics.get(key) is not None else math.nan
     for key in COUNTS:
@@ -133,12 +137,13 @@ def read_run(path: str | Path, method: str | None = None) -> dict[str, Any]:
     return record
 
 
-def collect_runs(runs_dir: str | Path) -> pd.DataFrame:
-    """Every ``<method>/seed<k>`` directory under runs_dir, one row each, sorted by method and seed."""
+def collect_runs(runs_dir: str | Path, judge: str | None = None) -> pd.DataFrame:
+    """Every ``<method>/seed<k>`` directory under runs_dir, one row each, sorted by method and seed (with `judge`:
+    the evaluation metrics of that re-judging, read_run)."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise FileNotFoundError(f"{runs_dir}: no runs directory (run the sweep first)")
-    records = [read_run(path) for path in sorted(runs_dir.glob("*/seed*")) if path.is_dir()]
+    records = [read_run(path, judge=judge) for path in sorted(runs_dir.glob("*/seed*")) if path.is_dir()]
     columns = ["method", "seed", "run_dir", "training_complete", "eval_complete", *METRICS, *COUNTS,
                "n_steps", "n_safe_steps", "n_canary_evals", "canary_risk_mean", "canary_risk_last",
                "delay_cycles", "r_low", "r_high", *JUDGE_COST]
@@ -363,7 +368,8 @@ def _frontier_summary(res: Results) -> list[str]:
     return lines + [""]
 
 
-def build_results(runs_dir: str | Path, results_dir: str | Path, profile: str | None = None) -> Results:
+def build_results(runs_dir: str | Path, results_dir: str | Path, profile: str | None = None,
+                  judge: str | None = None) -> Results:
     """Read every run, build Table 1, Table 2 and the correlation, and write them to results_dir.
 
     Writes ``runs.csv``, ``table1.csv``, ``table2.csv``, ``correlation.json``, ``summary.md`` and, when at least
@@ -373,8 +379,10 @@ def build_results(runs_dir: str | Path, results_dir: str | Path, profile: str | 
         runs_dir: ``runs/<profile>`` with ``<method>/seed<k>/`` run directories.
         results_dir: where the files go (created).
         profile: name for the summary's title (default: runs_dir's name).
+        judge: build every table from that re-judging's verdicts (RUN/rejudged/<judge>/) instead of the runs' own
+            judge, and write judge_agreement.csv (per run and pooled: canary_lib.rejudge).
     """
-    runs = collect_runs(runs_dir)
+    runs = collect_runs(runs_dir, judge=judge)
     results_dir = Path(results_dir)
     missing = [f"{m}/seed{s}: " + ("training not complete" if not t and m != BASE else "evaluation not complete")
                for m, s, t, e in zip(runs.method, runs.seed, runs.training_complete, runs.eval_complete) if not e]
@@ -391,6 +399,10 @@ def build_results(runs_dir: str | Path, results_dir: str | Path, profile: str | 
     if not res.frontier.empty:
         write_text_atomic(results_dir / "frontier.csv", res.frontier.to_csv(index=False))
     write_text_atomic(results_dir / "summary.md", res.summary)
+    if judge:
+        from canary_lib.rejudge import agreement_table
+
+        write_text_atomic(results_dir / "judge_agreement.csv", agreement_table(runs_dir, judge).to_csv(index=False))
     return res
 
 
