@@ -68,8 +68,9 @@ def test_canary_evaluations_use_the_canary_judge(tmp_path, monkeypatch):
 def test_canary_questions_need_judge_prompts_when_the_canary_judge_is_an_llm(tmp_path):
     from canary_lib.evaluate import EvaluationError
 
-    write_question_set(tmp_path / "canaries.yaml", [Question(id="c0", paraphrases=["canary?"])])
-    make_canary_fn(load_config([], [f"data.dir={tmp_path}", "canary.n_prompts=1"]))  # exact judge: no prompts
+    write_question_set(tmp_path / "canaries.yaml", [Question(id="c0", paraphrases=["canary?"],
+                                                             judge_prompts={"aligned": "{question} {answer}"})])
+    make_canary_fn(load_config([], [f"data.dir={tmp_path}", "canary.n_prompts=1"]))  # exact judge: no prompts used
     with pytest.raises(EvaluationError, match="no judge prompt"):
         make_canary_fn(load_config([], [f"data.dir={tmp_path}", "canary.n_prompts=1", "canary.judge.backend=openai",
                                         "canary.judge.model=m"]))
