@@ -198,6 +198,28 @@ class JudgeHTTPError(RuntimeError):
     """A judge request that failed after its retries (or at once, for errors a retry cannot fix)."""
 
 
+MAX_RETRY_AFTER_S = 60.0
+"""The longest a server's Retry-After is honoured; a longer wait is capped (the request's retries go on)."""
+
+
+def retry_delay(retry_after: str | None, backoff_s: float, attempt: int) -> float:
+    """Seconds before the next attempt: the server's Retry-After (seconds or an HTTP date; capped at
+    MAX_RETRY_AFTER_S) when it sent one, else exponential backoff with jitter."""
+    if retry_after:
+        try:
+            seconds = float(retry_after)
+        except ValueError:
+            from email.utils import parsedate_to_datetime
+
+            try:
+                seconds = parsedate_to_datetime(retry_after).timestamp() - time.time()
+            except (TypeError, ValueError):
+                seconds = None
+        if seconds is not None and math.isfinite(seconds):
+            return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+    return backoff_s * 2**attempt * (0.5 + random.random())
+
+
 class OpenAIBackend:
     """A judge behind any chat-completions server (`vllm serve`, OpenAI, ...): top-20 log-probabilities of one
     token; a prefix goes as a partial assistant message (`continue_final_message`, a vLLM server extension).
@@ -266,6 +288,7 @@ class OpenAIBackend:
         import httpx
 
         for attempt in range(self.max_retries + 1):
+            retry_after = None
             try:
                 self.usage.add(requests=1)
                 response = self._client.post(self.url, json=body)
@@ -275,6 +298,7 @@ class OpenAIBackend:
                     return data
                 error = f"HTTP {response.status_code}: {response.text[:200]}"
                 retryable = response.status_code == 429 or response.status_code >= 500
+                retry_after = response.headers.get("Retry-After")
             except httpx.TimeoutException as exc:
                 error, retryable = f"timeout: {exc}", True
             except httpx.TransportError as exc:
@@ -283,7 +307,7 @@ class OpenAIBackend:
                 error, retryable = f"not JSON: {response.text[:200]}", True
             if not retryable or attempt == self.max_retries:
                 raise JudgeHTTPError(error)
-            time.sleep(self.backoff_s * 2**attempt * (0.5 + random.random()))  # exponential backoff, jitter
+            time.sleep(retry_delay(retry_after, self.backoff_s, attempt))
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
