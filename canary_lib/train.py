@@ -434,7 +434,7 @@ def train_from_config(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None 
                                         "n_misaligned": result.n_misaligned, "seconds": seconds,
                                         "n_judge_errors": result.n_judge_errors})
                 append_jsonl(run.canary_answers_path, [{**r, "step": planned.step} for r in result.records])
-                loop.canary_judge_usage = usage_sum(loop.canary_judge_usage, result.judge_usage)
+                loop.canary_judge_usage = usage_sum(loop.canary_judge_usage, getattr(result, "judge_usage", {}))
                 tracker.log(controller_values(loop.controller[-1]), planned.step)
             if planned.canary_after and snapshot_due(cfg.train.snapshot_every, planned.step, cfg.controller.K):
                 save_snapshot(model, run.path, planned.step)
