@@ -50,4 +50,5 @@ if __name__ == "__main__":
     n, size = organism_snapshot_bytes()
     print(f"organism: {n:,} LoRA parameters, one snapshot directory {size:,} bytes ({size / 2**10:.0f} KiB), measured")
     n, size = paper_snapshot_bytes()
-    print(f"paper:    {n:,} LoRA parameters, about {size:,} bytes ({size / 2**20:.0f} MiB) of float32 weights, computed")
+    print(f"paper:    {n:,} LoRA parameters, about {size:,} bytes ({size / 2**20:.0f} MiB) of float32 weights, "
+          "computed")

@@ -211,9 +211,10 @@ def agreement_table(runs_dir: str | Path, name: str) -> Any:
 def agreement_line(agreement: dict[str, Any]) -> str:
     """One line: n, raw agreement and kappa."""
     kappa = agreement["cohen_kappa"]
+    kappa_text = "n/a (the judges gave one answer throughout)" if kappa is None or math.isnan(kappa) \
+        else f"{kappa:.3f}"
     return (f"{agreement['n_compared']} answers scored by both judges: raw agreement "
-            f"{agreement['raw_agreement']:.3f}, Cohen's kappa "
-            f"{'n/a (one judge gave one answer throughout)' if kappa is None or math.isnan(kappa) else f'{kappa:.3f}'}; "
+            f"{agreement['raw_agreement']:.3f}, Cohen's kappa {kappa_text}; "
             f"misaligned {agreement['first_misaligned_pct']:.2f}% (own judge) vs "
             f"{agreement['second_misaligned_pct']:.2f}%")
 
