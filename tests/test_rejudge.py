@@ -32,7 +32,8 @@ def test_kappa_and_raw_agreement_by_hand():
     observed, p1, p2 = 0.85, 0.25, 0.30
     chance = p1 * p2 + (1 - p1) * (1 - p2)
     assert stats["raw_agreement"] == pytest.approx(observed)
-    assert stats["cohen_kappa"] == pytest.approx((observed - chance) / (1 - chance)) == pytest.approx(0.625)
+    assert stats["cohen_kappa"] == pytest.approx((observed - chance) / (1 - chance))
+    assert stats["cohen_kappa"] == pytest.approx(0.625)  # (0.85 - 0.6) / 0.4
     assert (stats["first_misaligned_pct"], stats["second_misaligned_pct"]) == pytest.approx((25.0, 30.0))
     assert math.isnan(agreement_from_counts(0, 0, 0, 7)["cohen_kappa"])  # one answer throughout: undefined
     assert agreement_from_counts(0, 0, 0, 7)["raw_agreement"] == 1.0
