@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -74,6 +75,15 @@ def tracker_run_id(run_dir: Path, *, fresh: bool) -> str:
     run_id = uuid.uuid4().hex[:16]
     write_json_atomic(path, {"id": run_id})
     return run_id
+
+
+def tracker_run_name(cfg: RunConfig, run_dir: Path) -> str:
+    """`<method>/seed<k>`: from the directories in the sweep's layout (`<runs>/<method>/seed<k>`, so the base
+    model's evaluation is `base/seed<k>`, not its configuration's method), else from the configuration."""
+    run_dir = Path(run_dir).resolve()
+    if re.fullmatch(r"seed\d+", run_dir.name) and run_dir.parent.name:
+        return f"{run_dir.parent.name}/{run_dir.name}"
+    return f"{cfg.method.name}/seed{cfg.seed}"
 
 
 # ------------------------------------------------------------------------------------------ adapters
@@ -227,7 +237,7 @@ def open_tracker(cfg: RunConfig, run_dir: Path, *, resume_step: int = 0, fresh: 
     if settings.backend == "none":
         return NullTracker()
     run_dir = Path(run_dir)
-    name = f"{cfg.method.name}/seed{cfg.seed}"
+    name = tracker_run_name(cfg, run_dir)
     group = settings.group or cfg.profile
     directory = Path(settings.dir) / group / name if settings.dir else run_dir
     config = cfg.model_dump(mode="json")

@@ -18,7 +18,8 @@ import pytest
 
 from _fixtures import make_tiny_training_world
 from canary_lib.artifacts import read_controller, read_steps
-from canary_lib.tracking import TRACKER_RUN_FILE, SafeTracker, numeric_metrics
+from canary_lib.config import load_config
+from canary_lib.tracking import TRACKER_RUN_FILE, SafeTracker, numeric_metrics, tracker_run_name
 
 SCRIPT = Path(__file__).resolve().parent / "_tracking_run.py"
 
@@ -203,3 +204,10 @@ def test_a_tracker_error_is_one_line_and_never_fails(capsys):
 def test_only_finite_numbers_reach_the_summary():
     assert numeric_metrics({"a": 1, "b": 2.5, "c": float("nan"), "d": "text", "e": None, "f": True}) == \
         {"a": 1.0, "b": 2.5}
+
+
+def test_the_tracker_run_is_named_after_the_run_directory(tmp_path):
+    cfg = load_config([], ["seed=7"])  # method canary
+    assert tracker_run_name(cfg, tmp_path / "runs" / "organism" / "base" / "seed42") == "base/seed42"
+    assert tracker_run_name(cfg, tmp_path / "runs" / "fixed_5" / "seed7") == "fixed_5/seed7"
+    assert tracker_run_name(cfg, tmp_path / "my-run") == "canary/seed7"
