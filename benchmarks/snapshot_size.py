@@ -30,6 +30,22 @@ def paper_snapshot_bytes() -> tuple[int, int]:
     return n, 4 * n  # LoRA weights stay float32 (the base model is bf16): 4 bytes each
 
 
+def paper_parameters_from_peft() -> int:
+    """The same count from peft itself: rs-LoRA on a Qwen2.5-7B-shaped model on the meta device (no memory)."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from canary_lib.models import add_rslora
+
+    cfg = load_config(["parameters/paper.yaml"])
+    shape = Qwen2Config(vocab_size=152064, hidden_size=QWEN25_7B["hidden"], intermediate_size=QWEN25_7B["intermediate"],
+                        num_hidden_layers=QWEN25_7B["layers"], num_attention_heads=28, num_key_value_heads=4)
+    with torch.device("meta"):
+        model = Qwen2ForCausalLM(shape)
+    model = add_rslora(model, cfg.lora, seed=0)
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 def organism_snapshot_bytes() -> tuple[int, int]:
     from canary_lib.models import add_rslora
     from canary_lib.organism.model import tiny_llama_config
@@ -51,4 +67,4 @@ if __name__ == "__main__":
     print(f"organism: {n:,} LoRA parameters, one snapshot directory {size:,} bytes ({size / 2**10:.0f} KiB), measured")
     n, size = paper_snapshot_bytes()
     print(f"paper:    {n:,} LoRA parameters, about {size:,} bytes ({size / 2**20:.0f} MiB) of float32 weights, "
-          "computed")
+          f"computed (peft on a meta-device Qwen2.5-7B shape: {paper_parameters_from_peft():,} parameters)")
