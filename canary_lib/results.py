@@ -392,6 +392,15 @@ def build_results(runs_dir: str | Path, results_dir: str | Path, profile: str | 
                   correlation=canary_general_correlation(runs), frontier=frontier if has_curve else frontier[:0],
                   frontier_comparisons=compare_to_fixed_curve(frontier) if has_curve else [], missing=missing)
     res.summary = _summary(profile or Path(runs_dir).name, res)
+    if judge:  # which verdicts these tables read, and how far they agree with the runs' own judge
+        from canary_lib.rejudge import agreement_line, agreement_table
+
+        agreement = agreement_table(runs_dir, judge)
+        write_text_atomic(results_dir / "judge_agreement.csv", agreement.to_csv(index=False))
+        pooled = agreement_line(agreement.iloc[-1].to_dict()) if len(agreement) else "no run was re-judged"
+        res.summary += (f"\n## Judge: rejudged/{judge}\n\nEvery table above uses the verdicts of the re-judging "
+                        f"`{judge}` (canary rejudge). Agreement with the runs' own judge, pooled over runs (per run: "
+                        f"judge_agreement.csv): {pooled}.\n")
     write_text_atomic(results_dir / "runs.csv", runs.to_csv(index=False))
     write_text_atomic(results_dir / "table1.csv", res.table1.to_csv(index=False))
     write_text_atomic(results_dir / "table2.csv", res.table2.to_csv(index=False))
@@ -399,10 +408,6 @@ def build_results(runs_dir: str | Path, results_dir: str | Path, profile: str | 
     if not res.frontier.empty:
         write_text_atomic(results_dir / "frontier.csv", res.frontier.to_csv(index=False))
     write_text_atomic(results_dir / "summary.md", res.summary)
-    if judge:
-        from canary_lib.rejudge import agreement_table
-
-        write_text_atomic(results_dir / "judge_agreement.csv", agreement_table(runs_dir, judge).to_csv(index=False))
     return res
 
 

@@ -134,6 +134,9 @@ def test_rejudge_scores_the_same_answers_with_another_judge(evaluated, tmp_path,
     table = pd.read_csv(tmp_path / "results_shifted" / "judge_agreement.csv")
     assert list(table.method) == ["base", "all"] and table.n_compared.iloc[0] == overall["n_compared"]
     assert not (tmp_path / "results" / "judge_agreement.csv").exists()
+    summary = (tmp_path / "results_shifted" / "summary.md").read_text()
+    assert "rejudged/shifted" in summary and "Cohen's kappa" in summary
+    assert "rejudged" not in (tmp_path / "results" / "summary.md").read_text()
 
 
 def test_rejudge_refuses_other_settings_and_unfinished_runs(evaluated, tmp_path, capsys):
