@@ -146,14 +146,15 @@ class WandbRun:
 class TrackioRun:
     """A trackio run in its local store (TRACKIO_DIR), continued by name on resume."""
 
-    def __init__(self, *, project: str, group: str, name: str, config: dict, resume: bool) -> None:
+    def __init__(self, *, project: str, group: str, name: str, config: dict, resume: bool,
+                 resume_step: int = 0) -> None:
         import trackio
 
         # no dashboard in a notebook, no background CPU/GPU sampling: the run's own rows only
         self.run = trackio.init(project=project, name=name, group=group, config=config,
                                 resume="allow" if resume else "never", embed=False, auto_log_cpu=False,
                                 auto_log_gpu=False)
-        self.last_step = 0
+        self.last_step = resume_step
 
     def log(self, values: dict[str, float], step: int) -> None:
         self.run.log(values, step=step)
@@ -249,6 +250,7 @@ def open_tracker(cfg: RunConfig, run_dir: Path, *, resume_step: int = 0, fresh: 
         if settings.backend == "wandb":
             return WandbRun(project=settings.project, group=group, name=name, run_id=run_id, directory=directory,
                             config=config, offline=settings.offline)
-        return TrackioRun(project=settings.project, group=group, name=name, config=config, resume=not fresh)
+        return TrackioRun(project=settings.project, group=group, name=name, config=config, resume=not fresh,
+                          resume_step=resume_step)
 
     return SafeTracker(settings.backend, start)
