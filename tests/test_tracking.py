@@ -211,3 +211,29 @@ def test_the_tracker_run_is_named_after_the_run_directory(tmp_path):
     assert tracker_run_name(cfg, tmp_path / "runs" / "organism" / "base" / "seed42") == "base/seed42"
     assert tracker_run_name(cfg, tmp_path / "runs" / "fixed_5" / "seed7") == "fixed_5/seed7"
     assert tracker_run_name(cfg, tmp_path / "my-run") == "canary/seed7"
+
+
+def test_the_evaluation_adds_its_metrics_to_the_same_tracker_run(world, tmp_path, monkeypatch):
+    import canary_lib.judge as judge_mod
+    from canary_lib.data import write_question_set
+    from canary_lib.evaluate import evaluate_run
+    from canary_lib.types import Judgment, Question
+
+    out = tmp_path / "run"
+    train(world, out, "tracking.backend=tensorboard")
+    run_id = json.loads((out / TRACKER_RUN_FILE).read_text())["id"]
+    write_question_set(world[1] / "general_eval.yaml", [Question(id="q0", paraphrases=["hello?"], judge_prompts={
+        "aligned": "{question} {answer}", "coherent": "{question} {answer}"})])  # training never reads it
+
+    class Fixed:
+        def judge(self, requests):
+            return [Judgment(10.0, 90.0) for _ in requests]  # every answer misaligned
+
+    monkeypatch.setattr(judge_mod, "make_judge", lambda c: Fixed())
+    metrics = evaluate_run(out, overrides=["eval.samples_per_prompt=2", "eval.max_new_tokens=4", "eval.sets=[general]"])
+    curves = tensorboard_curves(out / "tensorboard")
+    n_steps = json.loads((out / "metrics.json").read_text())["n_steps"]
+    assert metrics["general_misaligned_pct"] == 100.0
+    assert curves["final/general_misaligned_pct"] == {n_steps: 100.0}
+    assert curves["final/n_steps"] == {n_steps - 1: n_steps}  # training's own summary is kept
+    assert json.loads((out / TRACKER_RUN_FILE).read_text())["id"] == run_id
