@@ -341,7 +341,6 @@ class TransformersBackend:
 
     def greedy_texts(self, prompts: Sequence[str], max_tokens: int) -> list[str | Exception]:
         from canary_lib.config import SamplingSettings
-
         from canary_lib.generation import chat_prompt_ids
 
         greedy = SamplingSettings(temperature=0.0, top_p=1.0, max_new_tokens=max_tokens)
