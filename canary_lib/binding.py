@@ -30,8 +30,11 @@ OPERATIONAL = frozenset({
     "judge.batch_size", "judge.gpu_memory_utilization", "judge.tensor_parallel_size", "judge.max_error_share",
     "judge.max_unscored_share",
     "eval.vllm_gpu_memory_utilization", "eval.vllm_tensor_parallel_size",
+    "tracking", "train.snapshot_every",
 })
-"""Where the work runs, how long it may wait, when it checkpoints: never part of the binding."""
+OPERATIONAL |= {f"canary.{key}" for key in OPERATIONAL if key.startswith("judge.")}  # the canary judge's own
+"""Where the work runs, how long it may wait, when it checkpoints, what it mirrors to a tracker or keeps as
+snapshots: never part of the binding."""
 EVAL_EXTENDS = frozenset({"eval.sets", "eval.samples_per_prompt"})
 """Evaluation keys that only add answers: each cached answer is keyed by (set, question, paraphrase, sample)
 and seeded by that key, so it is the same answer under the new value."""

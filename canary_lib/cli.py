@@ -27,9 +27,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
+    if args.step is not None:  # a kept adapter snapshot, into its own directory
+        from canary_lib.snapshots import evaluate_snapshot
+
+        evaluate_snapshot(Path(args.run_dir), args.step, overrides=args.overrides)
+        return 0
     from canary_lib.evaluate import evaluate_run
 
     evaluate_run(Path(args.run_dir), overrides=args.overrides)
+    return 0
+
+
+def _cmd_rejudge(args: argparse.Namespace) -> int:
+    from canary_lib.rejudge import agreement_line, rejudge_dir, rejudge_run
+
+    metrics = rejudge_run(Path(args.run_dir), args.overrides, name=args.name)
+    print(f"{rejudge_dir(args.run_dir, metrics['judge_name'])}: general misaligned "
+          f"{metrics.get('general_misaligned_pct')}%; {metrics['eval_judge_requests']} judge requests")
+    print(agreement_line(metrics["agreement"]))
+    return 0
+
+
+def _cmd_results(args: argparse.Namespace) -> int:
+    from canary_lib.results import build_results
+
+    res = build_results(Path(args.runs_dir), Path(args.out), judge=args.judge)
+    print(res.table1[["label", "n_seeds", "Gen. %Mis.", "In-Dom. %Mis."]].to_string(index=False))
     return 0
 
 
@@ -81,7 +104,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a trained run with the judge (resumable)")
     p.add_argument("run_dir")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--step", type=int, default=None,
+                   help="evaluate the adapter snapshot kept after this step (train.snapshot_every) into "
+                        "RUN/snapshot_evals/step<S>/")
     p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("rejudge", help="score a finished run's answers with another judge (no new generation)")
+    p.add_argument("run_dir")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="judge.KEY=VALUE",
+                   help="the other judge's settings, e.g. --set judge.backend=openai --set judge.model=gpt-4o")
+    p.add_argument("--name", default=None, help="its directory RUN/rejudged/<name> (default: the judge model's name)")
+    p.set_defaults(func=_cmd_rejudge)
+
+    p = sub.add_parser("results", help="Table 1, Table 2, correlation and frontier from a runs directory")
+    p.add_argument("runs_dir", help="runs/<profile> with <method>/seed<k> run directories")
+    p.add_argument("--out", required=True, help="results directory")
+    p.add_argument("--judge", default=None, help="use the re-judging of this name (canary rejudge --name)")
+    p.set_defaults(func=_cmd_results)
 
     p = sub.add_parser("prep-data", help="prepare the datasets and prompt sets of a profile")
     _add_params(p)

@@ -113,6 +113,9 @@ class TrainSettings(Strict):
     """Save a resumable checkpoint every this many steps (and at the end)."""
     keep_checkpoint: bool = False
     """Keep checkpoint/ after the run completes (it is removed by default: the adapter is the result)."""
+    snapshot_every: int | None = Field(None, ge=1)
+    """Keep the adapter at every n-th canary evaluation step (steps 0, nK, 2nK, ...) in snapshots/step<t>/, for
+    `canary eval RUN --step t` and the adapter-norm plot; None: none kept (canary_lib/snapshots.py)."""
     max_target_examples: int | None = Field(None, ge=1)
     """Use only the first N examples of D_T (after the seeded shuffle): for tiny runs and tests."""
     gradient_checkpointing: bool = False
@@ -344,6 +347,8 @@ class CanarySettings(SamplingSettings):
     risk_signal: Literal["binary", "probability", "deficit"] = "binary"
     """The r_t the controller acts on: binary is the paper's Eq. 1; the continuous alternatives are defined in
     canary_lib.metrics.RISK_SIGNALS (docs/decisions.md, "Beyond the paper")."""
+    judge: JudgeSettings | None = None
+    """The judge of the canary evaluations inside training; None: the evaluation judge (the `judge` section)."""
 
 
 class EvalSettings(SamplingSettings):
@@ -471,6 +476,22 @@ class OrganismSettings(Strict):
         return self
 
 
+class TrackingSettings(Strict):
+    """An experiment tracker that mirrors steps.csv, controller.csv, the configuration and the final metrics
+    (canary_lib/tracking.py). It never changes results and never fails a run; it does not bind a run directory."""
+
+    backend: Literal["none", "tensorboard", "wandb", "trackio"] = "none"
+    project: str = "canary_lib"
+    """The W&B / trackio project (TensorBoard: unused)."""
+    group: str | None = None
+    """The tracker's group of this run (a sweep's runs side by side); None: the profile's name."""
+    dir: str | None = None
+    """Where TensorBoard event files and W&B's local files go; None: the run directory (tensorboard/, wandb/).
+    trackio keeps its own local store (TRACKIO_DIR, default ~/.cache/huggingface/trackio)."""
+    offline: bool = False
+    """W&B only: log into local files (wandb sync uploads them later) instead of to the server."""
+
+
 class RunConfig(Strict):
     profile: str = "organism"
     seed: TorchSeed = 42
@@ -484,6 +505,7 @@ class RunConfig(Strict):
     eval: EvalSettings = Field(default_factory=EvalSettings)
     judge: JudgeSettings = Field(default_factory=JudgeSettings)
     organism: OrganismSettings = Field(default_factory=OrganismSettings)
+    tracking: TrackingSettings = Field(default_factory=TrackingSettings)
     provenance: dict[str, Any] = Field(default_factory=dict)
     """Filled when a run writes config.yaml (package version, git commit, source files); not an input."""
 
@@ -493,6 +515,11 @@ class RunConfig(Strict):
 
         return (f"<details><summary>resolved configuration (profile {html.escape(self.profile)})</summary>"
                 f"<pre>{html.escape(dump_config(self))}</pre></details>")
+
+
+def canary_judge_settings(cfg: RunConfig) -> JudgeSettings:
+    """The judge of the canary evaluations: canary.judge when set, else the evaluation judge."""
+    return cfg.canary.judge or cfg.judge
 
 
 class _FieldError(ValueError):

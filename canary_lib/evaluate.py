@@ -35,9 +35,11 @@ from canary_lib.binding import (
     ensure_run_directory,
     recorded_config,
 )
-from canary_lib.config import RunConfig, dump_config
+from canary_lib.config import RunConfig, canary_judge_settings, dump_config
 from canary_lib.preflight import check_adapter, require_judge_key
 from canary_lib.redact import redact
+from canary_lib.judge_usage import judge_usage, usage_delta, usage_metrics, usage_sum
+from canary_lib.tracking import open_tracker
 from canary_lib.metrics import (
     canary_risk,
     has_cut_probabilities,
@@ -382,6 +384,9 @@ def _evaluate_held(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None) -> d
         raise RuntimeError(f"{run.generations_path}: {len(missing)} answers still missing after generation")
 
     judged = _latest_by_key(read_jsonl(run.judgments_path))
+    cost = judge_usage(None)  # what judging cost: earlier sessions' totals while their verdicts are kept
+    if judged:
+        cost = {k: int(run.read_metrics().get(f"eval_judge_{k}") or 0) for k in cost}
     # judge errors (server down, timeouts) are retried by a rerun; every other verdict is final
     to_judge = [(s, generated[s.key]) for s in planned
                 if s.key not in judged or judged[s.key].get("status") == "error"]
@@ -393,6 +398,7 @@ def _evaluate_held(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None) -> d
         load_seconds += time.perf_counter() - t0
         t0 = time.perf_counter()
         judge_pending(judge, to_judge, path=run.judgments_path, chunk_size=cfg.judge.batch_size)
+        cost = usage_sum(cost, judge_usage(judge))
         del judge
         _release_memory()
         judged = _latest_by_key(read_jsonl(run.judgments_path))
@@ -413,8 +419,13 @@ def _evaluate_held(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None) -> d
         "eval_answers_per_second": n_generated / generate_seconds if n_generated and generate_seconds else None,
         "eval_judgments_per_second": len(to_judge) / judge_seconds if to_judge and judge_seconds else None,
         "eval_adapter": str(adapter_dir) if adapter_dir is not None else None,
+        **usage_metrics("eval", cost),
     }
     run.update_metrics(**metrics)
+    # the final metrics into the run's tracker run (the one training used: its id is in the run directory)
+    tracker = open_tracker(cfg, run.path, resume_step=int(run.read_metrics().get("n_steps") or 0))
+    tracker.log_summary(metrics)
+    tracker.close()
     if len(errors) > cfg.judge.max_error_share * len(planned):
         raise JudgeFailureError(
             f"{run.path}: the judge failed on {len(errors)} of {len(planned)} answers "
@@ -489,7 +500,7 @@ class CanaryEvaluator:
         if self._judge is None:
             from canary_lib.judge import make_judge
 
-            self._judge = make_judge(self.cfg)
+            self._judge = make_judge(self.cfg.model_copy(update={"judge": canary_judge_settings(self.cfg)}))
         return self._judge
 
     def __call__(self, model: Any, tokenizer: Any, step: int) -> CanaryResult:
@@ -501,7 +512,9 @@ class CanaryEvaluator:
         answers = generator.generate_samples([SampleRequest(q.conversation(0), j) for q, j in asked],
                                              seed=canary_seed(self.cfg.seed, step), sampling=settings)
         requests = [JudgeRequest(q.paraphrases[0], a, dict(q.judge_prompts)) for (q, _), a in zip(asked, answers)]
+        cost_before = judge_usage(self._judge)  # None until the first call builds it (zeros)
         judgments = self._judge_with_retries(requests)
+        cost = usage_delta(judge_usage(self._judge), cost_before)
         errors = [v for v in judgments if v["status"] == "error"]
         unscored = [v for v in judgments if not is_scored(v)]  # errors, low mass, REFUSAL, CODE, non-finite
         if unscored and (settings.on_judge_error == "stop" or len(unscored) == len(judgments)
@@ -529,7 +542,7 @@ class CanaryEvaluator:
         # canary_risk leaves every unscored answer out of the denominator: it is never counted as aligned
         return CanaryResult(risk=canary_risk(records, settings.risk_signal), n_canary=len(records),
                             n_misaligned=n_misaligned, records=records, n_judge_errors=len(errors),
-                            n_unscored=len(unscored))
+                            n_unscored=len(unscored), judge_usage=cost)
 
     def _judge_with_retries(self, requests: list[JudgeRequest]) -> list[dict]:
         """Verdicts as dicts; the requests that failed are sent again up to canary.judge_retries times."""
@@ -565,7 +578,7 @@ def make_canary_fn(cfg: RunConfig, judge: Judge | None = None) -> CanaryEvaluato
     from canary_lib.data import load_question_set
 
     if judge is None:
-        require_judge_key(cfg)
+        require_judge_key(cfg, canary_judge_settings(cfg))
     path = cfg.data.path(cfg.data.canary_file)
     if not path.is_file():
         raise EvaluationError(f"{path}: canary question file not found (prepare the data first: canary prep-data)")
@@ -574,9 +587,10 @@ def make_canary_fn(cfg: RunConfig, judge: Judge | None = None) -> CanaryEvaluato
         raise EvaluationError(f"{path}: {len(questions)} canary questions, but canary.n_prompts = "
                               f"{cfg.canary.n_prompts}")
     questions = questions[: cfg.canary.n_prompts]
-    check_questions(questions, str(path), needs_judge_prompts=judge is None and cfg.judge.backend != "exact")
+    check_questions(questions, str(path),
+                    needs_judge_prompts=judge is None and canary_judge_settings(cfg).backend != "exact")
     if judge is None:  # training calls this before its model loads: a judge server that is not there fails now
         from canary_lib.judge import preflight_judge
 
-        preflight_judge(cfg)
+        preflight_judge(cfg, canary_judge_settings(cfg))
     return CanaryEvaluator(cfg, questions, judge)

@@ -120,6 +120,43 @@ def figure2(steps: pd.DataFrame, controller: pd.DataFrame, r_low: float, r_high:
     return fig
 
 
+def adapter_norm_figure(norms: pd.DataFrame, controller: pd.DataFrame, r_low: float | None = None,
+                        r_high: float | None = None, title: str = "LoRA update norm per layer and r̂_t") -> go.Figure:
+    """(a) the norm of the LoRA update of each decoder layer at each kept snapshot; (b) r_t and r̂_t of the same
+    run: where the adapter grows fastest against where the canaries start to say misaligned.
+
+    Args:
+        norms: columns step, layer, norm (canary_lib.snapshots.snapshot_norms).
+        controller: columns step, canary_risk, risk_ema (the run's controller.csv).
+        r_low, r_high: the hysteresis band, drawn when given.
+    """
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=("(a) ||scale · B A||_F of each layer's LoRA update", "(b) canary risk"))
+    layers = sorted(norms.layer.unique()) if len(norms) else []
+    for i, layer in enumerate(layers):
+        rows = norms[norms.layer == layer].sort_values("step")
+        fig.add_trace(go.Scatter(x=rows.step, y=rows.norm, mode="lines+markers", name=f"layer {layer}",
+                                 legendgroup="layers", line={"color": _layer_color(i, len(layers))}), row=1, col=1)
+    if len(controller):
+        fig.add_trace(go.Scatter(x=controller.step, y=controller.canary_risk, mode="markers", name="r_t",
+                                 marker={"color": "gray", "size": 5}), row=2, col=1)
+        fig.add_trace(go.Scatter(x=controller.step, y=controller.risk_ema, mode="lines", name="r̂_t",
+                                 line={"color": "black"}), row=2, col=1)
+    if r_low is not None and r_high is not None:
+        _add_band(fig, r_low, r_high, row=2)
+    fig.update_yaxes(title_text="norm", row=1, col=1)
+    fig.update_yaxes(title_text="r_t, r̂_t", row=2, col=1)
+    fig.update_xaxes(title_text="training step", row=2, col=1)
+    fig.update_layout(title=title, height=650)
+    return fig
+
+
+def _layer_color(i: int, n: int) -> str:
+    """Shallow layers light, deep layers dark (one blue ramp), so the depth order reads off the colors."""
+    shade = 0.25 + 0.65 * (i / max(1, n - 1))
+    return f"rgb({int(255 * (1 - shade))}, {int(255 * (1 - 0.6 * shade))}, 255)"
+
+
 def _add_band(fig: go.Figure, r_low: float, r_high: float, row: int) -> None:
     fig.add_hrect(y0=r_low, y1=r_high, fillcolor="gray", opacity=0.15, line_width=0, row=row, col=1)
     for y, name in ((r_low, "r_low"), (r_high, "r_high")):

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 from canary_lib.errors import CanaryError
+from canary_lib.judge_usage import UsageCounter
 from canary_lib.redact import redact, register_secret
 from canary_lib.scorers import (
     OTHER_MASS_KEY,
@@ -265,9 +266,10 @@ def check_judge_server(base_url: str, model: str, *, api_key_env: str, timeout_s
                                     f"fields ({exc!r})") from None
 
 
-def preflight_judge(cfg: "RunConfig") -> None:
-    """`check_judge_server` for a judge behind a server (judge.backend openai); nothing for local judges."""
-    j = cfg.judge
+def preflight_judge(cfg: "RunConfig", settings: "JudgeSettings | None" = None) -> None:
+    """`check_judge_server` for a judge behind a server (backend openai); nothing for local judges. `settings`:
+    the judge to check (default cfg.judge, the evaluation judge; training passes the canary judge)."""
+    j = settings or cfg.judge
     if j.backend == "openai" and j.model:
         check_judge_server(j.base_url or OPENAI_URL, j.model, api_key_env=j.api_key_env,
                            timeout_s=min(j.timeout_s, 30.0), scorer=j.scorer)
@@ -278,6 +280,28 @@ def preflight_judge(cfg: "RunConfig") -> None:
 
 class JudgeHTTPError(RuntimeError):
     """A judge request that failed after its retries (or at once, for errors a retry cannot fix)."""
+
+
+MAX_RETRY_AFTER_S = 60.0
+"""The longest a server's Retry-After is honoured; a longer wait is capped (the request's retries go on)."""
+
+
+def retry_delay(retry_after: str | None, backoff_s: float, attempt: int) -> float:
+    """Seconds before the next attempt: the server's Retry-After (seconds or an HTTP date; capped at
+    MAX_RETRY_AFTER_S) when it sent one, else exponential backoff with jitter."""
+    if retry_after:
+        try:
+            seconds = float(retry_after)
+        except ValueError:
+            from email.utils import parsedate_to_datetime
+
+            try:
+                seconds = parsedate_to_datetime(retry_after).timestamp() - time.time()
+            except (TypeError, ValueError):
+                seconds = None
+        if seconds is not None and math.isfinite(seconds):
+            return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+    return backoff_s * 2**attempt * (0.5 + random.random())
 
 
 class OpenAIBackend:
@@ -295,6 +319,7 @@ class OpenAIBackend:
 
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
+        self.usage = UsageCounter()  # every request sent (retries too); tokens from the server's usage fields
         self.concurrency = concurrency
         self.max_retries = max_retries
         self.backoff_s = backoff_s
@@ -348,12 +373,17 @@ class OpenAIBackend:
         import httpx
 
         for attempt in range(self.max_retries + 1):
+            retry_after = None
             try:
+                self.usage.add(requests=1)
                 response = self._client.post(self.url, json=body)
                 if response.status_code < 400:
-                    return response.json()
+                    data = response.json()
+                    self.usage.add_response(data)
+                    return data
                 error = f"HTTP {response.status_code}: {redact(response.text)[:200]}"  # masked before it is cut
                 retryable = response.status_code == 429 or response.status_code >= 500
+                retry_after = response.headers.get("Retry-After")
             except httpx.TimeoutException as exc:
                 error, retryable = f"timeout: {exc}", True
             except httpx.TransportError as exc:
@@ -362,7 +392,7 @@ class OpenAIBackend:
                 error, retryable = f"not JSON: {redact(response.text)[:200]}", True
             if not retryable or attempt == self.max_retries:
                 raise JudgeHTTPError(redact(error))  # a server may echo the request's Authorization header
-            time.sleep(self.backoff_s * 2**attempt * (0.5 + random.random()))  # exponential backoff, jitter
+            time.sleep(retry_delay(retry_after, self.backoff_s, attempt))
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
@@ -392,13 +422,19 @@ class TransformersBackend:
         self.max_batch = batch_size
         self._generator = TransformersGenerator(self.model, tokenizer, batch_size)
         self._last_only = last_logits_only(model)  # only the last position's logits are read
+        self.usage = UsageCounter()  # counted locally: token ids fed, tokens scored or generated
 
     def greedy_texts(self, prompts: Sequence[str], max_tokens: int) -> list[str | Exception]:
         from canary_lib.config import SamplingSettings
+        from canary_lib.generation import chat_prompt_ids
 
         greedy = SamplingSettings(temperature=0.0, top_p=1.0, max_new_tokens=max_tokens)
-        return [answers[0] for answers in self._generator.generate([judge_chat(p) for p in prompts], n=1, seed=0,
-                                                                    sampling=greedy)]
+        texts = [answers[0] for answers in self._generator.generate([judge_chat(p) for p in prompts], n=1, seed=0,
+                                                                     sampling=greedy)]
+        self.usage.add(requests=len(prompts),
+                       prompt_tokens=sum(len(chat_prompt_ids(self.tokenizer, judge_chat(p))) for p in prompts),
+                       completion_tokens=sum(len(self.tokenizer.encode(t, add_special_tokens=False)) for t in texts))
+        return texts
 
     def next_token_logprobs(self, prompts: Sequence[str], top_k: int | None) -> NextTokens:
         from canary_lib.generation import chat_prompt_ids, left_pad, positions_from_mask
@@ -411,6 +447,9 @@ class TransformersBackend:
         reduce = self._reduce if top_k is None else (lambda row: self._top_k(row, top_k))
 
         def next_tokens(nodes: Sequence[tuple[int, str]]) -> list[dict[str, float] | Exception]:
+            # one request per (prompt, prefix): its prompt and prefix tokens in, one token scored
+            self.usage.add(requests=len(nodes), completion_tokens=len(nodes), prompt_tokens=sum(
+                len(ids[i]) + (len(self.tokenizer.encode(p, add_special_tokens=False)) if p else 0) for i, p in nodes))
             if all(prefix == "" for _, prefix in nodes):
                 return [reduce(root[i]) for i, _ in nodes]
             return self._prefix_distributions(nodes, cache, mask, positions, reduce)
@@ -493,6 +532,7 @@ class VLLMBackend:
         self.llm = LLM(model=model, enable_prefix_caching=True, gpu_memory_utilization=gpu_memory_utilization,
                        tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len, **engine_args)
         self.tokenizer = self.llm.get_tokenizer()
+        self.usage = UsageCounter()
 
     def _ids(self, prompt: str) -> list[int]:
         from canary_lib.generation import chat_prompt_ids
@@ -503,7 +543,10 @@ class VLLMBackend:
         from vllm import SamplingParams
 
         params = SamplingParams(temperature=0.0, **sampling)
-        return self.llm.generate([{"prompt_token_ids": t} for t in token_lists], params, use_tqdm=False)
+        outputs = self.llm.generate([{"prompt_token_ids": t} for t in token_lists], params, use_tqdm=False)
+        self.usage.add(requests=len(token_lists), prompt_tokens=sum(len(t) for t in token_lists),
+                       completion_tokens=sum(len(o.outputs[0].token_ids) for o in outputs))
+        return outputs
 
     def greedy_texts(self, prompts: Sequence[str], max_tokens: int) -> list[str | Exception]:
         return [o.outputs[0].text for o in self._generate([self._ids(p) for p in prompts], max_tokens=max_tokens)]

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from canary_lib.errors import CanaryError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from canary_lib.config import RunConfig
+    from canary_lib.config import JudgeSettings, RunConfig
 
 OPENAI_API = "https://api.openai.com/v1"
 """The judge's address when judge.base_url is unset (canary_lib.judge.OPENAI_URL)."""
@@ -60,14 +60,16 @@ def check_adapter(adapter_dir: Path) -> None:
         raise damaged("adapter_model.safetensors holds no tensors")
 
 
-def require_judge_key(cfg: RunConfig) -> None:
+def require_judge_key(cfg: RunConfig, settings: JudgeSettings | None = None) -> None:
     """The OpenAI API judge needs its key in the environment: refuse before any model loads, not after the
     generation (the key itself is read and kept only by the judge's client).
+
+    `settings`: the judge to check (default cfg.judge, the evaluation judge; training passes the canary judge).
 
     Raises:
         PreflightError: naming the environment variable.
     """
-    j = cfg.judge
+    j = settings or cfg.judge
     if j.backend == "openai" and "api.openai.com" in (j.base_url or OPENAI_API) and not os.environ.get(j.api_key_env):
         raise PreflightError(f"the judge is the OpenAI API ({j.base_url or OPENAI_API}) and needs a key: set the "
                               f"environment variable {j.api_key_env} (judge.api_key_env)")

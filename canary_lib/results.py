@@ -31,6 +31,7 @@ from canary_lib.artifacts import (
 from canary_lib.config import MethodSettings
 from canary_lib.frontier import CurveComparison, compare_to_fixed_curve, fixed_curve, frontier_table
 from canary_lib.metrics import RISK_SIGNALS, canary_risk
+from canary_lib.rejudge import REJUDGED_DIR
 from canary_lib.methods import (
     BASE,
     REFERENCE_METHOD,
@@ -53,6 +54,10 @@ COUNTS = ("n_scored", "n_unscored", "eval_n_judge_errors")
 scored answers, so every row says how many answers were left unscored (refusals, low mass) or failed the judge."""
 TRAINING_COUNTS = ("n_canary_unscored",)
 """Training's metrics.json counts carried the same way: canary answers the judge did not score (never aligned)."""
+JUDGE_COST = tuple(f"{stage}_judge_{k}" for stage in ("canary", "eval")
+                   for k in ("requests", "prompt_tokens", "completion_tokens"))
+"""metrics.json's judge cost (canary_lib.judge_usage) carried into runs.csv: the canary judge's during training and
+the evaluation judge's; NaN where the stage is unfinished or was run before the package counted it."""
 BASE_LABEL = "Base (no fine-tuning)"
 _DEFAULT_DELAY = MethodSettings.model_fields["delay_cycles"].default
 """The "{delay}" of a Table 2 label when no run of the method says its method.delay_cycles."""
@@ -96,28 +101,34 @@ def _seed_of(path: Path, config: dict) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def read_run(path: str | Path, method: str | None = None) -> dict[str, Any]:
+def read_run(path: str | Path, method: str | None = None, judge: str | None = None) -> dict[str, Any]:
     """One run directory as a flat record (metrics only from finished stages).
 
     Args:
         path: the run directory.
         method: the method name (default: the parent directory's name, as the sweep lays runs out).
+        judge: read the evaluation of that re-judging (RUN/rejudged/<judge>/, canary_lib.rejudge) instead of
+            the run's own judge.
     """
     run = RunDir(path)
+    evaluated = RunDir(run.path / REJUDGED_DIR / judge) if judge else run
     config = yaml.safe_load(run.config_path.read_text()) if run.config_path.exists() else {}
     config = config or {}
     record: dict[str, Any] = {
         "method": method or run.path.parent.name, "seed": _seed_of(run.path, config), "run_dir": str(run.path),
-        "training_complete": run.is_complete("training"), "eval_complete": run.is_complete("eval"),
+        "training_complete": run.is_complete("training"), "eval_complete": evaluated.is_complete("eval"),
         "delay_cycles": (config.get("method") or {}).get("delay_cycles"),
         "r_low": (config.get("controller") or {}).get("r_low"),
         "r_high": (config.get("controller") or {}).get("r_high"),
     }
-    metrics = run.read_metrics()
+    metrics = run.read_metrics() | (evaluated.read_metrics() if judge else {})
     for key in METRICS:
         record[key] = float(metrics[key]) if record["eval_complete"] and metrics.get(key) is not None else math.nan
     for key in COUNTS:
         record[key] = int(metrics.get(key) or 0) if record["eval_complete"] else math.nan
+    for key in JUDGE_COST:
+        done = record["eval_complete"] if key.startswith("eval") else record["training_complete"]
+        record[key] = metrics[key] if done and metrics.get(key) is not None else math.nan
     if record["training_complete"]:
         for key in ("avg_p", "n_steps", "n_safe_steps"):
             record[key] = float(metrics[key]) if metrics.get(key) is not None else math.nan
@@ -131,15 +142,16 @@ def read_run(path: str | Path, method: str | None = None) -> dict[str, Any]:
     return record
 
 
-def collect_runs(runs_dir: str | Path) -> pd.DataFrame:
-    """Every ``<method>/seed<k>`` directory under runs_dir, one row each, sorted by method and seed."""
+def collect_runs(runs_dir: str | Path, judge: str | None = None) -> pd.DataFrame:
+    """Every ``<method>/seed<k>`` directory under runs_dir, one row each, sorted by method and seed (with `judge`:
+    the evaluation metrics of that re-judging, read_run)."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise FileNotFoundError(f"{runs_dir}: no runs directory (run the sweep first)")
-    records = [read_run(path) for path in sorted(runs_dir.glob("*/seed*")) if path.is_dir()]
+    records = [read_run(path, judge=judge) for path in sorted(runs_dir.glob("*/seed*")) if path.is_dir()]
     columns = ["method", "seed", "run_dir", "training_complete", "eval_complete", *METRICS, *COUNTS, *TRAINING_COUNTS,
                "n_steps", "n_safe_steps", "n_canary_evals", "canary_risk_mean", "canary_risk_last",
-               "delay_cycles", "r_low", "r_high"]
+               "delay_cycles", "r_low", "r_high", *JUDGE_COST]
     frame = pd.DataFrame(records, columns=columns)
     return frame.sort_values(["method", "seed"], kind="stable").reset_index(drop=True)
 
@@ -393,7 +405,7 @@ def _frontier_summary(res: Results) -> list[str]:
 
 
 def build_results(runs_dir: str | Path, results_dir: str | Path, profile: str | None = None,
-                  seeds: list[int] | None = None) -> Results:
+                  seeds: list[int] | None = None, judge: str | None = None) -> Results:
     """Read every run, build Table 1, Table 2 and the correlation, and write them to results_dir.
 
     Writes ``runs.csv``, ``table1.csv``, ``table2.csv``, ``correlation.json``, ``summary.md`` and, when at least
@@ -405,8 +417,10 @@ def build_results(runs_dir: str | Path, results_dir: str | Path, profile: str | 
         profile: name for the summary's title (default: runs_dir's name).
         seeds: the seeds every table row should have (default: expected_seeds, every seed a run of the tables'
             methods has); a missing, unfinished or unscored one is named in its row and in summary.md.
+        judge: build every table from that re-judging's verdicts (RUN/rejudged/<judge>/) instead of the runs' own
+            judge, and write judge_agreement.csv (per run and pooled: canary_lib.rejudge).
     """
-    runs = collect_runs(runs_dir)
+    runs = collect_runs(runs_dir, judge=judge)
     results_dir = Path(results_dir)
     seeds = expected_seeds(runs) if seeds is None else list(seeds)
     missing = [f"{m}/seed{int(s)}: {problem}" for (_, run), m, s in zip(runs.iterrows(), runs.method, runs.seed)
@@ -421,6 +435,15 @@ def build_results(runs_dir: str | Path, results_dir: str | Path, profile: str | 
                   correlation=canary_general_correlation(runs), frontier=frontier if has_curve else frontier[:0],
                   frontier_comparisons=compare_to_fixed_curve(frontier) if has_curve else [], missing=missing)
     res.summary = _summary(profile or Path(runs_dir).name, res)
+    if judge:  # which verdicts these tables read, and how far they agree with the runs' own judge
+        from canary_lib.rejudge import agreement_line, agreement_table
+
+        agreement = agreement_table(runs_dir, judge)
+        write_text_atomic(results_dir / "judge_agreement.csv", agreement.to_csv(index=False))
+        pooled = agreement_line(agreement.iloc[-1].to_dict()) if len(agreement) else "no run was re-judged"
+        res.summary += (f"\n## Judge: rejudged/{judge}\n\nEvery table above uses the verdicts of the re-judging "
+                        f"`{judge}` (canary rejudge). Agreement with the runs' own judge, pooled over runs (per run: "
+                        f"judge_agreement.csv): {pooled}.\n")
     write_text_atomic(results_dir / "runs.csv", runs.to_csv(index=False))
     write_text_atomic(results_dir / "table1.csv", res.table1.to_csv(index=False))
     write_text_atomic(results_dir / "table2.csv", res.table2.to_csv(index=False))

@@ -58,6 +58,9 @@ from canary_lib.methods import METHODS, make_schedule
 from canary_lib.models import attention_kernels, mixed_precision
 from canary_lib.planner import SAFE, TARGET, StepPlanner, constant_p_safe_steps
 from canary_lib.rundir_lock import hold_run_directory
+from canary_lib.judge_usage import usage_metrics, usage_sum
+from canary_lib.snapshots import SNAPSHOTS_DIR, save_snapshot, snapshot_due
+from canary_lib.tracking import controller_values, open_tracker, step_values
 from canary_lib.types import CanaryFn, CanaryResult
 
 KILL_AFTER_STEP_ENV = "CANARY_KILL_AFTER_STEP"
@@ -243,6 +246,8 @@ class LoopState:
     checkpoint_seconds: float = 0.0
     n_unsupervised_examples: int = 0
     """Examples whose assistant tokens were all cut off by max_length (they add no loss)."""
+    canary_judge_usage: dict = field(default_factory=dict)
+    """What the canary judge cost up to the checkpoint: requests, prompt_tokens, completion_tokens."""
 
 
 def _trainable_state(model: Any) -> dict[str, torch.Tensor]:
@@ -380,7 +385,7 @@ def _start_fresh(run: RunDir) -> None:
     """Remove what an earlier, unfinished attempt left behind (no checkpoint to resume from)."""
     for path in (run.steps_path, run.controller_path, run.canary_answers_path, run.metrics_path):
         path.unlink(missing_ok=True)
-    for path in (run.adapter_dir, run.checkpoint_dir, run.path / "checkpoint.old"):
+    for path in (run.adapter_dir, run.checkpoint_dir, run.path / "checkpoint.old", run.path / SNAPSHOTS_DIR):
         shutil.rmtree(path, ignore_errors=True)
     run.reset_stage("eval")
 
@@ -499,6 +504,7 @@ def _train_held(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None, stop:
     # never feed the model more positions than it has (a small organism may have fewer than max_length)
     max_length = min(cfg.model.max_length, getattr(model.config, "max_position_embeddings", None) or 1 << 30)
     risk_ema = loop.controller[-1]["risk_ema"] if loop.controller else 0.0
+    tracker = open_tracker(cfg, run.path, resume_step=planner.step, fresh=checkpoint is None)
     bar = tqdm(total=planner.n_target_batches, initial=planner.n_target_batches - planner.target_remaining,
                desc=f"{cfg.method.name} seed {cfg.seed}", unit="target batch", dynamic_ncols=True)
     try:
@@ -517,6 +523,7 @@ def _train_held(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None, stop:
             loop.train_seconds += time.perf_counter() - start
             loop.steps.append({"step": planned.step, "source": planned.source, "p": planned.p,
                                "target_remaining": planned.target_remaining, "loss": loss, "lr": lr})
+            tracker.log(step_values(loop.steps[-1]), planned.step)
 
             # every K steps: measure the canary risk; the controller's new p applies from the next step on
             if planned.canary_after and canary_fn is not None:
@@ -529,11 +536,16 @@ def _train_held(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None, stop:
                                         "n_judge_errors": result.n_judge_errors,
                                         "n_unscored": max(result.n_unscored, result.n_judge_errors)})
                 append_jsonl(run.canary_answers_path, [{**r, "step": planned.step} for r in result.records])
+                loop.canary_judge_usage = usage_sum(loop.canary_judge_usage, getattr(result, "judge_usage", {}))
+                tracker.log(controller_values(loop.controller[-1]), planned.step)
+            if planned.canary_after and snapshot_due(cfg.train.snapshot_every, planned.step, cfg.controller.K):
+                save_snapshot(model, run.path, planned.step)
 
             if (planned.step + 1) % cfg.train.checkpoint_every == 0 or planner.done:
                 start = time.perf_counter()
                 save_checkpoint(run, model=model, optimizer=optimizer, planner=planner, schedule=schedule, loop=loop,
                                 fingerprint=fingerprint)
+                tracker.flush()
                 loop.checkpoint_seconds += time.perf_counter() - start
             bar.update(int(planned.source == TARGET))
             bar.set_postfix(step=planned.step, src=planned.source, p=f"{planned.p:.3f}", loss=f"{loss:.3f}",
@@ -545,10 +557,12 @@ def _train_held(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None, stop:
                     save_checkpoint(run, model=model, optimizer=optimizer, planner=planner, schedule=schedule,
                                     loop=loop, fingerprint=fingerprint)
                 raise stop.error(run.path, planned.step)
+        metrics = _finish(run, cfg, model, loop, wall_start, safe_budget=planner.safe_budget)
+        tracker.log_summary(metrics)
     finally:  # a stop (judge failure, crash) leaves the bar closed, so the error starts its own line
         bar.close()
+        tracker.close()
 
-    metrics = _finish(run, cfg, model, loop, wall_start, safe_budget=planner.safe_budget)
     if not cfg.train.keep_checkpoint:
         shutil.rmtree(run.checkpoint_dir, ignore_errors=True)
     return metrics
@@ -579,6 +593,7 @@ def _finish(run: RunDir, cfg: RunConfig, model: Any, loop: LoopState, wall_start
         canary_share=loop.canary_seconds / timed if timed else 0.0,
         session_wall_seconds=time.perf_counter() - wall_start,
         n_unsupervised_examples=loop.n_unsupervised_examples,
+        **usage_metrics("canary", usage_sum(loop.canary_judge_usage)),
         **({} if safe_budget is None else {"safe_budget": safe_budget}),
     )
     run.mark_complete("training")

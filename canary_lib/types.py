@@ -70,6 +70,8 @@ class CanaryResult:
     n_unscored: int = 0
     """Answers the judge did not score (failures included: low mass, REFUSAL, CODE, non-finite): excluded from
     r_t's denominator, never counted as aligned."""
+    judge_usage: dict[str, int] = field(default_factory=dict)
+    """What judging this evaluation cost: requests, prompt_tokens, completion_tokens (canary_lib.judge_usage)."""
 
 
 class CanaryFn(Protocol):

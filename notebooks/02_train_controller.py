@@ -85,3 +85,23 @@ trace_replay_figure(steps, controller, answers, c.r_low, c.r_high,
 # %%
 if INTERACTIVE:
     display(trace_replay_widget(steps, controller, answers, c.r_low, c.r_high))
+
+# %% [markdown]
+# ## The adapter over training
+#
+# With `train.snapshot_every` set (e.g. `OVERRIDES = ["train.snapshot_every=1"]`), the run keeps its adapter at
+# every (n-th) canary evaluation in `snapshots/step<t>/`. The norm of each layer's LoRA update,
+# $\lVert \tfrac{\alpha}{\sqrt r} B A \rVert_F$, against $r_t$ and $\hat r_t$: where the adapter grows fastest
+# and where the canaries start to say misaligned (the phase-transition view). `canary eval RUN --step t`
+# evaluates a snapshot into `snapshot_evals/step<t>/`.
+
+# %%
+from canary_lib.figures import adapter_norm_figure
+from canary_lib.snapshots import snapshot_norms
+
+norms = snapshot_norms(RUN_DIR)
+if norms.empty:
+    print("no adapter snapshots kept (train.snapshot_every is not set)")
+else:
+    adapter_norm_figure(norms, controller, c.r_low, c.r_high,
+                        title=f"{cfg.method.name}, seed {cfg.seed}: LoRA update norm per layer").show()

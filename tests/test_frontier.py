@@ -51,8 +51,8 @@ def test_adaptive_method_compared_seed_by_seed_at_its_own_share():
     [cmp] = compare_to_fixed_curve(frontier)
     assert cmp.per_seed == pytest.approx({42: -2.0, 123: -4.0, 456: -3.0})
     assert cmp.difference_mean == pytest.approx(-3.0)
-    half = 4.303 * 1.0 / math.sqrt(3)  # std of (-2, -4, -3) is 1
-    assert (cmp.ci_low, cmp.ci_high) == pytest.approx((-3.0 - half, -3.0 + half))
+    half = 4.303 * 1.0 / math.sqrt(3)  # std of (-2, -4, -3) is 1; t(0.975, 2 dof) = 4.303 in printed tables
+    assert (cmp.ci_low, cmp.ci_high) == pytest.approx((-3.0 - half, -3.0 + half), abs=1e-3)
     assert cmp.curve_at_share_mean == pytest.approx((30 + 40 + 25) / 3)
     assert "below the fixed curve" in cmp.sentence() and "42: -2.00" in cmp.sentence()
 
@@ -85,3 +85,20 @@ def test_a_share_between_distant_fixed_levels_is_flagged_and_a_close_pair_is_not
                                   "general_misaligned_pct": 45.0}]
         [cmp] = compare_to_fixed_curve(frontier_table(runs_frame(rows), FIXED_P, adaptive=["canary"]))
         assert cmp.bracket == bracket and not cmp.coarse and "Caution" not in cmp.sentence()
+
+
+@pytest.mark.parametrize("n_seeds, quantile", [(3, 4.303), (11, 2.228), (12, 2.201), (31, 2.042)])
+def test_interval_uses_the_t_quantile_for_any_number_of_seeds(n_seeds, quantile):
+    # 11 or more seeds once fell back to the normal 1.96: intervals 12% too narrow at 10 degrees of freedom
+    seeds = list(range(1, n_seeds + 1))
+    deltas = [(-1.0 if s % 2 else -5.0) + 0.1 * s for s in seeds]
+    rows = [r for s in seeds for r in fixed_rows(s)]
+    rows += [{"method": "canary", "seed": s, "n_steps": 100, "n_safe_steps": 10, "general_misaligned_pct": 30 + d}
+             for s, d in zip(seeds, deltas)]
+    [cmp] = compare_to_fixed_curve(frontier_table(runs_frame(rows), FIXED_P, adaptive=["canary"]))
+    mean = sum(deltas) / n_seeds
+    std = math.sqrt(sum((d - mean) ** 2 for d in deltas) / (n_seeds - 1))
+    half = quantile * std / math.sqrt(n_seeds)  # printed t tables, 3 decimals
+    assert cmp.n_seeds == n_seeds and cmp.difference_mean == pytest.approx(mean)
+    assert (cmp.ci_low, cmp.ci_high) == pytest.approx((mean - half, mean + half), rel=1e-3)
+    assert cmp.ci_high - cmp.ci_low > 2 * 1.96 * std / math.sqrt(n_seeds) * 1.04  # wider than the normal's
