@@ -400,17 +400,23 @@ def train_from_config(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None 
     # never feed the model more positions than it has (a small organism may have fewer than max_length)
     max_length = min(cfg.model.max_length, getattr(model.config, "max_position_embeddings", None) or 1 << 30)
     risk_ema = loop.controller[-1]["risk_ema"] if loop.controller else 0.0
+    step_fn, encoded = train_step, None
+    if cfg.train.step == "lean":  # canary_lib.lean: the same step up to float rounding, less work
+        from canary_lib.lean import EncodedExamples, lean_train_step
+
+        step_fn, encoded = lean_train_step, EncodedExamples(data, tokenizer, max_length)
     bar = tqdm(total=planner.n_target_batches, initial=planner.n_target_batches - planner.target_remaining,
                desc=f"{cfg.method.name} seed {cfg.seed}", unit="target batch", dynamic_ncols=True)
     try:
         while (planned := planner.next_step(schedule.p(planner.step))) is not None:
             # one step of Algorithm 1: a batch of exactly the drawn source, one optimizer step
             start = time.perf_counter()
-            batch = [encode_chat(data[planned.source][i], tokenizer, max_length) for i in planned.indices]
+            batch = (encoded.batch(planned.source, planned.indices) if encoded is not None else
+                     [encode_chat(data[planned.source][i], tokenizer, max_length) for i in planned.indices])
             loop.n_unsupervised_examples += sum(1 for ex in batch if ex.n_supervised == 0)
             lr = lr_at(planned.step, planned.target_remaining + (planned.source == TARGET),
                        planner.n_target_batches, cfg.train.lr, cfg.train.warmup_steps)
-            loss = train_step(model, optimizer, batch, lr=lr, micro_batch_size=cfg.train.micro_batch_size,
+            loss = step_fn(model, optimizer, batch, lr=lr, micro_batch_size=cfg.train.micro_batch_size,
                               pad_token_id=tokenizer.pad_token_id, max_grad_norm=cfg.train.max_grad_norm,
                               autocast=cfg.train.autocast)
             loop.train_seconds += time.perf_counter() - start
