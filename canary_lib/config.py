@@ -321,6 +321,13 @@ class SamplingSettings(Strict):
     """transformers backend: lean prefills each distinct prompt once for all its samples and runs the LoRA merged
     (canary_lib.lean). Same streams and cache keys; answers equal up to float rounding, so a setting that binds."""
 
+    @model_validator(mode="after")
+    def _one_decoder(self) -> "SamplingSettings":
+        if self.sampler == "lean" and self.static_cache:
+            raise _FieldError("sampler", "sampler: lean and static_cache: true are two different decoders; choose one",
+                              blame=("sampler", "static_cache"))
+        return self
+
 
 class CanarySettings(SamplingSettings):
     n_prompts: int = Field(20, ge=1)
