@@ -188,6 +188,11 @@ def lean_train_step(model: Any, optimizer: torch.optim.Optimizer, batch: list[En
 # ---------------------------------------------------------------------------------------------- sampler
 
 
+COMPACT_SHARE = 0.25
+"""Finished rows leave the batch once they are at least this share of it; until then they run along unread
+(each row's draws depend only on its own logits and stream, so the answers are the same)."""
+
+
 def lean_sample_continuations(
     model: Any, prompts: Sequence[Sequence[int]], seeds: Sequence[int], *, temperature: float, top_p: float,
     max_new_tokens: int, stop_ids: set[int], pad_id: int,
@@ -196,8 +201,11 @@ def lean_sample_continuations(
 
     The prefill runs on the distinct prompts only; their KV caches and last-position logits are then copied to
     every row that asks the same prompt (a canary evaluation: 20 prompts x 10 samples, 20 prefills instead of
-    200). Row i still draws token t with uniform t of its own stream `seeds[i]`, finished rows leave the batch,
-    and the answers equal the standard sampler's up to float rounding (other batch shapes, merged weights).
+    200). Finished rows leave the batch and its KV cache in groups (`COMPACT_SHARE`), not one copy of the cache
+    per step at which some row finished (measured: 0.57 s against 0.69 s per canary evaluation; a preallocated
+    cache instead of transformers' growing one gained nothing). Row i still draws token t with uniform t of its own stream
+    `seeds[i]`, and the answers equal the standard sampler's up to float rounding (other batch shapes, merged
+    weights).
     """
     from canary_lib.generation import (
         _filter_top_p, last_logits_only, left_pad, positions_from_mask, row_uniforms, sample_inverse_cdf,
@@ -212,34 +220,37 @@ def lean_sample_continuations(
     with torch.no_grad(), merged_lora(model, frozen=True), attention_kernels():
         ids, mask = left_pad(list(distinct), pad_id, device)
         positions = positions_from_mask(mask)
-        result = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                       **last_only)
+        result = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **last_only)
         rows = torch.tensor(prompt_of_row, device=device)
         past = result.past_key_values
         past.batch_select_indices(rows)  # one cache row per answer (indices may repeat)
         logits, mask, step_pos = result.logits[rows, -1, :].float(), mask[rows], positions[rows, -1:]
-        alive = list(range(len(prompts)))
+        batch = list(range(len(prompts)))  # the answer of each batch row
+        running = [True] * len(prompts)  # per batch row: not finished yet
         for t in range(max_new_tokens):
             if uniforms is None:
                 chosen = logits.argmax(dim=-1)
             else:
                 probs = _filter_top_p(torch.softmax(logits / temperature, dim=-1), top_p)
                 chosen = sample_inverse_cdf(probs, uniforms[:, t])
-            keep = []
             for r, token in enumerate(chosen.tolist()):
-                if token not in stop_ids:
-                    out[alive[r]].append(token)
-                    keep.append(r)
-            if not keep or t == max_new_tokens - 1:  # no forward whose logits nobody reads
+                if running[r]:
+                    if token in stop_ids:
+                        running[r] = False
+                    else:
+                        out[batch[r]].append(token)
+            n_running = sum(running)
+            if not n_running or t == max_new_tokens - 1:  # no forward whose logits nobody reads
                 break
-            if len(keep) < len(alive):  # drop finished rows from the batch and the cache
-                alive = [alive[r] for r in keep]
+            if len(batch) - n_running >= COMPACT_SHARE * len(batch):  # drop finished rows from batch and cache
+                keep = [r for r, alive in enumerate(running) if alive]
+                batch, running = [batch[r] for r in keep], [True] * len(keep)
                 index = torch.tensor(keep, device=device)
                 past.batch_select_indices(index)
                 mask, chosen, step_pos = mask[index], chosen[index], step_pos[index]
                 if uniforms is not None:
                     uniforms = uniforms[index]
-            mask = torch.cat([mask, torch.ones((len(alive), 1), dtype=mask.dtype, device=device)], dim=1)
+            mask = torch.cat([mask, torch.ones((len(batch), 1), dtype=mask.dtype, device=device)], dim=1)
             step_pos = step_pos + 1
             result = model(input_ids=chosen.unsqueeze(1), attention_mask=mask, position_ids=step_pos,
                            past_key_values=past, use_cache=True, **last_only)

@@ -98,3 +98,21 @@ def test_config_refuses_lean_with_a_static_cache_and_defaults_to_standard():
     assert (cfg.canary.sampler, cfg.eval.sampler) == ("lean", "lean")
     default = load_config([], [])
     assert (default.canary.sampler, default.eval.sampler) == ("standard", "standard")
+
+
+def test_rows_finishing_at_different_times_keep_their_answers(tiny):
+    """Finished rows run along unread until a quarter of the batch is done, then leave it: no answer changes."""
+    _, model, tok = tiny
+    bias = torch.zeros(model.config.vocab_size)
+    bias[tok.convert_tokens_to_ids("<|im_end|>")] = 4.0  # answers end after a few tokens, at different steps
+    handle = model.lm_head.register_forward_hook(lambda m, a, out: out + bias)
+    try:
+        sampling = {k: SamplingSettings(max_new_tokens=40, sampler=k) for k in ("standard", "lean")}
+        gen = TransformersGenerator(model, tok, batch_size=64)
+        standard = gen.generate([C1, C2, C3], n=8, seed=11, sampling=sampling["standard"])
+        lean = gen.generate([C1, C2, C3], n=8, seed=11, sampling=sampling["lean"])
+    finally:
+        handle.remove()
+    lengths = {len(tok(a)["input_ids"]) for row in standard for a in row}
+    assert len(lengths) > 3  # the rows did finish at different steps
+    assert lean == standard
