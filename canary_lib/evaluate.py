@@ -27,6 +27,7 @@ from typing import Any, Iterable, Sequence
 from tqdm.auto import tqdm
 
 from canary_lib.errors import CanaryError
+from canary_lib.job_progress import ProgressFile
 from canary_lib.artifacts import RunDir, RunFileError, append_jsonl, read_jsonl, write_text_atomic
 from canary_lib.binding import check_evaluation, ensure_run_directory, recorded_config
 from canary_lib.config import RunConfig, dump_config
@@ -156,6 +157,7 @@ def generate_pending(generator: Any, pending: Sequence[PlannedSample], *, seed: 
     from canary_lib.generation import SampleRequest
 
     bar = tqdm(total=len(pending), desc="generate", unit="answer")
+    progress = ProgressFile("evaluate", len(pending))  # the sweep's status line (canary_lib.job_progress)
     written = 0
     for chunk in _chunks(pending, chunk_size):
         requests = [SampleRequest(s.question.conversation(s.paraphrase), s.sample) for s in chunk]
@@ -168,6 +170,7 @@ def generate_pending(generator: Any, pending: Sequence[PlannedSample], *, seed: 
         ])
         written += len(chunk)
         bar.update(len(chunk))
+        progress.update(written)
     bar.close()
     return written
 
@@ -193,6 +196,7 @@ def judge_pending(judge: Judge, pending: Sequence[tuple[PlannedSample, dict]], *
         append_jsonl(path, [{**dict(zip(KEY_FIELDS, s.key)), **row} for (s, _), row in zip(chunk, rows)])
         written += len(chunk)
         bar.update(len(chunk))
+        progress.update(written)
     bar.close()
     return written
 

@@ -47,6 +47,7 @@ from canary_lib.chat import IGNORE_INDEX, EncodedChat, collate, encode_chat, rea
 from canary_lib.config import RunConfig, TrainSettings, dump_config
 from canary_lib.data.errors import DataError
 from canary_lib.errors import CanaryError
+from canary_lib.job_progress import ProgressFile
 from canary_lib.methods import METHODS, make_schedule
 from canary_lib.models import attention_kernels, mixed_precision
 from canary_lib.planner import SAFE, TARGET, StepPlanner, constant_p_safe_steps
@@ -407,6 +408,7 @@ def train_from_config(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None 
         step_fn, encoded = lean_train_step, EncodedExamples(data, tokenizer, max_length)
     bar = tqdm(total=planner.n_target_batches, initial=planner.n_target_batches - planner.target_remaining,
                desc=f"{cfg.method.name} seed {cfg.seed}", unit="target batch", dynamic_ncols=True)
+    progress = ProgressFile("train", planner.n_target_batches)  # the sweep's status line (job_progress)
     try:
         while (planned := planner.next_step(schedule.p(planner.step))) is not None:
             # one step of Algorithm 1: a batch of exactly the drawn source, one optimizer step
@@ -440,6 +442,7 @@ def train_from_config(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None 
                                 fingerprint=fingerprint)
                 loop.checkpoint_seconds += time.perf_counter() - start
             bar.update(int(planned.source == TARGET))
+            progress.update(planner.n_target_batches - planner.target_remaining)
             bar.set_postfix(step=planned.step, src=planned.source, p=f"{planned.p:.3f}", loss=f"{loss:.3f}",
                             r_hat=f"{risk_ema:.3f}", refresh=False)
             _maybe_kill(planned.step)
