@@ -134,3 +134,26 @@ def test_encoded_examples_encode_once_and_give_the_same_ids(world, monkeypatch):
     second = cache.batch("target", [1, 3])
     assert len(calls) == 2
     assert first[0] == encode_chat(chats[3], tok, 2048) and second[0] == encode_chat(chats[1], tok, 2048)
+
+
+def test_training_loop_on_the_lean_step_follows_the_standard_run(world, tmp_path):
+    """train.step: lean through train_from_config: the same steps, sources and lrs, losses within rounding,
+    and a second lean run bit-identical to the first."""
+    from canary_lib.artifacts import read_steps
+    from canary_lib.train import train_from_config
+
+    model, data = world
+    base = [f"model.name_or_path={model}", f"data.dir={data}", "method.name=no_defense",
+            "canary.monitor_open_loop=false", "train.micro_batch_size=4", "train.batch_size=8", "lora.r=4",
+            "lora.alpha=8", "train.epochs=2", "train.lr=1e-3", "train.warmup_steps=0"]
+    steps = {}
+    for name, step in (("standard", "standard"), ("lean", "lean"), ("lean_again", "lean")):
+        train_from_config(load_config([], base + [f"train.step={step}"]), tmp_path / name)
+        steps[name] = read_steps(tmp_path / name / "steps.csv")
+    assert len(steps["standard"]) == 6
+    for standard, lean in zip(steps["standard"], steps["lean"]):
+        assert {k: v for k, v in standard.items() if k != "loss"} == {k: v for k, v in lean.items() if k != "loss"}
+        assert lean["loss"] == pytest.approx(standard["loss"], rel=1e-5)
+    assert steps["lean_again"] == steps["lean"]
+    assert steps["lean"][-1]["loss"] < steps["lean"][0]["loss"]
+    assert (tmp_path / "lean" / "steps.csv").read_bytes() == (tmp_path / "lean_again" / "steps.csv").read_bytes()
