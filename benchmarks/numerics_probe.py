@@ -10,7 +10,8 @@ settings when torch starts), one thread, through two kernels:
 - `onednn`: `torch.ops.mkldnn._linear_pointwise`, oneDNN's inner product on the same dense tensors.
 
 under MKL_CBWR (the branch MKL may use) and ONEDNN_MAX_CPU_ISA (the widest ISA oneDNN may use) settings. Each
-row gives GFLOP/s (median of repeats) and a sha256 of the outputs of fixed inputs: equal hashes across the
+row gives GFLOP/s over the four shapes (median of repeats; the two kernels alternate, so their ratio is measured
+under the same load) and a sha256 of the outputs of fixed inputs: equal hashes across the
 ISA caps of one kernel would mean its bits do not depend on the vector unit, the property a pinned path needs
 (one machine can only emulate narrower ISAs than its own, and cannot emulate another vendor's CPU).
 """
@@ -52,26 +53,28 @@ def child(repeats: int) -> dict:
     out: dict = {"cpu_capability": torch.backends.cpu.get_cpu_capability()}
     kernels = {"mkl": lambda x, w: torch.nn.functional.linear(x, w),
                "onednn": lambda x, w: torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")}
+    inputs = []
+    for rows, k, n in SHAPES:
+        inputs.append((torch.randn(rows, k, generator=generator), torch.randn(n, k, generator=generator) / k ** 0.5))
+    total_flops = sum(2 * rows * k * n for rows, k, n in SHAPES)
+    seconds: dict[str, list[float]] = {kernel: [] for kernel in kernels}
     for kernel, fn in kernels.items():
-        digest, flops, seconds = hashlib.sha256(), 0.0, 0.0
-        per_shape = []
-        for rows, k, n in SHAPES:
-            x = torch.randn(rows, k, generator=generator)
-            w = torch.randn(n, k, generator=generator) / k ** 0.5
+        digest = hashlib.sha256()
+        for x, w in inputs:
             digest.update(fn(x, w).numpy().tobytes())
             for _ in range(3):
                 fn(x, w)
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                for _ in range(20):
+        out[kernel] = {"sha256": digest.hexdigest()[:16]}
+    for _ in range(repeats):  # the kernels alternate, so their ratio is measured under the same load
+        for kernel, fn in kernels.items():
+            t0 = time.perf_counter()
+            for _ in range(20):
+                for x, w in inputs:
                     fn(x, w)
-                times.append((time.perf_counter() - t0) / 20)
-            per_shape.append(2 * rows * k * n / statistics.median(times) / 1e9)
-            flops += 2 * rows * k * n
-            seconds += statistics.median(times)
-        out[kernel] = {"gflops": flops / seconds / 1e9, "gflops_per_shape": per_shape,
-                       "sha256": digest.hexdigest()[:16]}
+            seconds[kernel].append((time.perf_counter() - t0) / 20)
+    for kernel in kernels:
+        out[kernel]["gflops"] = total_flops / statistics.median(seconds[kernel]) / 1e9
+    out["onednn_over_mkl"] = out["onednn"]["gflops"] / out["mkl"]["gflops"]
     return out
 
 
@@ -94,7 +97,8 @@ def main(argv: list[str] | None = None) -> dict:
         report["settings"][name] = {"env": env, **json.loads(result.stdout.strip().splitlines()[-1])}
         row = report["settings"][name]
         print(f"{name:<20} mkl {row['mkl']['gflops']:6.1f} GFLOP/s {row['mkl']['sha256']}   "
-              f"onednn {row['onednn']['gflops']:6.1f} GFLOP/s {row['onednn']['sha256']}", flush=True)
+              f"onednn {row['onednn']['gflops']:6.1f} GFLOP/s {row['onednn']['sha256']}   "
+              f"ratio {row['onednn_over_mkl']:.2f}", flush=True)
     report["load_average_after"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
