@@ -182,6 +182,7 @@ def judge_pending(judge: Judge, pending: Sequence[tuple[PlannedSample, dict]], *
                   chunk_size: int) -> int:
     """Judge (sample, generation row) pairs and append the verdicts; a failed chunk is written as errors."""
     bar = tqdm(total=len(pending), desc="judge", unit="answer")
+    progress = ProgressFile("judge", len(pending))  # the sweep's status line (canary_lib.job_progress)
     written = 0
     for chunk in _chunks(pending, chunk_size):
         requests = [JudgeRequest(g["question"], g["answer"], dict(s.question.judge_prompts)) for s, g in chunk]
