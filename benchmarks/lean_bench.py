@@ -14,6 +14,9 @@ same machine load:
   20 prompts x 10 answers of at most 32 tokens from the LoRA model, `canary.sampler` standard / lean.
 - `eval`: 1,024 answers of the final evaluation (every 5th planned sample) from the base model in one batch,
   `eval.sampler` standard / lean.
+- `run` (`--only run`): a short canary run through `train_from_config` on each path (`--run-epochs`, about 91
+  steps and 4 canary evaluations by default): times, whether the lean run draws the same sources and p_t, the
+  largest relative loss difference, r_t of both, and how many canary answers are equal.
 
 The base organism is pre-trained for `--pretrain-steps` steps (default 150, not the profile's 600, to keep the
 benchmark to a few minutes; cached under benchmarks/out/cache): the shapes, vocabulary, data and answer lengths
@@ -47,7 +50,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pretrain-steps", type=int, default=150)
     parser.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / "out" / "cache")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "lean_bench.json")
-    parser.add_argument("--only", nargs="+", choices=["step", "canary", "eval"], default=["step", "canary", "eval"])
+    parser.add_argument("--only", nargs="+", choices=["step", "canary", "eval", "run"],
+                        default=["step", "canary", "eval"])
+    parser.add_argument("--run-epochs", type=float, default=0.27, help="case run: passes over D_T (0.27: ~91 steps)")
     return parser.parse_args(argv)
 
 
@@ -162,6 +167,37 @@ def bench_eval(cfg: Any, args: argparse.Namespace) -> dict:
             "n_distinct_prompts": len({str(r.conversation) for r in requests}), "same_answers": same}
 
 
+def bench_run(cfg: Any, args: argparse.Namespace) -> dict:
+    """A short canary run (train_from_config) on each path: time, and how far the lean run's trace follows."""
+    from canary_lib.artifacts import read_controller, read_jsonl, read_steps
+    from canary_lib.train import train_from_config
+
+    out: dict[str, Any] = {}
+    traces = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for kind in ("standard", "lean"):
+            run_cfg = cfg.model_copy(update={
+                "train": cfg.train.model_copy(update={"step": kind, "epochs": args.run_epochs}),
+                "canary": cfg.canary.model_copy(update={"sampler": kind})})
+            t0 = time.perf_counter()
+            metrics = train_from_config(run_cfg, Path(tmp) / kind)
+            out[kind] = {"wall_s": time.perf_counter() - t0, "train_seconds": metrics["train_seconds"],
+                         "canary_seconds": metrics["canary_seconds"], "n_steps": metrics["n_steps"]}
+            traces[kind] = (read_steps(Path(tmp) / kind / "steps.csv"), read_controller(Path(tmp) / kind / "controller.csv"),
+                            [r["answer"] for r in read_jsonl(Path(tmp) / kind / "canary_answers.jsonl")])
+    (steps_a, ctrl_a, answers_a), (steps_b, ctrl_b, answers_b) = traces["standard"], traces["lean"]
+    same_plan = [(a["source"], a["p"]) for a in steps_a] == [(b["source"], b["p"]) for b in steps_b]
+    out.update({
+        "speedup_train_plus_canary": (out["standard"]["train_seconds"] + out["standard"]["canary_seconds"])
+        / (out["lean"]["train_seconds"] + out["lean"]["canary_seconds"]),
+        "same_sources_and_p": same_plan,
+        "loss_max_rel_diff": max(abs(a["loss"] - b["loss"]) / abs(a["loss"]) for a, b in zip(steps_a, steps_b)),
+        "risk_standard": [r["canary_risk"] for r in ctrl_a], "risk_lean": [r["canary_risk"] for r in ctrl_b],
+        "same_canary_answers": sum(a == b for a, b in zip(answers_a, answers_b)), "n_canary_answers": len(answers_a),
+    })
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     if args.numerics == "native":
@@ -184,14 +220,19 @@ def main(argv: list[str] | None = None) -> dict:
         "python": platform.python_version(), "machine": platform.machine(), "processor": _cpu_name(),
         "load_average_before": os.getloadavg(), "pretrain_steps": args.pretrain_steps, "cases": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"dir": Path(tmp) / "data"})})
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"dir": str(Path(tmp) / "data")})})
         prepare_organism_data(cfg)
         t0 = time.perf_counter()
         ensure_base_model(cfg)
         report["base_model_seconds"] = time.perf_counter() - t0
-        cases = {"step": bench_step, "canary": bench_canary, "eval": bench_eval}
+        cases = {"step": bench_step, "canary": bench_canary, "eval": bench_eval, "run": bench_run}
         for name in args.only:
             report["cases"][name] = result = cases[name](cfg, args)
+            if name == "run":
+                print(f"run: train + canary {result['speedup_train_plus_canary']:.2f}x; same plan "
+                      f"{result['same_sources_and_p']}, canary answers {result['same_canary_answers']}/"
+                      f"{result['n_canary_answers']} equal", flush=True)
+                continue
             print(f"{name}: standard {result['standard']['median_s'] * 1e3:.1f} ms, lean "
                   f"{result['lean']['median_s'] * 1e3:.1f} ms (medians): {result['speedup']:.2f}x", flush=True)
     report["load_average_after"] = os.getloadavg()
