@@ -324,7 +324,7 @@ class SamplingSettings(Strict):
     @model_validator(mode="after")
     def _one_decoder(self) -> "SamplingSettings":
         if self.sampler == "lean" and self.static_cache:
-            raise _FieldError("sampler", "sampler: lean and static_cache: true are two different decoders; choose one",
+            raise _FieldError("sampler", "lean and static_cache: true are two different decoders; choose one",
                               blame=("sampler", "static_cache"))
         return self
 
@@ -486,8 +486,8 @@ class RunConfig(Strict):
     @model_validator(mode="after")
     def _lean_step_without_dropout(self) -> "RunConfig":
         if self.train.step == "lean" and self.lora.dropout:
-            raise ValueError(f"train.step: lean needs lora.dropout: 0 (got {self.lora.dropout}): with dropout a LoRA "
-                             "projection is not one matrix product")
+            raise _FieldError("train.step", f"lean needs lora.dropout: 0 (got {self.lora.dropout}): with dropout a "
+                              "LoRA projection is not one matrix product", blame=("train.step", "lora.dropout"))
         return self
 
     def _repr_html_(self) -> str:

@@ -92,7 +92,7 @@ def test_one_answer_keeps_its_stream_alone_or_in_a_batch(tiny):
 
 
 def test_config_refuses_lean_with_a_static_cache_and_defaults_to_standard():
-    with pytest.raises(ConfigError, match="sampler"):
+    with pytest.raises(ConfigError, match="canary.sampler: lean and static_cache: true are two different decoders"):
         load_config([], ["canary.sampler=lean", "canary.static_cache=true"])
     cfg = load_config([], ["canary.sampler=lean", "eval.sampler=lean"])
     assert (cfg.canary.sampler, cfg.eval.sampler) == ("lean", "lean")

@@ -114,7 +114,7 @@ def test_lora_dropout_is_refused(world):
 def test_config_refuses_the_lean_step_with_lora_dropout(world):
     from canary_lib.config import ConfigError
 
-    with pytest.raises(ConfigError, match="lora.dropout"):
+    with pytest.raises(ConfigError, match=r"train.step: lean needs lora.dropout: 0 \(got 0.05\)"):
         load_config([], [f"model.name_or_path={world[0]}", "train.step=lean", "lora.dropout=0.05"])
     cfg = load_config([], [f"model.name_or_path={world[0]}", "train.step=lean", "lora.dropout=0"])
     assert cfg.train.step == "lean"
