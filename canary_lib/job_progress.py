@@ -28,11 +28,13 @@ PROGRESS_ENV = "CANARY_PROGRESS_FILE"
 class ProgressFile:
     """One loop's progress (stage, done of total, when it started), rewritten atomically as it advances."""
 
-    def __init__(self, stage: str, total: int, *, path: str | Path | None = None, every_s: float = 2.0,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, stage: str, total: int, *, initial: int = 0, path: str | Path | None = None,
+                 every_s: float = 2.0, clock: Callable[[], float] = time.time) -> None:
         where = path if path is not None else os.environ.get(PROGRESS_ENV)
         self.path = Path(where) if where else None
         self.stage, self.total, self.every_s, self.clock = stage, total, every_s, clock
+        self.initial = initial
+        """Already done when this process started (a resumed run): the pace counts only what it does itself."""
         self.started = clock()
         self._written = float("-inf")
 
@@ -42,7 +44,8 @@ class ProgressFile:
         if self.path is None or (done < self.total and now - self._written < self.every_s):
             return
         self._written = now
-        record = {"stage": self.stage, "done": done, "total": self.total, "started": self.started, "updated": now}
+        record = {"stage": self.stage, "done": done, "total": self.total, "initial": self.initial,
+                  "started": self.started, "updated": now}
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
@@ -62,12 +65,12 @@ def read_progress(path: str | Path) -> dict | None:
 
 
 def describe_job(name: str, record: dict | None, now: float) -> str:
-    """'name stage done/total ETA m:ss' (ETA from the stage's mean pace so far), or just the name."""
+    """'name stage done/total ETA m:ss' (ETA from this process's mean pace so far), or just the name."""
     if record is None:
         return name
-    done, total = int(record["done"]), int(record["total"])
+    done, total, initial = int(record["done"]), int(record["total"]), int(record.get("initial", 0))
     text = f"{name} {record['stage']} {done}/{total}"
-    if 0 < done < total:
-        left = (now - float(record["started"])) / done * (total - done)
+    if initial < done < total:
+        left = (now - float(record["started"])) / (done - initial) * (total - done)
         text += f" ETA {format_duration(left)}"
     return text

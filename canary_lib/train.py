@@ -408,7 +408,8 @@ def train_from_config(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None 
         step_fn, encoded = lean_train_step, EncodedExamples(data, tokenizer, max_length)
     bar = tqdm(total=planner.n_target_batches, initial=planner.n_target_batches - planner.target_remaining,
                desc=f"{cfg.method.name} seed {cfg.seed}", unit="target batch", dynamic_ncols=True)
-    progress = ProgressFile("train", planner.n_target_batches)  # the sweep's status line (job_progress)
+    progress = ProgressFile("train", planner.n_target_batches,  # the sweep's status line (job_progress)
+                            initial=planner.n_target_batches - planner.target_remaining)
     try:
         while (planned := planner.next_step(schedule.p(planner.step))) is not None:
             # one step of Algorithm 1: a batch of exactly the drawn source, one optimizer step
@@ -419,8 +420,8 @@ def train_from_config(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None 
             lr = lr_at(planned.step, planned.target_remaining + (planned.source == TARGET),
                        planner.n_target_batches, cfg.train.lr, cfg.train.warmup_steps)
             loss = step_fn(model, optimizer, batch, lr=lr, micro_batch_size=cfg.train.micro_batch_size,
-                              pad_token_id=tokenizer.pad_token_id, max_grad_norm=cfg.train.max_grad_norm,
-                              autocast=cfg.train.autocast)
+                           pad_token_id=tokenizer.pad_token_id, max_grad_norm=cfg.train.max_grad_norm,
+                           autocast=cfg.train.autocast)
             loop.train_seconds += time.perf_counter() - start
             loop.steps.append({"step": planned.step, "source": planned.source, "p": planned.p,
                                "target_remaining": planned.target_remaining, "loss": loss, "lr": lr})

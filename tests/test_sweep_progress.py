@@ -76,5 +76,9 @@ def test_progress_file_round_trip_throttle_and_eta(tmp_path, monkeypatch) -> Non
     progress.update(1014)  # the end is always written
     assert read_progress(path)["done"] == 1014
     assert describe_job("x", read_progress(path), clock.now) == "x train 1014/1014"
+    resumed = ProgressFile("train", 1014, initial=900, clock=clock)  # a resumed run: its own pace only
+    clock.now += 57
+    resumed.update(957)
+    assert describe_job("x", read_progress(path), clock.now) == "x train 957/1014 ETA 0:57"
     path.write_text("{not json")
     assert read_progress(path) is None
