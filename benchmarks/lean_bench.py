@@ -183,8 +183,9 @@ def bench_run(cfg: Any, args: argparse.Namespace) -> dict:
             metrics = train_from_config(run_cfg, Path(tmp) / kind)
             out[kind] = {"wall_s": time.perf_counter() - t0, "train_seconds": metrics["train_seconds"],
                          "canary_seconds": metrics["canary_seconds"], "n_steps": metrics["n_steps"]}
-            traces[kind] = (read_steps(Path(tmp) / kind / "steps.csv"), read_controller(Path(tmp) / kind / "controller.csv"),
-                            [r["answer"] for r in read_jsonl(Path(tmp) / kind / "canary_answers.jsonl")])
+            run_dir = Path(tmp) / kind
+            traces[kind] = (read_steps(run_dir / "steps.csv"), read_controller(run_dir / "controller.csv"),
+                            [r["answer"] for r in read_jsonl(run_dir / "canary_answers.jsonl")])
     (steps_a, ctrl_a, answers_a), (steps_b, ctrl_b, answers_b) = traces["standard"], traces["lean"]
     same_plan = [(a["source"], a["p"]) for a in steps_a] == [(b["source"], b["p"]) for b in steps_b]
     out.update({

@@ -4,8 +4,8 @@
     canary: {sampler: lean}     # lean_sample_continuations for the canary evaluations
     eval:   {sampler: lean}     # ... and for the final evaluation
 
-Both are opt-in (the defaults, `standard`, keep every committed number bit for bit; docs/training.md, "The lean
-path"). What they leave out, each a pure saving:
+Both are opt-in (the defaults, `standard`, keep every committed number bit for bit; docs/lean_path.md has the
+measurements and the steps that would make them the default). What they leave out, each a pure saving:
 
 - **Encoding.** `encode_chat` is a pure function of (chat, tokenizer, max_length), so each example is encoded
   once (`EncodedExamples`), not at every step that draws it (about 3 passes over D_T).
@@ -19,6 +19,7 @@ path"). What they leave out, each a pure saving:
 - **The same prompt prefilled per sample.** The sampler prefills each distinct prompt once and copies its KV
   cache to the prompt's samples (`lean_sample_continuations`); each answer still draws from its own stream
   (seed, conversation, sample index), so its cache key and its uniforms are those of the standard sampler.
+- **A copy of the KV cache whenever a row finishes.** Finished rows leave the batch in groups (`COMPACT_SHARE`).
 
 Where the results differ from the standard path they differ by float rounding (other matrix shapes, another
 summation order): a near-tied token can then flip an answer, so a run on the lean path is a run of its own,
@@ -37,9 +38,6 @@ import torch.nn.functional as F
 from canary_lib.chat import IGNORE_INDEX, EncodedChat, collate, encode_chat
 from canary_lib.errors import CanaryError
 from canary_lib.models import attention_kernels
-
-STANDARD, LEAN = "standard", "lean"
-
 
 class LeanPathError(CanaryError, ValueError):
     """The model cannot take the lean path (not float32, LoRA dropout, DoRA, a merged or disabled adapter)."""
@@ -203,9 +201,9 @@ def lean_sample_continuations(
     every row that asks the same prompt (a canary evaluation: 20 prompts x 10 samples, 20 prefills instead of
     200). Finished rows leave the batch and its KV cache in groups (`COMPACT_SHARE`), not one copy of the cache
     per step at which some row finished (measured: 0.57 s against 0.69 s per canary evaluation; a preallocated
-    cache instead of transformers' growing one gained nothing). Row i still draws token t with uniform t of its own stream
-    `seeds[i]`, and the answers equal the standard sampler's up to float rounding (other batch shapes, merged
-    weights).
+    cache instead of transformers' growing one gained nothing). Row i still draws token t with uniform t of its
+    own stream `seeds[i]`, and the answers equal the standard sampler's up to float rounding (other batch shapes,
+    merged weights).
     """
     from canary_lib.generation import (
         _filter_top_p, last_logits_only, left_pad, positions_from_mask, row_uniforms, sample_inverse_cdf,

@@ -64,7 +64,8 @@ def test_progress_file_round_trip_throttle_and_eta(tmp_path, monkeypatch) -> Non
     ProgressFile("train", 10, clock=clock).update(10)  # no file named: nothing written, no error
     monkeypatch.setenv(PROGRESS_ENV, str(path))
     progress = ProgressFile("train", 1014, every_s=2.0, clock=clock)
-    assert not list(tmp_path.iterdir()) and read_progress(path) is None and describe_job("canary/seed42", None, clock.now) == "canary/seed42"
+    assert not list(tmp_path.iterdir()) and read_progress(path) is None
+    assert describe_job("canary/seed42", None, clock.now) == "canary/seed42"
     clock.now += 100
     progress.update(340)
     clock.now += 1

@@ -270,4 +270,5 @@ def test_status_line_shows_where_each_running_job_is(project: Path, monkeypatch:
     sweep = _sweep(project, methods=["no_defense"], executor={"kind": "local", "parallel": 1, "poll_s": 0.2})
     assert run_sweep(sweep) == 0
     out = capsys.readouterr().out
-    assert re.search(r"1 running, 1 waiting \| elapsed [0-9:]+ \| ETA [^|]+\| no_defense/seed42 train 4/10 ETA", out), out
+    line = r"1 running, 1 waiting \| elapsed [0-9:]+ \| ETA [^|]+\| no_defense/seed42 train 4/10 ETA"
+    assert re.search(line, out), out
