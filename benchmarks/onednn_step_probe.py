@@ -8,7 +8,8 @@ their merged LoRA, the tied vocabulary projection) is routed through oneDNN's in
 (`torch.ops.mkldnn._linear_pointwise`) in forward and both backward products, by an autograd function; everything
 else (attention's products included) stays on ATen/MKL under the pinned settings. Each setting runs in a fresh
 process: `--steps` lean steps on the same batches from the same initialisation, timed (median), and a sha256 of
-the losses and final LoRA weights, so equal hashes across ONEDNN_MAX_CPU_ISA caps mean the same bits.
+the losses and final LoRA weights, so equal hashes across ONEDNN_MAX_CPU_ISA caps mean the same bits. The last
+setting runs both kernels in one process, a step of each in turn, so their ratio is measured under the same load.
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ SETTINGS = {
     "pinned, oneDNN linear capped at AVX2": {**PINNED, "ONEDNN_MAX_CPU_ISA": "AVX2", "PROBE_ONEDNN": "1"},
     "pinned, oneDNN linear capped at AVX-512": {**PINNED, "ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "PROBE_ONEDNN": "1"},
     "pinned, oneDNN linear uncapped": {**PINNED, "PROBE_ONEDNN": "1"},
+    "pinned, MKL and oneDNN (AVX2) alternating in one process": {**PINNED, "ONEDNN_MAX_CPU_ISA": "AVX2",
+                                                                 "PROBE_ONEDNN": "paired"},
 }
 
 
-def _install_onednn_linear() -> None:
+def _onednn_linear():  # noqa: ANN202
     import torch
-    import torch.nn.functional as F
 
     product = torch.ops.mkldnn._linear_pointwise
 
@@ -62,7 +64,7 @@ def _install_onednn_linear() -> None:
                 grad_b = g.sum(0)
             return grad_x, grad_w, grad_b
 
-    F.linear = lambda x, weight, bias=None: OneDNNLinear.apply(x, weight, bias)
+    return lambda x, weight, bias=None: OneDNNLinear.apply(x, weight, bias)
 
 
 def child(steps: int, pretrain_steps: int, cache: Path, data: Path) -> dict:
@@ -79,30 +81,43 @@ def child(steps: int, pretrain_steps: int, cache: Path, data: Path) -> dict:
     from canary_lib.models import add_rslora, load_model_and_tokenizer
     from canary_lib.train import load_training_data, make_optimizer
 
+    import torch.nn.functional as F
+
     torch.set_num_threads(1)
-    if os.environ.get("PROBE_ONEDNN") == "1":
-        _install_onednn_linear()
+    linears = {"mkl": F.linear, "onednn": _onednn_linear()}
+    kinds = {"0": ["mkl"], "1": ["onednn"], "paired": ["mkl", "onednn"]}[os.environ.get("PROBE_ONEDNN", "0")]
     target, _ = load_training_data(cfg)
-    torch.manual_seed(cfg.seed)
-    model, tok = load_model_and_tokenizer(cfg)
-    model = add_rslora(model, cfg.lora, seed=cfg.seed).train()
-    optimizer = make_optimizer(model, cfg.train)
+    paths = {}
+    for kind in kinds:  # the same initialisation for each
+        torch.manual_seed(cfg.seed)
+        model, tok = load_model_and_tokenizer(cfg)
+        model = add_rslora(model, cfg.lora, seed=cfg.seed).train()
+        paths[kind] = (model, make_optimizer(model, cfg.train), [], [])
     examples = EncodedExamples({"t": target}, tok, cfg.model.max_length)
     rng = random.Random(0)
     batches = [examples.batch("t", rng.sample(range(len(target)), 16)) for _ in range(steps + 3)]
-    losses, seconds = [], []
     for i, batch in enumerate(batches):
-        t0 = time.perf_counter()
-        losses.append(lean_train_step(model, optimizer, batch, lr=1e-4, micro_batch_size=16,
-                                      pad_token_id=tok.pad_token_id, max_grad_norm=1.0))
-        if i >= 3:
-            seconds.append(time.perf_counter() - t0)
-    digest = hashlib.sha256(json.dumps(losses).encode())
-    for name, p in sorted(model.named_parameters()):
-        if p.requires_grad:
-            digest.update(p.detach().numpy().tobytes())
-    return {"median_s": statistics.median(seconds), "min_s": min(seconds), "sha256": digest.hexdigest()[:16],
-            "last_loss": losses[-1], "cpu_capability": torch.backends.cpu.get_cpu_capability()}
+        for kind, (model, optimizer, losses, seconds) in paths.items():  # alternating: the same load for both
+            F.linear = linears[kind]
+            t0 = time.perf_counter()
+            losses.append(lean_train_step(model, optimizer, batch, lr=1e-4, micro_batch_size=16,
+                                          pad_token_id=tok.pad_token_id, max_grad_norm=1.0))
+            if i >= 3:
+                seconds.append(time.perf_counter() - t0)
+    F.linear = linears["mkl"]
+    out = {}
+    for kind, (model, _, losses, seconds) in paths.items():
+        digest = hashlib.sha256(json.dumps(losses).encode())
+        for name, p in sorted(model.named_parameters()):
+            if p.requires_grad:
+                digest.update(p.detach().numpy().tobytes())
+        out[kind] = {"median_s": statistics.median(seconds), "min_s": min(seconds), "sha256": digest.hexdigest()[:16],
+                     "last_loss": losses[-1]}
+    row = dict(out[kinds[-1]])
+    if len(kinds) == 2:
+        row = {**out, "median_s": out["onednn"]["median_s"], "min_s": out["onednn"]["min_s"],
+               "sha256": out["onednn"]["sha256"], "onednn_speedup": out["mkl"]["median_s"] / out["onednn"]["median_s"]}
+    return {**row, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -136,8 +151,10 @@ def main(argv: list[str] | None = None) -> dict:
                                     capture_output=True, text=True, check=True)
             row = json.loads(result.stdout.strip().splitlines()[-1])
             report["settings"].setdefault(name, {"env": env, "runs": []})["runs"].append(row)
+            paired = (f"  MKL {row['mkl']['median_s'] * 1e3:.1f} ms {row['mkl']['sha256']}: oneDNN "
+                      f"{row['onednn_speedup']:.2f}x" if "mkl" in row else "")
             print(f"{name:<42} {row['median_s'] * 1e3:6.1f} ms/step (min {row['min_s'] * 1e3:5.1f})  "
-                  f"{row['sha256']}", flush=True)
+                  f"{row['sha256']}{paired}", flush=True)
     report["load_average_after"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
