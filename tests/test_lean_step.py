@@ -92,6 +92,20 @@ def test_lean_step_updates_like_the_standard_step_and_repeats_bit_for_bit(world)
     assert again_losses == lean_losses and torch.equal(again_w, lean_w)  # same seed, same machine: same bits
 
 
+def test_a_micro_batch_without_supervised_tokens_adds_nothing(world):
+    """As in the standard step: an example cut before its answer (max_length) contributes no loss, no error."""
+    results = []
+    for step_fn in (train_step, lean_train_step):
+        _, model, tok = _model(world, "lora.dropout=0.0")
+        batch = _batch(world, tok, 4)
+        batch[0] = encode_chat(read_chat_jsonl(world[1] / "target_train.jsonl")[0], tok, 8)
+        assert batch[0].n_supervised == 0
+        optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+        results.append(step_fn(model, optimizer, batch, lr=1e-3, micro_batch_size=1,
+                               pad_token_id=tok.pad_token_id, max_grad_norm=None))
+    assert results[1] == pytest.approx(results[0], rel=1e-5)
+
+
 def test_merged_lora_leaves_the_model_as_it_was(world):
     _, model, tok = _model(world, "lora.dropout=0.0")
     ids = torch.tensor([tok("hello world", add_special_tokens=False)["input_ids"]])
