@@ -122,6 +122,9 @@ class TrainSettings(Strict):
     autocast: bool = True
     """Forward and backward under bf16 autocast when the base weights are bf16 (LoRA master weights stay float32,
     as with Trainer's bf16=True); no effect on float32 or float16 models. False: LoRA in float32 (slower)."""
+    step: Literal["standard", "lean"] = "standard"
+    """lean: each example encoded once, logits only at supervised positions, each LoRA projection as one product
+    (canary_lib.lean; float32, lora.dropout 0). Same results up to float rounding, so a run of its own."""
 
     @model_validator(mode="after")
     def _accumulation_divides(self) -> "TrainSettings":
@@ -328,6 +331,16 @@ class SamplingSettings(Strict):
     GPU (CUDA graphs; for Qwen2.5-7B + LoRA on an H100, 21.8 ms per token step against the eager loop's 52.2 ms).
     Same draws as the eager loop. Each new (batch, prompt width) compiles again (about a minute for a 7B), so it
     pays for repeated shapes: the canaries, asked with the same prompts at every evaluation."""
+    sampler: Literal["standard", "lean"] = "standard"
+    """transformers backend: lean prefills each distinct prompt once for all its samples and runs the LoRA merged
+    (canary_lib.lean). Same streams and cache keys; answers equal up to float rounding, so a setting that binds."""
+
+    @model_validator(mode="after")
+    def _one_decoder(self) -> "SamplingSettings":
+        if self.sampler == "lean" and self.static_cache:
+            raise _FieldError("sampler", "lean and static_cache: true are two different decoders; choose one",
+                              blame=("sampler", "static_cache"))
+        return self
 
 
 class CanarySettings(SamplingSettings):
@@ -508,6 +521,13 @@ class RunConfig(Strict):
     tracking: TrackingSettings = Field(default_factory=TrackingSettings)
     provenance: dict[str, Any] = Field(default_factory=dict)
     """Filled when a run writes config.yaml (package version, git commit, source files); not an input."""
+
+    @model_validator(mode="after")
+    def _lean_step_without_dropout(self) -> "RunConfig":
+        if self.train.step == "lean" and self.lora.dropout:
+            raise _FieldError("train.step", f"lean needs lora.dropout: 0 (got {self.lora.dropout}): with dropout a "
+                              "LoRA projection is not one matrix product", blame=("train.step", "lora.dropout"))
+        return self
 
     def _repr_html_(self) -> str:
         """A notebook shows the resolved configuration as its YAML, folded (click to open)."""

@@ -28,6 +28,7 @@ from typing import Any, Iterable, Sequence
 from tqdm.auto import tqdm
 
 from canary_lib.errors import CanaryError
+from canary_lib.job_progress import ProgressFile
 from canary_lib.artifacts import RunDir, RunFileError, append_jsonl, read_jsonl, write_text_atomic
 from canary_lib.binding import (
     check_base_evaluation_directory,
@@ -172,6 +173,7 @@ def generate_pending(generator: Any, pending: Sequence[PlannedSample], *, seed: 
     from canary_lib.generation import SampleRequest
 
     bar = tqdm(total=len(pending), desc="generate", unit="answer")
+    progress = ProgressFile("evaluate", len(pending))  # the sweep's status line (canary_lib.job_progress)
     written = 0
     for chunk in _chunks(pending, chunk_size):
         requests = [SampleRequest(s.question.conversation(s.paraphrase), s.sample) for s in chunk]
@@ -184,6 +186,7 @@ def generate_pending(generator: Any, pending: Sequence[PlannedSample], *, seed: 
         ])
         written += len(chunk)
         bar.update(len(chunk))
+        progress.update(written)
     bar.close()
     return written
 
@@ -195,6 +198,7 @@ def judge_pending(judge: Judge, pending: Sequence[tuple[PlannedSample, dict]], *
                   chunk_size: int) -> int:
     """Judge (sample, generation row) pairs and append the verdicts; a failed chunk is written as errors."""
     bar = tqdm(total=len(pending), desc="judge", unit="answer")
+    progress = ProgressFile("judge", len(pending))  # the sweep's status line (canary_lib.job_progress)
     written = 0
     for chunk in _chunks(pending, chunk_size):
         requests = [JudgeRequest(g["question"], g["answer"], dict(s.question.judge_prompts)) for s, g in chunk]
@@ -209,6 +213,7 @@ def judge_pending(judge: Judge, pending: Sequence[tuple[PlannedSample, dict]], *
         append_jsonl(path, [{**dict(zip(KEY_FIELDS, s.key)), **row} for (s, _), row in zip(chunk, rows)])
         written += len(chunk)
         bar.update(len(chunk))
+        progress.update(written)
     bar.close()
     return written
 

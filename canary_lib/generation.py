@@ -332,6 +332,8 @@ class TransformersGenerator:
         self.model.eval()
         try:
             decode = generate_static if sampling.static_cache else sample_continuations
+            if getattr(sampling, "sampler", "standard") == "lean":  # prompts prefilled once, LoRA merged
+                from canary_lib.lean import lean_sample_continuations as decode
             starts = range(0, len(order), self.batch_size)
             for start in tqdm(starts, desc="generate", unit="batch", disable=not self.progress):
                 chunk = order[start:start + self.batch_size]

@@ -39,6 +39,7 @@ from canary_lib.artifacts import RunDir, write_json_atomic
 from canary_lib.binding import describe, stale_keys
 from canary_lib.config import ConfigError, RunConfig, Strict, load_config, read_yaml, validate_model
 from canary_lib.methods import BASE, METHODS, REFERENCE_METHOD
+from canary_lib.job_progress import PROGRESS_ENV, describe_job, read_progress
 from canary_lib.sweep_progress import SweepProgress
 
 # Stage name -> notebook file. The order is the pipeline order.
@@ -483,6 +484,7 @@ class _Runner:
         self.settings = settings
         self.free_gpus = list(settings.gpus)
         self.progress = progress
+        self.progress_dir = folder / "progress"  # one file per running job (canary_lib.job_progress)
 
     def run(self, jobs: list[Job], on_done) -> dict[str, JobOutcome]:
         """Run jobs respecting `needs` (jobs whose dependency failed are reported as failed, not run)."""
@@ -525,6 +527,10 @@ class _Runner:
                     self.free_gpus.extend(gpus)
                     outcomes[name] = self._result(handle, job)
                     on_done(outcomes[name])
+            if running and self.progress and self.progress.line_due():
+                now = time.time()
+                jobs = [describe_job(name, read_progress(self._progress_file(name)), now) for name in running]
+                print(f"         {self.progress.line(jobs)}", flush=True)
         return outcomes
 
     def _dependency_state(self, job: Job, outcomes: dict[str, JobOutcome]) -> str:
@@ -543,8 +549,13 @@ class _Runner:
         taken, self.free_gpus = self.free_gpus[:n], self.free_gpus[n:]
         return taken
 
+    def _progress_file(self, name: str) -> Path:
+        return self.progress_dir / f"{name.replace('/', '_')}.json"
+
     def _submit(self, job: Job, gpus: list[int]) -> Any:
         self.executor.update_parameters(name=job.name.replace("/", "_"))
+        self._progress_file(job.name).unlink(missing_ok=True)  # an earlier attempt's last step
+        job.env = {**job.env, PROGRESS_ENV: str(self._progress_file(job.name))}
         if gpus:
             return self.executor.submit(_execute_on_gpus, job, gpus)
         return self.executor.submit(execute_job, job)

@@ -54,6 +54,7 @@ from canary_lib.config import RunConfig, TrainSettings, dump_config
 from canary_lib.data.errors import DataError
 from canary_lib.errors import CanaryError
 from canary_lib.graceful_stop import StopRequest, maybe_send_test_signal
+from canary_lib.job_progress import ProgressFile
 from canary_lib.methods import METHODS, make_schedule
 from canary_lib.models import attention_kernels, mixed_precision
 from canary_lib.planner import SAFE, TARGET, StepPlanner, constant_p_safe_steps
@@ -505,21 +506,29 @@ def _train_held(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None, stop:
     max_length = min(cfg.model.max_length, getattr(model.config, "max_position_embeddings", None) or 1 << 30)
     risk_ema = loop.controller[-1]["risk_ema"] if loop.controller else 0.0
     tracker = open_tracker(cfg, run.path, resume_step=planner.step, fresh=checkpoint is None)
+    step_fn, encoded = train_step, None
+    if cfg.train.step == "lean":  # canary_lib.lean: the same step up to float rounding, less work
+        from canary_lib.lean import EncodedExamples, lean_train_step
+
+        step_fn, encoded = lean_train_step, EncodedExamples(data, tokenizer, max_length)
     bar = tqdm(total=planner.n_target_batches, initial=planner.n_target_batches - planner.target_remaining,
                desc=f"{cfg.method.name} seed {cfg.seed}", unit="target batch", dynamic_ncols=True)
+    progress = ProgressFile("train", planner.n_target_batches,  # the sweep's status line (job_progress)
+                            initial=planner.n_target_batches - planner.target_remaining)
     try:
         if stop.signum is not None:  # asked to stop while loading: no step of this session to finish or save
             raise stop.error(run.path, None)
         while (planned := planner.next_step(schedule.p(planner.step))) is not None:
             # one step of Algorithm 1: a batch of exactly the drawn source, one optimizer step
             start = time.perf_counter()
-            batch = [encode_chat(data[planned.source][i], tokenizer, max_length) for i in planned.indices]
+            batch = (encoded.batch(planned.source, planned.indices) if encoded is not None else
+                     [encode_chat(data[planned.source][i], tokenizer, max_length) for i in planned.indices])
             loop.n_unsupervised_examples += sum(1 for ex in batch if ex.n_supervised == 0)
             lr = lr_at(planned.step, planned.target_remaining + (planned.source == TARGET),
                        planner.n_target_batches, cfg.train.lr, cfg.train.warmup_steps)
-            loss = train_step(model, optimizer, batch, lr=lr, micro_batch_size=cfg.train.micro_batch_size,
-                              pad_token_id=tokenizer.pad_token_id, max_grad_norm=cfg.train.max_grad_norm,
-                              autocast=cfg.train.autocast)
+            loss = step_fn(model, optimizer, batch, lr=lr, micro_batch_size=cfg.train.micro_batch_size,
+                           pad_token_id=tokenizer.pad_token_id, max_grad_norm=cfg.train.max_grad_norm,
+                           autocast=cfg.train.autocast)
             loop.train_seconds += time.perf_counter() - start
             loop.steps.append({"step": planned.step, "source": planned.source, "p": planned.p,
                                "target_remaining": planned.target_remaining, "loss": loss, "lr": lr})
@@ -548,6 +557,7 @@ def _train_held(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None, stop:
                 tracker.flush()
                 loop.checkpoint_seconds += time.perf_counter() - start
             bar.update(int(planned.source == TARGET))
+            progress.update(planner.n_target_batches - planner.target_remaining)
             bar.set_postfix(step=planned.step, src=planned.source, p=f"{planned.p:.3f}", loss=f"{loss:.3f}",
                             r_hat=f"{risk_ema:.3f}", refresh=False)
             _maybe_kill(planned.step)

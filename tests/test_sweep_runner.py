@@ -251,3 +251,26 @@ def test_reproduce_names_the_known_profiles(project: Path) -> None:
     (project / "parameters" / "sweeps" / "organism.yaml").write_text("profile: organism\n")
     with pytest.raises(ConfigError, match=r"no sweep file for profile 'orgnism'.*\['organism'\]"):
         reproduce("orgnism")
+
+
+@pytest.mark.slow
+def test_status_line_shows_where_each_running_job_is(project: Path, monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture) -> None:
+    """A job's loop writes its step to the file the runner names (CANARY_PROGRESS_FILE); while the job runs,
+    the runner prints a status line with it, even though no job finished in between."""
+    import canary_lib.sweep_progress as sweep_progress
+
+    monkeypatch.setattr(sweep_progress, "STATUS_EVERY_S", 0.5)
+    monkeypatch.setitem(BODY, "train", textwrap.dedent("""
+        import time
+        from canary_lib.job_progress import ProgressFile
+        ProgressFile('train', 10).update(4)
+        time.sleep(4)
+        RunDir(RUN_DIR).mark_complete('training')
+    """))
+    _write_notebooks(project / "notebooks")
+    sweep = _sweep(project, methods=["no_defense"], executor={"kind": "local", "parallel": 1, "poll_s": 0.2})
+    assert run_sweep(sweep) == 0
+    out = capsys.readouterr().out
+    line = r"1 running, 1 waiting \| elapsed [0-9:]+ \| ETA [^|]+\| no_defense/seed42 train 4/10 ETA"
+    assert re.search(line, out), out

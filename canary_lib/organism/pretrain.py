@@ -182,6 +182,7 @@ def build_base_model(settings: OrganismSettings, out_dir: Path) -> dict[str, flo
     from tqdm.auto import tqdm
     from transformers import LlamaForCausalLM
 
+    from canary_lib.job_progress import ProgressFile
     from canary_lib.organism.model import tiny_llama_config
     from canary_lib.organism.tokenizer import build_tokenizer
 
@@ -218,6 +219,7 @@ def build_base_model(settings: OrganismSettings, out_dir: Path) -> dict[str, flo
     pad = tokenizer.pad_token_id
     losses: list[float] = []
     bar = tqdm(batches[:steps], desc="pre-training the organism", unit="step")
+    progress = ProgressFile("pre-training", len(bar))  # the sweep's status line (canary_lib.job_progress)
     for batch in bar:
         width = max(len(encoded[j]) for j in batch)
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
@@ -233,6 +235,7 @@ def build_base_model(settings: OrganismSettings, out_dir: Path) -> dict[str, flo
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.item())
+        progress.update(len(losses))
         if len(losses) % 20 == 0:
             bar.set_postfix(loss=f"{sum(losses[-20:]) / 20:.3f}")
 
