@@ -208,6 +208,10 @@ def _start_hint(base_url: str, model: str) -> str:
         ") or set judge.base_url to where it runs"
 
 
+PREFLIGHT_PROMPT = "Answer with a number from 0 to 100."
+"""The pre-flight's one judge request (check_judge_server); a test stub can tell it from a real judge prompt."""
+
+
 def check_judge_server(base_url: str, model: str, *, api_key_env: str, timeout_s: float,
                        scorer: str = "digits") -> None:
     """Refuse, in one line and without retries, a judge server that cannot judge: called before any model loads.
@@ -224,6 +228,8 @@ def check_judge_server(base_url: str, model: str, *, api_key_env: str, timeout_s
     if not base_url.startswith(("http://", "https://")):
         raise JudgeUnavailableError(f"judge.base_url {base_url!r} has no scheme: write it as http://HOST:PORT/v1")
     key = os.environ.get(api_key_env)
+    if key:
+        register_secret(key)  # masked in every text below, as in the judge's own errors
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     root = base_url.rstrip("/")
     timeout = httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0))
@@ -232,12 +238,12 @@ def check_judge_server(base_url: str, model: str, *, api_key_env: str, timeout_s
             listing = client.get(root + "/models")
             if listing.status_code >= 400:
                 raise JudgeUnavailableError(f"the judge server at {base_url} answered GET /models with HTTP "
-                                            f"{listing.status_code}: {' '.join(listing.text[:200].split())}")
+                                            f"{listing.status_code}: {' '.join(redact(listing.text)[:200].split())}")
             served = [m.get("id") for m in listing.json().get("data", [])]
             if model not in served:
                 raise JudgeUnavailableError(f"judge model {model!r} is not served there ({base_url} serves "
                                             f"{served}); {_start_hint(base_url, model)}")
-            body: dict[str, Any] = {"model": model, "messages": judge_chat("Answer with a number from 0 to 100."),
+            body: dict[str, Any] = {"model": model, "messages": judge_chat(PREFLIGHT_PROMPT),
                                     "max_tokens": 1, "temperature": 0}
             if scorer != "parse":
                 body |= {"logprobs": True, "top_logprobs": TOP_LOGPROBS}
@@ -256,7 +262,7 @@ def check_judge_server(base_url: str, model: str, *, api_key_env: str, timeout_s
             "parse": "a chat request"}[scorer]
     if answer.status_code >= 400:
         raise JudgeUnavailableError(f"the judge server at {base_url} refused {what}: HTTP {answer.status_code}: "
-                                    f"{' '.join(answer.text[:200].split())}")
+                                    f"{' '.join(redact(answer.text)[:200].split())}")
     try:
         choice = answer.json()["choices"][0]
         if scorer != "parse" and not choice["logprobs"]["content"][0]["top_logprobs"]:

@@ -58,11 +58,26 @@ def test_canary_evaluations_use_the_canary_judge(tmp_path, monkeypatch):
         "aligned": "{question} {answer}", "coherent": "{question} {answer}"}) for i in range(2)])
     cfg = load_config([], [f"data.dir={tmp_path}", "canary.n_prompts=2", "judge.backend=exact",
                            "canary.judge.backend=openai", "canary.judge.model=qwen-32b"])
-    made = []
+    made, checked = [], []
     monkeypatch.setattr(judge_mod, "make_judge", Recorder(made))
+    monkeypatch.setattr(judge_mod, "check_judge_server", lambda url, model, **kw: checked.append((url, model)))
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
     fn = make_canary_fn(cfg)
+    assert checked == [(judge_mod.OPENAI_URL, "qwen-32b")]  # the pre-flight asks the canary judge, not judge.*
     fn.judge  # built on first use
     assert [c.judge.model for c in made] == ["qwen-32b"] and made[0].canary.judge.model == "qwen-32b"
+
+
+def test_training_refuses_a_canary_judge_without_its_key_before_the_model_loads(tmp_path, monkeypatch):
+    from canary_lib.preflight import PreflightError
+
+    write_question_set(tmp_path / "canaries.yaml", [Question(id="c0", paraphrases=["canary?"], judge_prompts={
+        "aligned": "{question} {answer}", "coherent": "{question} {answer}"})])
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    cfg = load_config([], [f"data.dir={tmp_path}", "canary.n_prompts=1", "judge.backend=exact",
+                           "canary.judge.backend=openai", "canary.judge.model=gpt-4o"])
+    with pytest.raises(PreflightError, match="OPENAI_API_KEY"):
+        make_canary_fn(cfg)
 
 
 def test_canary_questions_need_judge_prompts_when_the_canary_judge_is_an_llm(tmp_path):
@@ -73,4 +88,4 @@ def test_canary_questions_need_judge_prompts_when_the_canary_judge_is_an_llm(tmp
     make_canary_fn(load_config([], [f"data.dir={tmp_path}", "canary.n_prompts=1"]))  # exact judge: no prompts used
     with pytest.raises(EvaluationError, match="no judge prompt"):
         make_canary_fn(load_config([], [f"data.dir={tmp_path}", "canary.n_prompts=1", "canary.judge.backend=openai",
-                                        "canary.judge.model=m"]))
+                                        "canary.judge.model=m", "canary.judge.base_url=http://127.0.0.1:9/v1"]))

@@ -103,7 +103,7 @@ def local_judge_config(tiny_dir, data):
         "eval": {"samples_per_prompt": 2, "max_new_tokens": 6, "batch_size": 4, "sets": ["general"]},
         "canary": {"n_prompts": 2, "samples_per_prompt": 1, "max_new_tokens": 6},
         "judge": {"backend": "transformers", "model": str(tiny_dir), "scorer": "digits", "min_mass": 0.0,
-                  "digit_prune_below": 0.05, "batch_size": 8}})
+                  "digit_prune_below": 0.001, "batch_size": 8}})
 
 
 def test_local_judge_counts_its_tokens_into_metrics_and_runs_csv(tiny_dir, tmp_path):

@@ -191,16 +191,43 @@ SECRET = "zq-plain-secret-value-991"  # no known key format: masked because the 
 
 @pytest.fixture
 def echoing_server():
-    """A judge server that refuses every request with HTTP 401 and echoes the request's headers in its body."""
+    """A judge server that answers the pre-flight (its model list and its one request) and then refuses every judge
+    request with HTTP 401, echoing the request's headers in its body (a key revoked after the start); with
+    Echo.refuse_all it refuses the pre-flight too."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+    from canary_lib.judge import PREFLIGHT_PROMPT
+
     class Echo(BaseHTTPRequestHandler):
+        refuse_all = False
+
         def log_message(self, *args):
             pass
 
+        def _send(self, status, payload):
+            body = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _refuse(self):
+            self._send(401, {"error": f"unauthorized: Authorization: {self.headers['Authorization']}",
+                             "request_headers": dict(self.headers)})
+
+        def do_GET(self):
+            if Echo.refuse_all:
+                return self._refuse()
+            self._send(200, {"data": [{"id": "judge"}]})
+
         def do_POST(self):
-            self.rfile.read(int(self.headers["Content-Length"]))
+            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if not Echo.refuse_all and request["messages"][0]["content"] == PREFLIGHT_PROMPT:
+                top = [{"token": "0", "logprob": 0.0}]
+                return self._send(200, {"choices": [{"message": {"content": ""},
+                                                     "logprobs": {"content": [{"token": "0", "top_logprobs": top}]}}]})
             body = json.dumps({"error": f"unauthorized: Authorization: {self.headers['Authorization']}",
                                "request_headers": dict(self.headers)}).encode()
             self.send_response(401)
@@ -211,7 +238,7 @@ def echoing_server():
 
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
+    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", Echo
     httpd.shutdown()
 
 
@@ -222,6 +249,7 @@ def test_an_error_body_echoing_the_authorization_header_is_stored_and_shown_reda
     from canary_lib.types import Question
 
     prompts = {"aligned": "A {question} {answer}", "coherent": "C {question} {answer}"}
+    echoing_server, echo = echoing_server
     data = tmp_path / "data"
     write_question_set(data / "general_eval.yaml", [Question("q", ["what?"], judge_prompts=prompts)])
     monkeypatch.setenv("CANARY_TEST_JUDGE_KEY", SECRET)
@@ -236,6 +264,13 @@ def test_an_error_body_echoing_the_authorization_header_is_stored_and_shown_reda
     assert "unauthorized: Authorization: Bearer ***" in stored  # the echo is kept, the key is not
     for text in (stored, str(err.value), RunDir(out).metrics_path.read_text()):
         assert SECRET not in text
+    # a server that refuses the pre-flight itself: its echo is masked in that one line too
+    from canary_lib.judge import JudgeUnavailableError, preflight_judge
+
+    echo.refuse_all = True
+    with pytest.raises(JudgeUnavailableError, match=r"GET /models with HTTP 401") as err:
+        preflight_judge(cfg)
+    assert SECRET not in str(err.value) and "Bearer ***" in str(err.value)
 
 
 @pytest.mark.parametrize("text, shown", [

@@ -20,12 +20,22 @@ from canary_lib.artifacts import RunDir, read_jsonl
 from canary_lib.config import load_config
 from canary_lib.data import write_question_set
 from canary_lib.evaluate import EvaluationError, evaluate_model, make_canary_fn
+from canary_lib.judge import PREFLIGHT_PROMPT
 from canary_lib.metrics import canary_risk, is_scored, summarize_judgments
 from canary_lib.scorers import metric_from_top_logprobs
 from canary_lib.types import Judgment, Question
 from _fixtures import make_tiny_qwen2
 
 PROMPTS = {"aligned": "ALIGNED q={question} a={answer}", "coherent": "COHERENT q={question} a={answer}"}
+
+
+def _send_json(handler: BaseHTTPRequestHandler, payload: dict, status: int = 200) -> None:
+    data = json.dumps(payload).encode()
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
 
 
 class BrokenJudgeServer(BaseHTTPRequestHandler):
@@ -37,11 +47,16 @@ class BrokenJudgeServer(BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+    def do_GET(self):  # the pre-flight's model list
+        _send_json(self, {"data": [{"id": "judge"}]})
+
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         prompt = body["messages"][0]["content"]
         prefix = body["messages"][1]["content"] if len(body["messages"]) > 1 else ""
-        mode = BrokenJudgeServer.mode
+        # the pre-flight's request is answered: this judge breaks on the real judge prompts only, as a judge
+        # whose template or model changed after the run started would
+        mode = "good" if prompt == PREFLIGHT_PROMPT else BrokenJudgeServer.mode
         if mode == "empty":
             content = []
         elif mode == "nodigit":
@@ -51,7 +66,7 @@ class BrokenJudgeServer(BaseHTTPRequestHandler):
             content = [{"token": "1", "top_logprobs": [{"token": "1", "logprob": float("nan")},
                                                        {"token": "9", "logprob": float("nan")}]}]
         else:  # good: one digit, then the end of turn
-            digit = "1" if prompt.startswith("ALIGNED") else "9"
+            digit = "9" if prompt.startswith("COHERENT") else "1"
             top = [{"token": digit, "logprob": 0.0}] if not prefix else [{"token": "0", "logprob": 0.0}] \
                 if len(prefix) == 1 else [{"token": "<|im_end|>", "logprob": 0.0}]
             content = [{"token": top[0]["token"], "top_logprobs": top}]
