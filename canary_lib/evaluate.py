@@ -37,9 +37,9 @@ from canary_lib.binding import (
     recorded_config,
 )
 from canary_lib.config import RunConfig, canary_judge_settings, dump_config
+from canary_lib.judge_usage import judge_usage, usage_delta, usage_metrics, usage_sum
 from canary_lib.preflight import check_adapter, require_judge_key
 from canary_lib.redact import redact
-from canary_lib.judge_usage import judge_usage, usage_delta, usage_metrics, usage_sum
 from canary_lib.tracking import open_tracker
 from canary_lib.metrics import (
     canary_risk,

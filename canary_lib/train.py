@@ -55,11 +55,11 @@ from canary_lib.data.errors import DataError
 from canary_lib.errors import CanaryError
 from canary_lib.graceful_stop import StopRequest, maybe_send_test_signal
 from canary_lib.job_progress import ProgressFile
+from canary_lib.judge_usage import usage_metrics, usage_sum
 from canary_lib.methods import METHODS, make_schedule
 from canary_lib.models import attention_kernels, mixed_precision
 from canary_lib.planner import SAFE, TARGET, StepPlanner, constant_p_safe_steps
 from canary_lib.rundir_lock import hold_run_directory
-from canary_lib.judge_usage import usage_metrics, usage_sum
 from canary_lib.snapshots import SNAPSHOTS_DIR, save_snapshot, snapshot_due
 from canary_lib.tracking import controller_values, open_tracker, step_values
 from canary_lib.types import CanaryFn, CanaryResult
