@@ -163,6 +163,8 @@ def lean_train_step(model: Any, optimizer: torch.optim.Optimizer, batch: list[En
                     autocast: bool = True) -> float:  # noqa: ARG001 - float32 only: autocast never applies
     """`canary_lib.train.train_step` on the lean path: same loss normalisation, accumulation, clipping and AdamW
     step; the forward as `supervised_loss_sum` under `merged_lora`. Returns the batch's mean token loss."""
+    from canary_lib.train import optimizer_step  # train imports this module lazily: no cycle at import time
+
     device = next(model.parameters()).device
     n_tokens = max(1, sum(ex.n_supervised for ex in batch))
     total = 0.0
@@ -173,13 +175,7 @@ def lean_train_step(model: Any, optimizer: torch.optim.Optimizer, batch: list[En
             loss_sum = supervised_loss_sum(model, tensors["input_ids"], tensors["attention_mask"], tensors["labels"])
             (loss_sum / n_tokens).backward()
             total += loss_sum.item()
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    if max_grad_norm is not None:
-        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    optimizer_step(optimizer, lr=lr, max_grad_norm=max_grad_norm)
     return total / n_tokens
 
 

@@ -204,6 +204,12 @@ def train_step(model: Any, optimizer: torch.optim.Optimizer, batch: list[Encoded
             loss_sum = F.cross_entropy(logits[:, :-1][supervised].float(), labels[supervised], reduction="sum")
         (loss_sum / n_tokens).backward()
         total += loss_sum.item()
+    optimizer_step(optimizer, lr=lr, max_grad_norm=max_grad_norm)
+    return total / n_tokens
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, *, lr: float, max_grad_norm: float | None) -> None:
+    """The update after a step's gradients are in: clip, set this step's lr, step, clear (both step kinds)."""
     params = [p for group in optimizer.param_groups for p in group["params"]]
     if max_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
@@ -211,7 +217,6 @@ def train_step(model: Any, optimizer: torch.optim.Optimizer, batch: list[Encoded
         group["lr"] = lr
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return total / n_tokens
 
 
 def run_canary(canary_fn: CanaryFn, model: Any, tokenizer: Any, step: int) -> tuple[CanaryResult, float]:
