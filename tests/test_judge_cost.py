@@ -6,12 +6,12 @@ import json
 import math
 import threading
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 import torch
 
-from _fixtures import ScriptedCanary, make_tiny_qwen2, make_tiny_training_world
+from _fixtures import ScriptedCanary, make_tiny_qwen2, make_tiny_training_world, serve_http
 from canary_lib.config import JudgeSettings, load_config
 from canary_lib.data import write_question_set
 from canary_lib.evaluate import evaluate_model, make_canary_fn
@@ -59,13 +59,8 @@ class UsageServer(BaseHTTPRequestHandler):
 @pytest.fixture
 def server():
     UsageServer.attempts.clear()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), UsageServer)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(timeout=5)
+    with serve_http(UsageServer) as url:
+        yield url
 
 
 def test_openai_judge_sums_the_servers_usage_and_counts_every_request(server):

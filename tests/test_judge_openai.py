@@ -5,7 +5,7 @@ import math
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
@@ -13,6 +13,7 @@ from canary_lib.config import JudgeSettings
 from canary_lib.judge import LLMJudge, OpenAIBackend
 from canary_lib.scorers import digit_expectations
 from canary_lib.types import JudgeRequest
+from _fixtures import serve_http
 
 KEY = "sk-test-not-a-real-key"
 PROMPTS = {"aligned": "ALIGNED q={question} a={answer}", "coherent": "COHERENT q={question} a={answer}"}
@@ -85,13 +86,8 @@ class FakeJudgeServer(BaseHTTPRequestHandler):
 def server():
     FakeJudgeServer.attempts.clear()
     FakeJudgeServer.seen_auth.clear()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), FakeJudgeServer)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    httpd.shutdown()
-    httpd.server_close()
-    thread.join(timeout=5)
+    with serve_http(FakeJudgeServer) as url:
+        yield url
 
 
 def make(url, monkeypatch, scorer="logprob", digit_prune_below=1e-3, **kw):

@@ -194,9 +194,9 @@ def echoing_server():
     """A judge server that answers the pre-flight (its model list and its one request) and then refuses every judge
     request with HTTP 401, echoing the request's headers in its body (a key revoked after the start); with
     Echo.refuse_all it refuses the pre-flight too."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from http.server import BaseHTTPRequestHandler
 
+    from _fixtures import serve_http
     from canary_lib.judge import PREFLIGHT_PROMPT
 
     class Echo(BaseHTTPRequestHandler):
@@ -236,10 +236,8 @@ def echoing_server():
             self.end_headers()
             self.wfile.write(body)
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1", Echo
-    httpd.shutdown()
+    with serve_http(Echo) as url:
+        yield url, Echo
 
 
 def test_an_error_body_echoing_the_authorization_header_is_stored_and_shown_redacted(world, tmp_path, monkeypatch,

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import json
 import math
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 import torch
@@ -24,7 +23,7 @@ from canary_lib.judge import PREFLIGHT_PROMPT
 from canary_lib.metrics import canary_risk, is_scored, summarize_judgments
 from canary_lib.scorers import metric_from_top_logprobs
 from canary_lib.types import Judgment, Question
-from _fixtures import make_tiny_qwen2
+from _fixtures import make_tiny_qwen2, serve_http
 
 PROMPTS = {"aligned": "ALIGNED q={question} a={answer}", "coherent": "COHERENT q={question} a={answer}"}
 
@@ -81,11 +80,8 @@ class BrokenJudgeServer(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), BrokenJudgeServer)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}/v1"
-    httpd.shutdown()
+    with serve_http(BrokenJudgeServer) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
