@@ -26,7 +26,7 @@ $(VLLM_STAMP): constraints-vllm.txt
 	$(VLLM_VENV)/bin/pip install -q --no-deps -e .
 	touch $(VLLM_STAMP)
 
-.PHONY: setup vllm-env reproduce test bench readme-images
+.PHONY: setup vllm-env reproduce lint test bench readme-images
 setup: $(STAMP)
 
 vllm-env: $(VLLM_STAMP)
@@ -34,7 +34,14 @@ vllm-env: $(VLLM_STAMP)
 reproduce: $(STAMP)
 	$(BIN)/canary reproduce --profile organism
 
-test: $(STAMP) $(VLLM_STAMP)
+# Lint (ruff, pyproject's [tool.ruff]) and the pure modules' type hints (mypy, pyproject's [tool.mypy]); part of
+# `make test`, so CI (.ci/run) runs it.
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: $(STAMP) lint $(VLLM_STAMP)
 	$(BIN)/python -m pytest -q -n 2    # two worker processes, one torch thread each (tests/conftest.py)
 
 bench: $(STAMP)

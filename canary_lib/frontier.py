@@ -110,9 +110,10 @@ class CurveComparison:
         where = ("below" if self.ci_high < 0 else "above" if self.ci_low > 0 else
                  "not distinguishable from") if not math.isnan(self.ci_low) else "compared with"
         skipped = f"; seeds outside the curve's range: {self.outside}" if self.outside else ""
-        caveat = (f" Caution: the curve is a straight line between fixed p = {self.bracket[0]:g} and "
-                  f"{self.bracket[1]:g} there, which overstates a convex curve; run fixed levels in between "
-                  f"before reading this difference." if self.coarse else "")
+        bracket = self.bracket  # not None when coarse
+        caveat = (f" Caution: the curve is a straight line between fixed p = {bracket[0]:g} and "
+                  f"{bracket[1]:g} there, which overstates a convex curve; run fixed levels in between "
+                  f"before reading this difference." if self.coarse and bracket is not None else "")
         return (f"{self.method}: {self.general_misaligned_pct_mean:.2f}% general misaligned at a mean safe share "
                 f"of {self.safe_share_mean:.3f}, against {self.curve_at_share_mean:.2f}% for the fixed curve at the "
                 f"same shares: a difference of {self.difference_mean:+.2f} points (per seed {seeds}{interval}), "

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, cast
 
 MISALIGNED_BELOW = 30.0
 COHERENT_ABOVE = 50.0
@@ -94,7 +95,7 @@ def _as_mapping(row: Any) -> Mapping[str, Any]:
     if isinstance(row, Mapping):
         return row
     if hasattr(row, "to_dict"):
-        return row.to_dict()
+        return cast(Mapping[str, Any], row.to_dict())
     raise TypeError(f"expected a mapping or Judgment, got {type(row).__name__}")
 
 

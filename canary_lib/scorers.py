@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from canary_lib.metrics import cut_probabilities
 from canary_lib.redact import redact
@@ -149,7 +150,9 @@ def _expand(tree: _Tree, prefix: str, p_prefix: float, dist: dict[str, float], c
         seen += q
         p = p_prefix * q
         text = token.lstrip() if not prefix else token  # the judge may open with a space; inside a number it ends it
-        digits = _LEADING_DIGITS.match(text).group(0)
+        match = _LEADING_DIGITS.match(text)
+        assert match is not None  # [0-9]* matches every string (possibly empty)
+        digits = match.group(0)
         if not digits:
             if prefix:
                 tree.add_number(prefix, p)  # any non-digit token ends the number (end of turn, space, period)
