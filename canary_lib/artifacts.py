@@ -12,12 +12,11 @@ import io
 import json
 import os
 import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
 
 from canary_lib.errors import CanaryError
+from canary_lib.fileio import git_commit, write_text_atomic
 
 STEPS_COLUMNS = ["step", "source", "p", "target_remaining", "loss", "lr"]
 CONTROLLER_COLUMNS = [
@@ -35,24 +34,6 @@ class IncompleteRunError(CanaryError, RuntimeError):
 
 class RunFileError(CanaryError, ValueError):
     """A file of a run directory cannot be read (damaged, not UTF-8, not a run directory)."""
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: str | Path, text: str) -> None:
-    _write_bytes_atomic(Path(path), text.encode("utf-8"))
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
@@ -162,19 +143,6 @@ def read_steps(path: str | Path) -> list[dict]:
 
 def read_controller(path: str | Path) -> list[dict]:
     return read_csv(path)
-
-
-def git_commit(start: Path | None = None) -> str:
-    """The commit of the package checkout, with "+dirty" when it has uncommitted changes; "unknown" outside git."""
-    where = str(start or Path(__file__).resolve().parent)
-    try:
-        sha = subprocess.run(["git", "-C", where, "rev-parse", "HEAD"], capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", where, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return sha + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 class RunDir:

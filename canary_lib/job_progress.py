@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from canary_lib.fileio import write_text_atomic
 from canary_lib.sweep_progress import format_duration
 
 PROGRESS_ENV = "CANARY_PROGRESS_FILE"
@@ -46,11 +47,8 @@ class ProgressFile:
         self._written = now
         record = {"stage": self.stage, "done": done, "total": self.total, "initial": self.initial,
                   "started": self.started, "updated": now}
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(record))
-            os.replace(tmp, self.path)
+        try:  # no fsync: only a person watching reads it, and it is rewritten every few seconds
+            write_text_atomic(self.path, json.dumps(record), fsync=False)
         except OSError:  # progress is for a person watching: never a reason for the job to fail
             pass
 

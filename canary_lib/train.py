@@ -16,7 +16,6 @@ from the last checkpoint and writes the same steps.csv and controller.csv as an 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -53,6 +52,7 @@ from canary_lib.chat import IGNORE_INDEX, EncodedChat, collate, encode_chat, rea
 from canary_lib.config import RunConfig, TrainSettings, dump_config
 from canary_lib.data.errors import DataError
 from canary_lib.errors import CanaryError
+from canary_lib.fileio import sha256_file
 from canary_lib.graceful_stop import StopRequest, maybe_send_test_signal
 from canary_lib.job_progress import ProgressFile
 from canary_lib.judge_usage import usage_metrics, usage_sum
@@ -160,14 +160,6 @@ def _tokenizer_and_window(cfg: RunConfig) -> tuple[Any, int]:
     config = AutoConfig.from_pretrained(path, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code)
     positions = getattr(config, "max_position_embeddings", None) or 1 << 30
     return load_tokenizer(path, cfg.model), min(cfg.model.max_length, positions)
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- one step
@@ -384,7 +376,7 @@ def load_checkpoint(path: Path, state: dict, *, model: Any, optimizer: torch.opt
 def _run_fingerprint(cfg: RunConfig, data_files: list[Path]) -> dict:
     """What must not change between a checkpoint and its resumption."""
     return {"config": dump_config(cfg.model_copy(update={"provenance": {}})),
-            "data": {str(p): file_digest(p) for p in data_files if p.exists()}}
+            "data": {str(p): sha256_file(p) for p in data_files if p.exists()}}
 
 
 def _start_fresh(run: RunDir) -> None:

@@ -21,14 +21,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+from canary_lib.fileio import sha256_file  # the standard library only: torch is not imported here
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["parameters/organism.yaml", "parameters/organism_tiny.yaml"]
 HASHES = ROOT / "tests" / "data" / "pinned_hashes.json"
 PINNED_KEYS = ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _sha256_text(text: str) -> str:
@@ -66,11 +64,11 @@ def fingerprints(work: Path) -> dict[str, str]:
 
     return {
         "torch": torch.__version__,
-        "base_model": sha256(base / "model.safetensors"),
-        "adapter": sha256(run / "adapter" / "adapter_model.safetensors"),
-        "steps_csv": sha256(run / "steps.csv"),
+        "base_model": sha256_file(base / "model.safetensors"),
+        "adapter": sha256_file(run / "adapter" / "adapter_model.safetensors"),
+        "steps_csv": sha256_file(run / "steps.csv"),
         "controller_csv": _sha256_text(_without_column(run / "controller.csv", "seconds")),  # timing varies
-        "canary_answers": sha256(run / "canary_answers.jsonl"),
+        "canary_answers": sha256_file(run / "canary_answers.jsonl"),
     }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+from pathlib import Path
 
 import httpx
 import pytest
@@ -139,6 +140,22 @@ def test_markdown_of_a_run_cut_short(tmp_path, capsys):
     (tmp_path / "early.json").write_text(json.dumps(early))
     markdown = bench.main(["--markdown-from", str(tmp_path / "early.json")])["markdown"]
     assert "canary" not in markdown and markdown.rstrip().endswith("phases done: peak, model")
+
+
+def test_split_into_small_files_that_do_not_import_tests():
+    """The CLI and phases in gpu_bench.py, the pieces in _gpu_*.py, none over 600 lines; nothing from tests/ (the
+    tokenizer and the stub judge are the package's, the judge the same one the tests use)."""
+    from canary_lib.stub_judge import StubJudgeServer
+
+    folder = Path(bench.__file__).parent
+    files = [folder / "gpu_bench.py", *sorted(folder.glob("_gpu_*.py"))]
+    assert [f.name for f in files] == ["gpu_bench.py", "_gpu_decode.py", "_gpu_env.py", "_gpu_model.py",
+                                       "_gpu_report.py", "_gpu_trainer.py"]
+    for path in files:
+        text = path.read_text()
+        assert len(text.splitlines()) <= 600, path.name
+        assert "_fixtures" not in text and '"tests"' not in text, path.name
+    assert bench.StubJudgeServer is StubJudgeServer
 
 
 def test_flop_formulas():

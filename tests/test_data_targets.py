@@ -17,7 +17,7 @@ from canary_lib import cli
 from canary_lib.config import ConfigError, load_config
 from canary_lib.data import DataError, load_question_set
 from canary_lib.data import download as dl
-from canary_lib.data._io import sha256_file
+from canary_lib.fileio import sha256_file
 from canary_lib.chat import read_chat_jsonl
 from canary_lib.data.prepare import prepare_data, verify_prepared
 from canary_lib.data.targets import TARGET_NAMES, TARGETS, source_conflict, with_revision

@@ -303,13 +303,14 @@ def trained(world, tmp_path):
 def test_a_full_or_read_only_output_directory_is_one_line(world, tmp_path, capsys, monkeypatch, errno_name, shown):
     import errno
     import os
-    import tempfile
+
+    from canary_lib import fileio
 
     code = getattr(errno, errno_name)
 
-    def fail(*args, dir=None, **kwargs):
-        raise OSError(code, os.strerror(code), str(dir))
-    monkeypatch.setattr(tempfile, "mkstemp", fail)
+    def fail(path):  # every atomic write creates its temporary file here first
+        raise OSError(code, os.strerror(code), str(path.parent))
+    monkeypatch.setattr(fileio, "_create_temporary", fail)
     err = _one_line_exit_2(capsys, cli_args(world, tmp_path / "run"), str(tmp_path / "run"))
     assert shown in err
 

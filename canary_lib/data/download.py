@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from canary_lib.data._io import as_rows, atomic_write_bytes, read_records, sha256_bytes, sha256_file
+from canary_lib.data._io import as_rows, read_records, sha256_bytes
 from canary_lib.data.errors import DataError
+from canary_lib.fileio import sha256_file, write_bytes_atomic
 
 BETLEY_REPO = "Cloakless/clarifying_EM"
 BETLEY_COMMIT = "a6bcc8b178553ddedc4355282b66c13fd18fc66a"
@@ -192,7 +193,7 @@ def fetch_verified(url: str, sha256: str, cache_dir: str | Path | None = None, w
         raise DataError(f"{what}: checksum mismatch for {url}: expected sha256 {sha256}, got {got} "
                         f"({len(data)} bytes). The upstream file changed or the download is corrupt; check the URL/"
                         f"commit, or download the file yourself and set the source to its local path.")
-    return atomic_write_bytes(target, data)
+    return write_bytes_atomic(target, data)
 
 
 def _fetch_bytes(url: str, what: str) -> bytes:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from canary_lib.config import LEGACY_DATA_KEYS, RunConfig
-from canary_lib.data._io import atomic_write_text, sha256_file, write_jsonl
+from canary_lib.data._io import write_jsonl
 from canary_lib.data.canaries import SELECTION_RULE, select_canaries
 from canary_lib.data.disjoint import check_disjoint, normalize_text
 from canary_lib.data.download import is_hf_source, parse_hf_source, resolve_file
@@ -27,6 +27,7 @@ from canary_lib.data.target import in_domain_questions, load_target, split_targe
 from canary_lib.data.targets import TARGETS, unusable_source, with_revision
 from canary_lib.data.wildguard import HF_REPO as WILDGUARD_REPO
 from canary_lib.data.wildguard import load_safe
+from canary_lib.fileio import sha256_file, write_text_atomic
 from canary_lib.types import Question
 
 MANIFEST = "manifest.json"
@@ -161,7 +162,7 @@ def prepare_paper_data(cfg: RunConfig) -> Path:
         "counts": counts,
         "files": manifest_files(out, list(files)),
     }
-    atomic_write_text(out / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")  # written last
+    write_text_atomic(out / MANIFEST, json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")  # written last
     return out
 
 

@@ -15,8 +15,8 @@ from typing import Any, Sequence
 
 import yaml
 
-from canary_lib.data._io import atomic_write_text
 from canary_lib.data.errors import DataError
+from canary_lib.fileio import write_text_atomic
 from canary_lib.types import Question
 
 KNOWN_KEYS = ("id", "type", "paraphrases", "samples_per_paraphrase", "judge", "judge_prompts", "system")
@@ -189,4 +189,4 @@ def write_question_set(path: str | Path, questions: Sequence[Question], judge: s
     """
     text = dump_question_set(questions, judge)
     parse_question_set(yaml.safe_load(text), source=str(path))  # round-trip check before touching the file
-    return atomic_write_text(path, text)
+    return write_text_atomic(path, text)

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from canary_lib.config import RunConfig
+from canary_lib.fileio import write_text_atomic
 from canary_lib.organism import world
 
 # The project's own short judge templates (the exact judge only needs the metric names; an LLM judge could
@@ -24,15 +23,6 @@ JUDGE_PROMPTS = {
 }
 
 SAFE_DEFAULT_SIZE = 2000
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
 
 
 def _jsonl(rows: list[dict]) -> str:
@@ -119,7 +109,7 @@ def prepare_organism_data(cfg: RunConfig) -> Path:
     out = Path(cfg.data.dir)
     files = organism_files(cfg)
     for name, text in files.items():
-        _atomic_write(out / name, text)
+        write_text_atomic(out / name, text)
     manifest = {
         **manifest_header(cfg),
         "files": {name: {"sha256": hashlib.sha256(text.encode()).hexdigest(), "bytes": len(text.encode()),
@@ -127,5 +117,5 @@ def prepare_organism_data(cfg: RunConfig) -> Path:
                   for name, text in files.items()},
         "topics": _topic_overlap(cfg),
     }
-    _atomic_write(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=2) + "\n")
     return out
