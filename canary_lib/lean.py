@@ -201,7 +201,7 @@ def lean_sample_continuations(
     own stream `seeds[i]`, and the answers equal the standard sampler's up to float rounding (other batch shapes,
     merged weights).
     """
-    from canary_lib.generation import (
+    from canary_lib.sampling import (
         _filter_top_p, last_logits_only, left_pad, positions_from_mask, row_uniforms, sample_inverse_cdf,
     )
 
