@@ -151,7 +151,6 @@ class LLMJudge:
         getattr(self.backend, "close", lambda: None)()
 
 
-
 # ------------------------------------------------------------------------------------------ the registry
 
 
