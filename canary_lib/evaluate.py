@@ -143,7 +143,6 @@ def judge_pending(judge: Judge, pending: Sequence[tuple[PlannedSample, dict]], *
     return written
 
 
-
 def _release_memory() -> None:
     """Collect a dropped model before the next one loads (GPU memory)."""
     gc.collect()
