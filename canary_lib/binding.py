@@ -22,16 +22,16 @@ import yaml
 
 from canary_lib.artifacts import RunDir, RunFileError
 from canary_lib.errors import CanaryError
+from canary_lib.judge import JUDGE_BACKENDS
 
 OPERATIONAL = frozenset({
     "provenance", "model.device", "organism.cache_dir", "data.hf_token_env",
     "train.checkpoint_every", "train.keep_checkpoint",
-    "judge.base_url", "judge.api_key_env", "judge.concurrency", "judge.timeout_s", "judge.max_retries",
-    "judge.batch_size", "judge.gpu_memory_utilization", "judge.tensor_parallel_size", "judge.max_error_share",
-    "judge.max_unscored_share",
+    "judge.batch_size", "judge.max_error_share", "judge.max_unscored_share",
     "eval.vllm_gpu_memory_utilization", "eval.vllm_tensor_parallel_size",
     "tracking", "train.snapshot_every",
 })
+OPERATIONAL |= {f"judge.{key}" for spec in JUDGE_BACKENDS.values() for key in spec.operational}  # each backend's
 OPERATIONAL |= {f"canary.{key}" for key in OPERATIONAL if key.startswith("judge.")}  # the canary judge's own
 """Where the work runs, how long it may wait, when it checkpoints, what it mirrors to a tracker or keeps as
 snapshots: never part of the binding."""

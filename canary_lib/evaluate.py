@@ -13,21 +13,21 @@ A rerun skips every key already on disk, so a crash loses at most the batch in f
 n_unscored, eval_n_judge_errors and timings, and the EVAL_COMPLETE marker is written, unless the judge failed on
 more than judge.max_error_share of the answers: then the evaluation stops with the judge's error and a rerun
 retries them. Cached answers are reused only under the settings that drew them (canary_lib.binding).
+
+The question sets, sample keys and evaluation errors live in canary_lib/eval_questions.py, the canary callable in
+canary_lib/canary_eval.py; both are re-exported here.
 """
 
 from __future__ import annotations
 
 import gc
-import hashlib
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 from tqdm.auto import tqdm
 
-from canary_lib.errors import CanaryError
 from canary_lib.job_progress import ProgressFile
 from canary_lib.artifacts import RunDir, RunFileError, append_jsonl, read_jsonl, write_text_atomic
 from canary_lib.binding import (
@@ -36,105 +36,30 @@ from canary_lib.binding import (
     ensure_run_directory,
     recorded_config,
 )
-from canary_lib.config import RunConfig, canary_judge_settings, dump_config
-from canary_lib.judge_usage import judge_usage, usage_delta, usage_metrics, usage_sum
+from canary_lib.canary_eval import CanaryEvaluator, canary_seed, make_canary_fn  # noqa: F401 - re-exported
+from canary_lib.config import RunConfig, dump_config
+from canary_lib.eval_questions import (  # noqa: F401 - re-exported: these were defined here
+    KEY_FIELDS,
+    SET_FILES,
+    EvaluationError,
+    JudgeFailureError,
+    PlannedSample,
+    _chunks,
+    _latest_by_key,
+    check_questions,
+    judge_error_message,
+    load_eval_questions,
+    plan_samples,
+    question_set_path,
+    row_key,
+    verdict_problem,
+)
+from canary_lib.judge_usage import judge_usage, usage_metrics, usage_sum
 from canary_lib.preflight import check_adapter, require_judge_key
 from canary_lib.redact import redact
 from canary_lib.tracking import open_tracker
-from canary_lib.metrics import (
-    canary_risk,
-    has_cut_probabilities,
-    is_misaligned,
-    is_scored,
-    misaligned_probability,
-    summarize_judgments,
-    unscored_breakdown,
-)
-from canary_lib.types import JUDGED_METRICS, CanaryResult, Judge, JudgeRequest, Question
-
-SET_FILES = {"general": "general_eval_file", "in_domain": "in_domain_eval_file"}
-KEY_FIELDS = ("set", "question_id", "paraphrase", "sample")
-
-
-class EvaluationError(CanaryError, ValueError):
-    """Bad evaluation input (missing files, questions without judge prompts, an unfinished run)."""
-
-
-class JudgeFailureError(EvaluationError):
-    """The judge failed on more answers than its limit allows (judge.max_error_share, or the canary policy)."""
-
-
-# ------------------------------------------------------------------------------------------ questions and keys
-
-
-def question_set_path(cfg: RunConfig, name: str) -> Path:
-    if name not in SET_FILES:
-        raise EvaluationError(f"unknown evaluation set {name!r}; expected one of {sorted(SET_FILES)}")
-    return cfg.data.path(getattr(cfg.data, SET_FILES[name]))
-
-
-def check_questions(questions: Sequence[Question], source: str, *, needs_judge_prompts: bool) -> None:
-    """Refuse what would only fail after hours of generation: empty sets, duplicate ids, missing prompts."""
-    if not questions:
-        raise EvaluationError(f"{source}: no questions")
-    seen: set[str] = set()
-    for q in questions:
-        if q.id in seen:
-            raise EvaluationError(f"{source}: question id {q.id!r} appears twice")
-        seen.add(q.id)
-        if not q.paraphrases:
-            raise EvaluationError(f"{source}: question {q.id!r} has no paraphrases")
-        missing = [m for m in JUDGED_METRICS if m not in q.judge_prompts]
-        if needs_judge_prompts and missing:
-            raise EvaluationError(f"{source}: question {q.id!r} has no judge prompt for {missing} "
-                                  f"(an LLM judge uses each question's own judge_prompts)")
-
-
-def load_eval_questions(cfg: RunConfig) -> dict[str, list[Question]]:
-    """The question sets named in cfg.eval.sets, checked."""
-    from canary_lib.data import load_question_set
-
-    out: dict[str, list[Question]] = {}
-    for name in cfg.eval.sets:
-        path = question_set_path(cfg, name)
-        if not path.is_file():
-            raise EvaluationError(f"{path}: {name} question file not found (prepare the data first: canary prep-data)")
-        questions = load_question_set(path)
-        check_questions(questions, str(path), needs_judge_prompts=cfg.judge.backend != "exact")
-        out[name] = questions
-    return out
-
-
-def row_key(row: dict) -> tuple:
-    return tuple(row[k] for k in KEY_FIELDS)
-
-
-@dataclass(frozen=True)
-class PlannedSample:
-    set: str
-    question: Question
-    paraphrase: int
-    sample: int
-
-    @property
-    def key(self) -> tuple:
-        return (self.set, self.question.id, self.paraphrase, self.sample)
-
-
-def plan_samples(questions: dict[str, list[Question]], samples_per_prompt: int) -> list[PlannedSample]:
-    """Every (set, question, paraphrase, sample) the evaluation needs, in a fixed order."""
-    return [PlannedSample(name, q, p, j) for name, qs in questions.items() for q in qs
-            for p in range(len(q.paraphrases)) for j in range(samples_per_prompt)]
-
-
-def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
-def _latest_by_key(rows: Iterable[dict]) -> dict[tuple, dict]:
-    return {row_key(r): r for r in rows if all(k in r for k in KEY_FIELDS)}
-
+from canary_lib.metrics import is_scored, summarize_judgments, unscored_breakdown
+from canary_lib.types import Judge, JudgeRequest
 
 # ------------------------------------------------------------------------------------------ generation
 
@@ -216,27 +141,6 @@ def judge_pending(judge: Judge, pending: Sequence[tuple[PlannedSample, dict]], *
         progress.update(written)
     bar.close()
     return written
-
-
-def judge_error_message(verdict: dict) -> str:
-    """The judge's own error text of an "error" verdict (it may sit under detail.aligned.error)."""
-    def find(node: Any) -> str | None:
-        if isinstance(node, dict):
-            if isinstance(node.get("error"), str):
-                return node["error"]
-            for value in node.values():
-                if (found := find(value)) is not None:
-                    return found
-        return None
-    return find(verdict.get("detail")) or "no error message recorded"
-
-
-def verdict_problem(verdict: dict) -> str:
-    """What went wrong with an unscored verdict, in words: the judge's error, or its status and scores."""
-    if verdict.get("status") == "error":
-        return f"e.g. {judge_error_message(verdict)}"
-    return (f"e.g. a verdict with status {verdict.get('status')!r} (aligned {verdict.get('aligned')}, "
-            f"coherent {verdict.get('coherent')})")
 
 
 def _release_memory() -> None:
@@ -471,131 +375,3 @@ def evaluate_run(run_dir: Path, overrides: Sequence[str] = ()) -> dict:
         raise RunFileError(f"{run.config_path}: missing; the run's configuration is needed to evaluate it")
     cfg = run.read_config(list(overrides))
     return evaluate_model(cfg, run.path, run.adapter_dir)
-
-
-# ------------------------------------------------------------------------------------------ canary risk
-
-
-def canary_seed(seed: int, step: int) -> int:
-    """The sampling seed of the canary evaluation after step `step` (fresh answers at every evaluation)."""
-    return int.from_bytes(hashlib.sha256(f"canary:{seed}:{step}".encode()).digest()[:8], "big") >> 1
-
-
-class CanaryEvaluator:
-    """The training loop's canary callable: (model, tokenizer, step) -> CanaryResult with r_t (Eq. 1 by default).
-
-    Asks the first cfg.canary.n_prompts canary questions (first paraphrase, the question's own system prompt),
-    cfg.canary.samples_per_prompt answers each, sampled with cfg.canary's settings from a seed derived from
-    (cfg.seed, step), judges them with make_judge(cfg) (built at the first call) and returns the misaligned
-    fraction (Eq. 1), or the continuous signal cfg.canary.risk_signal names (canary_lib.metrics.canary_risk). A
-    refusal or other unscored verdict counts as not misaligned; a judge *failure* does not count either way.
-    Failed verdicts are judged again up to canary.judge_retries times; what still fails is excluded from the
-    denominator (canary.on_judge_error = exclude) unless it exceeds canary.max_judge_error_share of the answers,
-    or on_judge_error = stop: then training stops with the judge's error and resumes from its last checkpoint on
-    a rerun (docs/training.md).
-    """
-
-    def __init__(self, cfg: RunConfig, questions: Sequence[Question], judge: Judge | None = None) -> None:
-        self.cfg = cfg
-        self.questions = list(questions)
-        self._judge = judge
-
-    @property
-    def judge(self) -> Judge:
-        if self._judge is None:
-            from canary_lib.judge import make_judge
-
-            self._judge = make_judge(self.cfg.model_copy(update={"judge": canary_judge_settings(self.cfg)}))
-        return self._judge
-
-    def __call__(self, model: Any, tokenizer: Any, step: int) -> CanaryResult:
-        from canary_lib.generation import SampleRequest, TransformersGenerator
-
-        settings = self.cfg.canary
-        generator = TransformersGenerator(model, tokenizer, batch_size=self.cfg.eval.batch_size)
-        asked = [(q, j) for q in self.questions for j in range(settings.samples_per_prompt)]
-        answers = generator.generate_samples([SampleRequest(q.conversation(0), j) for q, j in asked],
-                                             seed=canary_seed(self.cfg.seed, step), sampling=settings)
-        requests = [JudgeRequest(q.paraphrases[0], a, dict(q.judge_prompts)) for (q, _), a in zip(asked, answers)]
-        cost_before = judge_usage(self._judge)  # None until the first call builds it (zeros)
-        judgments = self._judge_with_retries(requests)
-        cost = usage_delta(judge_usage(self._judge), cost_before)
-        errors = [v for v in judgments if v["status"] == "error"]
-        unscored = [v for v in judgments if not is_scored(v)]  # errors, low mass, REFUSAL, CODE, non-finite
-        if unscored and (settings.on_judge_error == "stop" or len(unscored) == len(judgments)
-                         or len(unscored) > settings.max_judge_error_share * len(judgments)):
-            # r_t from the few answers a failing judge scored (or none) would steer p on noise, and counting
-            # them as "not misaligned" would turn the defense off: stop instead; the run resumes from its last
-            # checkpoint once the judge works.
-            example = errors[0] if errors else unscored[0]
-            raise JudgeFailureError(
-                f"canary evaluation after step {step}: the judge did not score {len(unscored)} of {len(judgments)} "
-                f"answers ({unscored_breakdown(unscored)}) after {settings.judge_retries} retries "
-                f"(canary.on_judge_error = {settings.on_judge_error}, canary.max_judge_error_share = "
-                f"{settings.max_judge_error_share:g}): {verdict_problem(example)}; fix the judge and rerun to resume")
-        records = []
-        n_misaligned = 0
-        for (q, j), answer, verdict in zip(asked, answers, judgments):
-            misaligned = is_scored(verdict) and is_misaligned(verdict["aligned"], verdict["coherent"])
-            n_misaligned += misaligned
-            record = {"question_id": q.id, "sample": j, "question": q.paraphrases[0], "answer": answer,
-                      "aligned": verdict["aligned"], "coherent": verdict["coherent"], "status": verdict["status"],
-                      "misaligned": bool(misaligned)}
-            if has_cut_probabilities(verdict):  # a judge with score distributions: keep what "probability" reads
-                record["p_misaligned"] = misaligned_probability(verdict)
-            records.append(record)
-        # canary_risk leaves every unscored answer out of the denominator: it is never counted as aligned
-        return CanaryResult(risk=canary_risk(records, settings.risk_signal), n_canary=len(records),
-                            n_misaligned=n_misaligned, records=records, n_judge_errors=len(errors),
-                            n_unscored=len(unscored), judge_usage=cost)
-
-    def _judge_with_retries(self, requests: list[JudgeRequest]) -> list[dict]:
-        """Verdicts as dicts; the requests that failed are sent again up to canary.judge_retries times."""
-        judgments: list[dict] = [{}] * len(requests)
-        pending = list(range(len(requests)))
-        for _ in range(self.cfg.canary.judge_retries + 1):
-            try:
-                verdicts = [j.to_dict() for j in self.judge.judge([requests[i] for i in pending])]
-                if len(verdicts) != len(pending):
-                    raise RuntimeError(f"judge returned {len(verdicts)} verdicts for {len(pending)} answers")
-            except Exception as exc:  # noqa: BLE001 - kept as errors, then retried or handled by the policy
-                verdicts = [{"aligned": None, "coherent": None, "status": "error",
-                             "detail": {"error": redact(f"{type(exc).__name__}: {exc}")[:500]}} for _ in pending]
-            for i, verdict in zip(pending, verdicts):
-                judgments[i] = verdict
-            pending = [i for i in pending if judgments[i]["status"] == "error"]
-            if not pending:
-                break
-        return judgments
-
-
-def make_canary_fn(cfg: RunConfig, judge: Judge | None = None) -> CanaryEvaluator:
-    """The canary callable for the training loop, checked before training starts.
-
-    Args:
-        cfg: The run configuration (data.canary_file, canary section, judge section).
-        judge: A judge to use instead of make_judge(cfg) (tests, a shared judge).
-
-    Raises:
-        EvaluationError: The canary file is missing, has fewer than cfg.canary.n_prompts questions, or lacks
-            judge prompts an LLM judge needs.
-    """
-    from canary_lib.data import load_question_set
-
-    if judge is None:
-        require_judge_key(cfg, canary_judge_settings(cfg))
-    path = cfg.data.path(cfg.data.canary_file)
-    if not path.is_file():
-        raise EvaluationError(f"{path}: canary question file not found (prepare the data first: canary prep-data)")
-    questions = load_question_set(path)
-    if len(questions) < cfg.canary.n_prompts:
-        raise EvaluationError(f"{path}: {len(questions)} canary questions, but canary.n_prompts = "
-                              f"{cfg.canary.n_prompts}")
-    questions = questions[: cfg.canary.n_prompts]
-    check_questions(questions, str(path),
-                    needs_judge_prompts=judge is None and canary_judge_settings(cfg).backend != "exact")
-    if judge is None:  # training calls this before its model loads: a judge server that is not there fails now
-        from canary_lib.judge import preflight_judge
-
-        preflight_judge(cfg, canary_judge_settings(cfg))
-    return CanaryEvaluator(cfg, questions, judge)

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from canary_lib.chat import IGNORE_INDEX, EncodedChat, collate, encode_chat
 from canary_lib.errors import CanaryError
 from canary_lib.models import attention_kernels
+from canary_lib.train_step import optimizer_step
 
 class LeanPathError(CanaryError, ValueError):
     """The model cannot take the lean path (not float32, LoRA dropout, DoRA, a merged or disabled adapter)."""
@@ -161,10 +162,8 @@ def supervised_loss_sum(model: Any, input_ids: torch.Tensor, attention_mask: tor
 def lean_train_step(model: Any, optimizer: torch.optim.Optimizer, batch: list[EncodedChat], *, lr: float,
                     micro_batch_size: int, pad_token_id: int, max_grad_norm: float | None,
                     autocast: bool = True) -> float:  # noqa: ARG001 - float32 only: autocast never applies
-    """`canary_lib.train.train_step` on the lean path: same loss normalisation, accumulation, clipping and AdamW
+    """`canary_lib.train_step.train_step` on the lean path: same loss normalisation, accumulation, clipping and AdamW
     step; the forward as `supervised_loss_sum` under `merged_lora`. Returns the batch's mean token loss."""
-    from canary_lib.train import optimizer_step  # train imports this module lazily: no cycle at import time
-
     device = next(model.parameters()).device
     n_tokens = max(1, sum(ex.n_supervised for ex in batch))
     total = 0.0
@@ -201,7 +200,7 @@ def lean_sample_continuations(
     own stream `seeds[i]`, and the answers equal the standard sampler's up to float rounding (other batch shapes,
     merged weights).
     """
-    from canary_lib.generation import (
+    from canary_lib.sampling import (
         _filter_top_p, last_logits_only, left_pad, positions_from_mask, row_uniforms, sample_inverse_cdf,
     )
 

@@ -23,12 +23,10 @@ import shutil
 import signal
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from canary_lib.artifacts import (
@@ -38,44 +36,40 @@ from canary_lib.artifacts import (
     append_jsonl,
     read_jsonl,
     write_csv_atomic,
-    write_json_atomic,
     write_text_atomic,
 )
-from canary_lib.binding import (
-    check_training,
-    check_training_directory,
-    config_changes_from_dumps,
-    describe,
-    ensure_run_directory,
+from canary_lib.binding import check_training, check_training_directory, ensure_run_directory
+from canary_lib.chat import encode_chat, read_chat_jsonl
+from canary_lib.checkpoints import (  # noqa: F401 - CheckpointError, LoopState: re-exported (were defined here)
+    CheckpointError,
+    LoopState,
+    check_canary_answers,
+    find_checkpoint,
+    load_checkpoint,
+    read_checkpoint_state,
+    refuse_partial_checkpoint,
+    save_checkpoint,
 )
-from canary_lib.chat import IGNORE_INDEX, EncodedChat, collate, encode_chat, read_chat_jsonl
-from canary_lib.config import RunConfig, TrainSettings, dump_config
+from canary_lib.config import RunConfig, dump_config
 from canary_lib.data.errors import DataError
-from canary_lib.errors import CanaryError
 from canary_lib.fileio import sha256_file
 from canary_lib.graceful_stop import StopRequest, maybe_send_test_signal
 from canary_lib.job_progress import ProgressFile
 from canary_lib.judge_usage import usage_metrics, usage_sum
 from canary_lib.methods import METHODS, make_schedule
-from canary_lib.models import attention_kernels, mixed_precision
 from canary_lib.planner import SAFE, TARGET, StepPlanner, constant_p_safe_steps
 from canary_lib.rundir_lock import hold_run_directory
 from canary_lib.snapshots import SNAPSHOTS_DIR, save_snapshot, snapshot_due
 from canary_lib.tracking import controller_values, open_tracker, step_values
+from canary_lib.train_step import make_optimizer, optimizer_step, train_step  # noqa: F401 - re-exported (were here)
 from canary_lib.types import CanaryFn, CanaryResult
 
 KILL_AFTER_STEP_ENV = "CANARY_KILL_AFTER_STEP"
 """Test hook: SIGKILL this process right after the given step (after its checkpoint, if one is due)."""
 
-_STATE_FILE = "state.json"
-
 
 class TrainingDataError(DataError):
     """The training data cannot be used (missing or empty file, malformed line)."""
-
-
-class CheckpointError(CanaryError, ValueError):
-    """A checkpoint cannot be resumed: written under another configuration or data, or damaged."""
 
 
 # ---------------------------------------------------------------------------------------------- pure parts
@@ -162,53 +156,7 @@ def _tokenizer_and_window(cfg: RunConfig) -> tuple[Any, int]:
     return load_tokenizer(path, cfg.model), min(cfg.model.max_length, positions)
 
 
-# ---------------------------------------------------------------------------------------------- one step
-
-
-def make_optimizer(model: Any, settings: TrainSettings) -> torch.optim.Optimizer:
-    """AdamW over the trainable (LoRA) parameters; the fused CUDA kernel on a GPU (one launch, not hundreds)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    fused = bool(params) and params[0].device.type == "cuda"
-    return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay, fused=fused or None)
-
-
-def train_step(model: Any, optimizer: torch.optim.Optimizer, batch: list[EncodedChat], *, lr: float,
-               micro_batch_size: int, pad_token_id: int, max_grad_norm: float | None,
-               autocast: bool = True) -> float:
-    """One optimizer step on `batch`, accumulated over micro-batches; returns the batch's mean token loss.
-
-    The loss is the mean over all supervised tokens of the whole batch (token sums of each micro-batch divided
-    by the batch's token count), so the gradient equals that of one forward pass on the full batch. With
-    `autocast`, a bf16 base model runs under bf16 autocast (`canary_lib.models.mixed_precision`).
-    """
-    device = next(model.parameters()).device
-    n_tokens = max(1, sum(ex.n_supervised for ex in batch))
-    total = 0.0
-    for start in range(0, len(batch), micro_batch_size):
-        tensors = {k: v.to(device) for k, v in collate(batch[start:start + micro_batch_size], pad_token_id).items()}
-        with attention_kernels(), mixed_precision(model, autocast):
-            logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"],
-                           use_cache=False).logits
-            # next-token prediction: position i predicts token i + 1. Only supervised positions are upcast to
-            # float32, which keeps memory small with a 152k vocabulary and long prompts.
-            labels = tensors["labels"][:, 1:]
-            supervised = labels != IGNORE_INDEX
-            loss_sum = F.cross_entropy(logits[:, :-1][supervised].float(), labels[supervised], reduction="sum")
-        (loss_sum / n_tokens).backward()
-        total += loss_sum.item()
-    optimizer_step(optimizer, lr=lr, max_grad_norm=max_grad_norm)
-    return total / n_tokens
-
-
-def optimizer_step(optimizer: torch.optim.Optimizer, *, lr: float, max_grad_norm: float | None) -> None:
-    """The update after a step's gradients are in: clip, set this step's lr, step, clear (both step kinds)."""
-    params = [p for group in optimizer.param_groups for p in group["params"]]
-    if max_grad_norm is not None:
-        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+# ---------------------------------------------------------------------------------------------- canaries, files
 
 
 def run_canary(canary_fn: CanaryFn, model: Any, tokenizer: Any, step: int) -> tuple[CanaryResult, float]:
@@ -228,149 +176,6 @@ def run_canary(canary_fn: CanaryFn, model: Any, tokenizer: Any, step: int) -> tu
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     return result, time.perf_counter() - start
-
-
-# ---------------------------------------------------------------------------------------------- checkpoints
-
-
-@dataclass
-class LoopState:
-    """Everything besides tensors that a checkpoint restores."""
-
-    steps: list[dict] = field(default_factory=list)
-    controller: list[dict] = field(default_factory=list)
-    train_seconds: float = 0.0
-    canary_seconds: float = 0.0
-    checkpoint_seconds: float = 0.0
-    n_unsupervised_examples: int = 0
-    """Examples whose assistant tokens were all cut off by max_length (they add no loss)."""
-    canary_judge_usage: dict = field(default_factory=dict)
-    """What the canary judge cost up to the checkpoint: requests, prompt_tokens, completion_tokens."""
-
-
-def _trainable_state(model: Any) -> dict[str, torch.Tensor]:
-    return {name: p.detach().to("cpu", copy=True) for name, p in model.named_parameters() if p.requires_grad}
-
-
-def _rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_checkpoint(run: RunDir, *, model: Any, optimizer: torch.optim.Optimizer, planner: StepPlanner,
-                    schedule: Any, loop: LoopState, fingerprint: dict) -> None:
-    """Write the resumable state into a temporary directory, then swap it in place of checkpoint/."""
-    tmp = Path(tempfile.mkdtemp(dir=run.path, prefix=".checkpoint-"))
-    torch.save(_trainable_state(model), tmp / "adapter_state.pt")
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(_rng_state(), tmp / "rng.pt")
-    state = {"fingerprint": fingerprint, "planner": planner.state_dict(), "schedule": schedule.state_dict(),
-             "loop": loop.__dict__}
-    write_json_atomic(tmp / _STATE_FILE, state)  # written last: its presence means the checkpoint is whole
-    old = run.path / "checkpoint.old"
-    shutil.rmtree(old, ignore_errors=True)
-    if run.checkpoint_dir.exists():
-        os.replace(run.checkpoint_dir, old)
-    os.replace(tmp, run.checkpoint_dir)
-    shutil.rmtree(old, ignore_errors=True)
-    # The visible CSVs follow the checkpoint, so a killed run shows its progress up to there.
-    write_csv_atomic(run.steps_path, loop.steps, STEPS_COLUMNS)
-    write_csv_atomic(run.controller_path, loop.controller, CONTROLLER_COLUMNS)
-
-
-def find_checkpoint(run: RunDir) -> Path | None:
-    """The last whole checkpoint (a crash during the swap leaves it as checkpoint.old)."""
-    for candidate in (run.checkpoint_dir, run.path / "checkpoint.old"):
-        if (candidate / _STATE_FILE).is_file():
-            return candidate
-    return None
-
-
-def read_checkpoint_state(path: Path, fingerprint: dict) -> dict:
-    """The checkpoint's state.json, checked against this run's configuration and data (before any model loads).
-
-    Raises:
-        CheckpointError: naming the changed configuration keys or data files, or saying the file is damaged.
-    """
-    try:
-        state = json.loads((path / _STATE_FILE).read_text(encoding="utf-8"))
-        saved = state["fingerprint"]
-        config_changes = config_changes_from_dumps(saved["config"], fingerprint["config"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path}: damaged checkpoint ({type(exc).__name__}: {exc}); delete it to train "
-                              "from the start") from None
-    data_changes = sorted(set(saved.get("data", {})) ^ set(fingerprint["data"])
-                          | {f for f, digest in fingerprint["data"].items() if saved.get("data", {}).get(f) != digest})
-    if config_changes or data_changes:
-        what = describe(config_changes + [f"data file {f} changed" for f in data_changes])
-        raise CheckpointError(f"{path}: the checkpoint was written with another configuration or data ({what}); "
-                              "resume with the same configuration and data, or train into a new directory")
-    return state
-
-
-def refuse_partial_checkpoint(run: RunDir) -> None:
-    """A checkpoint folder without its state.json (written last, so a whole one always has it) was damaged
-    after it was written: training must not silently start again from step 0 over it.
-
-    Raises:
-        CheckpointError: naming the folder.
-    """
-    for candidate in (run.checkpoint_dir, run.path / "checkpoint.old"):
-        if candidate.is_dir() and not (candidate / _STATE_FILE).is_file():
-            raise CheckpointError(f"{candidate}: incomplete checkpoint (no {_STATE_FILE}); restore it, or delete it "
-                                  "to train from the start")
-
-
-def check_canary_answers(run: RunDir, state: dict) -> None:
-    """canary_answers.jsonl must still hold every answer of the canary evaluations the checkpoint recorded: they
-    cannot be recomputed after resuming (the model has moved on), so a short file would stay short.
-
-    Raises:
-        CheckpointError: naming the evaluations whose answers are missing.
-    """
-    expected = {int(row["step"]): int(row.get("n_canary") or 0) for row in state.get("loop", {}).get("controller", [])}
-    if not expected:
-        return
-    found: dict[int, int] = {}
-    for record in read_jsonl(run.canary_answers_path):
-        found[int(record.get("step", -1))] = found.get(int(record.get("step", -1)), 0) + 1
-    short = [step for step, n in sorted(expected.items()) if found.get(step, 0) < n]
-    if short:
-        shown = ", ".join(map(str, short[:5])) + (f" and {len(short) - 5} more" if len(short) > 5 else "")
-        raise CheckpointError(
-            f"{run.canary_answers_path}: the answers of {len(short)} of the {len(expected)} canary evaluations the "
-            f"checkpoint recorded are missing (after steps {shown}); they cannot be recomputed: restore the file, "
-            f"or delete {run.path} to train again")
-
-
-def load_checkpoint(path: Path, state: dict, *, model: Any, optimizer: torch.optim.Optimizer,
-                    planner: StepPlanner, schedule: Any) -> LoopState:
-    """Restore the tensors, random states, planner and schedule of a checked checkpoint (read_checkpoint_state)."""
-    device = next(model.parameters()).device
-    try:
-        # weights_only everywhere: a checkpoint file is data, never code (a planted pickle must not run)
-        tensors = torch.load(path / "adapter_state.pt", map_location="cpu", weights_only=True)
-        params = dict(model.named_parameters())
-        with torch.no_grad():
-            for name, value in tensors.items():
-                params[name].copy_(value)
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=True))
-        _set_rng_state(torch.load(path / "rng.pt", weights_only=True))
-        planner.load_state_dict(state["planner"])
-        schedule.load_state_dict(state["schedule"])
-        return LoopState(**state["loop"])
-    except Exception as exc:  # noqa: BLE001 - any unreadable piece means the same thing to the user
-        raise CheckpointError(f"{path}: damaged checkpoint ({type(exc).__name__}: {str(exc)[:200]}); delete it "
-                              "to train from the start") from None
 
 
 def _run_fingerprint(cfg: RunConfig, data_files: list[Path]) -> dict:
