@@ -50,7 +50,7 @@ from canary_lib.binding import (
     ensure_run_directory,
 )
 from canary_lib.chat import IGNORE_INDEX, EncodedChat, collate, encode_chat, read_chat_jsonl
-from canary_lib.config import RunConfig, TrainSettings, dump_config
+from canary_lib.config import RunConfig, TrainSettings, dump_config, write_run_config
 from canary_lib.data.errors import DataError
 from canary_lib.errors import CanaryError
 from canary_lib.graceful_stop import StopRequest, maybe_send_test_signal
@@ -503,7 +503,7 @@ def _train_held(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None, stop:
         print(f"{run.path}: resuming after step {planner.step - 1} (T = {planner.target_remaining})")
     else:
         _start_fresh(run)
-        run.write_config(cfg)
+        write_run_config(run, cfg)
         loop = LoopState()
 
     data = {TARGET: target, SAFE: safe}
