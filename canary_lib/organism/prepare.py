@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
+import canary_lib.organism.world as world
 from canary_lib.config import RunConfig
-from canary_lib.organism import world
 
 # The project's own short judge templates (the exact judge only needs the metric names; an LLM judge could
 # use them as they are).
