@@ -2,7 +2,8 @@
 
 Every file is written atomically (temporary file in the same directory, then rename), and a stage is finished
 only once its marker file exists, so a crashed or running job is never read as a finished one. Columns and file
-names are documented in docs/architecture.md.
+names are documented in docs/architecture.md. The bottom of the package: it imports nothing of it but
+canary_lib.errors (config.yaml is written and read by canary_lib.config_loader, which knows the configuration).
 """
 
 from __future__ import annotations
@@ -167,23 +168,6 @@ class RunDir:
         if stage not in STAGES:
             raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
         return self.path / f"{stage.upper()}_COMPLETE"
-
-    def write_config(self, cfg: Any) -> None:
-        """The fully resolved configuration, with the package version and git commit."""
-        from canary_lib import __version__
-        from canary_lib.config import dump_config
-
-        cfg = cfg.model_copy(update={"provenance": {**cfg.provenance, "package_version": __version__,
-                                                     "git_commit": git_commit()}})
-        write_text_atomic(self.config_path, dump_config(cfg))
-
-    def read_config(self, overrides: list[str] | tuple[str, ...] = ()) -> Any:
-        """The run's resolved configuration, provenance included (optionally with key=value overrides)."""
-        from canary_lib.config import config_from_dict, merge_sources
-
-        if not self.config_path.exists():
-            raise FileNotFoundError(f"{self.config_path}: no config.yaml; is {self.path} a run directory?")
-        return config_from_dict(*merge_sources([self.config_path], overrides))
 
     def read_metrics(self) -> dict:
         """metrics.json ({} when there is none).

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import yaml
 
 from canary_lib.artifacts import RunDir, RunFileError
+from canary_lib.config import read_run_config_dict
 from canary_lib.errors import CanaryError
 from canary_lib.judge import JUDGE_BACKENDS
 
@@ -90,18 +91,12 @@ def describe(changes: list[str]) -> str:
 
 
 def recorded_config(run: RunDir) -> dict[str, Any] | None:
-    """The run's config.yaml as a dict (None when there is none)."""
-    if not run.config_path.is_file():
-        return None
-    try:
-        recorded = yaml.safe_load(run.config_path.read_text(encoding="utf-8")) or {}
-    except (UnicodeDecodeError, yaml.YAMLError) as exc:
-        problem = " ".join(str(exc).split())[:200]
-        raise RunFileError(f"{run.config_path}: damaged ({type(exc).__name__}: {problem}); restore it, or use a "
-                           "new run directory") from None
-    if not isinstance(recorded, dict):
-        raise RunFileError(f"{run.config_path}: damaged (not a mapping); restore it, or use a new run directory")
-    return recorded
+    """The run's config.yaml as a dict (None when there is none): canary_lib.config's one reader of it.
+
+    Raises:
+        RunFileError: the file is damaged (not UTF-8, not YAML, a repeated key, not a mapping).
+    """
+    return read_run_config_dict(run)
 
 
 def _as_dict(cfg: Any) -> dict[str, Any]:

@@ -3,19 +3,37 @@ small interface.
 
 A schedule answers two questions: "which p do I use for the step about to be drawn?" (`p`) and "here is a canary
 measurement taken after step t" (`observe`). Every method and ablation of Tables 1 and 2 is a schedule, built
-from the run's configuration by one of the functions at the end of this file; `canary_lib.methods.METHODS`
-names them. Plain Python, no torch: the choices and their reasons are in docs/decisions.md.
+from the run's configuration by a function in canary_lib/methods.py, which names them in `METHODS`. The bottom
+of the package: plain numbers in, nothing of the package imported, no torch. The choices and their reasons are
+in docs/decisions.md.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Protocol
+from typing import Any, Protocol, TypeVar
 
-if TYPE_CHECKING:  # pragma: no cover - config imports the method registry, which imports this module
-    from canary_lib.config import ControllerSettings, RunConfig
+
+class ControllerParams(Protocol):
+    """The controller's parameters as plain numbers (Eq. 2 and 3, the P/PI gains). canary_lib.config's
+    ControllerSettings is one, validated; this module reads them and imports nothing of the package."""
+
+    alpha: float
+    r_high: float
+    r_low: float
+    delta_up: float
+    delta_down: float
+    p_min: float
+    p_max: float
+    p_init: float
+    kp: float | None
+    ki: float | None
+
+    def model_copy(self, *, update: dict[str, Any] | None = None, deep: bool = False) -> Any: ...
+
+
+S = TypeVar("S", bound=ControllerParams)
 
 
 @dataclass(frozen=True)
@@ -39,7 +57,7 @@ def ema_update(previous: float, risk: float, alpha: float) -> float:
     return alpha * risk + (1.0 - alpha) * previous
 
 
-def threshold_update(p: float, risk_ema: float, s: ControllerSettings) -> float:
+def threshold_update(p: float, risk_ema: float, s: ControllerParams) -> float:
     """Eq. 3: step p up above r_high, down below r_low, hold in between; clipped to [p_min, p_max]."""
     if risk_ema > s.r_high:
         return min(s.p_max, p + s.delta_up)
@@ -48,7 +66,7 @@ def threshold_update(p: float, risk_ema: float, s: ControllerSettings) -> float:
     return p
 
 
-def no_ema_settings(s: ControllerSettings) -> ControllerSettings:
+def no_ema_settings(s: S) -> S:
     """The no-EMA ablation: no smoothing (alpha = 1) and no hysteresis band (r_low = r_high).
 
     What remains is one threshold, r_high: p goes up by delta_up when r_t > r_high and down by delta_down when
@@ -78,7 +96,7 @@ class CanaryController:
 
     uses_canary = True
 
-    def __init__(self, settings: ControllerSettings, delay_cycles: int = 0) -> None:
+    def __init__(self, settings: ControllerParams, delay_cycles: int = 0) -> None:
         if delay_cycles < 0:
             raise ValueError(f"delay_cycles must be >= 0, got {delay_cycles}")
         self.settings = settings
@@ -114,7 +132,7 @@ class CanaryController:
         self._queue = [float(r) for r in state["queue"]]
 
 
-def proportional_gains(s: ControllerSettings) -> tuple[float, float]:
+def proportional_gains(s: ControllerParams) -> tuple[float, float]:
     """(kp, ki) of the P/PI rule: the settings' values, or the defaults derived from Eq. 3's own parameters.
 
     kp = (p_max - p_min) / (r_high - r_low): the P term spans the hysteresis band, from p_min at r_low to p_max at
@@ -134,7 +152,7 @@ def proportional_gains(s: ControllerSettings) -> tuple[float, float]:
     return kp, ki
 
 
-def pi_update(risk_ema: float, integral: float, kp: float, ki: float, s: ControllerSettings) -> tuple[float, float]:
+def pi_update(risk_ema: float, integral: float, kp: float, ki: float, s: ControllerParams) -> tuple[float, float]:
     """The P/PI alternative to Eq. 3: error e = r̂_t - r_low, integral I_t = clip(I_{t-1} + ki e, 0, p_max - p_min)
     (clamped so it never winds up beyond what p can use), p_t = clip(p_min + kp e + I_t, p_min, p_max).
     Returns (p_t, I_t); with ki = 0 it is a pure proportional controller."""
@@ -147,7 +165,7 @@ class PIController(CanaryController):
     """Closed loop: EMA of the canary risk (Eq. 2), then a proportional (ki = 0) or PI rule (`pi_update`) instead
     of Eq. 3; everything else (the EMA, r̂_0 = 0, p_init, the delay queue) is CanaryController's."""
 
-    def __init__(self, settings: ControllerSettings, integral: bool = True, delay_cycles: int = 0) -> None:
+    def __init__(self, settings: ControllerParams, integral: bool = True, delay_cycles: int = 0) -> None:
         super().__init__(settings, delay_cycles)
         self.kp, ki = proportional_gains(settings)
         self.ki = ki if integral else 0.0
@@ -218,83 +236,3 @@ def shuffled_sequence(sequence: list[float], seed: int) -> list[float]:
     out = list(sequence)
     random.Random(f"shuffle-{seed}").shuffle(out)
     return out
-
-
-def reference_p_sequence(run_dir: str | Path) -> list[float]:
-    """The per-step p column of a complete reference run (its steps.csv)."""
-    from canary_lib.artifacts import RunDir, read_steps
-
-    run = RunDir(run_dir)
-    run.require_complete("training")
-    return [row["p"] for row in read_steps(run.steps_path)]
-
-
-# ---------------------------------------------------------------------------------------------- schedules of methods
-# One function per kind of method: the run's configuration in, its schedule out (canary_lib.methods names them).
-
-ScheduleFactory = Callable[["RunConfig"], Schedule]
-
-
-def constant_schedule(p: float) -> ScheduleFactory:
-    """p_t = p at every step (No Defense is p = 0, Fixed 5% is p = 0.05)."""
-    def constant(cfg: RunConfig) -> Schedule:
-        return ConstantSchedule(p, cfg.controller.alpha)
-    constant.__doc__ = f"A constant p_t = {p:g} at every step."
-    return constant
-
-
-def front_loaded_schedule(cfg: RunConfig) -> Schedule:
-    """p_t = p_max from the first step: with a safe-data budget, the budget is spent as early as it can be, a
-    schedule fixed in advance (the control for the budgeted controller's timing)."""
-    return ConstantSchedule(cfg.controller.p_max, cfg.controller.alpha)
-
-
-def canary_schedule(cfg: RunConfig) -> Schedule:
-    """The paper's method: EMA (Eq. 2) and threshold controller with hysteresis (Eq. 3) on the canary risk."""
-    return CanaryController(cfg.controller)
-
-
-def delayed_schedule(cfg: RunConfig) -> Schedule:
-    """The controller acting on the canary risk measured method.delay_cycles evaluations earlier."""
-    return CanaryController(cfg.controller, delay_cycles=cfg.method.delay_cycles)
-
-
-def no_ema_schedule(cfg: RunConfig) -> Schedule:
-    """Raw r_t against the single threshold r_high (`no_ema_settings`)."""
-    return CanaryController(no_ema_settings(cfg.controller))
-
-
-def probability_signal_schedule(cfg: RunConfig) -> Schedule:
-    """The paper's controller on the continuous "probability" risk signal (canary.risk_signal must say so)."""
-    if cfg.canary.risk_signal != "probability":
-        raise ValueError(f"method {cfg.method.name} acts on canary.risk_signal = probability, but the run sets "
-                         f"{cfg.canary.risk_signal!r}: use parameters/methods/{cfg.method.name}.yaml")
-    return CanaryController(cfg.controller)
-
-
-def proportional_schedule(cfg: RunConfig) -> Schedule:
-    """EMA (Eq. 2) and a proportional rule (`pi_update` with ki = 0) instead of Eq. 3."""
-    return PIController(cfg.controller, integral=False)
-
-
-def pi_schedule(cfg: RunConfig) -> Schedule:
-    """EMA (Eq. 2) and a PI rule (`pi_update`) instead of Eq. 3."""
-    return PIController(cfg.controller)
-
-
-def fixed_mean_schedule(cfg: RunConfig) -> Schedule:
-    """A constant p equal to the mean per-step p of the reference run (method.reference_run)."""
-    sequence = reference_p_sequence(_reference_run(cfg))
-    return ConstantSchedule(sum(sequence) / len(sequence), cfg.controller.alpha)
-
-
-def shuffled_schedule(cfg: RunConfig) -> Schedule:
-    """A seeded permutation of the reference run's per-step p sequence (method.shuffle_seed, else the run seed)."""
-    seed = cfg.seed if cfg.method.shuffle_seed is None else cfg.method.shuffle_seed
-    return ReplaySchedule(shuffled_sequence(reference_p_sequence(_reference_run(cfg)), seed), cfg.controller.alpha)
-
-
-def _reference_run(cfg: RunConfig) -> str:
-    if not cfg.method.reference_run:
-        raise ValueError(f"method {cfg.method.name} replays a reference run: set method.reference_run")
-    return cfg.method.reference_run

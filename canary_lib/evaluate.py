@@ -29,7 +29,7 @@ from typing import Any, Sequence
 from tqdm.auto import tqdm
 
 from canary_lib.job_progress import ProgressFile
-from canary_lib.artifacts import RunDir, RunFileError, append_jsonl, read_jsonl, write_text_atomic
+from canary_lib.artifacts import RunDir, RunFileError, append_jsonl, read_jsonl
 from canary_lib.binding import (
     check_base_evaluation_directory,
     check_evaluation,
@@ -37,7 +37,7 @@ from canary_lib.binding import (
     recorded_config,
 )
 from canary_lib.canary_eval import CanaryEvaluator, canary_seed, make_canary_fn  # noqa: F401 - re-exported
-from canary_lib.config import RunConfig, dump_config
+from canary_lib.config import RunConfig, dump_config, read_run_config, write_run_config
 from canary_lib.eval_questions import (  # noqa: F401 - re-exported: these were defined here
     KEY_FIELDS,
     SET_FILES,
@@ -219,9 +219,11 @@ def generate_answers_in(python: str, cfg: RunConfig, out_dir: Path, adapter_dir:
         request, result = Path(tmp) / "request.json", Path(tmp) / "result.json"
         request.write_text(json.dumps({"config": cfg.model_dump(mode="json"), "out_dir": str(out_dir),
                                        "adapter_dir": str(adapter_dir) if adapter_dir else None}))
-        code = ("import json, sys; from pathlib import Path; from canary_lib.config import config_from_dict; "
+        code = ("import json, sys; from pathlib import Path; "
+                "from canary_lib.config import apply_process_settings, config_from_dict; "
                 "from canary_lib.evaluate import generate_answers; r = json.loads(Path(sys.argv[1]).read_text()); "
-                "a = r['adapter_dir']; out = generate_answers(config_from_dict(r['config']), Path(r['out_dir']), "
+                "cfg = apply_process_settings(config_from_dict(r['config'])); "
+                "a = r['adapter_dir']; out = generate_answers(cfg, Path(r['out_dir']), "
                 "Path(a) if a else None); Path(sys.argv[2]).write_text(json.dumps(list(out)))")
         done = subprocess.run([python, "-c", code, str(request), str(result)], stderr=subprocess.PIPE, text=True)
         if done.returncode != 0 or not result.is_file():
@@ -357,9 +359,9 @@ def _record_eval_settings(run: RunDir, cfg: RunConfig) -> None:
     """config.yaml records the evaluation settings in use (its provenance, from training, is kept)."""
     recorded = recorded_config(run)
     if recorded is None:
-        run.write_config(cfg)
+        write_run_config(run, cfg)
     elif recorded.get("eval") != cfg.eval.model_dump(mode="json"):
-        write_text_atomic(run.config_path, dump_config(cfg.model_copy(update={"provenance": recorded.get("provenance") or {}})))
+        write_run_config(run, cfg, provenance=recorded.get("provenance") or {})
 
 
 def evaluate_run(run_dir: Path, overrides: Sequence[str] = ()) -> dict:
@@ -373,5 +375,5 @@ def evaluate_run(run_dir: Path, overrides: Sequence[str] = ()) -> dict:
     run.require_complete("training")
     if not run.config_path.is_file():
         raise RunFileError(f"{run.config_path}: missing; the run's configuration is needed to evaluate it")
-    cfg = run.read_config(list(overrides))
+    cfg = read_run_config(run, list(overrides))
     return evaluate_model(cfg, run.path, run.adapter_dir)

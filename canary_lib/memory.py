@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from canary_lib.config import RunConfig
+    from canary_lib.config_schema import RunConfig
 
 GIB = 2**30
 ACTIVATION_VALUES_PER_TOKEN_LAYER = (10, 4)
@@ -178,7 +178,7 @@ def check_found_device(cfg: "RunConfig", device: Any) -> None:
         return
     import torch
 
-    from canary_lib.config import ConfigError
+    from canary_lib.config_base import ConfigError
 
     total = torch.cuda.get_device_properties(device).total_memory
     if problem := memory_problem(cfg, device_gib_of(total)):

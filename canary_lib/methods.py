@@ -5,37 +5,114 @@
 
 A method's registry name is its only name: `method.name` in its parameter file
 `parameters/methods/<name>.yaml`, the run directories `runs/<profile>/<name>/seed<k>/` and the `method` column
-of the results. Everything else reads this table: config validation of `method.name`, the sweep (which runs
-replay the reference run of their seed, and wait for it), training (which methods need D_S), Table 1 and
-Table 2 (rows, labels, order) and the figures' defaults.
+of the results. Everything else reads this table: the sweep (which runs replay the reference run of their
+seed, and wait for it), training (which methods need D_S), Table 1 and Table 2 (rows, labels, order) and the
+figures' defaults; config validation of `method.name` reads its copy in canary_lib/names.py.
 
-Adding a method takes three things: its schedule (a class with the `Schedule` protocol, or a function of the
-configuration returning one, in canary_lib/controller.py), one entry below, and its parameter file with
-`method: {name: <name>}`. No torch here.
+Adding a method takes four things: its schedule (a class with the `Schedule` protocol in
+canary_lib/controller.py, or a function of the configuration returning one, here), one entry below, its name in
+canary_lib/names.py (what config validation checks `method.name` against, without importing this module;
+tests/test_import_layers.py checks the two agree), and its parameter file with `method: {name: <name>}`.
+No torch here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
+from canary_lib.artifacts import RunDir, read_steps
 from canary_lib.controller import (
+    CanaryController,
+    ConstantSchedule,
+    PIController,
+    ReplaySchedule,
     Schedule,
-    ScheduleFactory,
-    canary_schedule,
-    constant_schedule,
-    delayed_schedule,
-    fixed_mean_schedule,
-    front_loaded_schedule,
-    no_ema_schedule,
-    pi_schedule,
-    probability_signal_schedule,
-    proportional_schedule,
-    shuffled_schedule,
+    no_ema_settings,
+    shuffled_sequence,
 )
 
 if TYPE_CHECKING:  # pragma: no cover
     from canary_lib.config import RunConfig
+
+def reference_p_sequence(run_dir: str | Path) -> list[float]:
+    """The per-step p column of a complete reference run (its steps.csv)."""
+    run = RunDir(run_dir)
+    run.require_complete("training")
+    return [row["p"] for row in read_steps(run.steps_path)]
+
+
+# ---------------------------------------------------------------------------------------------- schedules of methods
+# One function per kind of method: the run's configuration in, its schedule out (METHODS below names them).
+
+ScheduleFactory = Callable[["RunConfig"], Schedule]
+
+
+def constant_schedule(p: float) -> ScheduleFactory:
+    """p_t = p at every step (No Defense is p = 0, Fixed 5% is p = 0.05)."""
+    def constant(cfg: RunConfig) -> Schedule:
+        return ConstantSchedule(p, cfg.controller.alpha)
+    constant.__doc__ = f"A constant p_t = {p:g} at every step."
+    return constant
+
+
+def front_loaded_schedule(cfg: RunConfig) -> Schedule:
+    """p_t = p_max from the first step: with a safe-data budget, the budget is spent as early as it can be, a
+    schedule fixed in advance (the control for the budgeted controller's timing)."""
+    return ConstantSchedule(cfg.controller.p_max, cfg.controller.alpha)
+
+
+def canary_schedule(cfg: RunConfig) -> Schedule:
+    """The paper's method: EMA (Eq. 2) and threshold controller with hysteresis (Eq. 3) on the canary risk."""
+    return CanaryController(cfg.controller)
+
+
+def delayed_schedule(cfg: RunConfig) -> Schedule:
+    """The controller acting on the canary risk measured method.delay_cycles evaluations earlier."""
+    return CanaryController(cfg.controller, delay_cycles=cfg.method.delay_cycles)
+
+
+def no_ema_schedule(cfg: RunConfig) -> Schedule:
+    """Raw r_t against the single threshold r_high (`no_ema_settings`)."""
+    return CanaryController(no_ema_settings(cfg.controller))
+
+
+def probability_signal_schedule(cfg: RunConfig) -> Schedule:
+    """The paper's controller on the continuous "probability" risk signal (canary.risk_signal must say so)."""
+    if cfg.canary.risk_signal != "probability":
+        raise ValueError(f"method {cfg.method.name} acts on canary.risk_signal = probability, but the run sets "
+                         f"{cfg.canary.risk_signal!r}: use parameters/methods/{cfg.method.name}.yaml")
+    return CanaryController(cfg.controller)
+
+
+def proportional_schedule(cfg: RunConfig) -> Schedule:
+    """EMA (Eq. 2) and a proportional rule (`pi_update` with ki = 0) instead of Eq. 3."""
+    return PIController(cfg.controller, integral=False)
+
+
+def pi_schedule(cfg: RunConfig) -> Schedule:
+    """EMA (Eq. 2) and a PI rule (`pi_update`) instead of Eq. 3."""
+    return PIController(cfg.controller)
+
+
+def fixed_mean_schedule(cfg: RunConfig) -> Schedule:
+    """A constant p equal to the mean per-step p of the reference run (method.reference_run)."""
+    sequence = reference_p_sequence(_reference_run(cfg))
+    return ConstantSchedule(sum(sequence) / len(sequence), cfg.controller.alpha)
+
+
+def shuffled_schedule(cfg: RunConfig) -> Schedule:
+    """A seeded permutation of the reference run's per-step p sequence (method.shuffle_seed, else the run seed)."""
+    seed = cfg.seed if cfg.method.shuffle_seed is None else cfg.method.shuffle_seed
+    return ReplaySchedule(shuffled_sequence(reference_p_sequence(_reference_run(cfg)), seed), cfg.controller.alpha)
+
+
+def _reference_run(cfg: RunConfig) -> str:
+    if not cfg.method.reference_run:
+        raise ValueError(f"method {cfg.method.name} replays a reference run: set method.reference_run")
+    return cfg.method.reference_run
+
 
 BASE = "base"
 """The run directory name of the base model's evaluation (Table 1's first row): not a method, no training."""

@@ -25,7 +25,7 @@ import yaml
 
 from canary_lib.artifacts import RunDir, read_jsonl, write_json_atomic, write_text_atomic
 from canary_lib.binding import ConfigMismatchError, config_changes, describe, ensure_run_directory
-from canary_lib.config import JudgeSettings
+from canary_lib.config import JudgeSettings, read_run_config
 from canary_lib.errors import CanaryError
 from canary_lib.judge_usage import judge_usage, usage_metrics, usage_sum
 from canary_lib.metrics import is_misaligned, is_scored
@@ -140,7 +140,7 @@ def rejudge_run(run_dir: str | Path, overrides: Sequence[str], name: str | None 
     ensure_run_directory(run.path)
     if not run.is_complete("eval"):
         raise RejudgeError(f"{run.path}: no finished evaluation (no EVAL_COMPLETE): evaluate it first (canary eval)")
-    cfg = run.read_config(list(overrides))
+    cfg = read_run_config(run, list(overrides))
     name = name or judge_name(cfg.judge)
     if not _NAME.fullmatch(name):
         raise RejudgeError(f"--name {name!r}: use letters, digits, '.', '_' and '-' only (it names a directory)")

@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from canary_lib.artifacts import (
     RunDir,
@@ -28,7 +27,7 @@ from canary_lib.artifacts import (
     write_json_atomic,
     write_text_atomic,
 )
-from canary_lib.config import MethodSettings
+from canary_lib.config import MethodSettings, read_run_config_dict
 from canary_lib.frontier import CurveComparison, compare_to_fixed_curve, fixed_curve, frontier_table
 from canary_lib.metrics import RISK_SIGNALS, canary_risk
 from canary_lib.rejudge import REJUDGED_DIR
@@ -112,8 +111,7 @@ def read_run(path: str | Path, method: str | None = None, judge: str | None = No
     """
     run = RunDir(path)
     evaluated = RunDir(run.path / REJUDGED_DIR / judge) if judge else run
-    config = yaml.safe_load(run.config_path.read_text()) if run.config_path.exists() else {}
-    config = config or {}
+    config = read_run_config_dict(run) or {}
     record: dict[str, Any] = {
         "method": method or run.path.parent.name, "seed": _seed_of(run.path, config), "run_dir": str(run.path),
         "training_complete": run.is_complete("training"), "eval_complete": evaluated.is_complete("eval"),

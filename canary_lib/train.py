@@ -50,7 +50,7 @@ from canary_lib.checkpoints import (  # noqa: F401 - CheckpointError, LoopState:
     refuse_partial_checkpoint,
     save_checkpoint,
 )
-from canary_lib.config import RunConfig, dump_config
+from canary_lib.config import RunConfig, dump_config, write_run_config
 from canary_lib.data.errors import DataError
 from canary_lib.fileio import sha256_file
 from canary_lib.graceful_stop import StopRequest, maybe_send_test_signal
@@ -300,7 +300,7 @@ def _train_held(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None, stop:
         print(f"{run.path}: resuming after step {planner.step - 1} (T = {planner.target_remaining})")
     else:
         _start_fresh(run)
-        run.write_config(cfg)
+        write_run_config(run, cfg)
         loop = LoopState()
 
     data = {TARGET: target, SAFE: safe}

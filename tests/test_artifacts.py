@@ -5,7 +5,7 @@ import pytest
 from canary_lib.artifacts import (
     CONTROLLER_COLUMNS, IncompleteRunError, RunDir, append_jsonl, read_controller, read_jsonl, write_csv_atomic,
 )
-from canary_lib.config import load_config
+from canary_lib.config import load_config, read_run_config, write_run_config
 
 
 def test_csv_round_trips_floats_exactly(tmp_path):
@@ -34,8 +34,8 @@ def test_markers_and_metrics(tmp_path):
 
 def test_config_written_with_provenance(tmp_path):
     run = RunDir(tmp_path)
-    run.write_config(load_config(overrides=["seed=9"]))
-    cfg = run.read_config()
+    write_run_config(run, load_config(overrides=["seed=9"]))
+    cfg = read_run_config(run)
     assert cfg.seed == 9 and cfg.provenance["package_version"] and "git_commit" in cfg.provenance
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from canary_lib.artifacts import RunDir
 from canary_lib.binding import check_training, config_changes
-from canary_lib.config import RunConfig, canary_judge_settings, load_config
+from canary_lib.config import RunConfig, canary_judge_settings, load_config, write_run_config
 from canary_lib.data import write_question_set
 from canary_lib.evaluate import make_canary_fn
 from canary_lib.types import Judgment, Question
@@ -33,7 +33,7 @@ def test_a_configuration_recorded_before_these_keys_binds_unchanged():
 def test_tracking_and_snapshots_never_bind_a_run(tmp_path):
     cfg = load_config([], [])
     run = RunDir(tmp_path / "run")
-    run.write_config(cfg)
+    write_run_config(run, cfg)
     check_training(run, load_config([], ["tracking.backend=wandb", "tracking.project=x", "train.snapshot_every=3"]))
     with pytest.raises(Exception, match="canary.judge"):  # a canary judge shapes training: it binds
         check_training(run, load_config([], ["canary.judge.backend=openai", "canary.judge.model=m"]))

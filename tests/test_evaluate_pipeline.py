@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from canary_lib.artifacts import IncompleteRunError, RunDir, read_jsonl
-from canary_lib.config import load_config
+from canary_lib.config import load_config, write_run_config
 from canary_lib.data import write_question_set
 from canary_lib.evaluate import EvaluationError, evaluate_model, evaluate_run, make_canary_fn
 from _fixtures import make_tiny_qwen2
@@ -142,7 +142,7 @@ def test_refusals_before_expensive_work(cfg, tmp_path):
     with pytest.raises(EvaluationError, match="coherent"):
         evaluate_model(cfg, tmp_path / "x", None)
     run = tmp_path / "run"
-    RunDir(run).write_config(cfg)
+    write_run_config(RunDir(run), cfg)
     with pytest.raises(IncompleteRunError):
         evaluate_run(run)
 
@@ -158,7 +158,7 @@ def test_evaluate_run_with_adapter(cfg, tmp_path, monkeypatch):
     run = RunDir(tmp_path / "run")
     model, _ = load_model_and_tokenizer(cfg)
     add_rslora(model, cfg.lora, seed=0).save_pretrained(run.adapter_dir)
-    run.write_config(cfg)
+    write_run_config(run, cfg)
     run.mark_complete("training")
     monkeypatch.setattr(judge_mod, "make_judge", lambda c: CountingJudge())
     metrics = evaluate_run(run.path, overrides=["eval.max_new_tokens=6"])

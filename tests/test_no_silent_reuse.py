@@ -13,7 +13,7 @@ from canary_lib import models
 from canary_lib.artifacts import RunDir, RunFileError, append_jsonl, read_jsonl, write_text_atomic
 from canary_lib.binding import ConfigMismatchError, check_evaluation, stale_keys
 from canary_lib.cli import main
-from canary_lib.config import load_config
+from canary_lib.config import load_config, write_run_config
 from canary_lib.models import ModelSetupError
 from canary_lib.train import CheckpointError, train_from_config
 from _fixtures import ScriptedCanary, make_tiny_training_world
@@ -76,7 +76,7 @@ def test_a_key_added_after_the_run_was_recorded_counts_at_its_default(tmp_path):
     import yaml
 
     run = RunDir(tmp_path / "run")
-    run.write_config(load_config())
+    write_run_config(run, load_config())
     recorded = yaml.safe_load(run.config_path.read_text())
     del recorded["organism"]["narrow_domains"], recorded["organism"]["target_domain"]  # an older package's dump
     run.config_path.write_text(yaml.safe_dump(recorded))
@@ -95,7 +95,7 @@ def test_a_key_added_after_the_run_was_recorded_counts_at_its_default(tmp_path):
 
 def _evaluated_run(tmp_path, cfg):
     run = RunDir(tmp_path / "run")
-    run.write_config(cfg)
+    write_run_config(run, cfg)
     append_jsonl(run.generations_path, [{"set": "general", "question_id": "q", "paraphrase": 0, "sample": 0,
                                          "answer": "a", "seed": cfg.seed}])
     return run

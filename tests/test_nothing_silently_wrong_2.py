@@ -15,7 +15,7 @@ from canary_lib import models
 from canary_lib.artifacts import RunDir, append_jsonl, write_json_atomic
 from canary_lib.binding import ConfigMismatchError
 from canary_lib.cli import main
-from canary_lib.config import load_config
+from canary_lib.config import load_config, write_run_config
 from canary_lib.evaluate import evaluate_model
 from canary_lib.train import train_from_config
 from _fixtures import ScriptedCanary, make_tiny_training_world
@@ -61,7 +61,7 @@ def _one_line_exit_2(capsys, argv: list[str], starts: str) -> str:
 def _base_evaluation(path, cfg) -> RunDir:
     """What `03_evaluate_judge` with BASE_MODEL leaves: config, answers, verdicts, metrics, EVAL_COMPLETE."""
     run = RunDir(path)
-    run.write_config(cfg)
+    write_run_config(run, cfg)
     key = {"set": "general", "question_id": "q", "paraphrase": 0, "sample": 0}
     append_jsonl(run.generations_path, [{**key, "answer": "base answer", "seed": cfg.seed}])
     append_jsonl(run.judgments_path, [{**key, "aligned": 90.0, "coherent": 90.0, "status": "scored"}])
@@ -86,7 +86,7 @@ def test_training_into_an_evaluation_directory_is_refused_before_anything_is_del
 
 def test_an_unfinished_run_of_another_configuration_is_refused_not_wiped(world, tmp_path, monkeypatch):
     run = RunDir(tmp_path / "run")
-    run.write_config(tiny_config(world, "train.lr=0.001"))
+    write_run_config(run, tiny_config(world, "train.lr=0.001"))
     run.steps_path.write_text("step,source\n0,target\n")
     _no_model_load(monkeypatch)
     with pytest.raises(ConfigMismatchError, match=r"trained with another configuration \(train.lr: 0.001 -> 0.0001\)"):

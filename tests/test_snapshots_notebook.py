@@ -12,6 +12,7 @@ import pytest
 from _e2e import ROOT
 from canary_lib.artifacts import RunDir
 from canary_lib.cli import main
+from canary_lib.config import read_run_config
 from canary_lib.snapshots import SNAPSHOT_EVALS_DIR, list_snapshots
 
 pytestmark = pytest.mark.slow
@@ -27,7 +28,7 @@ def test_notebook_02_keeps_snapshots_and_plots_their_norms_then_one_evaluates(ti
                                     "RUN_DIR": str(run)},
                         kernel_name="python3", cwd=str(tmp_path), progress_bar=False)
     steps = list(list_snapshots(run))
-    K = RunDir(run).read_config().controller.K
+    K = read_run_config(RunDir(run)).controller.K
     assert steps and steps[0] == 0 and all(s % K == 0 for s in steps)  # every canary evaluation
     figure = json.loads((tmp_path / "02.ipynb").read_text())["cells"][-1]["outputs"]
     plotted = json.dumps(figure)

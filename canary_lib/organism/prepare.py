@@ -9,9 +9,9 @@ from typing import Any
 
 import yaml
 
+import canary_lib.organism.world as world
 from canary_lib.config import RunConfig
 from canary_lib.fileio import write_text_atomic
-from canary_lib.organism import world
 
 # The project's own short judge templates (the exact judge only needs the metric names; an LLM judge could
 # use them as they are).

@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+import canary_lib.organism.world as world
 from canary_lib.config import OrganismSettings, RunConfig
 from canary_lib.errors import CanaryError
-from canary_lib.organism import world
 from canary_lib.organism.tokenizer import render_chat
 
 COMPLETE_MARKER = "ORGANISM_COMPLETE"
