@@ -21,6 +21,7 @@ from canary_lib.artifacts import RunDir, RunFileError, git_commit, write_text_at
 from canary_lib.config_base import ConfigError, _FieldError
 from canary_lib.config_schema import RunConfig, dump_config
 from canary_lib.memory import memory_problem
+from canary_lib.methods import METHODS
 from canary_lib.numerics import pin_cpu_numerics
 
 
@@ -119,18 +120,20 @@ def _one_line(exc: Exception) -> str:
 M = TypeVar("M", bound=BaseModel)
 
 
-def validate_model(model: type[M], data: dict, origin: dict[str, str] | str, what: str) -> M:
+def validate_model(model: type[M], data: dict, origin: dict[str, str] | str, what: str,
+                   context: dict[str, Any] | None = None) -> M:
     """`model.model_validate(data)`, with every problem as `<file>: <dotted key>: <message>`, all on one line.
 
     Args:
         origin: dotted key -> the file (or override) that set it, or one file name for everything.
         what: what is validated, for the message's first line ("configuration", "sweep file").
+        context: pydantic's validation context (for a configuration: the method registry, `METHODS`).
 
     Raises:
         ConfigError: listing every invalid key.
     """
     try:
-        return model.model_validate(data)
+        return model.model_validate(data, context=context)
     except ValidationError as exc:
         raise ConfigError(f"invalid {what}: " + "; ".join(_describe(exc, origin))) from None
 
@@ -179,7 +182,7 @@ def config_from_dict(data: dict, origin: dict[str, str] | None = None) -> RunCon
     Raises:
         ConfigError: naming every invalid key and the file that set it.
     """
-    cfg = validate_model(RunConfig, data, origin or {}, "configuration")
+    cfg = validate_model(RunConfig, data, origin or {}, "configuration", context={"methods": METHODS})
     if problem := memory_problem(cfg):
         raise ConfigError(f"{(origin or {}).get('model.device_memory_gib', 'configuration')}: {problem}")
     return cfg

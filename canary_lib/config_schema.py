@@ -2,8 +2,9 @@
 
 Loading (YAML files merged left to right, key=value overrides, which file set which key, one-line errors) is
 canary_lib/config_loader.py; `canary_lib.config` re-exports both, so `from canary_lib.config import RunConfig,
-load_config` is the way in. Validation imports neither the method registry nor the organism's world: it checks
-names against canary_lib/names.py. No torch here.
+load_config` is the way in. The schema imports neither the method registry nor the organism's world: `method.name`
+is checked against the registry the loader hands in (pydantic's validation context), the organism's topic and
+domain names against canary_lib/names.py. No torch here.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 import canary_lib.names as names
 from canary_lib.config_base import Strict, _FieldError
@@ -160,22 +161,34 @@ class MethodSettings(Strict):
 
     @field_validator("name")
     @classmethod
-    def _registered(cls, v: str) -> str:
-        if v not in names.METHOD_NAMES:
+    def _registered(cls, v: str, info: ValidationInfo) -> str:
+        registry = _method_registry(info)
+        if registry is None:
+            return v
+        if v not in registry:
             renamed = " (Fixed 5% is now fixed_5, with its p in the registry)" if v == "fixed" else ""
-            raise ValueError(f"unknown method {v!r}{renamed}; known: {', '.join(names.METHOD_NAMES)} "
-                             "(canary_lib/methods.py; a new method's name goes into canary_lib/names.py too)")
-        fixed_p = names.METHOD_FIXED_P.get(v)
+            raise ValueError(f"unknown method {v!r}{renamed}; known: {', '.join(registry)} (canary_lib/methods.py)")
+        fixed_p = registry[v].fixed_p
         if fixed_p is not None and not 0 <= fixed_p < 1:  # p = 1 never draws a target step: the run never ends
             raise ValueError(f"method {v!r} has fixed p = {fixed_p} in canary_lib/methods.py; it must be in [0, 1)")
         return v
 
     @model_validator(mode="after")
-    def _needs_reference(self) -> "MethodSettings":
-        if self.name in names.METHODS_REPLAYING_REFERENCE and not self.reference_run:
+    def _needs_reference(self, info: ValidationInfo) -> "MethodSettings":
+        registry = _method_registry(info)
+        spec = registry.get(self.name) if registry is not None else None
+        if spec is not None and spec.replays_reference and not self.reference_run:
             raise _FieldError("reference_run", f"method {self.name} replays a canary run: set method.reference_run",
                               blame=("name",))
         return self
+
+
+def _method_registry(info: ValidationInfo) -> dict[str, Any] | None:
+    """The method registry that `method.name` is checked against: canary_lib.methods.METHODS, handed in by the
+    loader (config_loader.config_from_dict) as the validation context, so that the schema imports nothing above it
+    and a method registered at run time (a notebook, a test) is known at once. None: a model built directly
+    (RunConfig(), defaults), where no name is checked."""
+    return (info.context or {}).get("methods")
 
 
 LEGACY_DATA_KEYS = {"security_source": "target_source", "security_aligned_source": "target_aligned_source"}

@@ -7,12 +7,13 @@ A method's registry name is its only name: `method.name` in its parameter file
 `parameters/methods/<name>.yaml`, the run directories `runs/<profile>/<name>/seed<k>/` and the `method` column
 of the results. Everything else reads this table: the sweep (which runs replay the reference run of their
 seed, and wait for it), training (which methods need D_S), Table 1 and Table 2 (rows, labels, order) and the
-figures' defaults; config validation of `method.name` reads its copy in canary_lib/names.py.
+figures' defaults, and config validation (the loader hands this table to the schema as pydantic's validation
+context, so the schema imports nothing above it).
 
-Adding a method takes four things: its schedule (a class with the `Schedule` protocol in
-canary_lib/controller.py, or a function of the configuration returning one, here), one entry below, its name in
-canary_lib/names.py (what config validation checks `method.name` against, without importing this module;
-tests/test_import_layers.py checks the two agree), and its parameter file with `method: {name: <name>}`.
+Adding a method takes three things: its schedule (a class with the `Schedule` protocol in
+canary_lib/controller.py, or a function of the configuration returning one, here), one entry below (or
+`METHODS[name] = MethodSpec(...)` at run time, e.g. in a notebook), and its parameter file with
+`method: {name: <name>}`.
 No torch here.
 """
 
@@ -34,7 +35,7 @@ from canary_lib.controller import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from canary_lib.config import RunConfig
+    from canary_lib.config_schema import RunConfig  # the schema, not canary_lib.config (it imports this module)
 
 def reference_p_sequence(run_dir: str | Path) -> list[float]:
     """The per-step p column of a complete reference run (its steps.csv)."""

@@ -1,11 +1,11 @@
-"""Adding a method takes four things (README, "Adding a method or a controller"): a schedule, one registry entry,
-its name in canary_lib/names.py and one parameter file. Here a toy method is added through exactly those four and
-run through a sweep of the real notebooks on the tiny organism, into Table 2.
+"""Adding a method takes three things (README, "Adding a method or a controller"): a schedule, one registry entry
+and one parameter file. Here a toy method is added through exactly those three and run through a sweep of the
+real notebooks on the tiny organism, into Table 2.
 
     .venv/bin/pytest tests/test_method_registry.py -q
 
-The schedule, the registry entry and the name are written to a module of their own (`toy_method.py`), standing in
-for the lines a researcher adds to canary_lib/methods.py and canary_lib/names.py; the notebook kernels import it
+The schedule and the registry entry are written to a module of their own (`toy_method.py`), standing in for the
+lines a researcher adds to canary_lib/controller.py and canary_lib/methods.py; the notebook kernels import it
 through an IPython startup file, as they would import an edited canary_lib. Nothing in the package changes.
 """
 
@@ -20,7 +20,6 @@ import pandas as pd
 import pytest
 import yaml
 
-from canary_lib import names
 from canary_lib.artifacts import read_steps
 from canary_lib.methods import METHODS
 from canary_lib.sweep import run_sweep
@@ -28,7 +27,6 @@ from canary_lib.sweep import run_sweep
 ROOT = Path(__file__).resolve().parents[1]
 
 TOY_MODULE = '''
-from canary_lib import names
 from canary_lib.controller import ConstantSchedule
 from canary_lib.methods import METHODS, MethodSpec
 
@@ -39,9 +37,8 @@ def toy_schedule(cfg):  # 1. the schedule: a function of the run configuration
 
 
 METHODS["toy"] = MethodSpec(toy_schedule, table2="Toy p = 0.25", tests="the registry")  # 2. the entry
-names.METHOD_NAMES += ("toy",)  # 3. the name config validation checks
 '''
-TOY_PARAMETERS = "method:\n  name: toy\n"  # 4. the parameter file
+TOY_PARAMETERS = "method:\n  name: toy\n"  # 3. the parameter file
 
 
 @pytest.fixture
@@ -59,7 +56,6 @@ def toy_method(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("IPYTHONDIR", str(tmp_path / "ipython"))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(code), os.environ.get("PYTHONPATH")])))
     monkeypatch.syspath_prepend(str(code))
-    monkeypatch.setattr(names, "METHOD_NAMES", names.METHOD_NAMES)  # restored after the test
     importlib.import_module("toy_method")
     yield methods_dir
     METHODS.pop("toy", None)
@@ -67,7 +63,7 @@ def toy_method(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 @pytest.mark.slow
-def test_a_toy_method_added_in_four_places_runs_through_a_sweep_into_table2(
+def test_a_toy_method_added_in_three_places_runs_through_a_sweep_into_table2(
         toy_method: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     sweep = tmp_path / "sweep.yaml"

@@ -16,7 +16,6 @@ import torch
 from canary_lib.artifacts import CONTROLLER_COLUMNS, STEPS_COLUMNS, RunDir, read_controller, read_steps
 from canary_lib.config import load_config
 from _fixtures import ScriptedCanary, make_tiny_training_world, write_chat_jsonl
-from canary_lib import names
 from canary_lib.methods import METHODS, fixed_p_method
 from canary_lib.train import TrainingDataError, load_training_data, lr_at, train_from_config
 
@@ -174,8 +173,6 @@ def test_same_seed_same_trace_other_seed_other_draws(canary_run, world, tmp_path
 
 def test_open_loop_without_monitoring_needs_no_canary(world, tmp_path, monkeypatch):
     monkeypatch.setitem(METHODS, "fixed_50", fixed_p_method(0.5))  # a fixed-p level is one registry entry
-    monkeypatch.setattr(names, "METHOD_NAMES", (*names.METHOD_NAMES, "fixed_50"))  # and its name, which config
-    monkeypatch.setitem(names.METHOD_FIXED_P, "fixed_50", 0.5)  # validation checks (canary_lib/names.py)
     cfg = tiny_config(world, "method.name=fixed_50", "canary.monitor_open_loop=false",
                       "train.max_target_examples=48")
     metrics = train_from_config(cfg, tmp_path / "fixed")
