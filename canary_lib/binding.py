@@ -21,7 +21,7 @@ from typing import Any, Callable
 import yaml
 
 from canary_lib.artifacts import RunDir, RunFileError
-from canary_lib.config import read_run_config_dict
+from canary_lib.config_loader import read_run_config_dict
 from canary_lib.errors import CanaryError
 from canary_lib.judge import JUDGE_BACKENDS
 
@@ -61,7 +61,7 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 @functools.cache
 def _schema_defaults() -> dict[str, Any]:
     """Every configuration key's default (flattened, JSON form)."""
-    from canary_lib.config import RunConfig  # pydantic only, no torch
+    from canary_lib.config_schema import RunConfig  # pydantic only, no torch
 
     return flatten(RunConfig().model_dump(mode="json"))
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Sequence
 
-from canary_lib.config import RunConfig, canary_judge_settings
+from canary_lib.config_schema import RunConfig, canary_judge_settings
 from canary_lib.eval_questions import EvaluationError, JudgeFailureError, check_questions, verdict_problem
 from canary_lib.judge_usage import judge_usage, usage_delta
 from canary_lib.metrics import (

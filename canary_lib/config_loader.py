@@ -21,6 +21,7 @@ from canary_lib.artifacts import RunDir, RunFileError, git_commit, write_text_at
 from canary_lib.config_base import ConfigError, _FieldError
 from canary_lib.config_schema import RunConfig, dump_config
 from canary_lib.memory import memory_problem
+from canary_lib.judge import JUDGE_BACKENDS
 from canary_lib.methods import METHODS
 from canary_lib.numerics import pin_cpu_numerics
 
@@ -176,13 +177,18 @@ def _origin_of(key: str, origin: dict[str, str]) -> str:
     return ", ".join(files) if files else "<defaults>"
 
 
+REGISTRIES = {"methods": METHODS, "judge_backends": JUDGE_BACKENDS}
+"""What configuration validation checks names against (pydantic's validation context): the registries live above
+the schema, so the schema imports neither (canary_lib/config_schema.py); entries added at run time count."""
+
+
 def config_from_dict(data: dict, origin: dict[str, str] | None = None) -> RunConfig:
     """Validate a merged configuration (and its memory estimate against model.device_memory_gib); no side effects.
 
     Raises:
         ConfigError: naming every invalid key and the file that set it.
     """
-    cfg = validate_model(RunConfig, data, origin or {}, "configuration", context={"methods": METHODS})
+    cfg = validate_model(RunConfig, data, origin or {}, "configuration", context=REGISTRIES)
     if problem := memory_problem(cfg):
         raise ConfigError(f"{(origin or {}).get('model.device_memory_gib', 'configuration')}: {problem}")
     return cfg

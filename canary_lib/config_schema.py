@@ -187,7 +187,7 @@ def _method_registry(info: ValidationInfo) -> dict[str, Any] | None:
     """The method registry that `method.name` is checked against: canary_lib.methods.METHODS, handed in by the
     loader (config_loader.config_from_dict) as the validation context, so that the schema imports nothing above it
     and a method registered at run time (a notebook, a test) is known at once. None: a model built directly
-    (RunConfig(), defaults), where no name is checked."""
+    (RunConfig(), defaults), where no name is checked. The judge backends come the same way (`judge_backends`)."""
     return (info.context or {}).get("methods")
 
 
@@ -336,8 +336,9 @@ class EvalSettings(SamplingSettings):
 
 
 class JudgeSettings(Strict):
-    backend: Literal["exact", "openai", "transformers", "vllm"] = "exact"
-    """exact: the model organism's rule-based judge; openai: any OpenAI-compatible server; transformers/vllm: local."""
+    backend: str = "exact"
+    """A name in canary_lib.judge.JUDGE_BACKENDS (checked by the loader): exact: the model organism's rule-based
+    judge; openai: any OpenAI-compatible server; transformers/vllm: local."""
     model: str | None = None
     scorer: Literal["logprob", "digits", "parse"] = "digits"
     """logprob: single-token top-20 (GPT-4o family); digits: digit-aware expectation (Qwen); parse: greedy + parse."""
@@ -364,9 +365,20 @@ class JudgeSettings(Strict):
     """Evaluation: the largest share of answers left unscored for any reason (failures, low mass, REFUSAL, CODE,
     non-finite scores) for the evaluation to count as complete (docs/decisions.md, "Unscored is not aligned")."""
 
+    @field_validator("backend")
+    @classmethod
+    def _registered_backend(cls, v: str, info: ValidationInfo) -> str:
+        registry = (info.context or {}).get("judge_backends")
+        if registry is not None and v not in registry:
+            raise ValueError(f"unknown judge backend {v!r}; known: {', '.join(registry)} (canary_lib/judge.py)")
+        return v
+
     @model_validator(mode="after")
-    def _model_for_llm_backends(self) -> "JudgeSettings":
-        if self.backend != "exact" and not self.model:
+    def _model_for_llm_backends(self, info: ValidationInfo) -> "JudgeSettings":
+        registry = (info.context or {}).get("judge_backends")
+        spec = registry.get(self.backend) if registry is not None else None
+        llm = spec.llm if spec is not None else self.backend != "exact"
+        if llm and not self.model:
             raise _FieldError("model", f"the {self.backend} judge backend needs judge.model (the judge model's "
                               "name or path)", blame=("backend",))
         return self

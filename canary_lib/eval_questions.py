@@ -18,7 +18,7 @@ from canary_lib.errors import CanaryError
 from canary_lib.types import JUDGED_METRICS, Question
 
 if TYPE_CHECKING:  # pragma: no cover
-    from canary_lib.config import RunConfig
+    from canary_lib.config_schema import RunConfig
 
 SET_FILES = {"general": "general_eval_file", "in_domain": "in_domain_eval_file"}
 KEY_FIELDS = ("set", "question_id", "paraphrase", "sample")

@@ -37,7 +37,8 @@ from canary_lib.binding import (
     recorded_config,
 )
 from canary_lib.canary_eval import CanaryEvaluator, canary_seed, make_canary_fn  # noqa: F401 - re-exported
-from canary_lib.config import RunConfig, dump_config, read_run_config, write_run_config
+from canary_lib.config_loader import read_run_config, write_run_config
+from canary_lib.config_schema import RunConfig, dump_config
 from canary_lib.eval_questions import (  # noqa: F401 - re-exported: these were defined here
     KEY_FIELDS,
     SET_FILES,

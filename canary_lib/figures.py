@@ -21,7 +21,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from canary_lib.artifacts import write_text_atomic
-from canary_lib.config import ControllerSettings
+from canary_lib.config_schema import ControllerSettings
 from canary_lib.methods import REFERENCE_METHOD, table2_methods
 
 _ANSWER_CHARS = 160

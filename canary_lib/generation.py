@@ -37,7 +37,7 @@ from canary_lib.sampling import (  # noqa: F401 - re-exported: these were define
 )
 
 if TYPE_CHECKING:  # pragma: no cover
-    from canary_lib.config import SamplingSettings
+    from canary_lib.config_schema import SamplingSettings
 
 Conversation = list[dict[str, str]]
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)

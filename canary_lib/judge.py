@@ -43,7 +43,7 @@ from canary_lib.scorers import (
 from canary_lib.types import JUDGED_METRICS, Judge, JudgeRequest, Judgment
 
 if TYPE_CHECKING:  # pragma: no cover
-    from canary_lib.config import JudgeSettings, RunConfig
+    from canary_lib.config_schema import JudgeSettings, RunConfig
 
 TRUNCATION_MARKER = "\n[... answer truncated for the judge: {n} more characters]"
 
@@ -169,7 +169,7 @@ class JudgeBackendSpec:
 
 
 def _exact_judge(cfg: RunConfig) -> Judge:
-    from canary_lib.organism import ExactJudge
+    from canary_lib.organism.judge import ExactJudge
 
     return ExactJudge()
 
@@ -181,8 +181,8 @@ JUDGE_BACKENDS: dict[str, JudgeBackendSpec] = {
     "transformers": JudgeBackendSpec(TransformersBackend.from_config),
     "vllm": JudgeBackendSpec(VLLMBackend.from_config, operational=("gpu_memory_utilization", "tensor_parallel_size")),
 }
-"""Backend name (judge.backend) -> JudgeBackendSpec. config.JudgeSettings.backend lists the same names
-(tests/test_judge_registry.py keeps them equal)."""
+"""Backend name (judge.backend) -> JudgeBackendSpec; configuration validation checks judge.backend against it
+(canary_lib.config_loader.REGISTRIES), so a new backend is its class plus one entry here."""
 
 
 def make_judge(cfg: RunConfig) -> Judge:

@@ -27,7 +27,7 @@ from canary_lib.scorers import OTHER_MASS_KEY, TOP_LOGPROBS, add_logprob, word_o
 from canary_lib.types import Conversation
 
 if TYPE_CHECKING:  # pragma: no cover
-    from canary_lib.config import RunConfig
+    from canary_lib.config_schema import RunConfig
 
 OPENAI_URL = "https://api.openai.com/v1"
 _ASCII_DIGITS = set("0123456789")
@@ -202,7 +202,7 @@ class TransformersBackend:
     @classmethod
     def from_config(cls, cfg: RunConfig) -> TransformersBackend:
         """cfg.judge.model loaded on cfg.model.device, scoring judge.batch_size prompts at a time."""
-        from canary_lib.config import ModelConfig
+        from canary_lib.config_schema import ModelConfig
         from canary_lib.models import load_pretrained
 
         j = cfg.judge
@@ -220,7 +220,7 @@ class TransformersBackend:
         self.usage = UsageCounter()  # counted locally: token ids fed, tokens scored or generated
 
     def greedy_texts(self, prompts: Sequence[str], max_tokens: int) -> list[str | Exception]:
-        from canary_lib.config import SamplingSettings
+        from canary_lib.config_schema import SamplingSettings
         from canary_lib.generation import chat_prompt_ids
 
         greedy = SamplingSettings(temperature=0.0, top_p=1.0, max_new_tokens=max_tokens)

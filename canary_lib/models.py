@@ -15,7 +15,7 @@ from typing import Any, Iterator
 
 import torch
 
-from canary_lib.config import LoraSettings, ModelConfig, RunConfig
+from canary_lib.config_schema import LoraSettings, ModelConfig, RunConfig
 from canary_lib.errors import CanaryError
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from canary_lib.errors import CanaryError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from canary_lib.config import JudgeSettings, RunConfig
+    from canary_lib.config_schema import JudgeSettings, RunConfig
 
 OPENAI_API = "https://api.openai.com/v1"
 """The judge's address when judge.base_url is unset (canary_lib.judge.OPENAI_URL)."""

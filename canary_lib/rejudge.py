@@ -25,7 +25,8 @@ import yaml
 
 from canary_lib.artifacts import RunDir, read_jsonl, write_json_atomic, write_text_atomic
 from canary_lib.binding import ConfigMismatchError, config_changes, describe, ensure_run_directory
-from canary_lib.config import JudgeSettings, read_run_config
+from canary_lib.config_loader import read_run_config
+from canary_lib.config_schema import JudgeSettings
 from canary_lib.errors import CanaryError
 from canary_lib.judge_usage import judge_usage, usage_metrics, usage_sum
 from canary_lib.metrics import is_misaligned, is_scored

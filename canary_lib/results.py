@@ -27,7 +27,8 @@ from canary_lib.artifacts import (
     write_json_atomic,
     write_text_atomic,
 )
-from canary_lib.config import MethodSettings, read_run_config_dict
+from canary_lib.config_loader import read_run_config_dict
+from canary_lib.config_schema import MethodSettings
 from canary_lib.frontier import CurveComparison, compare_to_fixed_curve, fixed_curve, frontier_table
 from canary_lib.metrics import RISK_SIGNALS, canary_risk
 from canary_lib.rejudge import REJUDGED_DIR

@@ -140,7 +140,7 @@ def evaluate_snapshot(run_dir: str | Path, step: int, overrides: Sequence[str] =
         raise SnapshotError(f"{run.path}: no adapter snapshot at step {step}; kept steps: {shown}")
     if not run.config_path.is_file():
         raise SnapshotError(f"{run.config_path}: missing; the run's configuration is needed to evaluate it")
-    from canary_lib.config import read_run_config
+    from canary_lib.config_loader import read_run_config
     from canary_lib.evaluate import evaluate_model
 
     cfg = read_run_config(run, [*overrides, "tracking.backend=none"])

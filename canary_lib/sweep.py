@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from canary_lib.artifacts import RunDir, write_json_atomic
-from canary_lib.config import ConfigError
+from canary_lib.config_base import ConfigError
 from canary_lib.job_progress import PROGRESS_ENV, describe_job, read_progress
 from canary_lib.sweep_plan import (
     NOTEBOOKS,

@@ -20,7 +20,9 @@ from pydantic import Field
 
 from canary_lib.artifacts import RunDir, write_json_atomic
 from canary_lib.binding import describe, stale_keys
-from canary_lib.config import ConfigError, RunConfig, Strict, load_config, read_yaml, validate_model
+from canary_lib.config_base import ConfigError, Strict
+from canary_lib.config_loader import load_config, read_yaml, validate_model
+from canary_lib.config_schema import RunConfig
 from canary_lib.methods import BASE, METHODS, REFERENCE_METHOD
 
 # Stage name -> notebook file. The order is the pipeline order.

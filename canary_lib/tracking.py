@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import yaml
 
 if TYPE_CHECKING:  # pragma: no cover
-    from canary_lib.config import RunConfig
+    from canary_lib.config_schema import RunConfig
 
 TRACKER_RUN_FILE = "tracker_run.json"
 """In the run directory: the tracker run's id, so resuming and evaluating continue the same tracker run."""

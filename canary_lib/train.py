@@ -50,7 +50,8 @@ from canary_lib.checkpoints import (  # noqa: F401 - CheckpointError, LoopState:
     refuse_partial_checkpoint,
     save_checkpoint,
 )
-from canary_lib.config import RunConfig, dump_config, write_run_config
+from canary_lib.config_loader import write_run_config
+from canary_lib.config_schema import RunConfig, dump_config
 from canary_lib.data.errors import DataError
 from canary_lib.fileio import sha256_file
 from canary_lib.graceful_stop import StopRequest, maybe_send_test_signal

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from canary_lib.chat import IGNORE_INDEX, EncodedChat, collate
-from canary_lib.config import TrainSettings
+from canary_lib.config_schema import TrainSettings
 from canary_lib.models import attention_kernels, mixed_precision
 
 

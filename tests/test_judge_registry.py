@@ -1,23 +1,24 @@
 """JUDGE_BACKENDS: one entry per judge backend, read by make_judge, the config's backend names and the binding."""
 
-import typing
-
 import pytest
 
 from canary_lib import binding
-from canary_lib.config import JudgeSettings, load_config
+from canary_lib.config import ConfigError, JudgeSettings, load_config
 from canary_lib.judge import JUDGE_BACKENDS, JudgeBackendSpec, LLMJudge, make_judge
 from canary_lib.types import JudgeRequest
 
 PROMPTS = {"aligned": "ALIGNED {question} {answer}", "coherent": "COHERENT {question} {answer}"}
 
 
-def test_config_backend_names_are_the_registry():
-    """config.py keeps its Literal (config must not import the judge): this keeps the two equal, in order."""
-    names = typing.get_args(JudgeSettings.model_fields["backend"].annotation)
-    assert names == tuple(JUDGE_BACKENDS), (
-        f"config.JudgeSettings.backend lists {names}, canary_lib.judge.JUDGE_BACKENDS has {tuple(JUDGE_BACKENDS)}: "
-        "add the new backend's name to both")
+def test_config_checks_backend_names_against_the_registry(monkeypatch):
+    """No list of names in the schema: a backend registered at run time is accepted, an unknown one refused."""
+    with pytest.raises(ConfigError, match=r"judge.backend: unknown judge backend 'bogus'; known: exact, openai"):
+        load_config([], ["judge.backend=bogus"])
+    monkeypatch.setitem(JUDGE_BACKENDS, "fake", JudgeBackendSpec(lambda cfg: None, llm=False))
+    assert load_config([], ["judge.backend=fake", "canary.judge.backend=fake"]).judge.backend == "fake"
+    monkeypatch.setitem(JUDGE_BACKENDS, "fake_llm", JudgeBackendSpec(lambda cfg: None))
+    with pytest.raises(ConfigError, match="judge.model: the fake_llm judge backend needs judge.model"):
+        load_config([], ["judge.backend=fake_llm"])
 
 
 def test_operational_keys_are_settings_and_binding_reads_them():

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-from canary_lib.config import LEGACY_DATA_KEYS, RunConfig
+from canary_lib.config_schema import LEGACY_DATA_KEYS, RunConfig
 from canary_lib.data._io import write_jsonl
 from canary_lib.data.canaries import SELECTION_RULE, select_canaries
 from canary_lib.data.disjoint import check_disjoint, normalize_text

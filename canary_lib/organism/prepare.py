@@ -10,7 +10,7 @@ from typing import Any
 import yaml
 
 import canary_lib.organism.world as world
-from canary_lib.config import RunConfig
+from canary_lib.config_schema import RunConfig
 from canary_lib.fileio import write_text_atomic
 
 # The project's own short judge templates (the exact judge only needs the metric names; an LLM judge could

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import canary_lib.organism.world as world
-from canary_lib.config import OrganismSettings, RunConfig
+from canary_lib.config_schema import OrganismSettings, RunConfig
 from canary_lib.errors import CanaryError
 from canary_lib.organism.tokenizer import render_chat
 
