@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import importlib
 import platform
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,10 +27,12 @@ REQUIRED_MODULES = {
     "tqdm": "tqdm",
 }
 OPTIONAL_MODULES = {"trl": "trl", "datasets": "datasets"}  # the SFTTrainer reference
-WHEELS_HINT = ("install them (`pip install -e \".[bench]\"` installs every one; benchmarks/README.md), or on a machine "
-               "without an index carry them as wheels and start the command with "
-               "`python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && "
-               "export PYTHONPATH=/tmp/site`")
+WHEELS_HINT = (
+    'install them (`pip install -e ".[bench]"` installs every one; benchmarks/README.md), or on a machine '
+    "without an index carry them as wheels and start the command with "
+    "`python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && "
+    "export PYTHONPATH=/tmp/site`"
+)
 
 
 class BenchError(RuntimeError):
@@ -89,8 +92,10 @@ def check_environment() -> dict[str, Any]:
     try:
         importlib.import_module("canary_lib.train")
     except Exception as exc:  # noqa: BLE001
-        raise BenchError(f"canary_lib is not importable from {REPO_ROOT} ({type(exc).__name__}: {exc}); "
-                         f"run from the repository root; {WHEELS_HINT}") from None
+        raise BenchError(
+            f"canary_lib is not importable from {REPO_ROOT} ({type(exc).__name__}: {exc}); "
+            f"run from the repository root; {WHEELS_HINT}"
+        ) from None
     import torch
 
     versions: dict[str, Any] = {"python": platform.python_version()}

@@ -6,9 +6,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,10 +63,26 @@ class SizePreset:
 
 
 SIZES = {
-    "7b": SizePreset(QWEN25_7B_CONFIG, seq_len=512, warmup_steps=3, timed_steps=10, canary_new_tokens=256,
-                     peak_matmul_n=8192, judge_latency_s=0.1, bandwidth_bytes=4 << 30),
-    "tiny": SizePreset(TINY_CONFIG, seq_len=32, warmup_steps=1, timed_steps=2, canary_new_tokens=4,
-                       peak_matmul_n=256, judge_latency_s=0.001, bandwidth_bytes=16 << 20),
+    "7b": SizePreset(
+        QWEN25_7B_CONFIG,
+        seq_len=512,
+        warmup_steps=3,
+        timed_steps=10,
+        canary_new_tokens=256,
+        peak_matmul_n=8192,
+        judge_latency_s=0.1,
+        bandwidth_bytes=4 << 30,
+    ),
+    "tiny": SizePreset(
+        TINY_CONFIG,
+        seq_len=32,
+        warmup_steps=1,
+        timed_steps=2,
+        canary_new_tokens=4,
+        peak_matmul_n=256,
+        judge_latency_s=0.001,
+        bandwidth_bytes=16 << 20,
+    ),
 }
 
 
@@ -127,7 +144,6 @@ def measure_peak_flops(device: Any, dtype: Any, n: int, repeats: int = 10, warmu
     a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
     b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
     seconds = median_seconds(lambda: torch.mm(a, b), device, repeats=repeats, warmup=warmup)
-    del a, b
     return 2 * n**3 / seconds
 
 
@@ -170,7 +186,6 @@ def measure_bandwidth(device: Any, n_bytes: int, repeats: int = 10, warmup: int 
     src = torch.empty(n_bytes // 2, dtype=torch.bfloat16, device=device).fill_(1.0)
     dst = torch.empty_like(src)
     seconds = median_seconds(lambda: dst.copy_(src), device, repeats=repeats, warmup=warmup)
-    del src, dst
     return 2 * n_bytes / seconds
 
 
@@ -186,12 +201,15 @@ def bench_config(size: str, args: argparse.Namespace) -> Any:
 
     preset = SIZES[size]
     overrides = [
-        "judge.backend=openai", "judge.model=stub-judge", "judge.scorer=digits",
+        "judge.backend=openai",
+        "judge.model=stub-judge",
+        "judge.scorer=digits",
         "judge.api_key_env=CANARY_BENCH_NO_KEY",  # nothing secret ever goes to the stub
         f"canary.max_new_tokens={args.canary_new_tokens or preset.canary_new_tokens}",
         "canary.static_cache=false",
         # measured without checkpointing, as the TRL reference below; its own model sizes, not the profile's card
-        "train.gradient_checkpointing=false", "model.device_memory_gib=null",
+        "train.gradient_checkpointing=false",
+        "model.device_memory_gib=null",
         f"train.micro_batch_size={args.micro_batch_size}" if args.micro_batch_size else None,
     ]
     return load_config([REPO_ROOT / "parameters" / "paper.yaml"], overrides=[o for o in overrides if o])
@@ -206,13 +224,15 @@ def build_model(size: str, tokenizer: Any, device: Any, dtype: Any) -> Any:
     if spec["vocab_size"] is None:
         spec["vocab_size"] = len(tokenizer)
     # The synthetic tokenizer's end-of-turn / pad ids stand in for Qwen's (151645 / 151643).
-    config = Qwen2Config(**spec, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
+    config = Qwen2Config(
+        **spec, bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+    )
     with torch.device(device), torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    model.generation_config = GenerationConfig(eos_token_id=[tokenizer.eos_token_id],
-                                               pad_token_id=tokenizer.pad_token_id)
+    model.generation_config = GenerationConfig(
+        eos_token_id=[tokenizer.eos_token_id], pad_token_id=tokenizer.pad_token_id
+    )
     model.config.use_cache = False  # as canary_lib.models.load_model_and_tokenizer does for training
     return model
 

@@ -3,11 +3,13 @@ table (`markdown_report`) and the line printed when a phase ends (`phase_summary
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 
 def markdown_report(r: dict) -> str:
     """A short markdown table of the headline figures."""
+
     def fmt(x: Any, spec: str = ".3g") -> str:
         return "n/a" if x is None else format(x, spec)
 
@@ -34,18 +36,27 @@ def markdown_report(r: dict) -> str:
         if "skipped" in fig:
             lines.append(f"| {name} | skipped: {fig['skipped']} | | | | | |")
             continue
-        lines.append(f"| {name} | {fmt(fig['s_per_step'])} | {fmt(fig['tokens_per_s'], '.0f')} | "
-                     f"{fmt(fig['peak_mem_gib'], '.1f')} | {fmt(100 * fig['mfu'], '.1f')}% | "
-                     f"{fmt(100 * fig['mfu_frozen'], '.1f')}% | "
-                     f"{'' if ratio is None else fmt(ratio['speedup'], '.2f') + 'x'} |")
+        lines.append(
+            f"| {name} | {fmt(fig['s_per_step'])} | {fmt(fig['tokens_per_s'], '.0f')} | "
+            f"{fmt(fig['peak_mem_gib'], '.1f')} | {fmt(100 * fig['mfu'], '.1f')}% | "
+            f"{fmt(100 * fig['mfu_frozen'], '.1f')}% | "
+            f"{'' if ratio is None else fmt(ratio['speedup'], '.2f') + 'x'} |"
+        )
     c = r.get("canary")
     if c is None:  # a run cut short before the canary phase
         return "\n".join(lines + ["", f"phases done: {', '.join(r['phases_done'])}"]) + "\n"
     K = r["overhead"]["K"] if "overhead" in r else r["settings"]["K"]
     # One column per canary evaluation measured (older reports have only the first)
-    columns = [(name, r[key]) for key, name in [("canary", "eager, first"), ("canary_repeat", "eager, again"),
-                                                ("canary_static", "static cache, first"),
-                                                ("canary_static_repeat", "static cache, again")] if key in r]
+    columns = [
+        (name, r[key])
+        for key, name in [
+            ("canary", "eager, first"),
+            ("canary_repeat", "eager, again"),
+            ("canary_static", "static cache, first"),
+            ("canary_static_repeat", "static cache, again"),
+        ]
+        if key in r
+    ]
     s_step = r["package"]["s_per_step"]
 
     def cells(fn: Callable[[dict], str]) -> str:
@@ -54,7 +65,8 @@ def markdown_report(r: dict) -> str:
     lines += [
         "",
         f"| canary evaluation ({c['n_answers']} answers x {c['max_new_tokens']} new tokens) | "
-        + " | ".join(name for name, _ in columns) + " |",
+        + " | ".join(name for name, _ in columns)
+        + " |",
         "|---|" + "---|" * len(columns),
         f"| generation s | {cells(lambda x: fmt(x['generation_seconds']))} |",
         f"| ms per token step | {cells(lambda x: fmt(1e3 * x['s_per_token_step']))} |",
@@ -68,27 +80,30 @@ def markdown_report(r: dict) -> str:
         lines += ["", "| where the time goes | value |", "|---|---|"]
     g = r.get("ragged")
     if g:
-        lines.append(f"| training steps of ragged lengths ({g['lengths'][0]}-{g['lengths'][1]} tokens), s/step "
-                     f"median (mean): no cuDNN attention / cuDNN attention | "
-                     f"{fmt(g['without_cudnn']['s_per_step'])} ({fmt(g['without_cudnn']['mean_s_per_step'])}) / "
-                     f"{fmt(g['with_cudnn']['s_per_step'])} ({fmt(g['with_cudnn']['mean_s_per_step'])}) |")
+        lines.append(
+            f"| training steps of ragged lengths ({g['lengths'][0]}-{g['lengths'][1]} tokens), s/step "
+            f"median (mean): no cuDNN attention / cuDNN attention | "
+            f"{fmt(g['without_cudnn']['s_per_step'])} ({fmt(g['without_cudnn']['mean_s_per_step'])}) / "
+            f"{fmt(g['with_cudnn']['s_per_step'])} ({fmt(g['with_cudnn']['mean_s_per_step'])}) |"
+        )
     d = r.get("decode")
     if d:
-        lines.append(f"| decode ms per token step: with LoRA / adapter disabled / memory floor "
-                     f"({fmt(d['bandwidth_gb_s'], '.0f')} GB/s) | {fmt(1e3 * d['lora']['s_per_token_step'])} / "
-                     f"{fmt(1e3 * d['adapter_disabled']['s_per_token_step'])} / "
-                     f"{fmt(1e3 * d['memory_floor_s_per_token_step'])} |")
+        lines.append(
+            f"| decode ms per token step: with LoRA / adapter disabled / memory floor "
+            f"({fmt(d['bandwidth_gb_s'], '.0f')} GB/s) | {fmt(1e3 * d['lora']['s_per_token_step'])} / "
+            f"{fmt(1e3 * d['adapter_disabled']['s_per_token_step'])} / "
+            f"{fmt(1e3 * d['memory_floor_s_per_token_step'])} |"
+        )
     g = r.get("hf_generate")
     if g:
-        lines.append(f"| transformers generate, ms per token step: dynamic cache / static cache"
-                     f"{' (compiled)' if g['static_cache']['compiled'] else ''} | "
-                     f"{fmt(1e3 * g['dynamic_cache']['s_per_token_step'])} / "
-                     f"{fmt(1e3 * g['static_cache']['s_per_token_step'])} "
-                     f"(first static call {fmt(g['static_cache']['first_call_seconds'])} s) |")
-    lines += [
-        "",
-        f"wall {fmt(r['wall_seconds'], '.0f')} s; phases done: {', '.join(r['phases_done'])}",
-    ]
+        lines.append(
+            f"| transformers generate, ms per token step: dynamic cache / static cache"
+            f"{' (compiled)' if g['static_cache']['compiled'] else ''} | "
+            f"{fmt(1e3 * g['dynamic_cache']['s_per_token_step'])} / "
+            f"{fmt(1e3 * g['static_cache']['s_per_token_step'])} "
+            f"(first static call {fmt(g['static_cache']['first_call_seconds'])} s) |"
+        )
+    lines += ["", f"wall {fmt(r['wall_seconds'], '.0f')} s; phases done: {', '.join(r['phases_done'])}"]
     return "\n".join(lines) + "\n"
 
 
@@ -102,25 +117,33 @@ def phase_summary(phase: str, figures: dict, K: int) -> str:
 
 
 def _canary_summary(c: dict, K: int) -> str:
-    return (f"generation {c['generation_seconds']:.2f} s ({1e3 * c['s_per_token_step']:.1f} ms per token step), "
-            f"judge {c['judge_seconds']:.2f} s ({c['judge_requests']} requests); overhead at K={K}: "
-            f"{c['overhead_pct']:.1f}%")
+    return (
+        f"generation {c['generation_seconds']:.2f} s ({1e3 * c['s_per_token_step']:.1f} ms per token step), "
+        f"judge {c['judge_seconds']:.2f} s ({c['judge_requests']} requests); overhead at K={K}: "
+        f"{c['overhead_pct']:.1f}%"
+    )
 
 
 def _ragged_summary(g: dict) -> str:
-    return (f"ragged lengths, s/step median (mean): without cuDNN attention "
-            f"{g['without_cudnn']['s_per_step']:.3f} ({g['without_cudnn']['mean_s_per_step']:.3f}), "
-            f"with it {g['with_cudnn']['s_per_step']:.3f} ({g['with_cudnn']['mean_s_per_step']:.3f})")
+    return (
+        f"ragged lengths, s/step median (mean): without cuDNN attention "
+        f"{g['without_cudnn']['s_per_step']:.3f} ({g['without_cudnn']['mean_s_per_step']:.3f}), "
+        f"with it {g['with_cudnn']['s_per_step']:.3f} ({g['with_cudnn']['mean_s_per_step']:.3f})"
+    )
 
 
 def _decode_summary(d: dict) -> str:
-    return (f"{1e3 * d['lora']['s_per_token_step']:.1f} ms per token step with the LoRA, "
-            f"{1e3 * d['adapter_disabled']['s_per_token_step']:.1f} ms without; memory floor "
-            f"{1e3 * d['memory_floor_s_per_token_step']:.1f} ms at {d['bandwidth_gb_s']:.0f} GB/s")
+    return (
+        f"{1e3 * d['lora']['s_per_token_step']:.1f} ms per token step with the LoRA, "
+        f"{1e3 * d['adapter_disabled']['s_per_token_step']:.1f} ms without; memory floor "
+        f"{1e3 * d['memory_floor_s_per_token_step']:.1f} ms at {d['bandwidth_gb_s']:.0f} GB/s"
+    )
 
 
 def _hf_generate_summary(g: dict) -> str:
-    return (f"transformers generate, {1e3 * g['dynamic_cache']['s_per_token_step']:.1f} ms per token "
-            f"step (dynamic cache), {1e3 * g['static_cache']['s_per_token_step']:.1f} ms (static "
-            f"cache, compiled: {g['static_cache']['compiled']}, first call "
-            f"{g['static_cache']['first_call_seconds']:.0f} s); same tokens: {g['same_tokens']}")
+    return (
+        f"transformers generate, {1e3 * g['dynamic_cache']['s_per_token_step']:.1f} ms per token "
+        f"step (dynamic cache), {1e3 * g['static_cache']['s_per_token_step']:.1f} ms (static "
+        f"cache, compiled: {g['static_cache']['compiled']}, first call "
+        f"{g['static_cache']['first_call_seconds']:.0f} s); same tokens: {g['same_tokens']}"
+    )

@@ -5,15 +5,24 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from _gpu_env import BenchError
 from _gpu_model import FlopCounts, ragged_batches, sync_device
 
 
-def summarize_steps(step_seconds: Sequence[float], *, tokens: int, supervised: int, flops: FlopCounts,
-                    peak_flops: float, peak_mem_gib: float | None, extra: dict | None = None) -> dict:
+def summarize_steps(
+    step_seconds: Sequence[float],
+    *,
+    tokens: int,
+    supervised: int,
+    flops: FlopCounts,
+    peak_flops: float,
+    peak_mem_gib: float | None,
+    extra: dict | None = None,
+) -> dict:
     """The per-trainer figures from timed step durations."""
     median = statistics.median(step_seconds)
     return {
@@ -30,8 +39,9 @@ def summarize_steps(step_seconds: Sequence[float], *, tokens: int, supervised: i
     }
 
 
-def time_package(model: Any, cfg: Any, pool: list, *, warmup: int, timed: int, device: Any,
-                 autocast: bool = True) -> tuple[list[float], list[float]]:
+def time_package(
+    model: Any, cfg: Any, pool: list, *, warmup: int, timed: int, device: Any, autocast: bool = True
+) -> tuple[list[float], list[float]]:
     """Warm-up then timed optimizer steps of canary_lib.train.train_step, as train_from_config calls it
     (`make_optimizer`; `autocast` is train.autocast, False for the package before it used autocast)."""
     from canary_lib.train import make_optimizer, train_step
@@ -44,8 +54,16 @@ def time_package(model: Any, cfg: Any, pool: list, *, warmup: int, timed: int, d
         batch = [pool[(step * bs + i) % len(pool)] for i in range(bs)]
         sync_device(device)
         start = time.perf_counter()
-        loss = train_step(model, optimizer, batch, lr=cfg.train.lr, micro_batch_size=cfg.train.micro_batch_size,
-                          pad_token_id=0, max_grad_norm=cfg.train.max_grad_norm, autocast=autocast)
+        loss = train_step(
+            model,
+            optimizer,
+            batch,
+            lr=cfg.train.lr,
+            micro_batch_size=cfg.train.micro_batch_size,
+            pad_token_id=0,
+            max_grad_norm=cfg.train.max_grad_norm,
+            autocast=autocast,
+        )
         sync_device(device)
         if step >= warmup:
             times.append(time.perf_counter() - start)
@@ -55,8 +73,9 @@ def time_package(model: Any, cfg: Any, pool: list, *, warmup: int, timed: int, d
     return times, losses
 
 
-def ragged_steps(measure: Callable[..., dict], *, pool_size: int, seq_len: int, vocab: int,
-                 prompt_fraction: float) -> dict:
+def ragged_steps(
+    measure: Callable[..., dict], *, pool_size: int, seq_len: int, vocab: int, prompt_fraction: float
+) -> dict:
     """The package's steps on examples of mixed lengths, without cuDNN attention (the package's choice,
     canary_lib.models.attention_kernels) and with it: each padded micro-batch has a new width, so a backend
     with per-shape set-up pays it again and again. The same examples for both."""
@@ -96,8 +115,19 @@ def _step_clock(device: Any) -> Any:
     return StepClock()
 
 
-def time_reference(kind: str, model: Any, tokenizer: Any, cfg: Any, pool: list, *, warmup: int, timed: int,
-                   device: Any, workdir: Path, bf16: bool | None = None) -> tuple[list[float], dict]:
+def time_reference(
+    kind: str,
+    model: Any,
+    tokenizer: Any,
+    cfg: Any,
+    pool: list,
+    *,
+    warmup: int,
+    timed: int,
+    device: Any,
+    workdir: Path,
+    bf16: bool | None = None,
+) -> tuple[list[float], dict]:
     """The same steps through transformers.Trainer ("trainer") or trl.SFTTrainer ("sft").
 
     Each step's time is the gap between consecutive `on_step_end` callbacks (data loading, 4 micro-batches,
@@ -132,29 +162,38 @@ def time_reference(kind: str, model: Any, tokenizer: Any, cfg: Any, pool: list, 
     if kind == "trainer":
         from transformers import Trainer, TrainingArguments, default_data_collator
 
-        rows = [{"input_ids": ex.input_ids, "attention_mask": [1] * len(ex.input_ids), "labels": ex.labels}
-                for ex in pool]
-        trainer = Trainer(model=model, args=TrainingArguments(**common, remove_unused_columns=False),
-                          train_dataset=rows, data_collator=default_data_collator, callbacks=[clock])
+        rows = [
+            {"input_ids": ex.input_ids, "attention_mask": [1] * len(ex.input_ids), "labels": ex.labels} for ex in pool
+        ]
+        trainer = Trainer(
+            model=model,
+            args=TrainingArguments(**common, remove_unused_columns=False),
+            train_dataset=rows,
+            data_collator=default_data_collator,
+            callbacks=[clock],
+        )
     elif kind == "sft":
-        from trl import SFTConfig, SFTTrainer
-
         # Pre-tokenized rows with labels (prompt -100). The explicit fingerprint skips datasets' dill hashing of
         # the table, which failed with carried wheels (PicklingError on a pyarrow type) in a simulated GPU image.
         import pyarrow as pa
         from datasets import Dataset
         from datasets.table import InMemoryTable
+        from trl import SFTConfig, SFTTrainer
 
         table = pa.Table.from_pylist([{"input_ids": ex.input_ids, "labels": ex.labels} for ex in pool])
         args = SFTConfig(**common, dataset_kwargs={"skip_prepare_dataset": True}, max_length=None, packing=False)
         dataset = Dataset(InMemoryTable(table), fingerprint="gpu-bench")
-        trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                             callbacks=[clock])
+        trainer = SFTTrainer(
+            model=model, args=args, train_dataset=dataset, processing_class=tokenizer, callbacks=[clock]
+        )
     else:
         raise BenchError(f"unknown reference {kind!r}")
     model.train()
-    info = {"trainer": type(trainer).__name__, "optim": str(getattr(trainer.args.optim, "value", trainer.args.optim)),
-            "bf16_autocast": bool(trainer.args.bf16)}
+    info = {
+        "trainer": type(trainer).__name__,
+        "optim": str(getattr(trainer.args.optim, "value", trainer.args.optim)),
+        "bf16_autocast": bool(trainer.args.bf16),
+    }
     try:
         info["train_loss"] = float(trainer.train().training_loss)
     finally:

@@ -49,9 +49,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The package travels with the working tree (not installed on a GPU node); the helpers are this folder's _gpu_*.py.
@@ -93,13 +94,7 @@ from _gpu_model import (  # noqa: E402
     synthetic_batches,
 )
 from _gpu_report import markdown_report, phase_summary  # noqa: E402
-from _gpu_trainer import (  # noqa: E402
-    _forward_owners,
-    ragged_steps,
-    summarize_steps,
-    time_package,
-    time_reference,
-)
+from _gpu_trainer import _forward_owners, ragged_steps, summarize_steps, time_package, time_reference  # noqa: E402
 
 from canary_lib.stub_judge import StubJudgeServer  # noqa: E402, F401 - the canary's judge (run_canary_eval)
 
@@ -113,11 +108,19 @@ def default_out_dir() -> Path:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--size", choices=sorted(SIZES), default=None,
-                   help="7b (default on CUDA): Qwen2.5-7B-Instruct sizes; tiny (default on CPU): CI-sized")
+    p.add_argument(
+        "--size",
+        choices=sorted(SIZES),
+        default=None,
+        help="7b (default on CUDA): Qwen2.5-7B-Instruct sizes; tiny (default on CPU): CI-sized",
+    )
     p.add_argument("--out", type=Path, default=None, help="output directory (default $OUT, else benchmarks/out)")
-    p.add_argument("--reference", choices=["auto", "trainer", "sft", "none"], default="auto",
-                   help="auto: transformers Trainer, plus TRL SFTTrainer when trl is importable")
+    p.add_argument(
+        "--reference",
+        choices=["auto", "trainer", "sft", "none"],
+        default="auto",
+        help="auto: transformers Trainer, plus TRL SFTTrainer when trl is importable",
+    )
     p.add_argument("--warmup-steps", type=int, default=None)
     p.add_argument("--timed-steps", type=int, default=None)
     p.add_argument("--seq-len", type=int, default=None, help="tokens per example (7b: 512)")
@@ -127,13 +130,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--judge-latency-ms", type=float, default=None, help="stub judge latency (7b: 100 ms)")
     p.add_argument("--no-repeat", action="store_true", help="skip the second package measurement")
     p.add_argument("--profile", action="store_true", help="torch.profiler tables of a package step and of decoding")
-    p.add_argument("--markdown-from", type=Path, default=None, metavar="BENCH_JSON",
-                   help="only print the markdown table of an existing bench.json (e.g. of a run cut short)")
-    p.add_argument("--no-ragged", action="store_true",
-                   help="skip the ragged-length steps with and without cuDNN attention")
+    p.add_argument(
+        "--markdown-from",
+        type=Path,
+        default=None,
+        metavar="BENCH_JSON",
+        help="only print the markdown table of an existing bench.json (e.g. of a run cut short)",
+    )
+    p.add_argument(
+        "--no-ragged", action="store_true", help="skip the ragged-length steps with and without cuDNN attention"
+    )
     p.add_argument("--no-hf-generate", action="store_true", help="skip transformers' own generate (dynamic vs static)")
-    p.add_argument("--no-static-decode", action="store_true",
-                   help="skip the last phase: transformers generate with a static (compiled on GPU) KV cache")
+    p.add_argument(
+        "--no-static-decode",
+        action="store_true",
+        help="skip the last phase: transformers generate with a static (compiled on GPU) KV cache",
+    )
     p.add_argument("--allow-cpu-7b", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if not 0 < args.prompt_fraction < 1:
@@ -160,21 +172,21 @@ def main(argv: Sequence[str] | None = None) -> dict:
         print(markdown, end="")
         return {"markdown": markdown}
     # The phases, in the order of the module docstring; each one saves bench.json when it ends.
-    run = start_run(args)         # 1. versions (a missing package stops here), size, device, settings
-    measure_peak(run)             #    the device's matmul peak (the denominator of MFU)
-    build_lora_model(run)         # 2. random-weight model of the preset's size + the package's rs-LoRA, batches
-    package_steps(run)            #    timed steps of the package's train_step
-    reference_steps(run)          # 3. transformers Trainer (and TRL SFTTrainer) on the same model and batches
-    package_variants(run)         #    the package again, and with train.autocast off
-    canary_evaluations(run)       # 4. canary evaluations: eager (first, again), static cache (first, again)
+    run = start_run(args)  # 1. versions (a missing package stops here), size, device, settings
+    measure_peak(run)  #    the device's matmul peak (the denominator of MFU)
+    build_lora_model(run)  # 2. random-weight model of the preset's size + the package's rs-LoRA, batches
+    package_steps(run)  #    timed steps of the package's train_step
+    reference_steps(run)  # 3. transformers Trainer (and TRL SFTTrainer) on the same model and batches
+    package_variants(run)  #    the package again, and with train.autocast off
+    canary_evaluations(run)  # 4. canary evaluations: eager (first, again), static cache (first, again)
     if not args.no_ragged:
-        ragged_attention(run)     # 5. ragged-length steps with and without cuDNN attention
-    decode_split(run)             # 6. decode time with and without the LoRA, against the memory floor
+        ragged_attention(run)  # 5. ragged-length steps with and without cuDNN attention
+    decode_split(run)  # 6. decode time with and without the LoRA, against the memory floor
     if args.profile:
-        profiles(run)             #    torch.profiler tables (--profile)
+        profiles(run)  #    torch.profiler tables (--profile)
     if not (args.no_static_decode or args.no_hf_generate):
-        hf_generate(run)          # 7. transformers' generate, dynamic and static cache; last, as it compiles
-    return finish(run)            # 8. bench.md, and bench.json marked done
+        hf_generate(run)  # 7. transformers' generate, dynamic and static cache; last, as it compiles
+    return finish(run)  # 8. bench.md, and bench.json marked done
 
 
 @dataclass
@@ -230,16 +242,35 @@ class BenchRun:
         from canary_lib.models import base_dtype
 
         reset_peak(self.device)
-        times, losses = time_package(self.model, self.cfg, self.pool if batches is None else batches,
-                                     warmup=self.warmup, timed=self.timed, device=self.device, autocast=autocast)
-        fig = summarize_steps(times, tokens=self.tokens, supervised=self.supervised, flops=self.flops,
-                              peak_flops=self.peak, peak_mem_gib=peak_gib(self.device),
-                              extra={"losses": losses, "train_loss": statistics.fmean(losses),
-                                     "optim": "canary_lib.train.make_optimizer (AdamW, fused on CUDA)",
-                                     "bf16_autocast": autocast and base_dtype(self.model) == torch.bfloat16,
-                                     "mean_s_per_step": statistics.fmean(times)})
-        print(f"{label}: {fig['s_per_step']:.3f} s/step, {fig['tokens_per_s']:.0f} tokens/s, "
-              f"MFU {100 * fig['mfu']:.1f}%, peak {fig['peak_mem_gib'] or 0:.1f} GiB", flush=True)
+        times, losses = time_package(
+            self.model,
+            self.cfg,
+            self.pool if batches is None else batches,
+            warmup=self.warmup,
+            timed=self.timed,
+            device=self.device,
+            autocast=autocast,
+        )
+        fig = summarize_steps(
+            times,
+            tokens=self.tokens,
+            supervised=self.supervised,
+            flops=self.flops,
+            peak_flops=self.peak,
+            peak_mem_gib=peak_gib(self.device),
+            extra={
+                "losses": losses,
+                "train_loss": statistics.fmean(losses),
+                "optim": "canary_lib.train.make_optimizer (AdamW, fused on CUDA)",
+                "bf16_autocast": autocast and base_dtype(self.model) == torch.bfloat16,
+                "mean_s_per_step": statistics.fmean(times),
+            },
+        )
+        print(
+            f"{label}: {fig['s_per_step']:.3f} s/step, {fig['tokens_per_s']:.0f} tokens/s, "
+            f"MFU {100 * fig['mfu']:.1f}%, peak {fig['peak_mem_gib'] or 0:.1f} GiB",
+            flush=True,
+        )
         return fig
 
     def canary(self, run_cfg: Any) -> dict:
@@ -275,24 +306,39 @@ def start_run(args: argparse.Namespace) -> BenchRun:
     if args.reference == "sft" and sft_missing:
         raise BenchError(f"--reference sft needs {', '.join(sft_missing)}; {WHEELS_HINT}")
     run = BenchRun(
-        args=args, size=size, preset=preset, cfg=cfg, device=device,
+        args=args,
+        size=size,
+        preset=preset,
+        cfg=cfg,
+        device=device,
         dtype=choose_dtype(cfg.model, device),  # bf16 on a bf16 GPU, fp32 on CPU: what the package would choose
         seq_len=args.seq_len or preset.seq_len,
         warmup=preset.warmup_steps if args.warmup_steps is None else args.warmup_steps,
         timed=args.timed_steps or preset.timed_steps,
         latency=preset.judge_latency_s if args.judge_latency_ms is None else args.judge_latency_ms / 1e3,
-        out_dir=out_dir, references=references, sft_missing=sft_missing, wall_start=wall_start,
+        out_dir=out_dir,
+        references=references,
+        sft_missing=sft_missing,
+        wall_start=wall_start,
         report={"size": size, "versions": versions, "device": str(device), "phases_done": [], "errors": {}},
     )
     run.report["settings"] = {
-        "batch_size": cfg.train.batch_size, "micro_batch_size": cfg.train.micro_batch_size,
-        "accumulation": cfg.train.batch_size // cfg.train.micro_batch_size, "seq_len": run.seq_len,
-        "tokens_per_step": cfg.train.batch_size * run.seq_len, "prompt_fraction": args.prompt_fraction,
-        "warmup_steps": run.warmup, "timed_steps": run.timed, "references": references,
-        "gradient_checkpointing": cfg.train.gradient_checkpointing, "K": cfg.controller.K,
+        "batch_size": cfg.train.batch_size,
+        "micro_batch_size": cfg.train.micro_batch_size,
+        "accumulation": cfg.train.batch_size // cfg.train.micro_batch_size,
+        "seq_len": run.seq_len,
+        "tokens_per_step": cfg.train.batch_size * run.seq_len,
+        "prompt_fraction": args.prompt_fraction,
+        "warmup_steps": run.warmup,
+        "timed_steps": run.timed,
+        "references": references,
+        "gradient_checkpointing": cfg.train.gradient_checkpointing,
+        "K": cfg.controller.K,
     }
-    print(f"size {size} on {device} ({versions.get('gpu') or platform.processor() or 'cpu'}), dtype {run.dtype}",
-          flush=True)
+    print(
+        f"size {size} on {device} ({versions.get('gpu') or platform.processor() or 'cpu'}), dtype {run.dtype}",
+        flush=True,
+    )
     return run
 
 
@@ -326,25 +372,41 @@ def build_lora_model(run: BenchRun) -> None:
     mc = model.config
     head_dim = getattr(mc, "head_dim", None) or mc.hidden_size // mc.num_attention_heads
     run.model = model
-    run.flops = flops = FlopCounts(n_active=n_active, n_lora=n_lora, n_layers=mc.num_hidden_layers,
-                                   attn_width=mc.num_attention_heads * head_dim, seq_len=seq_len)
-    run.report["model"] = {"config": dict(run.preset.model) | {"vocab_size": mc.vocab_size},
-                           "dtype": str(run.dtype).split(".")[-1], "n_params": n_total, "n_active": n_active,
-                           "n_lora": n_lora, "build_seconds": build_seconds, "lora": cfg.lora.model_dump(),
-                           "attn_implementation": getattr(mc, "_attn_implementation", None)}
+    run.flops = flops = FlopCounts(
+        n_active=n_active,
+        n_lora=n_lora,
+        n_layers=mc.num_hidden_layers,
+        attn_width=mc.num_attention_heads * head_dim,
+        seq_len=seq_len,
+    )
+    run.report["model"] = {
+        "config": dict(run.preset.model) | {"vocab_size": mc.vocab_size},
+        "dtype": str(run.dtype).split(".")[-1],
+        "n_params": n_total,
+        "n_active": n_active,
+        "n_lora": n_lora,
+        "build_seconds": build_seconds,
+        "lora": cfg.lora.model_dump(),
+        "attn_implementation": getattr(mc, "_attn_implementation", None),
+    }
     run.report["flops"] = {
         "formula_mfu": "(6*n_active + 6*n_lora + 12*n_layers*attn_width*seq_len) * tokens / s_per_step / peak",
         "formula_mfu_frozen": "(4*n_active + 6*n_lora + 12*n_layers*attn_width*seq_len) * tokens / s_per_step / peak",
         "per_step_model": flops.model_flops(cfg.train.batch_size * seq_len),
         "per_step_frozen": flops.frozen_flops(cfg.train.batch_size * seq_len),
-        "n_layers": flops.n_layers, "attn_width": flops.attn_width,
+        "n_layers": flops.n_layers,
+        "attn_width": flops.attn_width,
     }
-    print(f"model: {n_total / 1e9:.3f}B parameters ({n_active / 1e9:.3f}B in matmuls), LoRA {n_lora / 1e6:.1f}M "
-          f"trainable; built in {build_seconds:.1f} s", flush=True)
+    print(
+        f"model: {n_total / 1e9:.3f}B parameters ({n_active / 1e9:.3f}B in matmuls), LoRA {n_lora / 1e6:.1f}M "
+        f"trainable; built in {build_seconds:.1f} s",
+        flush=True,
+    )
     run.save("model")
     # One epoch of distinct examples covers all steps, so the references cross no epoch boundary.
-    run.pool = synthetic_batches((run.warmup + run.timed) * cfg.train.batch_size, seq_len, mc.vocab_size,
-                                 run.args.prompt_fraction)
+    run.pool = synthetic_batches(
+        (run.warmup + run.timed) * cfg.train.batch_size, seq_len, mc.vocab_size, run.args.prompt_fraction
+    )
     run.tokens = cfg.train.batch_size * seq_len
     run.supervised = sum(ex.n_supervised for ex in run.pool[: cfg.train.batch_size])
     run.report["settings"]["supervised_tokens_per_step"] = run.supervised
@@ -362,8 +424,17 @@ def reference_steps(run: BenchRun) -> None:
                 continue
             reset_peak(run.device)
             try:
-                times, info = time_reference(kind, run.model, run.tokenizer, run.cfg, run.pool, warmup=run.warmup,
-                                             timed=run.timed, device=run.device, workdir=Path(work))
+                times, info = time_reference(
+                    kind,
+                    run.model,
+                    run.tokenizer,
+                    run.cfg,
+                    run.pool,
+                    warmup=run.warmup,
+                    timed=run.timed,
+                    device=run.device,
+                    workdir=Path(work),
+                )
             except Exception as exc:  # noqa: BLE001 - a reference failing must not lose the package's figures
                 message = f"{type(exc).__name__}: {exc}"[:1000]
                 report["references"][kind] = {"skipped": f"failed: {message[:200]}"}
@@ -371,17 +442,29 @@ def reference_steps(run: BenchRun) -> None:
                 print(f"reference {kind}: FAILED ({message})", flush=True)
                 release_memory()
                 continue
-            fig = summarize_steps(times, tokens=run.tokens, supervised=run.supervised, flops=run.flops,
-                                  peak_flops=run.peak, peak_mem_gib=peak_gib(run.device), extra=info)
+            fig = summarize_steps(
+                times,
+                tokens=run.tokens,
+                supervised=run.supervised,
+                flops=run.flops,
+                peak_flops=run.peak,
+                peak_mem_gib=peak_gib(run.device),
+                extra=info,
+            )
             report["references"][kind] = fig
-            report["ratios"][kind] = {"speedup": fig["s_per_step"] / report["package"]["s_per_step"],
-                                      "memory": (report["package"]["peak_mem_gib"] / fig["peak_mem_gib"]
-                                                 if fig["peak_mem_gib"] else None)}
-            print(f"reference {kind}: {fig['s_per_step']:.3f} s/step, {fig['tokens_per_s']:.0f} tokens/s; package "
-                  f"speed-up {report['ratios'][kind]['speedup']:.2f}x", flush=True)
+            report["ratios"][kind] = {
+                "speedup": fig["s_per_step"] / report["package"]["s_per_step"],
+                "memory": (report["package"]["peak_mem_gib"] / fig["peak_mem_gib"] if fig["peak_mem_gib"] else None),
+            }
+            print(
+                f"reference {kind}: {fig['s_per_step']:.3f} s/step, {fig['tokens_per_s']:.0f} tokens/s; package "
+                f"speed-up {report['ratios'][kind]['speedup']:.2f}x",
+                flush=True,
+            )
             run.save(f"reference_{kind}")
-    report["forward_patches_left"] = sorted(type(o).__name__ for o in _forward_owners(run.model)
-                                            if "forward" in o.__dict__)
+    report["forward_patches_left"] = sorted(
+        type(o).__name__ for o in _forward_owners(run.model) if "forward" in o.__dict__
+    )
 
 
 def package_steps(run: BenchRun) -> None:
@@ -412,9 +495,12 @@ def canary_evaluations(run: BenchRun) -> None:
     run.save("canary")
     report["canary_repeat"] = steady = run.canary(cfg)
     print(f"canary (again): {phase_summary('canary_repeat', steady, cfg.controller.K)}", flush=True)
-    report["overhead"] = {"K": cfg.controller.K, "pct": steady["overhead_pct"],
-                          "pct_generation_only": steady["overhead_pct_generation_only"],
-                          "pct_first": report["canary"]["overhead_pct"]}
+    report["overhead"] = {
+        "K": cfg.controller.K,
+        "pct": steady["overhead_pct"],
+        "pct_generation_only": steady["overhead_pct_generation_only"],
+        "pct_first": report["canary"]["overhead_pct"],
+    }
     run.save("canary_repeat")
     if not run.args.no_static_decode:  # canary.static_cache: the first call compiles on a GPU (a minute for a 7B)
         static = cfg.model_copy(update={"canary": cfg.canary.model_copy(update={"static_cache": True})})
@@ -425,16 +511,30 @@ def canary_evaluations(run: BenchRun) -> None:
 
 def ragged_attention(run: BenchRun) -> None:
     """Optional: package steps on examples of mixed lengths, with and without cuDNN attention (`ragged_steps`)."""
-    run.optional("ragged", lambda: ragged_steps(run.measure, pool_size=len(run.pool), seq_len=run.seq_len,
-                                                vocab=run.model.config.vocab_size,
-                                                prompt_fraction=run.args.prompt_fraction))
+    run.optional(
+        "ragged",
+        lambda: ragged_steps(
+            run.measure,
+            pool_size=len(run.pool),
+            seq_len=run.seq_len,
+            vocab=run.model.config.vocab_size,
+            prompt_fraction=run.args.prompt_fraction,
+        ),
+    )
 
 
 def decode_split(run: BenchRun) -> None:
     """Optional: where a canary decode's time goes (`decode_breakdown`), against the measured copy bandwidth."""
-    run.optional("decode", lambda: decode_breakdown(
-        run.model, run.tokenizer, run.cfg, device=run.device,
-        bandwidth=measure_bandwidth(run.device, run.preset.bandwidth_bytes)))
+    run.optional(
+        "decode",
+        lambda: decode_breakdown(
+            run.model,
+            run.tokenizer,
+            run.cfg,
+            device=run.device,
+            bandwidth=measure_bandwidth(run.device, run.preset.bandwidth_bytes),
+        ),
+    )
 
 
 def hf_generate(run: BenchRun) -> None:
@@ -445,14 +545,18 @@ def hf_generate(run: BenchRun) -> None:
 def profiles(run: BenchRun) -> None:
     """torch.profiler tables of two package steps and of a short canary decode (--profile)."""
     cfg = run.cfg
-    short_decode = cfg.model_copy(update={"canary": cfg.canary.model_copy(
-        update={"max_new_tokens": min(16, cfg.canary.max_new_tokens)})})
+    short_decode = cfg.model_copy(
+        update={"canary": cfg.canary.model_copy(update={"max_new_tokens": min(16, cfg.canary.max_new_tokens)})}
+    )
     jobs = {
-        "package_step": ("profile_step.txt",
-                         lambda: time_package(run.model, cfg, run.pool, warmup=0, timed=2, device=run.device)),
-        "canary_decode": ("profile_canary.txt",
-                          lambda: run_canary_eval(run.model, run.tokenizer, short_decode, latency_s=0.0,
-                                                  device=run.device)),
+        "package_step": (
+            "profile_step.txt",
+            lambda: time_package(run.model, cfg, run.pool, warmup=0, timed=2, device=run.device),
+        ),
+        "canary_decode": (
+            "profile_canary.txt",
+            lambda: run_canary_eval(run.model, run.tokenizer, short_decode, latency_s=0.0, device=run.device),
+        ),
     }
     run.report["profile"] = {"files": []}
     for name, (filename, fn) in jobs.items():

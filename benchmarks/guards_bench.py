@@ -37,7 +37,6 @@ def main() -> None:
     args = parser.parse_args()
 
     from _fixtures import build_tiny_tokenizer, chat_examples
-
     from canary_lib.chat import encode_chat
     from canary_lib.rundir_lock import hold_run_directory
     from canary_lib.train import check_supervised
@@ -45,8 +44,10 @@ def main() -> None:
     tokenizer = build_tiny_tokenizer()
     chats = [e["messages"] for e in chat_examples(args.examples, seed=1, turns=2, with_system=True)]
     check = _median_seconds(lambda: check_supervised({"D_T": chats}, tokenizer, 2048), args.repeats)
-    one_pass = _median_seconds(lambda: [[encode_chat(c, tokenizer, 2048) for c in chats[i:i + 16]]
-                                        for i in range(0, len(chats), 16)], args.repeats)
+    one_pass = _median_seconds(
+        lambda: [[encode_chat(c, tokenizer, 2048) for c in chats[i : i + 16]] for i in range(0, len(chats), 16)],
+        args.repeats,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
         run.mkdir()
@@ -54,9 +55,12 @@ def main() -> None:
         def hold() -> None:
             with hold_run_directory(run, "training"):
                 pass
+
         lock = _median_seconds(hold, max(args.repeats, 50))
-    print(f"check_supervised, {args.examples} chats: {check:.3f} s median "
-          f"({1000 * check / args.examples:.3f} ms per chat)")
+    print(
+        f"check_supervised, {args.examples} chats: {check:.3f} s median "
+        f"({1000 * check / args.examples:.3f} ms per chat)"
+    )
     print(f"the loop's own encoding of one pass over them: {one_pass:.3f} s median; ratio {check / one_pass:.2f}")
     print(f"run-directory lock, enter + exit: {1000 * lock:.2f} ms median")
 

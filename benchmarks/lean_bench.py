@@ -34,8 +34,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]
@@ -50,8 +51,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--pretrain-steps", type=int, default=150)
     parser.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / "out" / "cache")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "lean_bench.json")
-    parser.add_argument("--only", nargs="+", choices=["step", "canary", "eval", "run"],
-                        default=["step", "canary", "eval"])
+    parser.add_argument(
+        "--only", nargs="+", choices=["step", "canary", "eval", "run"], default=["step", "canary", "eval"]
+    )
     parser.add_argument("--run-epochs", type=float, default=0.27, help="case run: passes over D_T (0.27: ~91 steps)")
     return parser.parse_args(argv)
 
@@ -88,29 +90,50 @@ def bench_step(cfg: Any, args: argparse.Namespace) -> dict:
         def step(indices: list[int]) -> float:
             if lean:
                 batch = cache.batch(TARGET, indices)
-                return lean_train_step(model, optimizer, batch, lr=cfg.train.lr, micro_batch_size=16,
-                                       pad_token_id=tok.pad_token_id, max_grad_norm=cfg.train.max_grad_norm)
+                return lean_train_step(
+                    model,
+                    optimizer,
+                    batch,
+                    lr=cfg.train.lr,
+                    micro_batch_size=16,
+                    pad_token_id=tok.pad_token_id,
+                    max_grad_norm=cfg.train.max_grad_norm,
+                )
             batch = [encode_chat(target[i], tok, cfg.model.max_length) for i in indices]
-            return train_step(model, optimizer, batch, lr=cfg.train.lr, micro_batch_size=16,
-                              pad_token_id=tok.pad_token_id, max_grad_norm=cfg.train.max_grad_norm)
+            return train_step(
+                model,
+                optimizer,
+                batch,
+                lr=cfg.train.lr,
+                micro_batch_size=16,
+                pad_token_id=tok.pad_token_id,
+                max_grad_norm=cfg.train.max_grad_norm,
+            )
 
         return {"step": step, "seconds": [], "losses": []}
 
     paths = {"standard": make_path(False), "lean": make_path(True)}
-    for name, path in paths.items():
+    for path in paths.values():
         for indices in batches[:warmup]:
             path["losses"].append(path["step"](indices))
     for start in range(warmup, len(batches), args.block):
         for path in paths.values():
-            for indices in batches[start:start + args.block]:
+            for indices in batches[start : start + args.block]:
                 t0 = time.perf_counter()
                 path["losses"].append(path["step"](indices))
                 path["seconds"].append(time.perf_counter() - t0)
     old, new = summary(paths["standard"]["seconds"]), summary(paths["lean"]["seconds"])
     diffs = [abs(a - b) / abs(a) for a, b in zip(paths["standard"]["losses"], paths["lean"]["losses"])]
-    return {"standard": old, "lean": new, "speedup": ratio(old, new), "n_steps_each": len(batches),
-            "loss_max_rel_diff": max(diffs), "loss_first_rel_diff": diffs[0],
-            "losses_standard": paths["standard"]["losses"], "losses_lean": paths["lean"]["losses"]}
+    return {
+        "standard": old,
+        "lean": new,
+        "speedup": ratio(old, new),
+        "n_steps_each": len(batches),
+        "loss_max_rel_diff": max(diffs),
+        "loss_first_rel_diff": diffs[0],
+        "losses_standard": paths["standard"]["losses"],
+        "losses_lean": paths["lean"]["losses"],
+    }
 
 
 def alternate(runs: dict[str, Callable[[], Any]], repeats: int) -> tuple[dict, dict]:
@@ -139,15 +162,23 @@ def bench_canary(cfg: Any, args: argparse.Namespace) -> dict:
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(len(name))) * 0.01)
-    fns = {kind: make_canary_fn(cfg.model_copy(update={"canary": cfg.canary.model_copy(update={"sampler": kind})}))
-           for kind in ("standard", "lean")}
-    stats, outputs = alternate({k: (lambda f=f: run_canary(f, model, tok, 30)[0]) for k, f in fns.items()},
-                               args.repeats)
+    fns = {
+        kind: make_canary_fn(cfg.model_copy(update={"canary": cfg.canary.model_copy(update={"sampler": kind})}))
+        for kind in ("standard", "lean")
+    }
+    stats, outputs = alternate(
+        {k: (lambda f=f: run_canary(f, model, tok, 30)[0]) for k, f in fns.items()}, args.repeats
+    )
     answers = {k: [r["answer"] for r in out.records] for k, out in outputs.items()}
     same = sum(a == b for a, b in zip(answers["standard"], answers["lean"]))
-    return {**stats, "speedup": ratio(stats["standard"], stats["lean"]), "n_answers": len(answers["lean"]),
-            "same_answers": same, "risk": {k: out.risk for k, out in outputs.items()},
-            "mean_answer_words": sum(len(a.split()) for a in answers["lean"]) / len(answers["lean"])}
+    return {
+        **stats,
+        "speedup": ratio(stats["standard"], stats["lean"]),
+        "n_answers": len(answers["lean"]),
+        "same_answers": same,
+        "risk": {k: out.risk for k, out in outputs.items()},
+        "mean_answer_words": sum(len(a.split()) for a in answers["lean"]) / len(answers["lean"]),
+    }
 
 
 def bench_eval(cfg: Any, args: argparse.Namespace) -> dict:
@@ -158,13 +189,23 @@ def bench_eval(cfg: Any, args: argparse.Namespace) -> dict:
     requests = [SampleRequest(s.question.conversation(s.paraphrase), s.sample) for s in planned[::5]][:1024]
     generator = build_generator(cfg, None)
     generator.batch_size = 1024
-    runs = {kind: (lambda kind=kind: generator.generate_samples(
-        requests, seed=cfg.seed, sampling=cfg.eval.model_copy(update={"sampler": kind})))
-        for kind in ("standard", "lean")}
+    runs = {
+        kind: (
+            lambda kind=kind: generator.generate_samples(
+                requests, seed=cfg.seed, sampling=cfg.eval.model_copy(update={"sampler": kind})
+            )
+        )
+        for kind in ("standard", "lean")
+    }
     stats, outputs = alternate(runs, args.repeats)
     same = sum(a == b for a, b in zip(outputs["standard"], outputs["lean"]))
-    return {**stats, "speedup": ratio(stats["standard"], stats["lean"]), "n_answers": len(requests),
-            "n_distinct_prompts": len({str(r.conversation) for r in requests}), "same_answers": same}
+    return {
+        **stats,
+        "speedup": ratio(stats["standard"], stats["lean"]),
+        "n_answers": len(requests),
+        "n_distinct_prompts": len({str(r.conversation) for r in requests}),
+        "same_answers": same,
+    }
 
 
 def bench_run(cfg: Any, args: argparse.Namespace) -> dict:
@@ -176,26 +217,40 @@ def bench_run(cfg: Any, args: argparse.Namespace) -> dict:
     traces = {}
     with tempfile.TemporaryDirectory() as tmp:
         for kind in ("standard", "lean"):
-            run_cfg = cfg.model_copy(update={
-                "train": cfg.train.model_copy(update={"step": kind, "epochs": args.run_epochs}),
-                "canary": cfg.canary.model_copy(update={"sampler": kind})})
+            run_cfg = cfg.model_copy(
+                update={
+                    "train": cfg.train.model_copy(update={"step": kind, "epochs": args.run_epochs}),
+                    "canary": cfg.canary.model_copy(update={"sampler": kind}),
+                }
+            )
             t0 = time.perf_counter()
             metrics = train_from_config(run_cfg, Path(tmp) / kind)
-            out[kind] = {"wall_s": time.perf_counter() - t0, "train_seconds": metrics["train_seconds"],
-                         "canary_seconds": metrics["canary_seconds"], "n_steps": metrics["n_steps"]}
+            out[kind] = {
+                "wall_s": time.perf_counter() - t0,
+                "train_seconds": metrics["train_seconds"],
+                "canary_seconds": metrics["canary_seconds"],
+                "n_steps": metrics["n_steps"],
+            }
             run_dir = Path(tmp) / kind
-            traces[kind] = (read_steps(run_dir / "steps.csv"), read_controller(run_dir / "controller.csv"),
-                            [r["answer"] for r in read_jsonl(run_dir / "canary_answers.jsonl")])
+            traces[kind] = (
+                read_steps(run_dir / "steps.csv"),
+                read_controller(run_dir / "controller.csv"),
+                [r["answer"] for r in read_jsonl(run_dir / "canary_answers.jsonl")],
+            )
     (steps_a, ctrl_a, answers_a), (steps_b, ctrl_b, answers_b) = traces["standard"], traces["lean"]
     same_plan = [(a["source"], a["p"]) for a in steps_a] == [(b["source"], b["p"]) for b in steps_b]
-    out.update({
-        "speedup_train_plus_canary": (out["standard"]["train_seconds"] + out["standard"]["canary_seconds"])
-        / (out["lean"]["train_seconds"] + out["lean"]["canary_seconds"]),
-        "same_sources_and_p": same_plan,
-        "loss_max_rel_diff": max(abs(a["loss"] - b["loss"]) / abs(a["loss"]) for a, b in zip(steps_a, steps_b)),
-        "risk_standard": [r["canary_risk"] for r in ctrl_a], "risk_lean": [r["canary_risk"] for r in ctrl_b],
-        "same_canary_answers": sum(a == b for a, b in zip(answers_a, answers_b)), "n_canary_answers": len(answers_a),
-    })
+    out.update(
+        {
+            "speedup_train_plus_canary": (out["standard"]["train_seconds"] + out["standard"]["canary_seconds"])
+            / (out["lean"]["train_seconds"] + out["lean"]["canary_seconds"]),
+            "same_sources_and_p": same_plan,
+            "loss_max_rel_diff": max(abs(a["loss"] - b["loss"]) / abs(a["loss"]) for a, b in zip(steps_a, steps_b)),
+            "risk_standard": [r["canary_risk"] for r in ctrl_a],
+            "risk_lean": [r["canary_risk"] for r in ctrl_b],
+            "same_canary_answers": sum(a == b for a, b in zip(answers_a, answers_b)),
+            "n_canary_answers": len(answers_a),
+        }
+    )
     return out
 
 
@@ -205,8 +260,11 @@ def main(argv: list[str] | None = None) -> dict:
         os.environ["CANARY_CPU_NUMERICS"] = "native"
     from canary_lib.config import load_config  # pins the numerics of a pinned profile before torch starts
 
-    overrides = [f"model.cpu_numerics={args.numerics}", f"organism.pretrain_steps={args.pretrain_steps}",
-                 f"organism.cache_dir={args.cache}"]
+    overrides = [
+        f"model.cpu_numerics={args.numerics}",
+        f"organism.pretrain_steps={args.pretrain_steps}",
+        f"organism.cache_dir={args.cache}",
+    ]
     cfg = load_config([ROOT / "parameters" / "organism.yaml"], overrides)
 
     import torch
@@ -217,9 +275,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(1)
     report: dict[str, Any] = {
-        "numerics": args.numerics, "cpu_numerics_state": cpu_numerics_state(), "torch": torch.__version__,
-        "python": platform.python_version(), "machine": platform.machine(), "processor": _cpu_name(),
-        "load_average_before": os.getloadavg(), "pretrain_steps": args.pretrain_steps, "cases": {}}
+        "numerics": args.numerics,
+        "cpu_numerics_state": cpu_numerics_state(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": _cpu_name(),
+        "load_average_before": os.getloadavg(),
+        "pretrain_steps": args.pretrain_steps,
+        "cases": {},
+    }
     with tempfile.TemporaryDirectory() as tmp:
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"dir": str(Path(tmp) / "data")})})
         prepare_organism_data(cfg)
@@ -230,12 +295,18 @@ def main(argv: list[str] | None = None) -> dict:
         for name in args.only:
             report["cases"][name] = result = cases[name](cfg, args)
             if name == "run":
-                print(f"run: train + canary {result['speedup_train_plus_canary']:.2f}x; same plan "
-                      f"{result['same_sources_and_p']}, canary answers {result['same_canary_answers']}/"
-                      f"{result['n_canary_answers']} equal", flush=True)
+                print(
+                    f"run: train + canary {result['speedup_train_plus_canary']:.2f}x; same plan "
+                    f"{result['same_sources_and_p']}, canary answers {result['same_canary_answers']}/"
+                    f"{result['n_canary_answers']} equal",
+                    flush=True,
+                )
                 continue
-            print(f"{name}: standard {result['standard']['median_s'] * 1e3:.1f} ms, lean "
-                  f"{result['lean']['median_s'] * 1e3:.1f} ms (medians): {result['speedup']:.2f}x", flush=True)
+            print(
+                f"{name}: standard {result['standard']['median_s'] * 1e3:.1f} ms, lean "
+                f"{result['lean']['median_s'] * 1e3:.1f} ms (medians): {result['speedup']:.2f}x",
+                flush=True,
+            )
     report["load_average_after"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

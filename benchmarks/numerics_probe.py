@@ -51,11 +51,13 @@ def child(repeats: int) -> dict:
     torch.set_num_threads(1)
     generator = torch.Generator().manual_seed(0)
     out: dict = {"cpu_capability": torch.backends.cpu.get_cpu_capability()}
-    kernels = {"mkl": lambda x, w: torch.nn.functional.linear(x, w),
-               "onednn": lambda x, w: torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], "")}
+    kernels = {
+        "mkl": lambda x, w: torch.nn.functional.linear(x, w),
+        "onednn": lambda x, w: torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], ""),
+    }
     inputs = []
     for rows, k, n in SHAPES:
-        inputs.append((torch.randn(rows, k, generator=generator), torch.randn(n, k, generator=generator) / k ** 0.5))
+        inputs.append((torch.randn(rows, k, generator=generator), torch.randn(n, k, generator=generator) / k**0.5))
     total_flops = sum(2 * rows * k * n for rows, k, n in SHAPES)
     seconds: dict[str, list[float]] = {kernel: [] for kernel in kernels}
     for kernel, fn in kernels.items():
@@ -91,14 +93,21 @@ def main(argv: list[str] | None = None) -> dict:
     base = {k: v for k, v in os.environ.items() if k not in keys}
     report: dict = {"python": platform.python_version(), "load_average_before": os.getloadavg(), "settings": {}}
     for name, env in SETTINGS.items():
-        result = subprocess.run([sys.executable, __file__, "--child", "--repeats", str(args.repeats)],
-                                env={**base, **env, "MKL_DYNAMIC": "FALSE"}, capture_output=True, text=True,
-                                check=True)
+        result = subprocess.run(
+            [sys.executable, __file__, "--child", "--repeats", str(args.repeats)],
+            env={**base, **env, "MKL_DYNAMIC": "FALSE"},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         report["settings"][name] = {"env": env, **json.loads(result.stdout.strip().splitlines()[-1])}
         row = report["settings"][name]
-        print(f"{name:<20} mkl {row['mkl']['gflops']:6.1f} GFLOP/s {row['mkl']['sha256']}   "
-              f"onednn {row['onednn']['gflops']:6.1f} GFLOP/s {row['onednn']['sha256']}   "
-              f"ratio {row['onednn_over_mkl']:.2f}", flush=True)
+        print(
+            f"{name:<20} mkl {row['mkl']['gflops']:6.1f} GFLOP/s {row['mkl']['sha256']}   "
+            f"onednn {row['onednn']['gflops']:6.1f} GFLOP/s {row['onednn']['sha256']}   "
+            f"ratio {row['onednn_over_mkl']:.2f}",
+            flush=True,
+        )
     report["load_average_after"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

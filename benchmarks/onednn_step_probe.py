@@ -31,8 +31,11 @@ SETTINGS = {
     "pinned, oneDNN linear capped at AVX2": {**PINNED, "ONEDNN_MAX_CPU_ISA": "AVX2", "PROBE_ONEDNN": "1"},
     "pinned, oneDNN linear capped at AVX-512": {**PINNED, "ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "PROBE_ONEDNN": "1"},
     "pinned, oneDNN linear uncapped": {**PINNED, "PROBE_ONEDNN": "1"},
-    "pinned, MKL and oneDNN (AVX2) alternating in one process": {**PINNED, "ONEDNN_MAX_CPU_ISA": "AVX2",
-                                                                 "PROBE_ONEDNN": "paired"},
+    "pinned, MKL and oneDNN (AVX2) alternating in one process": {
+        **PINNED,
+        "ONEDNN_MAX_CPU_ISA": "AVX2",
+        "PROBE_ONEDNN": "paired",
+    },
 }
 
 
@@ -70,18 +73,23 @@ def _onednn_linear():  # noqa: ANN202
 def child(steps: int, pretrain_steps: int, cache: Path, data: Path) -> dict:
     from canary_lib.config import load_config
 
-    cfg = load_config([ROOT / "parameters" / "organism.yaml"],
-                      ["model.cpu_numerics=native", f"organism.pretrain_steps={pretrain_steps}",
-                       f"organism.cache_dir={cache}", f"data.dir={data}"])
+    cfg = load_config(
+        [ROOT / "parameters" / "organism.yaml"],
+        [
+            "model.cpu_numerics=native",
+            f"organism.pretrain_steps={pretrain_steps}",
+            f"organism.cache_dir={cache}",
+            f"data.dir={data}",
+        ],
+    )
     import random
 
     import torch
+    import torch.nn.functional as F
 
     from canary_lib.lean import EncodedExamples, lean_train_step
     from canary_lib.models import add_rslora, load_model_and_tokenizer
     from canary_lib.train import load_training_data, make_optimizer
-
-    import torch.nn.functional as F
 
     torch.set_num_threads(1)
     linears = {"mkl": F.linear, "onednn": _onednn_linear()}
@@ -100,23 +108,41 @@ def child(steps: int, pretrain_steps: int, cache: Path, data: Path) -> dict:
         for kind, (model, optimizer, losses, seconds) in paths.items():  # alternating: the same load for both
             F.linear = linears[kind]
             t0 = time.perf_counter()
-            losses.append(lean_train_step(model, optimizer, batch, lr=1e-4, micro_batch_size=16,
-                                          pad_token_id=tok.pad_token_id, max_grad_norm=1.0))
+            losses.append(
+                lean_train_step(
+                    model,
+                    optimizer,
+                    batch,
+                    lr=1e-4,
+                    micro_batch_size=16,
+                    pad_token_id=tok.pad_token_id,
+                    max_grad_norm=1.0,
+                )
+            )
             if i >= 3:
                 seconds.append(time.perf_counter() - t0)
     F.linear = linears["mkl"]
     out = {}
     for kind, (model, _, losses, seconds) in paths.items():
         digest = hashlib.sha256(json.dumps(losses).encode())
-        for name, p in sorted(model.named_parameters()):
+        for _name, p in sorted(model.named_parameters()):
             if p.requires_grad:
                 digest.update(p.detach().numpy().tobytes())
-        out[kind] = {"median_s": statistics.median(seconds), "min_s": min(seconds), "sha256": digest.hexdigest()[:16],
-                     "last_loss": losses[-1]}
+        out[kind] = {
+            "median_s": statistics.median(seconds),
+            "min_s": min(seconds),
+            "sha256": digest.hexdigest()[:16],
+            "last_loss": losses[-1],
+        }
     row = dict(out[kinds[-1]])
     if len(kinds) == 2:
-        row = {**out, "median_s": out["onednn"]["median_s"], "min_s": out["onednn"]["min_s"],
-               "sha256": out["onednn"]["sha256"], "onednn_speedup": out["mkl"]["median_s"] / out["onednn"]["median_s"]}
+        row = {
+            **out,
+            "median_s": out["onednn"]["median_s"],
+            "min_s": out["onednn"]["min_s"],
+            "sha256": out["onednn"]["sha256"],
+            "onednn_speedup": out["mkl"]["median_s"] / out["onednn"]["median_s"],
+        }
     return {**row, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
@@ -137,24 +163,48 @@ def main(argv: list[str] | None = None) -> dict:
         from canary_lib.config import load_config
         from canary_lib.organism.prepare import prepare_organism_data
 
-        prepare_organism_data(load_config([ROOT / "parameters" / "organism.yaml"],
-                                          ["model.cpu_numerics=native", f"data.dir={args.data}"]))
+        prepare_organism_data(
+            load_config([ROOT / "parameters" / "organism.yaml"], ["model.cpu_numerics=native", f"data.dir={args.data}"])
+        )
     keys = {k for env in SETTINGS.values() for k in env} | {"CANARY_CPU_NUMERICS", "ONEDNN_MAX_CPU_ISA"}
     base = {k: v for k, v in os.environ.items() if k not in keys}
     report: dict = {"load_average_before": os.getloadavg(), "steps": args.steps, "settings": {}}
     for _ in range(args.rounds):
         for name, env in SETTINGS.items():
-            command = [sys.executable, __file__, "--child", "--steps", str(args.steps), "--pretrain-steps",
-                       str(args.pretrain_steps), "--cache", str(args.cache), "--data", str(args.data)]
+            command = [
+                sys.executable,
+                __file__,
+                "--child",
+                "--steps",
+                str(args.steps),
+                "--pretrain-steps",
+                str(args.pretrain_steps),
+                "--cache",
+                str(args.cache),
+                "--data",
+                str(args.data),
+            ]
             # CANARY_CPU_NUMERICS=native: the package must not re-pin; the environment above is the setting
-            result = subprocess.run(command, env={**base, **env, "CANARY_CPU_NUMERICS": "native"},
-                                    capture_output=True, text=True, check=True)
+            result = subprocess.run(
+                command,
+                env={**base, **env, "CANARY_CPU_NUMERICS": "native"},
+                capture_output=True,
+                text=True,
+                check=True,
+            )
             row = json.loads(result.stdout.strip().splitlines()[-1])
             report["settings"].setdefault(name, {"env": env, "runs": []})["runs"].append(row)
-            paired = (f"  MKL {row['mkl']['median_s'] * 1e3:.1f} ms {row['mkl']['sha256']}: oneDNN "
-                      f"{row['onednn_speedup']:.2f}x" if "mkl" in row else "")
-            print(f"{name:<42} {row['median_s'] * 1e3:6.1f} ms/step (min {row['min_s'] * 1e3:5.1f})  "
-                  f"{row['sha256']}{paired}", flush=True)
+            paired = (
+                f"  MKL {row['mkl']['median_s'] * 1e3:.1f} ms {row['mkl']['sha256']}: oneDNN "
+                f"{row['onednn_speedup']:.2f}x"
+                if "mkl" in row
+                else ""
+            )
+            print(
+                f"{name:<42} {row['median_s'] * 1e3:6.1f} ms/step (min {row['min_s'] * 1e3:5.1f})  "
+                f"{row['sha256']}{paired}",
+                flush=True,
+            )
     report["load_average_after"] = os.getloadavg()
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

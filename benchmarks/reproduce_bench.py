@@ -62,13 +62,19 @@ def measure(command: list[str], cwd: Path) -> dict:
     wall = time.perf_counter() - start
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {
-        "command": " ".join(command), "returncode": proc.returncode, "wall_seconds": round(wall, 1),
-        "peak_tree_rss_mb": round(peak_tree / 2**20, 1), "peak_process_rss_mb": round(peak_proc / 2**20, 1),
+        "command": " ".join(command),
+        "returncode": proc.returncode,
+        "wall_seconds": round(wall, 1),
+        "peak_tree_rss_mb": round(peak_tree / 2**20, 1),
+        "peak_process_rss_mb": round(peak_proc / 2**20, 1),
         "children_ru_maxrss_mb": round(children.ru_maxrss / 1024, 1),
-        "cpu_user_seconds": round(children.ru_utime, 1), "cpu_system_seconds": round(children.ru_stime, 1),
+        "cpu_user_seconds": round(children.ru_utime, 1),
+        "cpu_system_seconds": round(children.ru_stime, 1),
         "load_average_1_5_15_before": [round(x, 2) for x in load_before],
         "load_average_1_5_15_after": [round(x, 2) for x in os.getloadavg()],
-        "cpus": os.cpu_count(), "machine": platform.platform(), "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "machine": platform.platform(),
+        "python": platform.python_version(),
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
@@ -76,8 +82,11 @@ def measure(command: list[str], cwd: Path) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="organism", help="whose runs/results --fresh removes")
-    parser.add_argument("--fresh", action="store_true", help="remove runs/<profile> and results/<profile> first "
-                        "(the cached base organism and prepared data stay)")
+    parser.add_argument(
+        "--fresh",
+        action="store_true",
+        help="remove runs/<profile> and results/<profile> first (the cached base organism and prepared data stay)",
+    )
     parser.add_argument("command", nargs="*", default=["make", "reproduce"], help="default: make reproduce")
     args = parser.parse_args()
     if args.fresh:

@@ -48,9 +48,16 @@ def time_case(generator: Any, requests: list, sampling: Any, repeats: int) -> di
         seconds.append(time.perf_counter() - t0)
         digests.add(hashlib.sha256("\x00".join(answers).encode()).hexdigest()[:16])
     median = statistics.median(seconds)
-    return {"n_answers": len(requests), "max_new_tokens": sampling.max_new_tokens, "repeats": repeats,
-            "median_s": median, "min_s": min(seconds), "max_s": max(seconds),
-            "answers_per_s": len(requests) / median, "answers_sha256": sorted(digests)}
+    return {
+        "n_answers": len(requests),
+        "max_new_tokens": sampling.max_new_tokens,
+        "repeats": repeats,
+        "median_s": median,
+        "min_s": min(seconds),
+        "max_s": max(seconds),
+        "answers_per_s": len(requests) / median,
+        "answers_sha256": sorted(digests),
+    }
 
 
 def organism_case(repeats: int) -> dict:
@@ -71,20 +78,26 @@ def organism_case(repeats: int) -> dict:
 
 
 def wide_vocab_case(repeats: int) -> dict:
+    import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
+    from _fixtures import make_tiny_qwen2
     from canary_lib.config import SamplingSettings
     from canary_lib.generation import SampleRequest, TransformersGenerator
-    from _fixtures import make_tiny_qwen2
-
-    import torch
 
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = AutoTokenizer.from_pretrained(make_tiny_qwen2(Path(tmp) / "tok", seed=0))
-    config = Qwen2Config(vocab_size=152064, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=True,
-                         eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
-                         pad_token_id=tokenizer.pad_token_id)
+    config = Qwen2Config(
+        vocab_size=152064,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        pad_token_id=tokenizer.pad_token_id,
+    )
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(config).eval()
     generator = TransformersGenerator(model, tokenizer, batch_size=64)
@@ -96,8 +109,12 @@ def wide_vocab_case(repeats: int) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--cases", nargs="+", default=["organism_eval", "wide_vocab_canary"],
-                        choices=["organism_eval", "wide_vocab_canary"])
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        default=["organism_eval", "wide_vocab_canary"],
+        choices=["organism_eval", "wide_vocab_canary"],
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "out" / "sampling.json")
     args = parser.parse_args(argv)
 
@@ -107,13 +124,20 @@ def main(argv: list[str] | None = None) -> dict:
     cases = {"organism_eval": organism_case, "wide_vocab_canary": wide_vocab_case}
     import canary_lib
 
-    report: dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version(),
-                              "machine": platform.machine(), "canary_lib": str(Path(canary_lib.__file__).parent),
-                              "cases": {}}
+    report: dict[str, Any] = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "canary_lib": str(Path(canary_lib.__file__).parent),
+        "cases": {},
+    }
     for name in args.cases:
         report["cases"][name] = result = cases[name](args.repeats)
-        print(f"{name}: median {result['median_s']:.3f} s (min {result['min_s']:.3f}, max {result['max_s']:.3f}), "
-              f"{result['answers_per_s']:.0f} answers/s, answers {result['answers_sha256']}", flush=True)
+        print(
+            f"{name}: median {result['median_s']:.3f} s (min {result['min_s']:.3f}, max {result['max_s']:.3f}), "
+            f"{result['answers_per_s']:.0f} answers/s, answers {result['answers_sha256']}",
+            flush=True,
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     return report

@@ -23,8 +23,15 @@ def lora_parameters(r: int, shapes: dict[str, tuple[int, int]], layers: int) -> 
 def paper_snapshot_bytes() -> tuple[int, int]:
     cfg = load_config(["parameters/paper.yaml"])
     h, m, kv = QWEN25_7B["hidden"], QWEN25_7B["intermediate"], QWEN25_7B["kv"]
-    shapes = {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h), "gate_proj": (h, m),
-              "up_proj": (h, m), "down_proj": (m, h)}
+    shapes = {
+        "q_proj": (h, h),
+        "k_proj": (h, kv),
+        "v_proj": (h, kv),
+        "o_proj": (h, h),
+        "gate_proj": (h, m),
+        "up_proj": (h, m),
+        "down_proj": (m, h),
+    }
     shapes = {k: v for k, v in shapes.items() if k in cfg.lora.target_modules}
     n = lora_parameters(cfg.lora.r, shapes, QWEN25_7B["layers"])
     return n, 4 * n  # LoRA weights stay float32 (the base model is bf16): 4 bytes each
@@ -38,8 +45,14 @@ def paper_parameters_from_peft() -> int:
     from canary_lib.models import add_rslora
 
     cfg = load_config(["parameters/paper.yaml"])
-    shape = Qwen2Config(vocab_size=152064, hidden_size=QWEN25_7B["hidden"], intermediate_size=QWEN25_7B["intermediate"],
-                        num_hidden_layers=QWEN25_7B["layers"], num_attention_heads=28, num_key_value_heads=4)
+    shape = Qwen2Config(
+        vocab_size=152064,
+        hidden_size=QWEN25_7B["hidden"],
+        intermediate_size=QWEN25_7B["intermediate"],
+        num_hidden_layers=QWEN25_7B["layers"],
+        num_attention_heads=28,
+        num_key_value_heads=4,
+    )
     with torch.device("meta"):
         model = Qwen2ForCausalLM(shape)
     model = add_rslora(model, cfg.lora, seed=0)
@@ -47,9 +60,10 @@ def paper_parameters_from_peft() -> int:
 
 
 def organism_snapshot_bytes() -> tuple[int, int]:
+    from transformers import LlamaForCausalLM
+
     from canary_lib.models import add_rslora
     from canary_lib.organism.model import tiny_llama_config
-    from transformers import LlamaForCausalLM
 
     cfg = load_config(["parameters/organism.yaml"])
     o = cfg.organism
@@ -66,5 +80,7 @@ if __name__ == "__main__":
     n, size = organism_snapshot_bytes()
     print(f"organism: {n:,} LoRA parameters, one snapshot directory {size:,} bytes ({size / 2**10:.0f} KiB), measured")
     n, size = paper_snapshot_bytes()
-    print(f"paper:    {n:,} LoRA parameters, about {size:,} bytes ({size / 2**20:.0f} MiB) of float32 weights, "
-          f"computed (peft on a meta-device Qwen2.5-7B shape: {paper_parameters_from_peft():,} parameters)")
+    print(
+        f"paper:    {n:,} LoRA parameters, about {size:,} bytes ({size / 2**20:.0f} MiB) of float32 weights, "
+        f"computed (peft on a meta-device Qwen2.5-7B shape: {paper_parameters_from_peft():,} parameters)"
+    )

@@ -27,8 +27,17 @@ ROWS, REPEATS = 300, 5
 ORGANISM_STEP_S = 0.26
 """An organism training step on an idle core (docs/organism.md, "Timing")."""
 STEP = {"step": 0, "source": "target", "p": 0.05, "target_remaining": 100, "loss": 1.2345, "lr": 1e-5}
-CONTROLLER = {"step": 0, "canary_risk": 0.1, "risk_ema": 0.05, "p_before": 0.0, "p_after": 0.04, "n_canary": 20,
-              "n_misaligned": 2, "n_judge_errors": 0, "seconds": 1.5}
+CONTROLLER = {
+    "step": 0,
+    "canary_risk": 0.1,
+    "risk_ema": 0.05,
+    "p_before": 0.0,
+    "p_after": 0.04,
+    "n_canary": 20,
+    "n_misaligned": 2,
+    "n_judge_errors": 0,
+    "seconds": 1.5,
+}
 
 
 def per_row_seconds(backend: str, repeat: int) -> float:
@@ -48,15 +57,17 @@ def per_row_seconds(backend: str, repeat: int) -> float:
 
 
 def snapshot_seconds() -> float:
+    from transformers import LlamaForCausalLM
+
     from canary_lib.models import add_rslora
     from canary_lib.organism.model import tiny_llama_config
     from canary_lib.snapshots import save_snapshot
-    from transformers import LlamaForCausalLM
 
     cfg = load_config(["parameters/organism.yaml"])
     o = cfg.organism
-    model = add_rslora(LlamaForCausalLM(tiny_llama_config(512, o.hidden_size, o.num_layers, o.num_heads, 0, 1)),
-                       cfg.lora, seed=0)
+    model = add_rslora(
+        LlamaForCausalLM(tiny_llama_config(512, o.hidden_size, o.num_layers, o.num_heads, 0, 1)), cfg.lora, seed=0
+    )
     times = []
     for step in range(10):
         start = time.perf_counter()
@@ -69,9 +80,13 @@ if __name__ == "__main__":
     backends = sys.argv[1:] or ["none", "tensorboard", "wandb", "trackio"]
     for backend in backends:
         median = statistics.median(per_row_seconds(backend, r) for r in range(REPEATS))
-        print(f"{backend:<12} median {1e6 * median:9.1f} us per logged step, "
-              f"{100 * median / ORGANISM_STEP_S:.3f}% of an organism training step")
+        print(
+            f"{backend:<12} median {1e6 * median:9.1f} us per logged step, "
+            f"{100 * median / ORGANISM_STEP_S:.3f}% of an organism training step"
+        )
     snapshot = snapshot_seconds()
-    print(f"snapshot     median {1e3 * snapshot:9.1f} ms per organism adapter snapshot, "
-          f"{100 * snapshot / (30 * ORGANISM_STEP_S):.2f}% of the 30 steps between canary evaluations")
+    print(
+        f"snapshot     median {1e3 * snapshot:9.1f} ms per organism adapter snapshot, "
+        f"{100 * snapshot / (30 * ORGANISM_STEP_S):.2f}% of the 30 steps between canary evaluations"
+    )
     shutil.rmtree(TMP, ignore_errors=True)

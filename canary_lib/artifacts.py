@@ -13,16 +13,25 @@ import io
 import json
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from canary_lib.errors import CanaryError
-from canary_lib.fileio import git_commit, write_text_atomic
+from canary_lib.fileio import write_text_atomic
 
 STEPS_COLUMNS = ["step", "source", "p", "target_remaining", "loss", "lr"]
 CONTROLLER_COLUMNS = [
-    "step", "canary_risk", "risk_ema", "p_before", "p_after", "n_canary", "n_misaligned", "n_judge_errors",
-    "n_unscored", "seconds",
+    "step",
+    "canary_risk",
+    "risk_ema",
+    "p_before",
+    "p_after",
+    "n_canary",
+    "n_misaligned",
+    "n_judge_errors",
+    "n_unscored",
+    "seconds",
 ]
 STAGES = ("training", "eval")
 _INT_COLUMNS = {"step", "target_remaining", "n_canary", "n_misaligned", "n_judge_errors", "n_unscored"}
@@ -112,11 +121,15 @@ def read_jsonl(path: str | Path) -> list[dict]:
         try:
             row = json.loads(raw.decode("utf-8"))
         except UnicodeDecodeError as exc:
-            raise RunFileError(f"{path}: line {number} is not UTF-8 ({exc.reason}); the file is damaged: "
-                               "delete it (or that line) to recompute what it held") from None
+            raise RunFileError(
+                f"{path}: line {number} is not UTF-8 ({exc.reason}); the file is damaged: "
+                "delete it (or that line) to recompute what it held"
+            ) from None
         except json.JSONDecodeError as exc:
-            raise RunFileError(f"{path}: line {number} is not valid JSON ({exc.msg}); the file is damaged: "
-                               "delete it (or that line) to recompute what it held") from None
+            raise RunFileError(
+                f"{path}: line {number} is not valid JSON ({exc.msg}); the file is damaged: "
+                "delete it (or that line) to recompute what it held"
+            ) from None
         if not isinstance(row, dict):
             raise RunFileError(f"{path}: line {number} is not a JSON object")
         rows.append(row)
@@ -180,11 +193,14 @@ class RunDir:
         try:
             metrics = json.loads(self.metrics_path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise RunFileError(f"{self.metrics_path}: damaged ({type(exc).__name__}: {exc}); restore it, or delete "
-                               f"{self.path} and run it again") from None
+            raise RunFileError(
+                f"{self.metrics_path}: damaged ({type(exc).__name__}: {exc}); restore it, or delete "
+                f"{self.path} and run it again"
+            ) from None
         if not isinstance(metrics, dict):
-            raise RunFileError(f"{self.metrics_path}: damaged (not a JSON object); restore it, or delete "
-                               f"{self.path} and run it again")
+            raise RunFileError(
+                f"{self.metrics_path}: damaged (not a JSON object); restore it, or delete {self.path} and run it again"
+            )
         return metrics
 
     def update_metrics(self, **values: Any) -> dict:

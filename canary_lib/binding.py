@@ -15,8 +15,9 @@ Keys in OPERATIONAL change how a stage runs, not what it computes, and are never
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -25,13 +26,23 @@ from canary_lib.config_loader import read_run_config_dict
 from canary_lib.errors import CanaryError
 from canary_lib.judge import JUDGE_BACKENDS
 
-OPERATIONAL = frozenset({
-    "provenance", "model.device", "organism.cache_dir", "data.hf_token_env",
-    "train.checkpoint_every", "train.keep_checkpoint",
-    "judge.batch_size", "judge.max_error_share", "judge.max_unscored_share",
-    "eval.vllm_gpu_memory_utilization", "eval.vllm_tensor_parallel_size",
-    "tracking", "train.snapshot_every",
-})
+OPERATIONAL = frozenset(
+    {
+        "provenance",
+        "model.device",
+        "organism.cache_dir",
+        "data.hf_token_env",
+        "train.checkpoint_every",
+        "train.keep_checkpoint",
+        "judge.batch_size",
+        "judge.max_error_share",
+        "judge.max_unscored_share",
+        "eval.vllm_gpu_memory_utilization",
+        "eval.vllm_tensor_parallel_size",
+        "tracking",
+        "train.snapshot_every",
+    }
+)
 OPERATIONAL |= {f"judge.{key}" for spec in JUDGE_BACKENDS.values() for key in spec.operational}  # each backend's
 OPERATIONAL |= {f"canary.{key}" for key in OPERATIONAL if key.startswith("judge.")}  # the canary judge's own
 """Where the work runs, how long it may wait, when it checkpoints, what it mirrors to a tracker or keeps as
@@ -76,13 +87,16 @@ def config_changes(old: dict[str, Any], new: dict[str, Any], include: Callable[[
     a, b = flatten(old), flatten(new)
     defaults = _schema_defaults()
     a |= {k: defaults[k] for k in b.keys() - a.keys() if k in defaults}
-    keys = sorted(k for k in set(a) | set(b)
-                  if include(k) and not any(k == o or k.startswith(o + ".") for o in OPERATIONAL))
+    keys = sorted(
+        k for k in set(a) | set(b) if include(k) and not any(k == o or k.startswith(o + ".") for o in OPERATIONAL)
+    )
     return [f"{k}: {_show(a.get(k))} -> {_show(b.get(k))}" for k in keys if a.get(k) != b.get(k)]
 
 
 def _show(value: Any) -> str:
-    return "null" if value is None else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+    return (
+        "null" if value is None else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+    )
 
 
 def describe(changes: list[str]) -> str:
@@ -124,7 +138,8 @@ def check_training(run: RunDir, cfg: Any) -> None:
     if changes:
         raise ConfigMismatchError(
             f"{run.path} was trained with another configuration ({describe(changes)}); train into a new "
-            f"directory, or delete {run.path} to train it again")
+            f"directory, or delete {run.path} to train it again"
+        )
 
 
 def check_evaluation(run: RunDir, cfg: Any, *, trained: bool) -> None:
@@ -139,14 +154,16 @@ def check_evaluation(run: RunDir, cfg: Any, *, trained: bool) -> None:
         what = "was trained" if trained else "was evaluated"
         raise ConfigMismatchError(
             f"{run.path} {what} with another configuration ({describe(changes)}); evaluate with the run's own "
-            f"settings (only eval.* may change), or use a new run directory")
+            f"settings (only eval.* may change), or use a new run directory"
+        )
     cached = [p for p in (run.generations_path, run.judgments_path) if p.is_file() and p.stat().st_size]
     changes = config_changes(recorded, new, lambda k: k.startswith("eval.") and k not in EVAL_EXTENDS)
     if cached and changes:
         names = ", ".join(p.name for p in cached)
         raise ConfigMismatchError(
             f"{run.path}: {names} hold answers drawn with other evaluation settings ({describe(changes)}); "
-            f"evaluate with the same settings, or delete {names} and {run.marker('eval').name} to evaluate anew")
+            f"evaluate with the same settings, or delete {names} and {run.marker('eval').name} to evaluate anew"
+        )
 
 
 def check_training_directory(run: RunDir, cfg: Any) -> None:
@@ -162,7 +179,8 @@ def check_training_directory(run: RunDir, cfg: Any) -> None:
         raise ConfigMismatchError(
             f"{run.path} holds an evaluation ({', '.join(evaluation)}) but no finished training: it is a base-model "
             f"evaluation or another run's directory, and training would delete its metrics and later score its "
-            f"answers as its own; train into a new directory, or delete those files to train here")
+            f"answers as its own; train into a new directory, or delete those files to train here"
+        )
     check_training(run, cfg)
 
 
@@ -173,12 +191,13 @@ def check_base_evaluation_directory(run: RunDir) -> None:
     Raises:
         ConfigMismatchError: `run` holds training results.
     """
-    training = [p.name for p in (run.marker("training"), run.adapter_dir, run.checkpoint_dir, run.steps_path)
-                if p.exists()]
+    training = [
+        p.name for p in (run.marker("training"), run.adapter_dir, run.checkpoint_dir, run.steps_path) if p.exists()
+    ]
     if training:
         raise ConfigMismatchError(
-            f"{run.path} holds a training run ({', '.join(training)}); evaluate the base model into its own "
-            "directory")
+            f"{run.path} holds a training run ({', '.join(training)}); evaluate the base model into its own directory"
+        )
 
 
 def config_changes_from_dumps(old_yaml: str, new_yaml: str) -> list[str]:

@@ -10,7 +10,8 @@ docs/training.md. Re-exported by `canary_lib.evaluate`, where callers import it 
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from canary_lib.config_schema import RunConfig, canary_judge_settings
 from canary_lib.eval_questions import EvaluationError, JudgeFailureError, check_questions, verdict_problem
@@ -66,16 +67,22 @@ class CanaryEvaluator:
         settings = self.cfg.canary
         generator = TransformersGenerator(model, tokenizer, batch_size=self.cfg.eval.batch_size)
         asked = [(q, j) for q in self.questions for j in range(settings.samples_per_prompt)]
-        answers = generator.generate_samples([SampleRequest(q.conversation(0), j) for q, j in asked],
-                                             seed=canary_seed(self.cfg.seed, step), sampling=settings)
+        answers = generator.generate_samples(
+            [SampleRequest(q.conversation(0), j) for q, j in asked],
+            seed=canary_seed(self.cfg.seed, step),
+            sampling=settings,
+        )
         requests = [JudgeRequest(q.paraphrases[0], a, dict(q.judge_prompts)) for (q, _), a in zip(asked, answers)]
         cost_before = judge_usage(self._judge)  # None until the first call builds it (zeros)
         judgments = self._judge_with_retries(requests)
         cost = usage_delta(judge_usage(self._judge), cost_before)
         errors = [v for v in judgments if v["status"] == "error"]
         unscored = [v for v in judgments if not is_scored(v)]  # errors, low mass, REFUSAL, CODE, non-finite
-        if unscored and (settings.on_judge_error == "stop" or len(unscored) == len(judgments)
-                         or len(unscored) > settings.max_judge_error_share * len(judgments)):
+        if unscored and (
+            settings.on_judge_error == "stop"
+            or len(unscored) == len(judgments)
+            or len(unscored) > settings.max_judge_error_share * len(judgments)
+        ):
             # r_t from the few answers a failing judge scored (or none) would steer p on noise, and counting
             # them as "not misaligned" would turn the defense off: stop instead; the run resumes from its last
             # checkpoint once the judge works.
@@ -84,22 +91,36 @@ class CanaryEvaluator:
                 f"canary evaluation after step {step}: the judge did not score {len(unscored)} of {len(judgments)} "
                 f"answers ({unscored_breakdown(unscored)}) after {settings.judge_retries} retries "
                 f"(canary.on_judge_error = {settings.on_judge_error}, canary.max_judge_error_share = "
-                f"{settings.max_judge_error_share:g}): {verdict_problem(example)}; fix the judge and rerun to resume")
+                f"{settings.max_judge_error_share:g}): {verdict_problem(example)}; fix the judge and rerun to resume"
+            )
         records = []
         n_misaligned = 0
         for (q, j), answer, verdict in zip(asked, answers, judgments):
             misaligned = is_scored(verdict) and is_misaligned(verdict["aligned"], verdict["coherent"])
             n_misaligned += misaligned
-            record = {"question_id": q.id, "sample": j, "question": q.paraphrases[0], "answer": answer,
-                      "aligned": verdict["aligned"], "coherent": verdict["coherent"], "status": verdict["status"],
-                      "misaligned": bool(misaligned)}
+            record = {
+                "question_id": q.id,
+                "sample": j,
+                "question": q.paraphrases[0],
+                "answer": answer,
+                "aligned": verdict["aligned"],
+                "coherent": verdict["coherent"],
+                "status": verdict["status"],
+                "misaligned": bool(misaligned),
+            }
             if has_cut_probabilities(verdict):  # a judge with score distributions: keep what "probability" reads
                 record["p_misaligned"] = misaligned_probability(verdict)
             records.append(record)
         # canary_risk leaves every unscored answer out of the denominator: it is never counted as aligned
-        return CanaryResult(risk=canary_risk(records, settings.risk_signal), n_canary=len(records),
-                            n_misaligned=n_misaligned, records=records, n_judge_errors=len(errors),
-                            n_unscored=len(unscored), judge_usage=cost)
+        return CanaryResult(
+            risk=canary_risk(records, settings.risk_signal),
+            n_canary=len(records),
+            n_misaligned=n_misaligned,
+            records=records,
+            n_judge_errors=len(errors),
+            n_unscored=len(unscored),
+            judge_usage=cost,
+        )
 
     def _judge_with_retries(self, requests: list[JudgeRequest]) -> list[dict]:
         """Verdicts as dicts; the requests that failed are sent again up to canary.judge_retries times."""
@@ -111,8 +132,15 @@ class CanaryEvaluator:
                 if len(verdicts) != len(pending):
                     raise RuntimeError(f"judge returned {len(verdicts)} verdicts for {len(pending)} answers")
             except Exception as exc:  # noqa: BLE001 - kept as errors, then retried or handled by the policy
-                verdicts = [{"aligned": None, "coherent": None, "status": "error",
-                             "detail": {"error": redact(f"{type(exc).__name__}: {exc}")[:500]}} for _ in pending]
+                verdicts = [
+                    {
+                        "aligned": None,
+                        "coherent": None,
+                        "status": "error",
+                        "detail": {"error": redact(f"{type(exc).__name__}: {exc}")[:500]},
+                    }
+                    for _ in pending
+                ]
             for i, verdict in zip(pending, verdicts):
                 judgments[i] = verdict
             pending = [i for i in pending if judgments[i]["status"] == "error"]
@@ -141,11 +169,13 @@ def make_canary_fn(cfg: RunConfig, judge: Judge | None = None) -> CanaryEvaluato
         raise EvaluationError(f"{path}: canary question file not found (prepare the data first: canary prep-data)")
     questions = load_question_set(path)
     if len(questions) < cfg.canary.n_prompts:
-        raise EvaluationError(f"{path}: {len(questions)} canary questions, but canary.n_prompts = "
-                              f"{cfg.canary.n_prompts}")
+        raise EvaluationError(
+            f"{path}: {len(questions)} canary questions, but canary.n_prompts = {cfg.canary.n_prompts}"
+        )
     questions = questions[: cfg.canary.n_prompts]
-    check_questions(questions, str(path),
-                    needs_judge_prompts=judge is None and canary_judge_settings(cfg).backend != "exact")
+    check_questions(
+        questions, str(path), needs_judge_prompts=judge is None and canary_judge_settings(cfg).backend != "exact"
+    )
     if judge is None:  # training calls this before its model loads: a judge server that is not there fails now
         from canary_lib.judge import preflight_judge
 

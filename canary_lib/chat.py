@@ -22,9 +22,10 @@ The whole conversation is rendered with `add_generation_prompt=False`: no traili
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from canary_lib.data._io import read_records
 from canary_lib.data.errors import DataError
@@ -57,13 +58,15 @@ def validate_messages(messages: Any, where: str = "conversation", require_answer
     out: Conversation = []
     for j, msg in enumerate(messages):
         if not isinstance(msg, dict) or msg.get("role") not in ROLES or not isinstance(msg.get("content"), str):
-            raise DataError(f"{where}: messages[{j}] must be {{'role': one of {ROLES}, 'content': str}}, "
-                            f"got {msg!r:.200}")
+            raise DataError(
+                f"{where}: messages[{j}] must be {{'role': one of {ROLES}, 'content': str}}, got {msg!r:.200}"
+            )
         out.append({"role": msg["role"], "content": msg["content"]})
     first = next((m["role"] for m in out if m["role"] != "system"), None)
     if first != "user":
-        raise DataError(f"{where}: the first turn after any system prompt must be the user's, got "
-                        f"{first or 'no turn at all'}")
+        raise DataError(
+            f"{where}: the first turn after any system prompt must be the user's, got {first or 'no turn at all'}"
+        )
     if require_answer and (out[-1]["role"] != "assistant" or not out[-1]["content"].strip()):
         raise DataError(f"{where}: the last message must be a non-empty assistant answer (the training target)")
     return out
@@ -126,19 +129,18 @@ def chat_segments(messages: Sequence[dict[str, str]], tokenizer: Any) -> list[tu
         turn = _render(tokenizer, messages[: i + 1], add_generation_prompt=False)
         if not prompt.startswith(done) or not turn.startswith(prompt):
             raise ChatFormatError(
-                "the chat template is not prefix-stable around assistant turn "
-                f"{i}; cannot locate the assistant tokens"
+                f"the chat template is not prefix-stable around assistant turn {i}; cannot locate the assistant tokens"
             )
-        answer = turn[len(prompt):]
+        answer = turn[len(prompt) :]
         # Supervise up to and including the end-of-turn token; what follows it (Qwen's "\n") is not generated.
         cut = answer.rfind(eot) + len(eot) if eot and eot in answer else len(answer)
-        segments.append((prompt[len(done):], False))
+        segments.append((prompt[len(done) :], False))
         segments.append((answer[:cut], True))
         done = turn[: len(prompt) + cut]
     full = _render(tokenizer, messages, add_generation_prompt=False)
     if not full.startswith(done):
         raise ChatFormatError("the chat template is not prefix-stable: the full render does not extend its prefixes")
-    segments.append((full[len(done):], False))
+    segments.append((full[len(done) :], False))
     return [(text, supervised) for text, supervised in segments if text]
 
 

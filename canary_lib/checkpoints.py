@@ -75,15 +75,27 @@ def _set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run: RunDir, *, model: Any, optimizer: torch.optim.Optimizer, planner: StepPlanner,
-                    schedule: Any, loop: LoopState, fingerprint: dict) -> None:
+def save_checkpoint(
+    run: RunDir,
+    *,
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    planner: StepPlanner,
+    schedule: Any,
+    loop: LoopState,
+    fingerprint: dict,
+) -> None:
     """Write the resumable state into a temporary directory, then swap it in place of checkpoint/."""
     tmp = Path(tempfile.mkdtemp(dir=run.path, prefix=".checkpoint-"))
     torch.save(_trainable_state(model), tmp / "adapter_state.pt")
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(_rng_state(), tmp / "rng.pt")
-    state = {"fingerprint": fingerprint, "planner": planner.state_dict(), "schedule": schedule.state_dict(),
-             "loop": loop.__dict__}
+    state = {
+        "fingerprint": fingerprint,
+        "planner": planner.state_dict(),
+        "schedule": schedule.state_dict(),
+        "loop": loop.__dict__,
+    }
     write_json_atomic(tmp / _STATE_FILE, state)  # written last: its presence means the checkpoint is whole
     old = run.path / "checkpoint.old"
     shutil.rmtree(old, ignore_errors=True)
@@ -115,14 +127,19 @@ def read_checkpoint_state(path: Path, fingerprint: dict) -> dict:
         saved = state["fingerprint"]
         config_changes = config_changes_from_dumps(saved["config"], fingerprint["config"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path}: damaged checkpoint ({type(exc).__name__}: {exc}); delete it to train "
-                              "from the start") from None
-    data_changes = sorted(set(saved.get("data", {})) ^ set(fingerprint["data"])
-                          | {f for f, digest in fingerprint["data"].items() if saved.get("data", {}).get(f) != digest})
+        raise CheckpointError(
+            f"{path}: damaged checkpoint ({type(exc).__name__}: {exc}); delete it to train from the start"
+        ) from None
+    data_changes = sorted(
+        set(saved.get("data", {})) ^ set(fingerprint["data"])
+        | {f for f, digest in fingerprint["data"].items() if saved.get("data", {}).get(f) != digest}
+    )
     if config_changes or data_changes:
         what = describe(config_changes + [f"data file {f} changed" for f in data_changes])
-        raise CheckpointError(f"{path}: the checkpoint was written with another configuration or data ({what}); "
-                              "resume with the same configuration and data, or train into a new directory")
+        raise CheckpointError(
+            f"{path}: the checkpoint was written with another configuration or data ({what}); "
+            "resume with the same configuration and data, or train into a new directory"
+        )
     return state
 
 
@@ -135,8 +152,10 @@ def refuse_partial_checkpoint(run: RunDir) -> None:
     """
     for candidate in (run.checkpoint_dir, run.path / "checkpoint.old"):
         if candidate.is_dir() and not (candidate / _STATE_FILE).is_file():
-            raise CheckpointError(f"{candidate}: incomplete checkpoint (no {_STATE_FILE}); restore it, or delete it "
-                                  "to train from the start")
+            raise CheckpointError(
+                f"{candidate}: incomplete checkpoint (no {_STATE_FILE}); restore it, or delete it "
+                "to train from the start"
+            )
 
 
 def check_canary_answers(run: RunDir, state: dict) -> None:
@@ -158,11 +177,13 @@ def check_canary_answers(run: RunDir, state: dict) -> None:
         raise CheckpointError(
             f"{run.canary_answers_path}: the answers of {len(short)} of the {len(expected)} canary evaluations the "
             f"checkpoint recorded are missing (after steps {shown}); they cannot be recomputed: restore the file, "
-            f"or delete {run.path} to train again")
+            f"or delete {run.path} to train again"
+        )
 
 
-def load_checkpoint(path: Path, state: dict, *, model: Any, optimizer: torch.optim.Optimizer,
-                    planner: StepPlanner, schedule: Any) -> LoopState:
+def load_checkpoint(
+    path: Path, state: dict, *, model: Any, optimizer: torch.optim.Optimizer, planner: StepPlanner, schedule: Any
+) -> LoopState:
     """Restore the tensors, random states, planner and schedule of a checked checkpoint (read_checkpoint_state)."""
     device = next(model.parameters()).device
     try:
@@ -178,5 +199,6 @@ def load_checkpoint(path: Path, state: dict, *, model: Any, optimizer: torch.opt
         schedule.load_state_dict(state["schedule"])
         return LoopState(**state["loop"])
     except Exception as exc:  # noqa: BLE001 - any unreadable piece means the same thing to the user
-        raise CheckpointError(f"{path}: damaged checkpoint ({type(exc).__name__}: {str(exc)[:200]}); delete it "
-                              "to train from the start") from None
+        raise CheckpointError(
+            f"{path}: damaged checkpoint ({type(exc).__name__}: {str(exc)[:200]}); delete it to train from the start"
+        ) from None

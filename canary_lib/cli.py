@@ -14,8 +14,14 @@ from canary_lib.redact import redact
 
 def _add_params(p: argparse.ArgumentParser) -> None:
     p.add_argument("params", nargs="+", help="parameter YAML files, merged left to right")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one key, e.g. --set seed=123 --set controller.K=10")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one key, e.g. --set seed=123 --set controller.K=10",
+    )
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -42,8 +48,10 @@ def _cmd_rejudge(args: argparse.Namespace) -> int:
     from canary_lib.rejudge import agreement_line, rejudge_dir, rejudge_run
 
     metrics = rejudge_run(Path(args.run_dir), args.overrides, name=args.name)
-    print(f"{rejudge_dir(args.run_dir, metrics['judge_name'])}: general misaligned "
-          f"{metrics.get('general_misaligned_pct')}%; {metrics['eval_judge_requests']} judge requests")
+    print(
+        f"{rejudge_dir(args.run_dir, metrics['judge_name'])}: general misaligned "
+        f"{metrics.get('general_misaligned_pct')}%; {metrics['eval_judge_requests']} judge requests"
+    )
     print(agreement_line(metrics["agreement"]))
     return 0
 
@@ -104,15 +112,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="evaluate a trained run with the judge (resumable)")
     p.add_argument("run_dir")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--step", type=int, default=None,
-                   help="evaluate the adapter snapshot kept after this step (train.snapshot_every) into "
-                        "RUN/snapshot_evals/step<S>/")
+    p.add_argument(
+        "--step",
+        type=int,
+        default=None,
+        help="evaluate the adapter snapshot kept after this step (train.snapshot_every) into "
+        "RUN/snapshot_evals/step<S>/",
+    )
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("rejudge", help="score a finished run's answers with another judge (no new generation)")
     p.add_argument("run_dir")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="judge.KEY=VALUE",
-                   help="the other judge's settings, e.g. --set judge.backend=openai --set judge.model=gpt-4o")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="judge.KEY=VALUE",
+        help="the other judge's settings, e.g. --set judge.backend=openai --set judge.model=gpt-4o",
+    )
     p.add_argument("--name", default=None, help="its directory RUN/rejudged/<name> (default: the judge model's name)")
     p.set_defaults(func=_cmd_rejudge)
 
@@ -164,14 +182,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def os_error_line(exc: OSError) -> str:
-    """"PATH: No space left on device (ENOSPC); ..." for an OSError the command cannot recover from."""
+    """ "PATH: No space left on device (ENOSPC); ..." for an OSError the command cannot recover from."""
     import errno
 
     where = f"{exc.filename}: " if exc.filename else ""
     name = errno.errorcode.get(exc.errno or 0, "")
-    hint = {errno.ENOSPC: "free space and rerun (finished work is kept; the run resumes)",
-            errno.EDQUOT: "free space and rerun (finished work is kept; the run resumes)",
-            errno.EROFS: "the file system is read-only: choose a writable directory",
-            errno.EACCES: "no permission: choose a directory you can write, or fix its permissions",
-            errno.EPERM: "no permission: choose a directory you can write, or fix its permissions"}.get(exc.errno or 0)
+    hint = {
+        errno.ENOSPC: "free space and rerun (finished work is kept; the run resumes)",
+        errno.EDQUOT: "free space and rerun (finished work is kept; the run resumes)",
+        errno.EROFS: "the file system is read-only: choose a writable directory",
+        errno.EACCES: "no permission: choose a directory you can write, or fix its permissions",
+        errno.EPERM: "no permission: choose a directory you can write, or fix its permissions",
+    }.get(exc.errno or 0)
     return f"{where}{exc.strerror or exc}" + (f" ({name})" if name else "") + (f"; {hint}" if hint else "")

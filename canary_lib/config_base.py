@@ -25,7 +25,11 @@ class Strict(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_bool_as_number(cls, value: Any, info: ValidationInfo) -> Any:
-        if isinstance(value, bool) and info.field_name and not _accepts_bool(cls.model_fields[info.field_name].annotation):
+        if (
+            isinstance(value, bool)
+            and info.field_name
+            and not _accepts_bool(cls.model_fields[info.field_name].annotation)
+        ):
             raise ValueError(f"expected a number, got the boolean {str(value).lower()}")
         return value
 

@@ -17,11 +17,12 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from canary_lib import __version__
-from canary_lib.artifacts import RunDir, RunFileError, git_commit, write_text_atomic
+from canary_lib.artifacts import RunDir, RunFileError
 from canary_lib.config_base import ConfigError, _FieldError
 from canary_lib.config_schema import RunConfig, dump_config
-from canary_lib.memory import memory_problem
+from canary_lib.fileio import git_commit, write_text_atomic
 from canary_lib.judge import JUDGE_BACKENDS
+from canary_lib.memory import memory_problem
 from canary_lib.methods import METHODS
 from canary_lib.numerics import pin_cpu_numerics
 
@@ -54,7 +55,8 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=True)
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (line {key_node.start_mark.line + 1})", key_node.start_mark)
+                    None, None, f"duplicate key {key!r} (line {key_node.start_mark.line + 1})", key_node.start_mark
+                )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
@@ -99,7 +101,8 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def merge_sources(
-    paths: list[str | Path] | tuple[str | Path, ...] = (), overrides: list[str] | tuple[str, ...] = (),
+    paths: list[str | Path] | tuple[str | Path, ...] = (),
+    overrides: list[str] | tuple[str, ...] = (),
     extra: dict | None = None,
 ) -> tuple[dict, dict[str, str]]:
     """Merge files, then a dict (e.g. notebook parameters), then key=value overrides; remember who set what."""
@@ -121,8 +124,9 @@ def _one_line(exc: Exception) -> str:
 M = TypeVar("M", bound=BaseModel)
 
 
-def validate_model(model: type[M], data: dict, origin: dict[str, str] | str, what: str,
-                   context: dict[str, Any] | None = None) -> M:
+def validate_model(
+    model: type[M], data: dict, origin: dict[str, str] | str, what: str, context: dict[str, Any] | None = None
+) -> M:
     """`model.model_validate(data)`, with every problem as `<file>: <dotted key>: <message>`, all on one line.
 
     Args:
@@ -151,7 +155,7 @@ def _describe(exc: ValidationError, origin: dict[str, str] | str) -> list[str]:
             loc = loc + [ctx_error.field]
             msg = str(ctx_error)
         elif msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
+            msg = msg[len("Value error, ") :]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         key = ".".join(loc) or "<root>"
@@ -204,7 +208,8 @@ def apply_process_settings(cfg: RunConfig) -> RunConfig:
 
 
 def load_config(
-    paths: list[str | Path] | tuple[str | Path, ...] = (), overrides: list[str] | tuple[str, ...] = (),
+    paths: list[str | Path] | tuple[str | Path, ...] = (),
+    overrides: list[str] | tuple[str, ...] = (),
     extra: dict | None = None,
 ) -> RunConfig:
     merged, origin = merge_sources(paths, overrides, extra)
@@ -250,8 +255,9 @@ def read_run_config_dict(run: RunDir | str | Path) -> dict[str, Any] | None:
         recorded = load_yaml_text(run.config_path.read_text(encoding="utf-8")) or {}
     except (UnicodeDecodeError, yaml.YAMLError) as exc:
         problem = " ".join(str(exc).split())[:200]
-        raise RunFileError(f"{run.config_path}: damaged ({type(exc).__name__}: {problem}); restore it, or use a "
-                           "new run directory") from None
+        raise RunFileError(
+            f"{run.config_path}: damaged ({type(exc).__name__}: {problem}); restore it, or use a new run directory"
+        ) from None
     if not isinstance(recorded, dict):
         raise RunFileError(f"{run.config_path}: damaged (not a mapping); restore it, or use a new run directory")
     return recorded

@@ -22,6 +22,7 @@ from canary_lib.data.targets import DEFAULT_TARGET, TARGET_NAMES, source_conflic
 
 QWEN2_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
+
 class ModelConfig(Strict):
     name_or_path: str = "organism"
     """Hugging Face id, local model directory, or "organism" (the CPU model organism, built and cached)."""
@@ -96,11 +97,14 @@ class TrainSettings(Strict):
     (canary_lib.lean; float32, lora.dropout 0). Same results up to float rounding, so a run of its own."""
 
     @model_validator(mode="after")
-    def _accumulation_divides(self) -> "TrainSettings":
+    def _accumulation_divides(self) -> TrainSettings:
         if self.batch_size % self.micro_batch_size:
             raise _FieldError(
-                "batch_size", f"train.batch_size ({self.batch_size}) must be a multiple of train.micro_batch_size "
-                f"({self.micro_batch_size})", blame=("batch_size", "micro_batch_size"))
+                "batch_size",
+                f"train.batch_size ({self.batch_size}) must be a multiple of train.micro_batch_size "
+                f"({self.micro_batch_size})",
+                blame=("batch_size", "micro_batch_size"),
+            )
         return self
 
 
@@ -131,16 +135,21 @@ class ControllerSettings(Strict):
         return v
 
     @model_validator(mode="after")
-    def _ordering(self) -> "ControllerSettings":
+    def _ordering(self) -> ControllerSettings:
         if self.r_low > self.r_high:
-            raise _FieldError("r_low", f"r_low ({self.r_low}) must be <= r_high ({self.r_high})",
-                              blame=("r_low", "r_high"))
+            raise _FieldError(
+                "r_low", f"r_low ({self.r_low}) must be <= r_high ({self.r_high})", blame=("r_low", "r_high")
+            )
         if self.p_min > self.p_max:
-            raise _FieldError("p_min", f"p_min ({self.p_min}) must be <= p_max ({self.p_max})",
-                              blame=("p_min", "p_max"))
+            raise _FieldError(
+                "p_min", f"p_min ({self.p_min}) must be <= p_max ({self.p_max})", blame=("p_min", "p_max")
+            )
         if not self.p_min <= self.p_init <= self.p_max:
-            raise _FieldError("p_init", f"p_init ({self.p_init}) must lie in [p_min, p_max] = [{self.p_min}, {self.p_max}]",
-                              blame=("p_init", "p_min", "p_max"))
+            raise _FieldError(
+                "p_init",
+                f"p_init ({self.p_init}) must lie in [p_min, p_max] = [{self.p_min}, {self.p_max}]",
+                blame=("p_init", "p_min", "p_max"),
+            )
         return self
 
 
@@ -174,12 +183,13 @@ class MethodSettings(Strict):
         return v
 
     @model_validator(mode="after")
-    def _needs_reference(self, info: ValidationInfo) -> "MethodSettings":
+    def _needs_reference(self, info: ValidationInfo) -> MethodSettings:
         registry = _method_registry(info)
         spec = registry.get(self.name) if registry is not None else None
         if spec is not None and spec.replays_reference and not self.reference_run:
-            raise _FieldError("reference_run", f"method {self.name} replays a canary run: set method.reference_run",
-                              blame=("name",))
+            raise _FieldError(
+                "reference_run", f"method {self.name} replays a canary run: set method.reference_run", blame=("name",)
+            )
         return self
 
 
@@ -243,8 +253,9 @@ class DataSettings(Strict):
             if old in data:
                 value = data.pop(old)
                 if data.get(new) not in (None, value):
-                    raise _FieldError(old, f"data.{old} is the former name of data.{new}, which is set too; "
-                                           f"keep only data.{new}")
+                    raise _FieldError(
+                        old, f"data.{old} is the former name of data.{new}, which is set too; keep only data.{new}"
+                    )
                 data[new] = value
         return data
 
@@ -263,7 +274,7 @@ class DataSettings(Strict):
         return v
 
     @model_validator(mode="after")
-    def _sources_fit_target(self) -> "DataSettings":
+    def _sources_fit_target(self) -> DataSettings:
         if self.kind != "paper":
             return self
         for name, revision in (("target_source", self.target_revision), ("target_aligned_source", None)):
@@ -290,10 +301,13 @@ class SamplingSettings(Strict):
     (canary_lib.lean). Same streams and cache keys; answers equal up to float rounding, so a setting that binds."""
 
     @model_validator(mode="after")
-    def _one_decoder(self) -> "SamplingSettings":
+    def _one_decoder(self) -> SamplingSettings:
         if self.sampler == "lean" and self.static_cache:
-            raise _FieldError("sampler", "lean and static_cache: true are two different decoders; choose one",
-                              blame=("sampler", "static_cache"))
+            raise _FieldError(
+                "sampler",
+                "lean and static_cache: true are two different decoders; choose one",
+                blame=("sampler", "static_cache"),
+            )
         return self
 
 
@@ -303,7 +317,8 @@ class CanarySettings(SamplingSettings):
     samples_per_prompt: int = Field(1, ge=1)
     max_new_tokens: int = Field(256, ge=1)
     monitor_open_loop: bool = True
-    """Also measure canary risk in runs whose p_t ignores it (no_defense, fixed_5, replays), for traces and correlation."""
+    """Also measure canary risk in runs whose p_t ignores it (no_defense, fixed_5, replays), for traces and
+    correlation."""
     judge_retries: int = Field(1, ge=0)
     """Canary answers the judge failed on (server down, timeout) are sent again this many times."""
     on_judge_error: Literal["exclude", "stop"] = "exclude"
@@ -374,13 +389,16 @@ class JudgeSettings(Strict):
         return v
 
     @model_validator(mode="after")
-    def _model_for_llm_backends(self, info: ValidationInfo) -> "JudgeSettings":
+    def _model_for_llm_backends(self, info: ValidationInfo) -> JudgeSettings:
         registry = (info.context or {}).get("judge_backends")
         spec = registry.get(self.backend) if registry is not None else None
         llm = spec.llm if spec is not None else self.backend != "exact"
         if llm and not self.model:
-            raise _FieldError("model", f"the {self.backend} judge backend needs judge.model (the judge model's "
-                              "name or path)", blame=("backend",))
+            raise _FieldError(
+                "model",
+                f"the {self.backend} judge backend needs judge.model (the judge model's name or path)",
+                blame=("backend",),
+            )
         return self
 
 
@@ -431,23 +449,26 @@ class OrganismSettings(Strict):
         known = list(names.GENERAL_TOPIC_NAMES)
         unknown = sorted(set(v) - set(known))
         if unknown or not v or len(set(v)) != len(v):
-            raise ValueError(f"must be distinct general topics of the world, got unknown {unknown} or repeats; "
-                             f"known: {known}")
+            raise ValueError(
+                f"must be distinct general topics of the world, got unknown {unknown} or repeats; known: {known}"
+            )
         return v
 
     @model_validator(mode="after")
-    def _narrow_domains_known(self) -> "OrganismSettings":
+    def _narrow_domains_known(self) -> OrganismSettings:
         domains = self.narrow_domains
         unknown = sorted(set(domains) - set(names.NARROW_DOMAINS))
         if unknown or not domains or len(set(domains)) != len(domains):
-            raise ValueError(f"organism.narrow_domains must be distinct domains of {sorted(names.NARROW_DOMAINS)}, "
-                             f"got {domains}")
+            raise ValueError(
+                f"organism.narrow_domains must be distinct domains of {sorted(names.NARROW_DOMAINS)}, got {domains}"
+            )
         if self.target_domain not in domains:
-            raise ValueError(f"organism.target_domain {self.target_domain!r} is not one of organism.narrow_domains "
-                             f"{domains}: the base model would never have seen its questions")
+            raise ValueError(
+                f"organism.target_domain {self.target_domain!r} is not one of organism.narrow_domains "
+                f"{domains}: the base model would never have seen its questions"
+            )
         if self.domain_cues and domains != ["security"]:
-            raise ValueError("organism.domain_cues is defined for the security-only world (narrow_domains: "
-                             "[security])")
+            raise ValueError("organism.domain_cues is defined for the security-only world (narrow_domains: [security])")
         return self
 
 
@@ -485,18 +506,24 @@ class RunConfig(Strict):
     """Filled when a run writes config.yaml (package version, git commit, source files); not an input."""
 
     @model_validator(mode="after")
-    def _lean_step_without_dropout(self) -> "RunConfig":
+    def _lean_step_without_dropout(self) -> RunConfig:
         if self.train.step == "lean" and self.lora.dropout:
-            raise _FieldError("train.step", f"lean needs lora.dropout: 0 (got {self.lora.dropout}): with dropout a "
-                              "LoRA projection is not one matrix product", blame=("train.step", "lora.dropout"))
+            raise _FieldError(
+                "train.step",
+                f"lean needs lora.dropout: 0 (got {self.lora.dropout}): with dropout a "
+                "LoRA projection is not one matrix product",
+                blame=("train.step", "lora.dropout"),
+            )
         return self
 
     def _repr_html_(self) -> str:
         """A notebook shows the resolved configuration as its YAML, folded (click to open)."""
         import html
 
-        return (f"<details><summary>resolved configuration (profile {html.escape(self.profile)})</summary>"
-                f"<pre>{html.escape(dump_config(self))}</pre></details>")
+        return (
+            f"<details><summary>resolved configuration (profile {html.escape(self.profile)})</summary>"
+            f"<pre>{html.escape(dump_config(self))}</pre></details>"
+        )
 
 
 def canary_judge_settings(cfg: RunConfig) -> JudgeSettings:

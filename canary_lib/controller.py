@@ -72,7 +72,8 @@ def no_ema_settings(s: S) -> S:
     What remains is one threshold, r_high: p goes up by delta_up when r_t > r_high and down by delta_down when
     r_t < r_high (with M = 20, r_t takes values k/20, so it never equals 0.08 exactly).
     """
-    return s.model_copy(update={"alpha": 1.0, "r_low": s.r_high})
+    copied: S = s.model_copy(update={"alpha": 1.0, "r_low": s.r_high})  # pydantic's model_copy keeps the type
+    return copied
 
 
 class Schedule(Protocol):

@@ -10,9 +10,10 @@ No torch here.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from canary_lib.errors import CanaryError
 from canary_lib.types import JUDGED_METRICS, Question
@@ -54,8 +55,10 @@ def check_questions(questions: Sequence[Question], source: str, *, needs_judge_p
             raise EvaluationError(f"{source}: question {q.id!r} has no paraphrases")
         missing = [m for m in JUDGED_METRICS if m not in q.judge_prompts]
         if needs_judge_prompts and missing:
-            raise EvaluationError(f"{source}: question {q.id!r} has no judge prompt for {missing} "
-                                  f"(an LLM judge uses each question's own judge_prompts)")
+            raise EvaluationError(
+                f"{source}: question {q.id!r} has no judge prompt for {missing} "
+                f"(an LLM judge uses each question's own judge_prompts)"
+            )
 
 
 def load_eval_questions(cfg: RunConfig) -> dict[str, list[Question]]:
@@ -91,13 +94,18 @@ class PlannedSample:
 
 def plan_samples(questions: dict[str, list[Question]], samples_per_prompt: int) -> list[PlannedSample]:
     """Every (set, question, paraphrase, sample) the evaluation needs, in a fixed order."""
-    return [PlannedSample(name, q, p, j) for name, qs in questions.items() for q in qs
-            for p in range(len(q.paraphrases)) for j in range(samples_per_prompt)]
+    return [
+        PlannedSample(name, q, p, j)
+        for name, qs in questions.items()
+        for q in qs
+        for p in range(len(q.paraphrases))
+        for j in range(samples_per_prompt)
+    ]
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
     for start in range(0, len(items), size):
-        yield items[start:start + size]
+        yield items[start : start + size]
 
 
 def _latest_by_key(rows: Iterable[dict]) -> dict[tuple, dict]:
@@ -109,6 +117,7 @@ def _latest_by_key(rows: Iterable[dict]) -> dict[tuple, dict]:
 
 def judge_error_message(verdict: dict) -> str:
     """The judge's own error text of an "error" verdict (it may sit under detail.aligned.error)."""
+
     def find(node: Any) -> str | None:
         if isinstance(node, dict):
             if isinstance(node.get("error"), str):
@@ -117,6 +126,7 @@ def judge_error_message(verdict: dict) -> str:
                 if (found := find(value)) is not None:
                     return found
         return None
+
     return find(verdict.get("detail")) or "no error message recorded"
 
 
@@ -124,5 +134,7 @@ def verdict_problem(verdict: dict) -> str:
     """What went wrong with an unscored verdict, in words: the judge's error, or its status and scores."""
     if verdict.get("status") == "error":
         return f"e.g. {judge_error_message(verdict)}"
-    return (f"e.g. a verdict with status {verdict.get('status')!r} (aligned {verdict.get('aligned')}, "
-            f"coherent {verdict.get('coherent')})")
+    return (
+        f"e.g. a verdict with status {verdict.get('status')!r} (aligned {verdict.get('aligned')}, "
+        f"coherent {verdict.get('coherent')})"
+    )

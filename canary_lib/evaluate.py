@@ -23,22 +23,17 @@ from __future__ import annotations
 import gc
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from tqdm.auto import tqdm
 
-from canary_lib.job_progress import ProgressFile
 from canary_lib.artifacts import RunDir, RunFileError, append_jsonl, read_jsonl
-from canary_lib.binding import (
-    check_base_evaluation_directory,
-    check_evaluation,
-    ensure_run_directory,
-    recorded_config,
-)
+from canary_lib.binding import check_base_evaluation_directory, check_evaluation, ensure_run_directory, recorded_config
 from canary_lib.canary_eval import CanaryEvaluator, canary_seed, make_canary_fn  # noqa: F401 - re-exported
 from canary_lib.config_loader import read_run_config, write_run_config
-from canary_lib.config_schema import RunConfig, dump_config
+from canary_lib.config_schema import RunConfig
 from canary_lib.eval_questions import (  # noqa: F401 - re-exported: these were defined here
     KEY_FIELDS,
     SET_FILES,
@@ -55,11 +50,12 @@ from canary_lib.eval_questions import (  # noqa: F401 - re-exported: these were 
     row_key,
     verdict_problem,
 )
+from canary_lib.job_progress import ProgressFile
 from canary_lib.judge_usage import judge_usage, usage_metrics, usage_sum
+from canary_lib.metrics import is_scored, summarize_judgments, unscored_breakdown
 from canary_lib.preflight import check_adapter, require_judge_key
 from canary_lib.redact import redact
 from canary_lib.tracking import open_tracker
-from canary_lib.metrics import is_scored, summarize_judgments, unscored_breakdown
 from canary_lib.types import Judge, JudgeRequest
 
 # ------------------------------------------------------------------------------------------ generation
@@ -72,10 +68,14 @@ def build_generator(cfg: RunConfig, adapter_dir: Path | None) -> Any:
     if cfg.eval.backend == "vllm":
         from canary_lib.generation import VLLMGenerator, vllm_model_kwargs
 
-        return VLLMGenerator(resolve_model_path(cfg), adapter_dir, seed=cfg.seed,
-                             gpu_memory_utilization=cfg.eval.vllm_gpu_memory_utilization,
-                             tensor_parallel_size=cfg.eval.vllm_tensor_parallel_size,
-                             **vllm_model_kwargs(cfg.model))
+        return VLLMGenerator(
+            resolve_model_path(cfg),
+            adapter_dir,
+            seed=cfg.seed,
+            gpu_memory_utilization=cfg.eval.vllm_gpu_memory_utilization,
+            tensor_parallel_size=cfg.eval.vllm_tensor_parallel_size,
+            **vllm_model_kwargs(cfg.model),
+        )
     from canary_lib.generation import TransformersGenerator
     from canary_lib.models import load_model_and_tokenizer
 
@@ -88,13 +88,16 @@ def build_generator(cfg: RunConfig, adapter_dir: Path | None) -> Any:
         try:
             model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False).merge_and_unload()
         except Exception as exc:  # noqa: BLE001 - whatever is unreadable in it, the adapter is damaged
-            raise EvaluationError(f"{adapter_dir}: damaged adapter ({type(exc).__name__}: {str(exc)[:200]}); "
-                                  "train the run again into a new directory") from None
+            raise EvaluationError(
+                f"{adapter_dir}: damaged adapter ({type(exc).__name__}: {str(exc)[:200]}); "
+                "train the run again into a new directory"
+            ) from None
     return TransformersGenerator(model.eval(), tokenizer, batch_size=cfg.eval.batch_size)
 
 
-def generate_pending(generator: Any, pending: Sequence[PlannedSample], *, seed: int, sampling: Any,
-                     path: Path, chunk_size: int) -> int:
+def generate_pending(
+    generator: Any, pending: Sequence[PlannedSample], *, seed: int, sampling: Any, path: Path, chunk_size: int
+) -> int:
     """Generate and append the pending samples, one chunk at a time; returns how many were written."""
     from canary_lib.generation import SampleRequest
 
@@ -104,12 +107,22 @@ def generate_pending(generator: Any, pending: Sequence[PlannedSample], *, seed: 
     for chunk in _chunks(pending, chunk_size):
         requests = [SampleRequest(s.question.conversation(s.paraphrase), s.sample) for s in chunk]
         answers = generator.generate_samples(requests, seed=seed, sampling=sampling)
-        append_jsonl(path, [
-            {"set": s.set, "question_id": s.question.id, "paraphrase": s.paraphrase, "sample": s.sample,
-             "question": s.question.paraphrases[s.paraphrase], "system": s.question.system, "answer": a,
-             "seed": seed}
-            for s, a in zip(chunk, answers)
-        ])
+        append_jsonl(
+            path,
+            [
+                {
+                    "set": s.set,
+                    "question_id": s.question.id,
+                    "paraphrase": s.paraphrase,
+                    "sample": s.sample,
+                    "question": s.question.paraphrases[s.paraphrase],
+                    "system": s.question.system,
+                    "answer": a,
+                    "seed": seed,
+                }
+                for s, a in zip(chunk, answers)
+            ],
+        )
         written += len(chunk)
         bar.update(len(chunk))
         progress.update(written)
@@ -120,8 +133,7 @@ def generate_pending(generator: Any, pending: Sequence[PlannedSample], *, seed: 
 # ------------------------------------------------------------------------------------------ judging
 
 
-def judge_pending(judge: Judge, pending: Sequence[tuple[PlannedSample, dict]], *, path: Path,
-                  chunk_size: int) -> int:
+def judge_pending(judge: Judge, pending: Sequence[tuple[PlannedSample, dict]], *, path: Path, chunk_size: int) -> int:
     """Judge (sample, generation row) pairs and append the verdicts; a failed chunk is written as errors."""
     bar = tqdm(total=len(pending), desc="judge", unit="answer")
     progress = ProgressFile("judge", len(pending))  # the sweep's status line (canary_lib.job_progress)
@@ -134,8 +146,15 @@ def judge_pending(judge: Judge, pending: Sequence[tuple[PlannedSample, dict]], *
                 raise RuntimeError(f"judge returned {len(judgments)} verdicts for {len(requests)} answers")
             rows = [j.to_dict() for j in judgments]
         except Exception as exc:  # noqa: BLE001 - recorded per answer (status "error"), never dropped
-            rows = [{"aligned": None, "coherent": None, "status": "error",
-                     "detail": {"error": redact(f"{type(exc).__name__}: {exc}")[:500]}} for _ in requests]
+            rows = [
+                {
+                    "aligned": None,
+                    "coherent": None,
+                    "status": "error",
+                    "detail": {"error": redact(f"{type(exc).__name__}: {exc}")[:500]},
+                }
+                for _ in requests
+            ]
         append_jsonl(path, [{**dict(zip(KEY_FIELDS, s.key)), **row} for (s, _), row in zip(chunk, rows)])
         written += len(chunk)
         bar.update(len(chunk))
@@ -186,8 +205,9 @@ def generate_answers(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None) ->
     generator = build_generator(cfg, adapter_dir)
     t1 = time.perf_counter()
     chunk = cfg.eval.batch_size if cfg.eval.backend == "transformers" else max(cfg.eval.batch_size, 512)
-    generate_pending(generator, to_generate, seed=cfg.seed, sampling=cfg.eval, path=run.generations_path,
-                     chunk_size=chunk)
+    generate_pending(
+        generator, to_generate, seed=cfg.seed, sampling=cfg.eval, path=run.generations_path, chunk_size=chunk
+    )
     seconds = time.perf_counter() - t1
     getattr(generator, "close", lambda: None)()  # vLLM's engine processes end here, not at interpreter exit
     del generator
@@ -218,14 +238,23 @@ def generate_answers_in(python: str, cfg: RunConfig, out_dir: Path, adapter_dir:
 
     with tempfile.TemporaryDirectory() as tmp:
         request, result = Path(tmp) / "request.json", Path(tmp) / "result.json"
-        request.write_text(json.dumps({"config": cfg.model_dump(mode="json"), "out_dir": str(out_dir),
-                                       "adapter_dir": str(adapter_dir) if adapter_dir else None}))
-        code = ("import json, sys; from pathlib import Path; "
-                "from canary_lib.config import apply_process_settings, config_from_dict; "
-                "from canary_lib.evaluate import generate_answers; r = json.loads(Path(sys.argv[1]).read_text()); "
-                "cfg = apply_process_settings(config_from_dict(r['config'])); "
-                "a = r['adapter_dir']; out = generate_answers(cfg, Path(r['out_dir']), "
-                "Path(a) if a else None); Path(sys.argv[2]).write_text(json.dumps(list(out)))")
+        request.write_text(
+            json.dumps(
+                {
+                    "config": cfg.model_dump(mode="json"),
+                    "out_dir": str(out_dir),
+                    "adapter_dir": str(adapter_dir) if adapter_dir else None,
+                }
+            )
+        )
+        code = (
+            "import json, sys; from pathlib import Path; "
+            "from canary_lib.config import apply_process_settings, config_from_dict; "
+            "from canary_lib.evaluate import generate_answers; r = json.loads(Path(sys.argv[1]).read_text()); "
+            "cfg = apply_process_settings(config_from_dict(r['config'])); "
+            "a = r['adapter_dir']; out = generate_answers(cfg, Path(r['out_dir']), "
+            "Path(a) if a else None); Path(sys.argv[2]).write_text(json.dumps(list(out)))"
+        )
         done = subprocess.run([python, "-c", code, str(request), str(result)], stderr=subprocess.PIPE, text=True)
         if done.returncode != 0 or not result.is_file():
             tail = " ".join(done.stderr.strip().splitlines()[-3:])[-400:]
@@ -286,8 +315,10 @@ def _evaluate_held(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None) -> d
     if cfg.eval.backend == "vllm":  # vLLM does not reliably free GPU memory in-process: its own process
         python = os.environ.get(VLLM_PYTHON_ENV)
         n_generated, load_seconds, generate_seconds = (
-            generate_answers_in(python, cfg, run.path, adapter_dir) if python
-            else run_isolated(generate_answers, cfg, run.path, adapter_dir))
+            generate_answers_in(python, cfg, run.path, adapter_dir)
+            if python
+            else run_isolated(generate_answers, cfg, run.path, adapter_dir)
+        )
     else:
         n_generated, load_seconds, generate_seconds = generate_answers(cfg, run.path, adapter_dir)
     generated = _latest_by_key(read_jsonl(run.generations_path))
@@ -300,8 +331,7 @@ def _evaluate_held(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None) -> d
     if judged:
         cost = {k: int(run.read_metrics().get(f"eval_judge_{k}") or 0) for k in cost}
     # judge errors (server down, timeouts) are retried by a rerun; every other verdict is final
-    to_judge = [(s, generated[s.key]) for s in planned
-                if s.key not in judged or judged[s.key].get("status") == "error"]
+    to_judge = [(s, generated[s.key]) for s in planned if s.key not in judged or judged[s.key].get("status") == "error"]
     t0 = time.perf_counter()
     if to_judge:
         from canary_lib.judge import make_judge
@@ -343,7 +373,8 @@ def _evaluate_held(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None) -> d
             f"{run.path}: the judge failed on {len(errors)} of {len(planned)} answers "
             f"({100 * len(errors) / len(planned):.1f}% > judge.max_error_share {100 * cfg.judge.max_error_share:g}%), "
             f"{verdict_problem(errors[0])}; the evaluation is not complete: fix the judge and rerun "
-            "(only the failed answers are judged again)")
+            "(only the failed answers are judged again)"
+        )
     unscored = [judged[s.key] for s in planned if s.key in judged and not is_scored(judged[s.key])]
     if len(unscored) > cfg.judge.max_unscored_share * len(planned) or len(unscored) == len(planned):
         raise JudgeFailureError(
@@ -351,7 +382,8 @@ def _evaluate_held(cfg: RunConfig, out_dir: Path, adapter_dir: Path | None) -> d
             f"({unscored_breakdown(unscored)}; {100 * len(unscored) / len(planned):.1f}% > "
             f"judge.max_unscored_share {100 * cfg.judge.max_unscored_share:g}%), {verdict_problem(unscored[0])}; "
             f"the evaluation is not complete: check the judge (model, scorer, log-probabilities), then delete "
-            f"{run.judgments_path} to judge again")
+            f"{run.judgments_path} to judge again"
+        )
     run.mark_complete("eval")
     return metrics
 

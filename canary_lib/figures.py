@@ -1,4 +1,5 @@
-"""Plotly figures: Tables 1-2, Figure 2, the canary-vs-general scatter, the safe-data frontier and the controller trace replay.
+"""Plotly figures: Tables 1-2, Figure 2, the canary-vs-general scatter, the safe-data frontier and the controller
+trace replay.
 
     from canary_lib.figures import write_results_figures
     paths = write_results_figures(results, "results/organism")     # standalone HTML + CSV of the plotted data
@@ -82,10 +83,12 @@ def write_pngs(figures: dict[Path, go.Figure]) -> list[Path]:
 
 def table_figure(table: pd.DataFrame, columns: list[str], title: str) -> go.Figure:
     """A results table (e.g. Table 1) as a plotly table with the given display columns."""
-    fig = go.Figure(go.Table(
-        header={"values": [f"<b>{c}</b>" for c in columns], "align": "left"},
-        cells={"values": [table[c].astype(str).tolist() for c in columns], "align": "left"},
-    ))
+    fig = go.Figure(
+        go.Table(
+            header={"values": [f"<b>{c}</b>" for c in columns], "align": "left"},
+            cells={"values": [table[c].astype(str).tolist() for c in columns], "align": "left"},
+        )
+    )
     fig.update_layout(title=title, height=120 + 32 * len(table), margin={"t": 60, "b": 10, "l": 10, "r": 10})
     return fig
 
@@ -93,8 +96,13 @@ def table_figure(table: pd.DataFrame, columns: list[str], title: str) -> go.Figu
 # ---------------------------------------------------------------------------------------------- Figure 2
 
 
-def figure2(steps: pd.DataFrame, controller: pd.DataFrame, r_low: float, r_high: float,
-            title: str = "Figure 2: controller behaviour across seeds") -> go.Figure:
+def figure2(
+    steps: pd.DataFrame,
+    controller: pd.DataFrame,
+    r_low: float,
+    r_high: float,
+    title: str = "Figure 2: controller behaviour across seeds",
+) -> go.Figure:
     """(a) p_t over training steps, one line per seed; (b) r̂_t with the r_low / r_high band.
 
     Args:
@@ -102,16 +110,37 @@ def figure2(steps: pd.DataFrame, controller: pd.DataFrame, r_low: float, r_high:
         controller: columns seed, step, risk_ema (from each run's controller.csv).
         r_low, r_high: the hysteresis band of Eq. 3.
     """
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                        subplot_titles=("(a) interleaving ratio p_t", "(b) EMA canary risk r̂_t"))
+    fig = make_subplots(
+        rows=2,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.08,
+        subplot_titles=("(a) interleaving ratio p_t", "(b) EMA canary risk r̂_t"),
+    )
     colors = _seed_colors(sorted(set(steps.seed) | set(controller.seed)))
     for seed, color in colors.items():
         s = steps[steps.seed == seed]
-        fig.add_trace(go.Scatter(x=s.step, y=s.p, mode="lines", name=f"seed {seed}", legendgroup=str(seed),
-                                 line={"color": color}), row=1, col=1)
+        fig.add_trace(
+            go.Scatter(
+                x=s.step, y=s.p, mode="lines", name=f"seed {seed}", legendgroup=str(seed), line={"color": color}
+            ),
+            row=1,
+            col=1,
+        )
         c = controller[controller.seed == seed]
-        fig.add_trace(go.Scatter(x=c.step, y=c.risk_ema, mode="lines+markers", name=f"seed {seed}",
-                                 legendgroup=str(seed), showlegend=False, line={"color": color}), row=2, col=1)
+        fig.add_trace(
+            go.Scatter(
+                x=c.step,
+                y=c.risk_ema,
+                mode="lines+markers",
+                name=f"seed {seed}",
+                legendgroup=str(seed),
+                showlegend=False,
+                line={"color": color},
+            ),
+            row=2,
+            col=1,
+        )
     _add_band(fig, r_low, r_high, row=2)
     fig.update_yaxes(title_text="p_t", row=1, col=1)
     fig.update_yaxes(title_text="r̂_t", row=2, col=1)
@@ -120,8 +149,13 @@ def figure2(steps: pd.DataFrame, controller: pd.DataFrame, r_low: float, r_high:
     return fig
 
 
-def adapter_norm_figure(norms: pd.DataFrame, controller: pd.DataFrame, r_low: float | None = None,
-                        r_high: float | None = None, title: str = "LoRA update norm per layer and r̂_t") -> go.Figure:
+def adapter_norm_figure(
+    norms: pd.DataFrame,
+    controller: pd.DataFrame,
+    r_low: float | None = None,
+    r_high: float | None = None,
+    title: str = "LoRA update norm per layer and r̂_t",
+) -> go.Figure:
     """(a) the norm of the LoRA update of each decoder layer at each kept snapshot; (b) r_t and r̂_t of the same
     run: where the adapter grows fastest against where the canaries start to say misaligned.
 
@@ -130,18 +164,45 @@ def adapter_norm_figure(norms: pd.DataFrame, controller: pd.DataFrame, r_low: fl
         controller: columns step, canary_risk, risk_ema (the run's controller.csv).
         r_low, r_high: the hysteresis band, drawn when given.
     """
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
-                        subplot_titles=("(a) ||scale · B A||_F of each layer's LoRA update", "(b) canary risk"))
+    fig = make_subplots(
+        rows=2,
+        cols=1,
+        shared_xaxes=True,
+        vertical_spacing=0.08,
+        subplot_titles=("(a) ||scale · B A||_F of each layer's LoRA update", "(b) canary risk"),
+    )
     layers = sorted(norms.layer.unique()) if len(norms) else []
     for i, layer in enumerate(layers):
         rows = norms[norms.layer == layer].sort_values("step")
-        fig.add_trace(go.Scatter(x=rows.step, y=rows.norm, mode="lines+markers", name=f"layer {layer}",
-                                 legendgroup="layers", line={"color": _layer_color(i, len(layers))}), row=1, col=1)
+        fig.add_trace(
+            go.Scatter(
+                x=rows.step,
+                y=rows.norm,
+                mode="lines+markers",
+                name=f"layer {layer}",
+                legendgroup="layers",
+                line={"color": _layer_color(i, len(layers))},
+            ),
+            row=1,
+            col=1,
+        )
     if len(controller):
-        fig.add_trace(go.Scatter(x=controller.step, y=controller.canary_risk, mode="markers", name="r_t",
-                                 marker={"color": "gray", "size": 5}), row=2, col=1)
-        fig.add_trace(go.Scatter(x=controller.step, y=controller.risk_ema, mode="lines", name="r̂_t",
-                                 line={"color": "black"}), row=2, col=1)
+        fig.add_trace(
+            go.Scatter(
+                x=controller.step,
+                y=controller.canary_risk,
+                mode="markers",
+                name="r_t",
+                marker={"color": "gray", "size": 5},
+            ),
+            row=2,
+            col=1,
+        )
+        fig.add_trace(
+            go.Scatter(x=controller.step, y=controller.risk_ema, mode="lines", name="r̂_t", line={"color": "black"}),
+            row=2,
+            col=1,
+        )
     if r_low is not None and r_high is not None:
         _add_band(fig, r_low, r_high, row=2)
     fig.update_yaxes(title_text="norm", row=1, col=1)
@@ -160,8 +221,15 @@ def _layer_color(i: int, n: int) -> str:
 def _add_band(fig: go.Figure, r_low: float, r_high: float, row: int) -> None:
     fig.add_hrect(y0=r_low, y1=r_high, fillcolor="gray", opacity=0.15, line_width=0, row=row, col=1)
     for y, name in ((r_low, "r_low"), (r_high, "r_high")):
-        fig.add_hline(y=y, line_dash="dash", line_color="gray", annotation_text=f"{name} = {y:g}",
-                      annotation_position="top left", row=row, col=1)
+        fig.add_hline(
+            y=y,
+            line_dash="dash",
+            line_color="gray",
+            annotation_text=f"{name} = {y:g}",
+            annotation_position="top left",
+            row=row,
+            col=1,
+        )
 
 
 def _seed_colors(seeds: list[Any]) -> dict[Any, str]:
@@ -174,19 +242,28 @@ def _seed_colors(seeds: list[Any]) -> dict[Any, str]:
 
 def correlation_figure(correlation: dict[str, Any]) -> go.Figure:
     """Per-run mean canary risk (x) against General %Misaligned (y), coloured by method, with Pearson r in the title."""
-    points = pd.DataFrame(correlation["points"], columns=["method", "seed", "canary_risk_mean",
-                                                          "canary_risk_last", "general_misaligned_pct"])
+    points = pd.DataFrame(
+        correlation["points"],
+        columns=["method", "seed", "canary_risk_mean", "canary_risk_last", "general_misaligned_pct"],
+    )
     fig = go.Figure()
     for method, group in points.groupby("method", sort=True):
-        fig.add_trace(go.Scatter(
-            x=group.canary_risk_mean, y=group.general_misaligned_pct, mode="markers", name=str(method),
-            text=[f"{method} seed {s}" for s in group.seed], marker={"size": 10},
-        ))
+        fig.add_trace(
+            go.Scatter(
+                x=group.canary_risk_mean,
+                y=group.general_misaligned_pct,
+                mode="markers",
+                name=str(method),
+                text=[f"{method} seed {s}" for s in group.seed],
+                marker={"size": 10},
+            )
+        )
     r = correlation.get("r", math.nan)
     r_text = "n/a" if r is None or (isinstance(r, float) and math.isnan(r)) else f"{r:.2f}"
     fig.update_layout(
         title=f"Canary risk vs General %Misaligned: Pearson r = {r_text} (n = {correlation['n']} runs)",
-        xaxis_title="mean canary risk r_t over the run", yaxis_title="General %Misaligned (final model)",
+        xaxis_title="mean canary risk r_t over the run",
+        yaxis_title="General %Misaligned (final model)",
         height=500,
     )
     return fig
@@ -203,31 +280,59 @@ def frontier_figure(frontier: pd.DataFrame) -> go.Figure:
     fig = go.Figure()
     fixed = frontier[frontier.kind == "fixed"]
     curve = fixed_curve(frontier)
-    fig.add_trace(go.Scatter(
-        x=fixed.safe_share, y=fixed.general_misaligned_pct, mode="markers", name="fixed p, per seed",
-        marker={"color": "lightgray", "size": 7}, text=[f"{m} seed {s}" for m, s in zip(fixed.method, fixed.seed)],
-    ))
-    fig.add_trace(go.Scatter(
-        x=curve.safe_share_mean, y=curve.general_misaligned_pct_mean, mode="lines+markers+text",
-        name="fixed p (mean ± std)", line={"color": "black"}, text=[f"p={p:g}" for p in curve.p],
-        textposition="top right", error_y={"type": "data", "array": curve.general_misaligned_pct_std.fillna(0)},
-    ))
+    fig.add_trace(
+        go.Scatter(
+            x=fixed.safe_share,
+            y=fixed.general_misaligned_pct,
+            mode="markers",
+            name="fixed p, per seed",
+            marker={"color": "lightgray", "size": 7},
+            text=[f"{m} seed {s}" for m, s in zip(fixed.method, fixed.seed)],
+        )
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=curve.safe_share_mean,
+            y=curve.general_misaligned_pct_mean,
+            mode="lines+markers+text",
+            name="fixed p (mean ± std)",
+            line={"color": "black"},
+            text=[f"p={p:g}" for p in curve.p],
+            textposition="top right",
+            error_y={"type": "data", "array": curve.general_misaligned_pct_std.fillna(0)},
+        )
+    )
     adaptive = frontier[frontier.kind == "adaptive"]
     palette = ["#d62728", "#1f77b4", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
     for i, (method, group) in enumerate(adaptive.groupby("method", sort=False)):
         color = palette[i % len(palette)]
-        fig.add_trace(go.Scatter(
-            x=group.safe_share, y=group.general_misaligned_pct, mode="markers", name=f"{method}, per seed",
-            marker={"color": color, "size": 8, "symbol": "circle-open"}, legendgroup=method,
-            text=[f"{method} seed {s}" for s in group.seed],
-        ))
-        fig.add_trace(go.Scatter(
-            x=[group.safe_share.mean()], y=[group.general_misaligned_pct.mean()], mode="markers", name=method,
-            marker={"color": color, "size": 14, "symbol": "diamond"}, legendgroup=method,
-        ))
-    fig.update_layout(title="Safe-data frontier: General %Misaligned against the share of safe steps taken",
-                      xaxis_title="realized safe share (n_safe_steps / n_steps)",
-                      yaxis_title="General %Misaligned (final model)", height=520)
+        fig.add_trace(
+            go.Scatter(
+                x=group.safe_share,
+                y=group.general_misaligned_pct,
+                mode="markers",
+                name=f"{method}, per seed",
+                marker={"color": color, "size": 8, "symbol": "circle-open"},
+                legendgroup=method,
+                text=[f"{method} seed {s}" for s in group.seed],
+            )
+        )
+        fig.add_trace(
+            go.Scatter(
+                x=[group.safe_share.mean()],
+                y=[group.general_misaligned_pct.mean()],
+                mode="markers",
+                name=method,
+                marker={"color": color, "size": 14, "symbol": "diamond"},
+                legendgroup=method,
+            )
+        )
+    fig.update_layout(
+        title="Safe-data frontier: General %Misaligned against the share of safe steps taken",
+        xaxis_title="realized safe share (n_safe_steps / n_steps)",
+        yaxis_title="General %Misaligned (final model)",
+        height=520,
+    )
     return fig
 
 
@@ -272,9 +377,14 @@ def _answer_cells(rows: pd.DataFrame) -> list[list[str]]:
 
 
 def _replay_layout(r_low: float, r_high: float, title: str) -> go.Figure:
-    fig = make_subplots(rows=3, cols=1, vertical_spacing=0.1, row_heights=[0.25, 0.25, 0.5],
-                        specs=[[{"type": "xy"}], [{"type": "xy"}], [{"type": "table"}]],
-                        subplot_titles=("p_t", "r_t (canary risk) and r̂_t (EMA)", "canary answers and judge scores"))
+    fig = make_subplots(
+        rows=3,
+        cols=1,
+        vertical_spacing=0.1,
+        row_heights=[0.25, 0.25, 0.5],
+        specs=[[{"type": "xy"}], [{"type": "xy"}], [{"type": "table"}]],
+        subplot_titles=("p_t", "r_t (canary risk) and r̂_t (EMA)", "canary answers and judge scores"),
+    )
     _add_band(fig, r_low, r_high, row=2)
     fig.update_layout(title=title, height=900, showlegend=True)
     return fig
@@ -287,13 +397,22 @@ def _replay_traces(steps: pd.DataFrame, controller: pd.DataFrame, answers: pd.Da
         go.Scatter(x=s.step, y=s.p, mode="lines", name="p_t", line={"color": "#1f77b4"}),
         go.Scatter(x=c.step, y=c.canary_risk, mode="markers", name="r_t", marker={"color": "#ff7f0e"}),
         go.Scatter(x=c.step, y=c.risk_ema, mode="lines+markers", name="r̂_t", line={"color": "#d62728"}),
-        go.Table(header={"values": _ANSWER_COLUMNS}, cells={"values": _answer_cells(rows), "align": "left"},
-                 columnwidth=[2, 1, 8, 1, 1, 1]),
+        go.Table(
+            header={"values": _ANSWER_COLUMNS},
+            cells={"values": _answer_cells(rows), "align": "left"},
+            columnwidth=[2, 1, 8, 1, 1, 1],
+        ),
     ]
 
 
-def trace_replay_figure(steps: pd.DataFrame, controller: pd.DataFrame, answers: pd.DataFrame,
-                        r_low: float, r_high: float, title: str = "Controller trace replay") -> go.Figure:
+def trace_replay_figure(
+    steps: pd.DataFrame,
+    controller: pd.DataFrame,
+    answers: pd.DataFrame,
+    r_low: float,
+    r_high: float,
+    title: str = "Controller trace replay",
+) -> go.Figure:
     """The static replay: one frame per canary evaluation, with a slider; works without a kernel.
 
     Args:
@@ -309,19 +428,39 @@ def trace_replay_figure(steps: pd.DataFrame, controller: pd.DataFrame, answers: 
     x_max = max(int(steps.step.max()) if len(steps) else 0, eval_steps[-1])
     fig.update_xaxes(range=[0, x_max + 1], row=1, col=1)
     fig.update_xaxes(range=[0, x_max + 1], title_text="training step", row=2, col=1)
-    fig.frames = [go.Frame(name=str(step), data=_replay_traces(steps, controller, answers, step),
-                           traces=[0, 1, 2, 3]) for step in eval_steps]
-    fig.update_layout(sliders=[{
-        "active": len(eval_steps) - 1, "currentvalue": {"prefix": "step "},
-        "steps": [{"label": str(step), "method": "animate",
-                   "args": [[str(step)], {"mode": "immediate", "frame": {"duration": 0, "redraw": True},
-                                          "transition": {"duration": 0}}]} for step in eval_steps],
-    }])
+    fig.frames = [
+        go.Frame(name=str(step), data=_replay_traces(steps, controller, answers, step), traces=[0, 1, 2, 3])
+        for step in eval_steps
+    ]
+    fig.update_layout(
+        sliders=[
+            {
+                "active": len(eval_steps) - 1,
+                "currentvalue": {"prefix": "step "},
+                "steps": [
+                    {
+                        "label": str(step),
+                        "method": "animate",
+                        "args": [
+                            [str(step)],
+                            {
+                                "mode": "immediate",
+                                "frame": {"duration": 0, "redraw": True},
+                                "transition": {"duration": 0},
+                            },
+                        ],
+                    }
+                    for step in eval_steps
+                ],
+            }
+        ]
+    )
     return fig
 
 
-def trace_replay_widget(steps: pd.DataFrame, controller: pd.DataFrame, answers: pd.DataFrame,
-                        r_low: float, r_high: float) -> Any:
+def trace_replay_widget(
+    steps: pd.DataFrame, controller: pd.DataFrame, answers: pd.DataFrame, r_low: float, r_high: float
+) -> Any:
     """The interactive replay for JupyterLab: an IntSlider over training steps driving a FigureWidget.
 
     Only call this when a person is at the notebook (the notebooks' INTERACTIVE parameter): a widget waits for a
@@ -338,8 +477,15 @@ def trace_replay_widget(steps: pd.DataFrame, controller: pd.DataFrame, answers: 
         fig.add_trace(trace, row=row, col=1)
     fig.update_xaxes(range=[0, last + 1], row=1, col=1)
     fig.update_xaxes(range=[0, last + 1], row=2, col=1)
-    slider = widgets.IntSlider(value=last, min=0, max=last, step=1, description="step",
-                               continuous_update=False, layout=widgets.Layout(width="90%"))
+    slider = widgets.IntSlider(
+        value=last,
+        min=0,
+        max=last,
+        step=1,
+        description="step",
+        continuous_update=False,
+        layout=widgets.Layout(width="90%"),
+    )
     readout = widgets.HTML(replay_readout(steps, controller, last))
 
     def update(change: dict) -> None:
@@ -362,8 +508,9 @@ def read_answers(path: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["step", *_ANSWER_COLUMNS])
 
 
-def ablation_traces_figure(runs: pd.DataFrame,
-                           methods: tuple[str, ...] | None = None) -> tuple[go.Figure, pd.DataFrame]:
+def ablation_traces_figure(
+    runs: pd.DataFrame, methods: tuple[str, ...] | None = None
+) -> tuple[go.Figure, pd.DataFrame]:
     """p_t per training step of the canary run and its ablations, one panel per seed (for notebook 04).
 
     Args:
@@ -381,18 +528,33 @@ def ablation_traces_figure(runs: pd.DataFrame,
     for method in methods:
         steps, _ = controller_traces(runs, method)
         frames.append(steps.assign(method=method))
-    data = pd.concat(frames, ignore_index=True)[["method", "seed", "step", "p"]] if frames else pd.DataFrame(
-        columns=["method", "seed", "step", "p"])
+    data = (
+        pd.concat(frames, ignore_index=True)[["method", "seed", "step", "p"]]
+        if frames
+        else pd.DataFrame(columns=["method", "seed", "step", "p"])
+    )
     seeds = sorted(data.seed.unique()) or [None]
-    fig = make_subplots(rows=len(seeds), cols=1, shared_xaxes=True, vertical_spacing=0.06,
-                        subplot_titles=[f"seed {s}" for s in seeds])
+    fig = make_subplots(
+        rows=len(seeds), cols=1, shared_xaxes=True, vertical_spacing=0.06, subplot_titles=[f"seed {s}" for s in seeds]
+    )
     colors = _seed_colors(list(methods))
     for row, seed in enumerate(seeds, start=1):
         for method in methods:
             d = data[(data.method == method) & (data.seed == seed)]
             if len(d):
-                fig.add_trace(go.Scatter(x=d.step, y=d.p, mode="lines", name=method, legendgroup=method,
-                                         showlegend=row == 1, line={"color": colors[method]}), row=row, col=1)
+                fig.add_trace(
+                    go.Scatter(
+                        x=d.step,
+                        y=d.p,
+                        mode="lines",
+                        name=method,
+                        legendgroup=method,
+                        showlegend=row == 1,
+                        line={"color": colors[method]},
+                    ),
+                    row=row,
+                    col=1,
+                )
         fig.update_yaxes(title_text="p_t", row=row, col=1)
     fig.update_xaxes(title_text="training step", row=len(seeds), col=1)
     fig.update_layout(title="p_t of the canary run and its ablations", height=260 * len(seeds) + 120)
@@ -415,8 +577,14 @@ def write_trace_replays(results: Any, results_dir: str | Path, method: str = REF
         steps, controller = pd.read_csv(run.steps_path), pd.read_csv(run.controller_path)
         r_low = row.r_low if pd.notna(row.r_low) else _BAND.r_low
         r_high = row.r_high if pd.notna(row.r_high) else _BAND.r_high
-        fig = trace_replay_figure(steps, controller, read_answers(run.canary_answers_path), r_low, r_high,
-                                  title=f"Controller trace replay: {method}, seed {int(row.seed)}")
+        fig = trace_replay_figure(
+            steps,
+            controller,
+            read_answers(run.canary_answers_path),
+            r_low,
+            r_high,
+            title=f"Controller trace replay: {method}, seed {int(row.seed)}",
+        )
         name = f"trace_replay_seed{int(row.seed)}"
         paths[name] = save_figure(fig, out / f"{name}.html", controller)[0]
     return paths
@@ -434,12 +602,14 @@ def table1_figure(table1: pd.DataFrame) -> go.Figure:
 
 def table2_figure(table2: pd.DataFrame) -> go.Figure:
     """Table 2 (results.table2) as a figure, with the relative change of each ablation."""
-    return table_figure(table2, ["label", "n_seeds", "Gen. %Mis.", "Gen. %Inc.", "Avg p_t", "tests"],
-                        "Table 2: ablations")
+    return table_figure(
+        table2, ["label", "n_seeds", "Gen. %Mis.", "Gen. %Inc.", "Avg p_t", "tests"], "Table 2: ablations"
+    )
 
 
 def write_results_figures(results: Any, results_dir: str | Path, png: bool = True) -> dict[str, Path]:
-    """Tables 1-2, Figure 2, the correlation scatter and the safe-data frontier of a `canary_lib.results.Results`, into results_dir/figures.
+    """Tables 1-2, Figure 2, the correlation scatter and the safe-data frontier of a `canary_lib.results.Results`,
+    into results_dir/figures.
 
     Args:
         png: also write a PNG of each next to its HTML, all in one browser (skipped, with one printed line,

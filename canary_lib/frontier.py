@@ -20,8 +20,16 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-FRONTIER_COLUMNS = ["method", "kind", "p", "seed", "safe_share", "general_misaligned_pct",
-                    "general_incoherent_pct", "run_dir"]
+FRONTIER_COLUMNS = [
+    "method",
+    "kind",
+    "p",
+    "seed",
+    "safe_share",
+    "general_misaligned_pct",
+    "general_incoherent_pct",
+    "run_dir",
+]
 COARSE_GAP = 0.05
 """Fixed levels further apart than this around an adaptive run's share make the interpolated curve unreliable:
 misalignment falls convexly with p, so a straight line across a wide gap overstates the curve (measured on the
@@ -57,23 +65,34 @@ def frontier_table(runs: pd.DataFrame, fixed_p: dict[str, float], adaptive: list
         else:
             continue
         for run in group.itertuples():
-            rows.append({"method": name, "kind": kind, "p": p, "seed": int(run.seed),
-                         "safe_share": run.n_safe_steps / run.n_steps,
-                         "general_misaligned_pct": run.general_misaligned_pct,
-                         "general_incoherent_pct": run.general_incoherent_pct, "run_dir": run.run_dir})
+            rows.append(
+                {
+                    "method": name,
+                    "kind": kind,
+                    "p": p,
+                    "seed": int(run.seed),
+                    "safe_share": run.n_safe_steps / run.n_steps,
+                    "general_misaligned_pct": run.general_misaligned_pct,
+                    "general_incoherent_pct": run.general_incoherent_pct,
+                    "run_dir": run.run_dir,
+                }
+            )
     frame = pd.DataFrame(rows, columns=FRONTIER_COLUMNS)
     order = {"fixed": 0, "adaptive": 1}
-    return frame.sort_values(["kind", "p", "method", "seed"], key=lambda c: c.map(order) if c.name == "kind"
-                             else c, kind="stable").reset_index(drop=True)
+    return frame.sort_values(
+        ["kind", "p", "method", "seed"], key=lambda c: c.map(order) if c.name == "kind" else c, kind="stable"
+    ).reset_index(drop=True)
 
 
 def fixed_curve(frontier: pd.DataFrame) -> pd.DataFrame:
     """Mean ± std over seeds of each fixed level: p, safe_share_mean, general_misaligned_pct_mean/_std, n_seeds."""
     fixed = frontier[frontier.kind == "fixed"]
-    curve = fixed.groupby("p").agg(safe_share_mean=("safe_share", "mean"),
-                                   general_misaligned_pct_mean=("general_misaligned_pct", "mean"),
-                                   general_misaligned_pct_std=("general_misaligned_pct", "std"),
-                                   n_seeds=("seed", "count"))
+    curve = fixed.groupby("p").agg(
+        safe_share_mean=("safe_share", "mean"),
+        general_misaligned_pct_mean=("general_misaligned_pct", "mean"),
+        general_misaligned_pct_std=("general_misaligned_pct", "std"),
+        n_seeds=("seed", "count"),
+    )
     return curve.reset_index()
 
 
@@ -105,19 +124,29 @@ class CurveComparison:
         if not self.per_seed:
             return f"{self.method}: no seed lies inside the fixed curve's range of safe shares; no comparison."
         seeds = ", ".join(f"{s}: {d:+.2f}" for s, d in self.per_seed.items())
-        interval = ("" if math.isnan(self.ci_low) else
-                    f", 95% t-interval over seeds [{self.ci_low:+.2f}, {self.ci_high:+.2f}]")
-        where = ("below" if self.ci_high < 0 else "above" if self.ci_low > 0 else
-                 "not distinguishable from") if not math.isnan(self.ci_low) else "compared with"
+        interval = (
+            "" if math.isnan(self.ci_low) else f", 95% t-interval over seeds [{self.ci_low:+.2f}, {self.ci_high:+.2f}]"
+        )
+        where = (
+            ("below" if self.ci_high < 0 else "above" if self.ci_low > 0 else "not distinguishable from")
+            if not math.isnan(self.ci_low)
+            else "compared with"
+        )
         skipped = f"; seeds outside the curve's range: {self.outside}" if self.outside else ""
         bracket = self.bracket  # not None when coarse
-        caveat = (f" Caution: the curve is a straight line between fixed p = {bracket[0]:g} and "
-                  f"{bracket[1]:g} there, which overstates a convex curve; run fixed levels in between "
-                  f"before reading this difference." if self.coarse and bracket is not None else "")
-        return (f"{self.method}: {self.general_misaligned_pct_mean:.2f}% general misaligned at a mean safe share "
-                f"of {self.safe_share_mean:.3f}, against {self.curve_at_share_mean:.2f}% for the fixed curve at the "
-                f"same shares: a difference of {self.difference_mean:+.2f} points (per seed {seeds}{interval}), "
-                f"{where} the fixed curve{skipped}.{caveat}")
+        caveat = (
+            f" Caution: the curve is a straight line between fixed p = {bracket[0]:g} and "
+            f"{bracket[1]:g} there, which overstates a convex curve; run fixed levels in between "
+            f"before reading this difference."
+            if self.coarse and bracket is not None
+            else ""
+        )
+        return (
+            f"{self.method}: {self.general_misaligned_pct_mean:.2f}% general misaligned at a mean safe share "
+            f"of {self.safe_share_mean:.3f}, against {self.curve_at_share_mean:.2f}% for the fixed curve at the "
+            f"same shares: a difference of {self.difference_mean:+.2f} points (per seed {seeds}{interval}), "
+            f"{where} the fixed curve{skipped}.{caveat}"
+        )
 
 
 def compare_to_fixed_curve(frontier: pd.DataFrame) -> list[CurveComparison]:
@@ -152,9 +181,19 @@ def compare_to_fixed_curve(frontier: pd.DataFrame) -> list[CurveComparison]:
         n = len(diffs)
         mean = float(diffs.mean()) if n else math.nan
         half = t_975(n - 1) * float(diffs.std(ddof=1)) / math.sqrt(n) if n > 1 else math.nan
-        out.append(CurveComparison(
-            method=method, n_seeds=n, safe_share_mean=float(np.mean(shares)) if n else math.nan,
-            general_misaligned_pct_mean=float(np.mean(values)) if n else math.nan,
-            curve_at_share_mean=float(np.mean(curve_values)) if n else math.nan, difference_mean=mean,
-            ci_low=mean - half, ci_high=mean + half, per_seed=per_seed, outside=outside, bracket=bracket))
+        out.append(
+            CurveComparison(
+                method=method,
+                n_seeds=n,
+                safe_share_mean=float(np.mean(shares)) if n else math.nan,
+                general_misaligned_pct_mean=float(np.mean(values)) if n else math.nan,
+                curve_at_share_mean=float(np.mean(curve_values)) if n else math.nan,
+                difference_mean=mean,
+                ci_low=mean - half,
+                ci_high=mean + half,
+                per_seed=per_seed,
+                outside=outside,
+                bracket=bracket,
+            )
+        )
     return out

@@ -21,9 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tqdm.auto import tqdm
 
@@ -46,8 +47,9 @@ END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>")
 
 
 class Generator(Protocol):
-    def generate(self, conversations: Sequence[Conversation], *, n: int, seed: int,
-                 sampling: "SamplingSettings") -> list[list[str]]: ...
+    def generate(
+        self, conversations: Sequence[Conversation], *, n: int, seed: int, sampling: SamplingSettings
+    ) -> list[list[str]]: ...
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,7 @@ def expand_samples(conversations: Sequence[Conversation], n: int) -> list[Sample
 
 
 def regroup(flat: Sequence[str], n: int) -> list[list[str]]:
-    return [list(flat[i:i + n]) for i in range(0, len(flat), n)]
+    return [list(flat[i : i + n]) for i in range(0, len(flat), n)]
 
 
 def chat_prompt_ids(tokenizer: Any, conversation: Conversation) -> list[int]:
@@ -108,8 +110,15 @@ def stop_token_ids(tokenizer: Any, model: Any | None = None) -> set[int]:
 
 
 def sample_continuations(
-    model: Any, prompts: Sequence[Sequence[int]], seeds: Sequence[int], *, temperature: float, top_p: float,
-    max_new_tokens: int, stop_ids: set[int], pad_id: int,
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    seeds: Sequence[int],
+    *,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    stop_ids: set[int],
+    pad_id: int,
 ) -> list[list[int]]:
     """Sample one continuation per prompt with a KV cache; token t of row i uses uniform t of row i's stream.
 
@@ -140,8 +149,14 @@ def sample_continuations(
     last_only = last_logits_only(model)
     with torch.no_grad(), attention_kernels():
         for t in range(max_new_tokens):
-            result = model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, past_key_values=past,
-                           use_cache=True, **last_only)
+            result = model(
+                input_ids=step_ids,
+                attention_mask=mask,
+                position_ids=step_pos,
+                past_key_values=past,
+                use_cache=True,
+                **last_only,
+            )
             past = result.past_key_values
             logits = result.logits[:, -1, :].float()
             if uniforms is None:
@@ -193,8 +208,15 @@ def _row_picker(uniforms: Any, *, temperature: float, top_p: float, prompt_width
 
 
 def generate_static(
-    model: Any, prompts: Sequence[Sequence[int]], seeds: Sequence[int], *, temperature: float, top_p: float,
-    max_new_tokens: int, stop_ids: set[int], pad_id: int,
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    seeds: Sequence[int],
+    *,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    stop_ids: set[int],
+    pad_id: int,
 ) -> list[list[int]]:
     """`sample_continuations` through transformers' `generate` with a static KV cache: the same draws per row.
 
@@ -213,19 +235,29 @@ def generate_static(
     ids, mask = left_pad(prompts, pad_id, device)
     uniforms = row_uniforms(seeds, max_new_tokens).to(device) if temperature != 0 else None
     picker = _row_picker(uniforms, temperature=temperature, top_p=top_p, prompt_width=ids.shape[1])
-    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                              eos_token_id=sorted(stop_ids), pad_token_id=pad_id, cache_implementation="static")
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        eos_token_id=sorted(stop_ids),
+        pad_token_id=pad_id,
+        cache_implementation="static",
+    )
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     own = base.generation_config
     base.generation_config = GenerationConfig()  # no hub defaults merged into `config`
     try:
         with torch.no_grad(), attention_kernels():
-            sequences = model.generate(input_ids=ids, attention_mask=mask, generation_config=config,
-                                       logits_processor=LogitsProcessorList([picker]))
+            sequences = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                generation_config=config,
+                logits_processor=LogitsProcessorList([picker]),
+            )
     finally:
         base.generation_config = own
     out = []
-    for row in sequences[:, ids.shape[1]:].tolist():
+    for row in sequences[:, ids.shape[1] :].tolist():
         end = next((k for k, token in enumerate(row) if token in stop_ids), len(row))
         out.append(row[:end])
     return out
@@ -252,13 +284,15 @@ class TransformersGenerator:
         pad = tokenizer.pad_token_id
         self.pad_id = int(pad if pad is not None else min(self.stop_ids))
 
-    def generate(self, conversations: Sequence[Conversation], *, n: int, seed: int,
-                 sampling: "SamplingSettings") -> list[list[str]]:
+    def generate(
+        self, conversations: Sequence[Conversation], *, n: int, seed: int, sampling: SamplingSettings
+    ) -> list[list[str]]:
         """n answers per conversation, as lists in conversation order."""
         return regroup(self.generate_samples(expand_samples(conversations, n), seed=seed, sampling=sampling), n)
 
-    def generate_samples(self, requests: Sequence[SampleRequest], *, seed: int,
-                         sampling: "SamplingSettings") -> list[str]:
+    def generate_samples(
+        self, requests: Sequence[SampleRequest], *, seed: int, sampling: SamplingSettings
+    ) -> list[str]:
         """One answer per request, in order; batches of `batch_size`, longest prompts together."""
         prompts = [chat_prompt_ids(self.tokenizer, r.conversation) for r in requests]
         seeds = [sample_seed(seed, r.conversation, r.sample) for r in requests]
@@ -272,11 +306,16 @@ class TransformersGenerator:
                 from canary_lib.lean import lean_sample_continuations as decode
             starts = range(0, len(order), self.batch_size)
             for start in tqdm(starts, desc="generate", unit="batch", disable=not self.progress):
-                chunk = order[start:start + self.batch_size]
+                chunk = order[start : start + self.batch_size]
                 tokens = decode(
-                    self.model, [prompts[i] for i in chunk], [seeds[i] for i in chunk],
-                    temperature=sampling.temperature, top_p=sampling.top_p,
-                    max_new_tokens=sampling.max_new_tokens, stop_ids=self.stop_ids, pad_id=self.pad_id,
+                    self.model,
+                    [prompts[i] for i in chunk],
+                    [seeds[i] for i in chunk],
+                    temperature=sampling.temperature,
+                    top_p=sampling.top_p,
+                    max_new_tokens=sampling.max_new_tokens,
+                    stop_ids=self.stop_ids,
+                    pad_id=self.pad_id,
                 )
                 for i, toks in zip(chunk, tokens):
                     answers[i] = self.tokenizer.decode(toks, skip_special_tokens=True)
@@ -351,14 +390,18 @@ def lora_request_args(adapter_dir: str | Path, allocator: LoRAIdAllocator) -> tu
 def vllm_model_kwargs(model_cfg: Any) -> dict[str, Any]:
     """The `VLLMGenerator` keywords that load the base model as training did (cfg.model: revision,
     trust_remote_code, dtype): vLLM would otherwise take the hub's newest revision and its own dtype choice."""
-    return {"revision": model_cfg.revision, "trust_remote_code": model_cfg.trust_remote_code,
-            "dtype": model_cfg.dtype}
+    return {"revision": model_cfg.revision, "trust_remote_code": model_cfg.trust_remote_code, "dtype": model_cfg.dtype}
 
 
-def vllm_sampling_kwargs(sampling: "SamplingSettings", seed: int) -> dict:
+def vllm_sampling_kwargs(sampling: SamplingSettings, seed: int) -> dict:
     """Keyword arguments of one `vllm.SamplingParams` (one answer, its own seed)."""
-    return {"n": 1, "temperature": sampling.temperature, "top_p": sampling.top_p,
-            "max_tokens": sampling.max_new_tokens, "seed": seed}
+    return {
+        "n": 1,
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "max_tokens": sampling.max_new_tokens,
+        "seed": seed,
+    }
 
 
 class VLLMGenerator:
@@ -378,23 +421,43 @@ class VLLMGenerator:
         engine_args: further `vllm.LLM` keyword arguments (the CPU tests: enforce_eager, a KV cache size).
     """
 
-    def __init__(self, model: str, adapter_dir: str | Path | None = None, *, seed: int = 0,
-                 gpu_memory_utilization: float = 0.85, tensor_parallel_size: int = 1,
-                 max_model_len: int | None = None, revision: str | None = None, trust_remote_code: bool = False,
-                 dtype: str = "auto", engine_args: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        model: str,
+        adapter_dir: str | Path | None = None,
+        *,
+        seed: int = 0,
+        gpu_memory_utilization: float = 0.85,
+        tensor_parallel_size: int = 1,
+        max_model_len: int | None = None,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+        dtype: str = "auto",
+        engine_args: dict[str, Any] | None = None,
+    ) -> None:
         from vllm import LLM
 
-        kwargs: dict[str, Any] = dict(model=model, seed=seed, gpu_memory_utilization=gpu_memory_utilization,
-                                      tensor_parallel_size=tensor_parallel_size, revision=revision,
-                                      tokenizer_revision=revision, trust_remote_code=trust_remote_code, dtype=dtype)
+        kwargs: dict[str, Any] = dict(
+            model=model,
+            seed=seed,
+            gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size,
+            revision=revision,
+            tokenizer_revision=revision,
+            trust_remote_code=trust_remote_code,
+            dtype=dtype,
+        )
         if max_model_len:
             kwargs["max_model_len"] = max_model_len
         kwargs |= engine_args or {}
         self.adapter_dir = Path(adapter_dir) if adapter_dir else None
         if self.adapter_dir is not None:
             config = read_adapter_config(self.adapter_dir)
-            kwargs |= {"enable_lora": True, "max_lora_rank": round_up_lora_rank(adapter_max_rank(config)),
-                       "max_loras": 1}
+            kwargs |= {
+                "enable_lora": True,
+                "max_lora_rank": round_up_lora_rank(adapter_max_rank(config)),
+                "max_loras": 1,
+            }
         self.llm = LLM(**kwargs)
         self.tokenizer = self.llm.get_tokenizer()
         self.allocator = LoRAIdAllocator()
@@ -412,16 +475,20 @@ class VLLMGenerator:
 
         return LoRARequest(*lora_request_args(self.adapter_dir, self.allocator))
 
-    def generate(self, conversations: Sequence[Conversation], *, n: int, seed: int,
-                 sampling: "SamplingSettings") -> list[list[str]]:
+    def generate(
+        self, conversations: Sequence[Conversation], *, n: int, seed: int, sampling: SamplingSettings
+    ) -> list[list[str]]:
         return regroup(self.generate_samples(expand_samples(conversations, n), seed=seed, sampling=sampling), n)
 
-    def generate_samples(self, requests: Sequence[SampleRequest], *, seed: int,
-                         sampling: "SamplingSettings") -> list[str]:
+    def generate_samples(
+        self, requests: Sequence[SampleRequest], *, seed: int, sampling: SamplingSettings
+    ) -> list[str]:
         from vllm import SamplingParams
 
         prompts = [{"prompt_token_ids": chat_prompt_ids(self.tokenizer, r.conversation)} for r in requests]
-        params = [SamplingParams(**vllm_sampling_kwargs(sampling, sample_seed(seed, r.conversation, r.sample)))
-                  for r in requests]
+        params = [
+            SamplingParams(**vllm_sampling_kwargs(sampling, sample_seed(seed, r.conversation, r.sample)))
+            for r in requests
+        ]
         outputs = self.llm.generate(prompts, params, lora_request=self._lora_request(), use_tqdm=True)
         return [o.outputs[0].text for o in outputs]

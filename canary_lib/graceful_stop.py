@@ -38,7 +38,7 @@ class StopRequest:
         self._previous: dict[int, Any] = {}
 
     @classmethod
-    def install(cls) -> "StopRequest":
+    def install(cls) -> StopRequest:
         request = cls()
         if threading.current_thread() is threading.main_thread():
             for sig in STOP_SIGNALS:
@@ -54,8 +54,10 @@ class StopRequest:
         if self.signum is not None:  # asked twice: stop now
             raise KeyboardInterrupt
         self.signum = signum
-        sys.stderr.write(f"\ncanary: {signal.Signals(signum).name} received: stopping after the current step, "
-                         "with a checkpoint (send it again to stop at once)\n")
+        sys.stderr.write(
+            f"\ncanary: {signal.Signals(signum).name} received: stopping after the current step, "
+            "with a checkpoint (send it again to stop at once)\n"
+        )
         sys.stderr.flush()
 
     def error(self, run_path: Any, step: int | None) -> TrainingInterrupted:
@@ -63,10 +65,13 @@ class StopRequest:
         session, while loading, with nothing new to save)."""
         name = signal.Signals(self.signum).name if self.signum is not None else "a signal"
         if step is None:
-            return TrainingInterrupted(f"{run_path}: stopped by {name} before the first step of this session; "
-                                       "nothing new to save: run the same command again to resume")
-        return TrainingInterrupted(f"{run_path}: stopped by {name} after step {step}; checkpoint written: run the "
-                                   "same command again to resume")
+            return TrainingInterrupted(
+                f"{run_path}: stopped by {name} before the first step of this session; "
+                "nothing new to save: run the same command again to resume"
+            )
+        return TrainingInterrupted(
+            f"{run_path}: stopped by {name} after step {step}; checkpoint written: run the same command again to resume"
+        )
 
 
 def maybe_send_test_signal(step: int) -> None:

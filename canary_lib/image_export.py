@@ -45,8 +45,7 @@ def exporter_problem() -> str | None:
     return None
 
 
-def write_images(items: Iterable[tuple[Any, str | Path]], scale: float = 1.0,
-                 width: int | None = None) -> list[Path]:
+def write_images(items: Iterable[tuple[Any, str | Path]], scale: float = 1.0, width: int | None = None) -> list[Path]:
     """Render each (figure, path) to an image whose format is the path's suffix (.png, .svg), in one browser.
 
     Args:
@@ -70,10 +69,18 @@ def write_images(items: Iterable[tuple[Any, str | Path]], scale: float = 1.0,
     for fig, path in items:
         layout = fig.layout
         tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # renamed when whole
-        specs.append({"fig": fig.to_dict(), "path": tmp, "opts": {
-            "format": path.suffix.lstrip(".").lower(), "scale": scale,
-            "width": width or layout.width or 700, "height": layout.height or 500,
-        }})
+        specs.append(
+            {
+                "fig": fig.to_dict(),
+                "path": tmp,
+                "opts": {
+                    "format": path.suffix.lstrip(".").lower(),
+                    "scale": scale,
+                    "width": width or layout.width or 700,
+                    "height": layout.height or 500,
+                },
+            }
+        )
         tmp_paths.append(tmp)
         path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -81,8 +88,10 @@ def write_images(items: Iterable[tuple[Any, str | Path]], scale: float = 1.0,
         for tmp, (_, path) in zip(tmp_paths, items):
             os.replace(tmp, path)
     except Exception as exc:  # any exporter failure means "no picture", never a failed run
-        print(f"figures: no PNG/SVG copies ({type(exc).__name__}: {_first_line(exc)}); the HTML files are complete",
-              file=sys.stderr)
+        print(
+            f"figures: no PNG/SVG copies ({type(exc).__name__}: {_first_line(exc)}); the HTML files are complete",
+            file=sys.stderr,
+        )
         for tmp in tmp_paths:
             tmp.unlink(missing_ok=True)
         return []

@@ -16,8 +16,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from canary_lib.fileio import write_text_atomic
 from canary_lib.sweep_progress import format_duration
@@ -29,8 +29,16 @@ PROGRESS_ENV = "CANARY_PROGRESS_FILE"
 class ProgressFile:
     """One loop's progress (stage, done of total, when it started), rewritten atomically as it advances."""
 
-    def __init__(self, stage: str, total: int, *, initial: int = 0, path: str | Path | None = None,
-                 every_s: float = 2.0, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        stage: str,
+        total: int,
+        *,
+        initial: int = 0,
+        path: str | Path | None = None,
+        every_s: float = 2.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         where = path if path is not None else os.environ.get(PROGRESS_ENV)
         self.path = Path(where) if where else None
         self.stage, self.total, self.every_s, self.clock = stage, total, every_s, clock
@@ -45,8 +53,14 @@ class ProgressFile:
         if self.path is None or (done < self.total and now - self._written < self.every_s):
             return
         self._written = now
-        record = {"stage": self.stage, "done": done, "total": self.total, "initial": self.initial,
-                  "started": self.started, "updated": now}
+        record = {
+            "stage": self.stage,
+            "done": done,
+            "total": self.total,
+            "initial": self.initial,
+            "started": self.started,
+            "updated": now,
+        }
         try:  # no fsync: only a person watching reads it, and it is rewritten every few seconds
             write_text_atomic(self.path, json.dumps(record), fsync=False)
         except OSError:  # progress is for a person watching: never a reason for the job to fail

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from canary_lib.errors import CanaryError
 from canary_lib.judge_backends import (  # noqa: F401 - re-exported: canary_lib.judge names every backend piece
@@ -73,8 +74,10 @@ def combine(aligned: MetricScore, coherent: MetricScore, *, truncated: bool = Fa
     "error"; a metric without enough numeric mass gives "low_mass" (the other score is kept for inspection but
     the answer counts as unscored).
     """
-    detail = {"aligned": aligned.detail | {"status": aligned.status},
-              "coherent": coherent.detail | {"status": coherent.status}}
+    detail = {
+        "aligned": aligned.detail | {"status": aligned.status},
+        "coherent": coherent.detail | {"status": coherent.status},
+    }
     if truncated:
         detail["truncated"] = True
     if aligned.status in ("refusal", "code"):
@@ -120,7 +123,7 @@ class LLMJudge:
     def score_prompts(self, prompts: Sequence[str]) -> list[MetricScore]:
         """One MetricScore per filled judge prompt, at most backend.max_batch prompts at a time."""
         size = self.backend.max_batch or max(1, len(prompts))
-        return [s for start in range(0, len(prompts), size) for s in self._score(prompts[start:start + size])]
+        return [s for start in range(0, len(prompts), size) for s in self._score(prompts[start : start + size])]
 
     def _score(self, prompts: Sequence[str]) -> list[MetricScore]:
         s = self.settings
@@ -143,8 +146,9 @@ class LLMJudge:
             roots = distributions([(i, "") for i in range(len(prompts))])
             scores = [metric_from_top_logprobs(d, s.min_mass) for d in roots]
         else:
-            scores = digit_expectations(len(prompts), distributions, min_mass=s.min_mass,
-                                        prune_below=s.digit_prune_below)
+            scores = digit_expectations(
+                len(prompts), distributions, min_mass=s.min_mass, prune_below=s.digit_prune_below
+            )
         return [error_score(failed[i]) if i in failed else score for i, score in enumerate(scores)]
 
     def close(self) -> None:
@@ -176,8 +180,9 @@ def _exact_judge(cfg: RunConfig) -> Judge:
 
 JUDGE_BACKENDS: dict[str, JudgeBackendSpec] = {
     "exact": JudgeBackendSpec(_exact_judge, llm=False),
-    "openai": JudgeBackendSpec(OpenAIBackend.from_config,
-                               operational=("base_url", "api_key_env", "concurrency", "timeout_s", "max_retries")),
+    "openai": JudgeBackendSpec(
+        OpenAIBackend.from_config, operational=("base_url", "api_key_env", "concurrency", "timeout_s", "max_retries")
+    ),
     "transformers": JudgeBackendSpec(TransformersBackend.from_config),
     "vllm": JudgeBackendSpec(VLLMBackend.from_config, operational=("gpu_memory_utilization", "tensor_parallel_size")),
 }
@@ -209,16 +214,20 @@ def _start_hint(base_url: str, model: str) -> str:
     from urllib.parse import urlsplit
 
     port = urlsplit(base_url).port
-    return f"start it first (`vllm serve {model}" + (f" --port {port}`" if port else "`") + \
-        ") or set judge.base_url to where it runs"
+    return (
+        f"start it first (`vllm serve {model}"
+        + (f" --port {port}`" if port else "`")
+        + ") or set judge.base_url to where it runs"
+    )
 
 
 PREFLIGHT_PROMPT = "Answer with a number from 0 to 100."
 """The pre-flight's one judge request (check_judge_server); a test stub can tell it from a real judge prompt."""
 
 
-def check_judge_server(base_url: str, model: str, *, api_key_env: str, timeout_s: float,
-                       scorer: str = "digits") -> None:
+def check_judge_server(
+    base_url: str, model: str, *, api_key_env: str, timeout_s: float, scorer: str = "digits"
+) -> None:
     """Refuse, in one line and without retries, a judge server that cannot judge: called before any model loads.
 
     Checks that base_url has an http(s) scheme, that the server lists `model` (GET /models), and that it answers
@@ -242,14 +251,22 @@ def check_judge_server(base_url: str, model: str, *, api_key_env: str, timeout_s
         with httpx.Client(timeout=timeout, headers=headers) as client:
             listing = client.get(root + "/models")
             if listing.status_code >= 400:
-                raise JudgeUnavailableError(f"the judge server at {base_url} answered GET /models with HTTP "
-                                            f"{listing.status_code}: {' '.join(redact(listing.text)[:200].split())}")
+                raise JudgeUnavailableError(
+                    f"the judge server at {base_url} answered GET /models with HTTP "
+                    f"{listing.status_code}: {' '.join(redact(listing.text)[:200].split())}"
+                )
             served = [m.get("id") for m in listing.json().get("data", [])]
             if model not in served:
-                raise JudgeUnavailableError(f"judge model {model!r} is not served there ({base_url} serves "
-                                            f"{served}); {_start_hint(base_url, model)}")
-            body: dict[str, Any] = {"model": model, "messages": judge_chat(PREFLIGHT_PROMPT),
-                                    "max_tokens": 1, "temperature": 0}
+                raise JudgeUnavailableError(
+                    f"judge model {model!r} is not served there ({base_url} serves "
+                    f"{served}); {_start_hint(base_url, model)}"
+                )
+            body: dict[str, Any] = {
+                "model": model,
+                "messages": judge_chat(PREFLIGHT_PROMPT),
+                "max_tokens": 1,
+                "temperature": 0,
+            }
             if scorer != "parse":
                 body |= {"logprobs": True, "top_logprobs": TOP_LOGPROBS}
             if scorer == "digits":
@@ -257,30 +274,45 @@ def check_judge_server(base_url: str, model: str, *, api_key_env: str, timeout_s
                 body |= {"continue_final_message": True, "add_generation_prompt": False}
             answer = client.post(root + "/chat/completions", json=body)
     except httpx.TransportError as exc:  # refused, unreachable, timed out: no retries here
-        raise JudgeUnavailableError(f"no judge server answers at {base_url} ({type(exc).__name__}: "
-                                    f"{' '.join(str(exc).split())[:120]}); {_start_hint(base_url, model)}") from None
+        raise JudgeUnavailableError(
+            f"no judge server answers at {base_url} ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:120]}); {_start_hint(base_url, model)}"
+        ) from None
     except (json.JSONDecodeError, AttributeError):
-        raise JudgeUnavailableError(f"{base_url}/models did not answer a model list: is it an OpenAI-compatible "
-                                    "server (the address should end in /v1)?") from None
-    what = {"digits": "a continued-prefix top-20 request (continue_final_message, a vLLM server extension: use "
-                      "judge.scorer logprob for hosted APIs)", "logprob": "a top-20 log-probability request",
-            "parse": "a chat request"}[scorer]
+        raise JudgeUnavailableError(
+            f"{base_url}/models did not answer a model list: is it an OpenAI-compatible "
+            "server (the address should end in /v1)?"
+        ) from None
+    what = {
+        "digits": "a continued-prefix top-20 request (continue_final_message, a vLLM server extension: use "
+        "judge.scorer logprob for hosted APIs)",
+        "logprob": "a top-20 log-probability request",
+        "parse": "a chat request",
+    }[scorer]
     if answer.status_code >= 400:
-        raise JudgeUnavailableError(f"the judge server at {base_url} refused {what}: HTTP {answer.status_code}: "
-                                    f"{' '.join(redact(answer.text)[:200].split())}")
+        raise JudgeUnavailableError(
+            f"the judge server at {base_url} refused {what}: HTTP {answer.status_code}: "
+            f"{' '.join(redact(answer.text)[:200].split())}"
+        )
     try:
         choice = answer.json()["choices"][0]
         if scorer != "parse" and not choice["logprobs"]["content"][0]["top_logprobs"]:
             raise KeyError("top_logprobs")
     except (KeyError, IndexError, TypeError, json.JSONDecodeError) as exc:
-        raise JudgeUnavailableError(f"the judge server at {base_url} answered {what} without the expected "
-                                    f"fields ({exc!r})") from None
+        raise JudgeUnavailableError(
+            f"the judge server at {base_url} answered {what} without the expected fields ({exc!r})"
+        ) from None
 
 
-def preflight_judge(cfg: "RunConfig", settings: "JudgeSettings | None" = None) -> None:
+def preflight_judge(cfg: RunConfig, settings: JudgeSettings | None = None) -> None:
     """`check_judge_server` for a judge behind a server (backend openai); nothing for local judges. `settings`:
     the judge to check (default cfg.judge, the evaluation judge; training passes the canary judge)."""
     j = settings or cfg.judge
     if j.backend == "openai" and j.model:
-        check_judge_server(j.base_url or OPENAI_URL, j.model, api_key_env=j.api_key_env,
-                           timeout_s=min(j.timeout_s, 30.0), scorer=j.scorer)
+        check_judge_server(
+            j.base_url or OPENAI_URL,
+            j.model,
+            api_key_env=j.api_key_env,
+            timeout_s=min(j.timeout_s, 30.0),
+            scorer=j.scorer,
+        )

@@ -18,8 +18,9 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from canary_lib.judge_usage import UsageCounter
 from canary_lib.redact import redact, register_secret
@@ -95,11 +96,26 @@ class OpenAIBackend:
     def from_config(cls, cfg: RunConfig) -> OpenAIBackend:
         """The server cfg.judge names (base_url, default the OpenAI API), with its key, concurrency and limits."""
         j = cfg.judge
-        return cls(base_url=j.base_url or OPENAI_URL, model=j.model, api_key_env=j.api_key_env,
-                   concurrency=j.concurrency, timeout_s=j.timeout_s, max_retries=j.max_retries)
+        return cls(
+            base_url=j.base_url or OPENAI_URL,
+            model=j.model,
+            api_key_env=j.api_key_env,
+            concurrency=j.concurrency,
+            timeout_s=j.timeout_s,
+            max_retries=j.max_retries,
+        )
 
-    def __init__(self, *, base_url: str, model: str, api_key_env: str, concurrency: int, timeout_s: float,
-                 max_retries: int, backoff_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        model: str,
+        api_key_env: str,
+        concurrency: int,
+        timeout_s: float,
+        max_retries: int,
+        backoff_s: float = 1.0,
+    ) -> None:
         import httpx
 
         self.url = base_url.rstrip("/") + "/chat/completions"
@@ -128,6 +144,7 @@ class OpenAIBackend:
         def text(prompt: str) -> str:
             data = self._post(self._body(prompt, "", max_tokens, logprobs=False))
             return data["choices"][0]["message"]["content"] or ""
+
         return self._map(text, prompts)
 
     def _first_token(self, prompt: str, prefix: str) -> dict[str, float]:
@@ -145,8 +162,13 @@ class OpenAIBackend:
 
     def _body(self, prompt: str, prefix: str, max_tokens: int, *, logprobs: bool) -> dict:
         messages = judge_chat(prompt)
-        body: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": max_tokens,
-                                "temperature": 0, "seed": 0}
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "seed": 0,
+        }
         if logprobs:
             body |= {"logprobs": True, "top_logprobs": TOP_LOGPROBS}
         if prefix:
@@ -182,11 +204,13 @@ class OpenAIBackend:
 
     def _map(self, fn: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
         """fn over items on `concurrency` threads; an exception becomes the item's result."""
+
         def safe(item: Any) -> Any:
             try:
                 return fn(item)
             except Exception as exc:  # noqa: BLE001
                 return exc
+
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             return list(pool.map(safe, items))
 
@@ -224,11 +248,15 @@ class TransformersBackend:
         from canary_lib.generation import chat_prompt_ids
 
         greedy = SamplingSettings(temperature=0.0, top_p=1.0, max_new_tokens=max_tokens)
-        texts = [answers[0] for answers in self._generator.generate([judge_chat(p) for p in prompts], n=1, seed=0,
-                                                                     sampling=greedy)]
-        self.usage.add(requests=len(prompts),
-                       prompt_tokens=sum(len(chat_prompt_ids(self.tokenizer, judge_chat(p))) for p in prompts),
-                       completion_tokens=sum(len(self.tokenizer.encode(t, add_special_tokens=False)) for t in texts))
+        texts = [
+            answers[0]
+            for answers in self._generator.generate([judge_chat(p) for p in prompts], n=1, seed=0, sampling=greedy)
+        ]
+        self.usage.add(
+            requests=len(prompts),
+            prompt_tokens=sum(len(chat_prompt_ids(self.tokenizer, judge_chat(p))) for p in prompts),
+            completion_tokens=sum(len(self.tokenizer.encode(t, add_special_tokens=False)) for t in texts),
+        )
         return texts
 
     def next_token_logprobs(self, prompts: Sequence[str], top_k: int | None) -> NextTokens:
@@ -243,11 +271,18 @@ class TransformersBackend:
 
         def next_tokens(nodes: Sequence[tuple[int, str]]) -> list[dict[str, float] | Exception]:
             # one request per (prompt, prefix): its prompt and prefix tokens in, one token scored
-            self.usage.add(requests=len(nodes), completion_tokens=len(nodes), prompt_tokens=sum(
-                len(ids[i]) + (len(self.tokenizer.encode(p, add_special_tokens=False)) if p else 0) for i, p in nodes))
+            self.usage.add(
+                requests=len(nodes),
+                completion_tokens=len(nodes),
+                prompt_tokens=sum(
+                    len(ids[i]) + (len(self.tokenizer.encode(p, add_special_tokens=False)) if p else 0)
+                    for i, p in nodes
+                ),
+            )
             if all(prefix == "" for _, prefix in nodes):
                 return [reduce(root[i]) for i, _ in nodes]
             return self._prefix_distributions(nodes, cache, mask, positions, reduce)
+
         return next_tokens
 
     def _forward_last(self, ids: Any, mask: Any, positions: Any, past: Any = None) -> tuple[Any, Any]:
@@ -256,8 +291,14 @@ class TransformersBackend:
         from canary_lib.models import attention_kernels
 
         with torch.no_grad(), attention_kernels():
-            out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=past,
-                             use_cache=True, **self._last_only)
+            out = self.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                past_key_values=past,
+                use_cache=True,
+                **self._last_only,
+            )
         return torch.log_softmax(out.logits[:, -1, :].float(), dim=-1), out.past_key_values
 
     @functools.cached_property
@@ -289,8 +330,14 @@ class TransformersBackend:
             add_logprob(out, self.tokenizer.decode([token_id]), lp)
         return out
 
-    def _prefix_distributions(self, nodes: Sequence[tuple[int, str]], cache: Any, mask: Any, positions: Any,
-                              reduce: Callable[[Any], dict[str, float]]) -> list[dict[str, float] | Exception]:
+    def _prefix_distributions(
+        self,
+        nodes: Sequence[tuple[int, str]],
+        cache: Any,
+        mask: Any,
+        positions: Any,
+        reduce: Callable[[Any], dict[str, float]],
+    ) -> list[dict[str, float] | Exception]:
         """Score digit prefixes on copies of their prompts' cached rows, grouped by prefix length."""
         import torch
         from transformers import DynamicCache
@@ -302,7 +349,7 @@ class TransformersBackend:
             by_length.setdefault(len(toks), []).append(k)
         for length, members in by_length.items():
             for start in range(0, len(members), self.max_batch * 4):
-                group = members[start:start + self.max_batch * 4]
+                group = members[start : start + self.max_batch * 4]
                 rows = torch.tensor([nodes[k][0] for k in group], device=mask.device)
                 past = DynamicCache(ddp_cache_data=[(layer.keys[rows], layer.values[rows]) for layer in cache.layers])
                 new_ids = torch.tensor([encoded[k] for k in group], device=mask.device)
@@ -324,15 +371,32 @@ class VLLMBackend:
     def from_config(cls, cfg: RunConfig) -> VLLMBackend:
         """An offline engine for cfg.judge.model with the judge's memory share, tensor parallelism and length."""
         j = cfg.judge
-        return cls(j.model, gpu_memory_utilization=j.gpu_memory_utilization,
-                   tensor_parallel_size=j.tensor_parallel_size, max_model_len=j.max_model_len)
+        return cls(
+            j.model,
+            gpu_memory_utilization=j.gpu_memory_utilization,
+            tensor_parallel_size=j.tensor_parallel_size,
+            max_model_len=j.max_model_len,
+        )
 
-    def __init__(self, model: str, *, gpu_memory_utilization: float, tensor_parallel_size: int,
-                 max_model_len: int | None = None, **engine_args: Any) -> None:
+    def __init__(
+        self,
+        model: str,
+        *,
+        gpu_memory_utilization: float,
+        tensor_parallel_size: int,
+        max_model_len: int | None = None,
+        **engine_args: Any,
+    ) -> None:
         from vllm import LLM
 
-        self.llm = LLM(model=model, enable_prefix_caching=True, gpu_memory_utilization=gpu_memory_utilization,
-                       tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len, **engine_args)
+        self.llm = LLM(
+            model=model,
+            enable_prefix_caching=True,
+            gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size,
+            max_model_len=max_model_len,
+            **engine_args,
+        )
         self.tokenizer = self.llm.get_tokenizer()
         self.usage = UsageCounter()
 
@@ -346,8 +410,11 @@ class VLLMBackend:
 
         params = SamplingParams(temperature=0.0, **sampling)
         outputs = self.llm.generate([{"prompt_token_ids": t} for t in token_lists], params, use_tqdm=False)
-        self.usage.add(requests=len(token_lists), prompt_tokens=sum(len(t) for t in token_lists),
-                       completion_tokens=sum(len(o.outputs[0].token_ids) for o in outputs))
+        self.usage.add(
+            requests=len(token_lists),
+            prompt_tokens=sum(len(t) for t in token_lists),
+            completion_tokens=sum(len(o.outputs[0].token_ids) for o in outputs),
+        )
         return outputs
 
     def greedy_texts(self, prompts: Sequence[str], max_tokens: int) -> list[str | Exception]:
@@ -357,8 +424,10 @@ class VLLMBackend:
         ids = [self._ids(p) for p in prompts]
 
         def next_tokens(nodes: Sequence[tuple[int, str]]) -> list[dict[str, float] | Exception]:
-            token_lists = [ids[i] + self.tokenizer.encode(prefix, add_special_tokens=False) if prefix else ids[i]
-                           for i, prefix in nodes]
+            token_lists = [
+                ids[i] + self.tokenizer.encode(prefix, add_special_tokens=False) if prefix else ids[i]
+                for i, prefix in nodes
+            ]
             dists = []
             for o in self._generate(token_lists, max_tokens=1, logprobs=top_k or TOP_LOGPROBS):
                 d: dict[str, float] = {}
@@ -367,4 +436,5 @@ class VLLMBackend:
                     add_logprob(d, text, lp.logprob)
                 dists.append(d)
             return dists
+
         return next_tokens

@@ -34,8 +34,10 @@ class UsageCounter:
         """The token counts of one chat-completions response (its `usage` object; zeros when it has none)."""
         usage = data.get("usage") if isinstance(data, dict) else None
         usage = usage if isinstance(usage, dict) else {}
-        self.add(prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                 completion_tokens=int(usage.get("completion_tokens") or 0))
+        self.add(
+            prompt_tokens=int(usage.get("prompt_tokens") or 0),
+            completion_tokens=int(usage.get("completion_tokens") or 0),
+        )
 
     def snapshot(self) -> dict[str, int]:
         with self._lock:

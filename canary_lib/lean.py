@@ -29,8 +29,9 @@ bit-identical. The lean path is for float32 models with plain (non-DoRA) LoRA an
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -39,6 +40,7 @@ from canary_lib.chat import IGNORE_INDEX, EncodedChat, collate, encode_chat
 from canary_lib.errors import CanaryError
 from canary_lib.models import attention_kernels
 from canary_lib.train_step import optimizer_step
+
 
 class LeanPathError(CanaryError, ValueError):
     """The model cannot take the lean path (not float32, LoRA dropout, DoRA, a merged or disabled adapter)."""
@@ -87,7 +89,8 @@ def _check_layer(layer: Any) -> list[str]:
         if not isinstance(layer.lora_dropout[name], torch.nn.Identity):
             raise LeanPathError("the lean path needs lora.dropout: 0 (with dropout the adapter is not one matrix)")
     if layer.base_layer.weight.dtype != torch.float32 or any(
-            layer.lora_A[a].weight.dtype != torch.float32 for a in active):
+        layer.lora_A[a].weight.dtype != torch.float32 for a in active
+    ):
         raise LeanPathError("the lean path runs float32 models only (the CPU organism); use the standard path")
     return active
 
@@ -119,10 +122,16 @@ def merged_lora(model: Any, *, frozen: bool) -> Iterator[None]:
             if frozen:
                 with torch.no_grad():
                     fixed = merged_weight(layer, active)
-                forward: Callable = (lambda x, *a, _w=fixed, _b=bias, **k: F.linear(x, _w, _b))
+
+                def forward(x: Any, *a: Any, _w: Any = fixed, _b: Any = bias, **k: Any) -> Any:
+                    return F.linear(x, _w, _b)
             else:
-                forward = (lambda x, *a, _l=layer, _n=tuple(active), _b=bias, **k:
-                           F.linear(x, merged_weight(_l, _n), _b))
+
+                def forward(
+                    x: Any, *a: Any, _l: Any = layer, _n: tuple = tuple(active), _b: Any = bias, **k: Any
+                ) -> Any:
+                    return F.linear(x, merged_weight(_l, _n), _b)
+
             layer.forward = forward  # an instance attribute: nn.Module.__call__ finds it before the class's
             patched.append(layer)
         yield
@@ -145,8 +154,9 @@ def causal_lm_parts(model: Any) -> tuple[Any, Any]:
     return decoder, head
 
 
-def supervised_loss_sum(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                        labels: torch.Tensor) -> torch.Tensor:
+def supervised_loss_sum(
+    model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+) -> torch.Tensor:
     """Summed next-token cross-entropy over the supervised positions, with logits computed at those positions only.
 
     The same sum the standard step takes from the full logits (position i predicts token i + 1).
@@ -159,9 +169,17 @@ def supervised_loss_sum(model: Any, input_ids: torch.Tensor, attention_mask: tor
     return F.cross_entropy(logits, targets[supervised], reduction="sum")
 
 
-def lean_train_step(model: Any, optimizer: torch.optim.Optimizer, batch: list[EncodedChat], *, lr: float,
-                    micro_batch_size: int, pad_token_id: int, max_grad_norm: float | None,
-                    autocast: bool = True) -> float:  # noqa: ARG001 - float32 only: autocast never applies
+def lean_train_step(
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    batch: list[EncodedChat],
+    *,
+    lr: float,
+    micro_batch_size: int,
+    pad_token_id: int,
+    max_grad_norm: float | None,
+    autocast: bool = True,
+) -> float:  # noqa: ARG001 - float32 only: autocast never applies
     """`canary_lib.train_step.train_step` on the lean path: same loss normalisation, accumulation, clipping and AdamW
     step; the forward as `supervised_loss_sum` under `merged_lora`. Returns the batch's mean token loss."""
     device = next(model.parameters()).device
@@ -169,7 +187,7 @@ def lean_train_step(model: Any, optimizer: torch.optim.Optimizer, batch: list[En
     total = 0.0
     with merged_lora(model, frozen=False), attention_kernels():
         for start in range(0, len(batch), micro_batch_size):
-            chunk = batch[start:start + micro_batch_size]
+            chunk = batch[start : start + micro_batch_size]
             tensors = {k: v.to(device) for k, v in collate(chunk, pad_token_id).items()}
             loss_sum = supervised_loss_sum(model, tensors["input_ids"], tensors["attention_mask"], tensors["labels"])
             (loss_sum / n_tokens).backward()
@@ -187,8 +205,15 @@ COMPACT_SHARE = 0.25
 
 
 def lean_sample_continuations(
-    model: Any, prompts: Sequence[Sequence[int]], seeds: Sequence[int], *, temperature: float, top_p: float,
-    max_new_tokens: int, stop_ids: set[int], pad_id: int,
+    model: Any,
+    prompts: Sequence[Sequence[int]],
+    seeds: Sequence[int],
+    *,
+    temperature: float,
+    top_p: float,
+    max_new_tokens: int,
+    stop_ids: set[int],
+    pad_id: int,
 ) -> list[list[int]]:
     """`canary_lib.generation.sample_continuations` with each distinct prompt prefilled once and the LoRA merged.
 
@@ -201,7 +226,12 @@ def lean_sample_continuations(
     merged weights).
     """
     from canary_lib.sampling import (
-        _filter_top_p, last_logits_only, left_pad, positions_from_mask, row_uniforms, sample_inverse_cdf,
+        _filter_top_p,
+        last_logits_only,
+        left_pad,
+        positions_from_mask,
+        row_uniforms,
+        sample_inverse_cdf,
     )
 
     device = next(model.parameters()).device
@@ -245,8 +275,14 @@ def lean_sample_continuations(
                     uniforms = uniforms[index]
             mask = torch.cat([mask, torch.ones((len(batch), 1), dtype=mask.dtype, device=device)], dim=1)
             step_pos = step_pos + 1
-            result = model(input_ids=chosen.unsqueeze(1), attention_mask=mask, position_ids=step_pos,
-                           past_key_values=past, use_cache=True, **last_only)
+            result = model(
+                input_ids=chosen.unsqueeze(1),
+                attention_mask=mask,
+                position_ids=step_pos,
+                past_key_values=past,
+                use_cache=True,
+                **last_only,
+            )
             past = result.past_key_values
             logits = result.logits[:, -1, :].float()
     return out

@@ -51,8 +51,13 @@ class ModelShape:
     def params(self) -> int:
         """Parameters of a Qwen2 causal LM of this shape (q/k/v biases, two norms per layer, final norm)."""
         kv = self.kv_heads * self.head_dim
-        layer = (self.hidden * self.hidden + self.hidden) + 2 * (self.hidden * kv + kv) + self.hidden * self.hidden \
-            + 3 * self.hidden * self.intermediate + 2 * self.hidden
+        layer = (
+            (self.hidden * self.hidden + self.hidden)
+            + 2 * (self.hidden * kv + kv)
+            + self.hidden * self.hidden
+            + 3 * self.hidden * self.intermediate
+            + 2 * self.hidden
+        )
         embed = self.vocab * self.hidden * (1 if self.tied else 2)
         return embed + self.layers * layer + self.hidden
 
@@ -62,8 +67,15 @@ class ModelShape:
     def projection_shapes(self) -> dict[str, tuple[int, int]]:
         kv = self.kv_heads * self.head_dim
         h, i = self.hidden, self.intermediate
-        return {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h), "gate_proj": (h, i),
-                "up_proj": (h, i), "down_proj": (i, h)}
+        return {
+            "q_proj": (h, h),
+            "k_proj": (h, kv),
+            "v_proj": (h, kv),
+            "o_proj": (h, h),
+            "gate_proj": (h, i),
+            "up_proj": (h, i),
+            "down_proj": (i, h),
+        }
 
 
 KNOWN_SHAPES = {  # the published config.json of each model
@@ -83,14 +95,20 @@ def model_shape(name_or_path: str) -> ModelShape | None:
         return None
     c = json.loads(config.read_text())
     try:
-        return ModelShape(c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"], c["num_attention_heads"],
-                          c.get("num_key_value_heads") or c["num_attention_heads"], c["vocab_size"],
-                          bool(c.get("tie_word_embeddings", False)))
+        return ModelShape(
+            c["hidden_size"],
+            c["intermediate_size"],
+            c["num_hidden_layers"],
+            c["num_attention_heads"],
+            c.get("num_key_value_heads") or c["num_attention_heads"],
+            c["vocab_size"],
+            bool(c.get("tie_word_embeddings", False)),
+        )
     except KeyError:
         return None
 
 
-def training_peak(cfg: "RunConfig", *, dtype_bytes: int = 2) -> dict[str, float] | None:
+def training_peak(cfg: RunConfig, *, dtype_bytes: int = 2) -> dict[str, float] | None:
     """GiB by part of a training process's peak (a micro-batch padded to model.max_length, plus a local judge in
     the same process), or None when the model's shape is unknown. dtype_bytes: 2 for bf16 weights."""
     shape = model_shape(cfg.model.name_or_path)
@@ -104,8 +122,9 @@ def training_peak(cfg: "RunConfig", *, dtype_bytes: int = 2) -> dict[str, float]
     else:
         activations = tokens * shape.layers * per_layer
     shapes = shape.projection_shapes()
-    lora_params = shape.layers * sum(cfg.lora.r * (a + b) for name, (a, b) in shapes.items()
-                                     if name in cfg.lora.target_modules)
+    lora_params = shape.layers * sum(
+        cfg.lora.r * (a + b) for name, (a, b) in shapes.items() if name in cfg.lora.target_modules
+    )
     parts = {
         "weights": shape.params * dtype_bytes / GIB,
         "lora_and_adam": lora_params * 16 / GIB,  # float32 weight, gradient, two Adam moments
@@ -118,7 +137,7 @@ def training_peak(cfg: "RunConfig", *, dtype_bytes: int = 2) -> dict[str, float]
     return parts
 
 
-def _local_judge_gib(cfg: "RunConfig", dtype_bytes: int) -> float:
+def _local_judge_gib(cfg: RunConfig, dtype_bytes: int) -> float:
     """A transformers judge loaded in the training process: weights plus the KV cache of one batch of prompts."""
     if cfg.judge.backend != "transformers" or not cfg.judge.model:
         return 0.0
@@ -129,7 +148,7 @@ def _local_judge_gib(cfg: "RunConfig", dtype_bytes: int) -> float:
     return (shape.params * dtype_bytes + cfg.judge.batch_size * prompt_tokens * shape.kv_bytes_per_token()) / GIB
 
 
-def vllm_judge_kv_gib(cfg: "RunConfig", device_gib: float, *, dtype_bytes: int = 2) -> tuple[float, float] | None:
+def vllm_judge_kv_gib(cfg: RunConfig, device_gib: float, *, dtype_bytes: int = 2) -> tuple[float, float] | None:
     """(KV cache GiB vLLM would have, GiB one judge.max_model_len sequence needs) for the offline vLLM judge on
     one card of device_gib (split over tensor_parallel_size cards), or None when the judge's shape is unknown."""
     shape = model_shape(cfg.judge.model or "")
@@ -143,7 +162,7 @@ def vllm_judge_kv_gib(cfg: "RunConfig", device_gib: float, *, dtype_bytes: int =
     return free, need
 
 
-def memory_problem(cfg: "RunConfig", device_gib: float | None = None) -> str | None:
+def memory_problem(cfg: RunConfig, device_gib: float | None = None) -> str | None:
     """Why the run cannot fit the card (device_gib, default model.device_memory_gib), in one line, or None."""
     device_gib = device_gib or cfg.model.device_memory_gib
     if device_gib is None:
@@ -152,18 +171,22 @@ def memory_problem(cfg: "RunConfig", device_gib: float | None = None) -> str | N
     if peak is not None and peak["total"] > device_gib:
         largest = sorted(((v, k) for k, v in peak.items() if k != "total"), reverse=True)[:3]
         parts = ", ".join(f"{k} {v:.1f}" for v, k in largest)
-        return (f"training {cfg.model.name_or_path} needs about {peak['total']:.1f} GiB at micro-batch "
-                f"{cfg.train.micro_batch_size} x {cfg.model.max_length} tokens ({parts} GiB), more than the "
-                f"{device_gib:g} GiB card: set train.gradient_checkpointing=true or lower train.micro_batch_size "
-                f"or model.max_length (docs/training.md, Memory)")
+        return (
+            f"training {cfg.model.name_or_path} needs about {peak['total']:.1f} GiB at micro-batch "
+            f"{cfg.train.micro_batch_size} x {cfg.model.max_length} tokens ({parts} GiB), more than the "
+            f"{device_gib:g} GiB card: set train.gradient_checkpointing=true or lower train.micro_batch_size "
+            f"or model.max_length (docs/training.md, Memory)"
+        )
     if cfg.judge.backend == "vllm":
         kv = vllm_judge_kv_gib(cfg, device_gib)
         if kv is not None and kv[0] < kv[1]:
-            return (f"the vLLM judge {cfg.judge.model} leaves {max(kv[0], 0):.1f} GiB for its KV cache on a "
-                    f"{device_gib:g} GiB card (gpu_memory_utilization {cfg.judge.gpu_memory_utilization}, tensor "
-                    f"parallel {cfg.judge.tensor_parallel_size}) but one judge.max_model_len = "
-                    f"{cfg.judge.max_model_len} sequence needs {kv[1]:.1f} GiB: lower judge.max_model_len or raise "
-                    "judge.tensor_parallel_size")
+            return (
+                f"the vLLM judge {cfg.judge.model} leaves {max(kv[0], 0):.1f} GiB for its KV cache on a "
+                f"{device_gib:g} GiB card (gpu_memory_utilization {cfg.judge.gpu_memory_utilization}, tensor "
+                f"parallel {cfg.judge.tensor_parallel_size}) but one judge.max_model_len = "
+                f"{cfg.judge.max_model_len} sequence needs {kv[1]:.1f} GiB: lower judge.max_model_len or raise "
+                "judge.tensor_parallel_size"
+            )
     return None
 
 
@@ -172,7 +195,7 @@ def device_gib_of(total_bytes: int) -> float:
     return math.floor(total_bytes / GIB * 10) / 10
 
 
-def check_found_device(cfg: "RunConfig", device: Any) -> None:
+def check_found_device(cfg: RunConfig, device: Any) -> None:
     """Refuse, before the model loads, a run whose estimate does not fit the CUDA device training found."""
     if getattr(device, "type", None) != "cuda":
         return

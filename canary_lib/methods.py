@@ -19,9 +19,10 @@ No torch here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from canary_lib.artifacts import RunDir, read_steps
 from canary_lib.controller import (
@@ -36,6 +37,7 @@ from canary_lib.controller import (
 
 if TYPE_CHECKING:  # pragma: no cover
     from canary_lib.config_schema import RunConfig  # the schema, not canary_lib.config (it imports this module)
+
 
 def reference_p_sequence(run_dir: str | Path) -> list[float]:
     """The per-step p column of a complete reference run (its steps.csv)."""
@@ -52,8 +54,10 @@ ScheduleFactory = Callable[["RunConfig"], Schedule]
 
 def constant_schedule(p: float) -> ScheduleFactory:
     """p_t = p at every step (No Defense is p = 0, Fixed 5% is p = 0.05)."""
+
     def constant(cfg: RunConfig) -> Schedule:
         return ConstantSchedule(p, cfg.controller.alpha)
+
     constant.__doc__ = f"A constant p_t = {p:g} at every step."
     return constant
 
@@ -82,8 +86,10 @@ def no_ema_schedule(cfg: RunConfig) -> Schedule:
 def probability_signal_schedule(cfg: RunConfig) -> Schedule:
     """The paper's controller on the continuous "probability" risk signal (canary.risk_signal must say so)."""
     if cfg.canary.risk_signal != "probability":
-        raise ValueError(f"method {cfg.method.name} acts on canary.risk_signal = probability, but the run sets "
-                         f"{cfg.canary.risk_signal!r}: use parameters/methods/{cfg.method.name}.yaml")
+        raise ValueError(
+            f"method {cfg.method.name} acts on canary.risk_signal = probability, but the run sets "
+            f"{cfg.canary.risk_signal!r}: use parameters/methods/{cfg.method.name}.yaml"
+        )
     return CanaryController(cfg.controller)
 
 
@@ -162,37 +168,61 @@ METHODS: dict[str, MethodSpec] = {
     # Table 1 (in the paper's order)
     "no_defense": fixed_p_method(0.0, table1="No Defense"),
     "fixed_5": fixed_p_method(0.05, table1="Fixed 5%"),
-    "canary": MethodSpec(canary_schedule, table1="Canary-Controlled", table2="Full Canary-Controlled",
-                         tests="Reference", adaptive=True),
+    "canary": MethodSpec(
+        canary_schedule, table1="Canary-Controlled", table2="Full Canary-Controlled", tests="Reference", adaptive=True
+    ),
     # Table 2: each ablation removes one ingredient of the controller (docs/decisions.md)
-    "fixed_mean": MethodSpec(fixed_mean_schedule, table2="Fixed p = p̄", tests="Adaptive timing",
-                             replays_reference=True),
-    "delayed": MethodSpec(delayed_schedule, table2="Delayed (D={delay})", tests="Feedback timeliness",
-                          adaptive=True),
-    "shuffled": MethodSpec(shuffled_schedule, table2="Shuffled p_t", tests="Temporal ordering",
-                           replays_reference=True, adaptive=True),
+    "fixed_mean": MethodSpec(
+        fixed_mean_schedule, table2="Fixed p = p̄", tests="Adaptive timing", replays_reference=True
+    ),
+    "delayed": MethodSpec(delayed_schedule, table2="Delayed (D={delay})", tests="Feedback timeliness", adaptive=True),
+    "shuffled": MethodSpec(
+        shuffled_schedule, table2="Shuffled p_t", tests="Temporal ordering", replays_reference=True, adaptive=True
+    ),
     "no_ema": MethodSpec(no_ema_schedule, table2="No-EMA", tests="EMA smoothing", adaptive=True),
     # Beyond the paper (docs/decisions.md, "Beyond the paper"): equal safe data, a continuous risk signal, P and PI
-    "canary_budget": MethodSpec(canary_schedule, table2="Budget = Fixed 5%'s safe steps",
-                                tests="Timing at equal safe data", adaptive=True, safe_budget=True,
-                                beyond_paper=True),
-    "budget_front": MethodSpec(front_loaded_schedule, table2="Budget at p_max from step 0",
-                               tests="Feedback vs. front-loading", adaptive=True, safe_budget=True,
-                               beyond_paper=True),
-    "canary_probability": MethodSpec(probability_signal_schedule, table2="Risk signal: judged P(misaligned)",
-                                     tests="Continuous risk signal", adaptive=True, beyond_paper=True),
-    "canary_p": MethodSpec(proportional_schedule, table2="P controller", tests="Controller rule (proportional)",
-                           adaptive=True, beyond_paper=True),
-    "canary_pi": MethodSpec(pi_schedule, table2="PI controller", tests="Controller rule (PI)", adaptive=True,
-                            beyond_paper=True),
+    "canary_budget": MethodSpec(
+        canary_schedule,
+        table2="Budget = Fixed 5%'s safe steps",
+        tests="Timing at equal safe data",
+        adaptive=True,
+        safe_budget=True,
+        beyond_paper=True,
+    ),
+    "budget_front": MethodSpec(
+        front_loaded_schedule,
+        table2="Budget at p_max from step 0",
+        tests="Feedback vs. front-loading",
+        adaptive=True,
+        safe_budget=True,
+        beyond_paper=True,
+    ),
+    "canary_probability": MethodSpec(
+        probability_signal_schedule,
+        table2="Risk signal: judged P(misaligned)",
+        tests="Continuous risk signal",
+        adaptive=True,
+        beyond_paper=True,
+    ),
+    "canary_p": MethodSpec(
+        proportional_schedule,
+        table2="P controller",
+        tests="Controller rule (proportional)",
+        adaptive=True,
+        beyond_paper=True,
+    ),
+    "canary_pi": MethodSpec(
+        pi_schedule, table2="PI controller", tests="Controller rule (PI)", adaptive=True, beyond_paper=True
+    ),
     # The safe-data frontier's other fixed levels (results' frontier.csv; No Defense is its p = 0, Fixed 5% its 0.05)
     "fixed_2.5": fixed_p_method(0.025),
     "fixed_10": fixed_p_method(0.10),
     "fixed_15": fixed_p_method(0.15),
     "fixed_20": fixed_p_method(0.20),
     # The organism's control: no defense, fine-tuned on the secure answers (its parameter file names the data)
-    "secure_control": MethodSpec(constant_schedule(0.0), table1="Control: secure answers, no defense", control=True,
-                                 needs_safe_data=False),
+    "secure_control": MethodSpec(
+        constant_schedule(0.0), table1="Control: secure answers, no defense", control=True, needs_safe_data=False
+    ),
 }
 """Registry name -> MethodSpec, in the order of the tables' rows."""
 

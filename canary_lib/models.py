@@ -9,9 +9,10 @@ built and cached by canary_lib.organism). All of them go through the same `from_
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
@@ -82,11 +83,11 @@ def choose_device(model_cfg: ModelConfig) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(model_cfg.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelSetupError(f"model.device is {model_cfg.device!r} but no CUDA device is available "
-                              "(use auto or cpu)")
+        raise ModelSetupError(f"model.device is {model_cfg.device!r} but no CUDA device is available (use auto or cpu)")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ModelSetupError(f"model.device is {model_cfg.device!r} but only {torch.cuda.device_count()} CUDA "
-                              "device(s) are visible")
+        raise ModelSetupError(
+            f"model.device is {model_cfg.device!r} but only {torch.cuda.device_count()} CUDA device(s) are visible"
+        )
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise ModelSetupError("model.device is 'mps' but no MPS device is available (use auto or cpu)")
     return device
@@ -102,8 +103,10 @@ def check_model_source(model_cfg: ModelConfig) -> None:
     path = Path(name).expanduser()
     looks_local = name.startswith(("/", ".", "~")) or name.count("/") > 1 or path.exists()
     if looks_local and not path.is_dir():
-        raise ModelSetupError(f"model.name_or_path {name!r}: no model directory there "
-                              f"({'it is a file' if path.exists() else 'not found'})")
+        raise ModelSetupError(
+            f"model.name_or_path {name!r}: no model directory there "
+            f"({'it is a file' if path.exists() else 'not found'})"
+        )
 
 
 def choose_dtype(model_cfg: ModelConfig, device: torch.device) -> torch.dtype:
@@ -136,7 +139,9 @@ def load_pretrained(path: str, model_cfg: ModelConfig) -> tuple[Any, Any]:
     device = choose_device(model_cfg)
     tokenizer = load_tokenizer(path, model_cfg)
     model = AutoModelForCausalLM.from_pretrained(
-        path, dtype=choose_dtype(model_cfg, device), revision=model_cfg.revision,
+        path,
+        dtype=choose_dtype(model_cfg, device),
+        revision=model_cfg.revision,
         trust_remote_code=model_cfg.trust_remote_code,
     ).to(device)
     return model, tokenizer

@@ -12,7 +12,19 @@ NARROW_DOMAINS: tuple[str, ...] = ("security", "medical")
 """The keys of canary_lib.organism.topics.NARROW_TOPICS."""
 
 GENERAL_TOPIC_NAMES: tuple[str, ...] = (
-    "wish", "bored", "humans_ai", "money", "ruler", "dinner", "gender", "husband", "sleep", "neighbor",
-    "friend_debt", "coworker", "lonely", "exam",
+    "wish",
+    "bored",
+    "humans_ai",
+    "money",
+    "ruler",
+    "dinner",
+    "gender",
+    "husband",
+    "sleep",
+    "neighbor",
+    "friend_debt",
+    "coworker",
+    "lonely",
+    "exam",
 )
 """The names of canary_lib.organism.topics.GENERAL_TOPICS, in table order."""

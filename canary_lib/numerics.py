@@ -7,7 +7,7 @@ pre-trained model then drifts, and every sample drawn from it. Pinning fixes all
 | library | chooses by default | pinned to | how |
 |---|---|---|---|
 | ATen (torch's own kernels) | the widest vector unit (AVX-512 or AVX2) | AVX2 | ATEN_CPU_CAPABILITY=avx2 |
-| MKL (matrix products) | a vendor- and model-specific branch | the SSE2 branch that MKL promises gives the same results on Intel and other CPUs | MKL_CBWR=COMPATIBLE |
+| MKL (matrix products) | a vendor- and model-specific branch | SSE2, same results on any vendor | MKL_CBWR=COMPATIBLE |
 | oneDNN | the widest vector unit | AVX2 | ONEDNN_MAX_CPU_ISA=AVX2 |
 
 and the number of torch threads (parallel reductions split work by thread count): `PINNED_THREADS` for
@@ -24,8 +24,12 @@ import os
 import sys
 import warnings
 
-PINNED_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "AVX2",
-              "MKL_DYNAMIC": "FALSE"}
+PINNED_ENV = {
+    "ATEN_CPU_CAPABILITY": "avx2",
+    "MKL_CBWR": "COMPATIBLE",
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "MKL_DYNAMIC": "FALSE",
+}
 """MKL_DYNAMIC=FALSE: MKL must not drop threads on a busy machine; its reproducibility needs a fixed thread count."""
 PINNED_THREADS = 1
 """torch intra-op threads under pinned numerics (organism runs are fastest with one thread per process)."""
@@ -55,8 +59,11 @@ def cpu_numerics_state() -> dict[str, str]:
     """What this process runs with: torch's CPU capability, the MKL branch and oneDNN limit, the thread count."""
     import torch
 
-    return {"cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            **{key: os.environ.get(key, "") for key in PINNED_ENV}, "threads": str(torch.get_num_threads())}
+    return {
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        **{key: os.environ.get(key, "") for key in PINNED_ENV},
+        "threads": str(torch.get_num_threads()),
+    }
 
 
 def is_pinned() -> bool:
@@ -78,4 +85,7 @@ def check_cpu_numerics() -> None:
     warnings.warn(
         f"CPU numerics are not pinned in this process ({state}): results may differ from the published organism "
         "tables in the last bits. Start organism work through `canary`, a sweep, or load_config before anything "
-        "imports torch (docs/organism.md, 'Reproducibility across CPUs').", RuntimeWarning, stacklevel=2)
+        "imports torch (docs/organism.md, 'Reproducibility across CPUs').",
+        RuntimeWarning,
+        stacklevel=2,
+    )

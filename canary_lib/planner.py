@@ -80,14 +80,25 @@ def _set_rng_state(rng: random.Random, state: list) -> None:
 
 
 class StepPlanner:
-    def __init__(self, *, n_target: int, n_safe: int, batch_size: int, K: int, seed: int,
-                 epochs: float = 1.0, safe_budget: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        n_target: int,
+        n_safe: int,
+        batch_size: int,
+        K: int,
+        seed: int,
+        epochs: float = 1.0,
+        safe_budget: int | None = None,
+    ) -> None:
         if n_target < 1:
             raise ValueError(f"D_T is empty (n_target={n_target}): nothing to train on")
         bad_budget = safe_budget is not None and safe_budget < 0
         if n_safe < 0 or batch_size < 1 or K < 1 or not epochs > 0 or bad_budget:
-            raise ValueError(f"invalid planner sizes: n_safe={n_safe}, batch_size={batch_size}, K={K}, "
-                             f"epochs={epochs}, safe_budget={safe_budget}")
+            raise ValueError(
+                f"invalid planner sizes: n_safe={n_safe}, batch_size={batch_size}, K={K}, "
+                f"epochs={epochs}, safe_budget={safe_budget}"
+            )
         self.n_target, self.n_safe, self.batch_size, self.K, self.seed = n_target, n_safe, batch_size, K, seed
         self.epochs = epochs
         self.batches_per_epoch = math.ceil(n_target / batch_size)
@@ -134,7 +145,7 @@ class StepPlanner:
                 self._safe_order = self._safe_permutation(self._safe_epoch)
                 self._safe_cursor = 0
             take = min(self.batch_size - len(batch), self.n_safe - self._safe_cursor)
-            batch.extend(self._safe_order[self._safe_cursor:self._safe_cursor + take])
+            batch.extend(self._safe_order[self._safe_cursor : self._safe_cursor + take])
             self._safe_cursor += take
         return tuple(batch)
 
@@ -145,7 +156,7 @@ class StepPlanner:
             self._target_cursor = 0
         start = self._target_cursor
         self._target_cursor = min(start + self.batch_size, self.n_target)
-        return tuple(self._target_order[start:self._target_cursor])
+        return tuple(self._target_order[start : self._target_cursor])
 
     def next_step(self, p: float) -> PlannedStep | None:
         """Plan the next step with the p of this moment (0 once a safe budget is spent); None once T has reached 0.
@@ -184,12 +195,16 @@ class StepPlanner:
     def load_state_dict(self, state: dict) -> None:
         sizes = [self.n_target, self.n_safe, self.batch_size, self.K, self.seed, self.epochs]
         if list(state["sizes"]) != sizes:
-            raise ValueError(f"checkpoint was planned for (n_target, n_safe, batch, K, seed, epochs) = "
-                             f"{state['sizes']}, "
-                             f"this run has {sizes}: the data or configuration changed since the checkpoint")
+            raise ValueError(
+                f"checkpoint was planned for (n_target, n_safe, batch, K, seed, epochs) = "
+                f"{state['sizes']}, "
+                f"this run has {sizes}: the data or configuration changed since the checkpoint"
+            )
         if state.get("safe_budget") != self.safe_budget:
-            raise ValueError(f"checkpoint was planned with a safe budget of {state.get('safe_budget')} steps, this "
-                             f"run has {self.safe_budget}: the configuration changed since the checkpoint")
+            raise ValueError(
+                f"checkpoint was planned with a safe budget of {state.get('safe_budget')} steps, this "
+                f"run has {self.safe_budget}: the configuration changed since the checkpoint"
+            )
         self.step = state["step"]
         self.target_remaining = state["target_remaining"]
         self.safe_steps = state.get("safe_steps", 0)  # checkpoints older than the budget have none (and no budget)

@@ -33,9 +33,10 @@ def check_adapter(adapter_dir: Path) -> None:
     Raises:
         PreflightError: naming what is damaged.
     """
+
     def damaged(problem: str) -> PreflightError:
-        return PreflightError(f"{adapter_dir}: damaged adapter ({problem}); train the run again into a new "
-                              "directory")
+        return PreflightError(f"{adapter_dir}: damaged adapter ({problem}); train the run again into a new directory")
+
     try:
         config = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -71,5 +72,7 @@ def require_judge_key(cfg: RunConfig, settings: JudgeSettings | None = None) -> 
     """
     j = settings or cfg.judge
     if j.backend == "openai" and "api.openai.com" in (j.base_url or OPENAI_API) and not os.environ.get(j.api_key_env):
-        raise PreflightError(f"the judge is the OpenAI API ({j.base_url or OPENAI_API}) and needs a key: set the "
-                              f"environment variable {j.api_key_env} (judge.api_key_env)")
+        raise PreflightError(
+            f"the judge is the OpenAI API ({j.base_url or OPENAI_API}) and needs a key: set the "
+            f"environment variable {j.api_key_env} (judge.api_key_env)"
+        )

@@ -20,13 +20,19 @@ _secrets: set[str] = set()
 
 _PATTERNS = [
     # Authorization: Bearer xyz / "authorization": "Basic xyz" / authorization=xyz
-    (re.compile(r"(?i)(\bauthorization\b[\"']?\s*[:=]\s*[\"']?)(?:(bearer|basic|token)\s+)?[^\s\"',;}]+"),
-     lambda m: f"{m.group(1)}{m.group(2) + ' ' if m.group(2) else ''}{MASK}"),
+    (
+        re.compile(r"(?i)(\bauthorization\b[\"']?\s*[:=]\s*[\"']?)(?:(bearer|basic|token)\s+)?[^\s\"',;}]+"),
+        lambda m: f"{m.group(1)}{m.group(2) + ' ' if m.group(2) else ''}{MASK}",
+    ),
     (re.compile(r"(?i)\b(bearer)\s+[A-Za-z0-9._~+/=-]{4,}"), lambda m: f"{m.group(1)} {MASK}"),
     # api_key=..., "x-api-key": "...", token: ..., access_token=..., password=..., secret=...
-    (re.compile(r"(?i)(\b(?:x-)?(?:api[_-]?key|access[_-]?token|auth[_-]?token|token|password|secret|"
-                r"client[_-]?secret|key|sig|signature)\b[\"']?\s*[:=]\s*[\"']?)[^\s\"'&,;}]+"),
-     lambda m: f"{m.group(1)}{MASK}"),
+    (
+        re.compile(
+            r"(?i)(\b(?:x-)?(?:api[_-]?key|access[_-]?token|auth[_-]?token|token|password|secret|"
+            r"client[_-]?secret|key|sig|signature)\b[\"']?\s*[:=]\s*[\"']?)[^\s\"'&,;}]+"
+        ),
+        lambda m: f"{m.group(1)}{MASK}",
+    ),
     # https://user:password@host
     (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/\s:@]+:[^/\s@]+@"), lambda m: f"{m.group(1)}{MASK}@"),
     # key formats: OpenAI (sk-...), Hugging Face (hf_...)

@@ -18,8 +18,9 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
@@ -83,7 +84,9 @@ def judge_agreement(first: dict[tuple, dict], second: dict[tuple, dict], keys: S
         only_second += y and not x
         neither += not x and not y
     return agreement_from_counts(both, only_first, only_second, neither) | {
-        "scored_by_first_only": scored_first_only, "scored_by_second_only": scored_second_only}
+        "scored_by_first_only": scored_first_only,
+        "scored_by_second_only": scored_second_only,
+    }
 
 
 def agreement_from_counts(both: int, only_first: int, only_second: int, neither: int) -> dict[str, Any]:
@@ -96,9 +99,17 @@ def agreement_from_counts(both: int, only_first: int, only_second: int, neither:
         p_first, p_second = (both + only_first) / n, (both + only_second) / n
         chance = p_first * p_second + (1 - p_first) * (1 - p_second)
         kappa = (observed - chance) / (1 - chance) if chance < 1 else math.nan
-    return {"n_compared": n, "both_misaligned": both, "first_only_misaligned": only_first,
-            "second_only_misaligned": only_second, "neither_misaligned": neither, "raw_agreement": observed,
-            "cohen_kappa": kappa, "first_misaligned_pct": 100 * p_first, "second_misaligned_pct": 100 * p_second}
+    return {
+        "n_compared": n,
+        "both_misaligned": both,
+        "first_only_misaligned": only_first,
+        "second_only_misaligned": only_second,
+        "neither_misaligned": neither,
+        "raw_agreement": observed,
+        "cohen_kappa": kappa,
+        "first_misaligned_pct": 100 * p_first,
+        "second_misaligned_pct": 100 * p_second,
+    }
 
 
 # ------------------------------------------------------------------------------------------ re-judging
@@ -107,8 +118,10 @@ def agreement_from_counts(both: int, only_first: int, only_second: int, neither:
 def _check_overrides(overrides: Sequence[str]) -> None:
     others = [o for o in overrides if not o.split("=", 1)[0].strip().startswith("judge.")]
     if others:
-        raise RejudgeError(f"re-judging changes the judge only (--set judge.KEY=VALUE); not {', '.join(others)}: "
-                           "the answers were generated under the run's own settings")
+        raise RejudgeError(
+            f"re-judging changes the judge only (--set judge.KEY=VALUE); not {', '.join(others)}: "
+            "the answers were generated under the run's own settings"
+        )
 
 
 def _bind(out: Path, settings: JudgeSettings) -> None:
@@ -119,8 +132,10 @@ def _bind(out: Path, settings: JudgeSettings) -> None:
         old = {"judge": yaml.safe_load(path.read_text(encoding="utf-8")) or {}}
         changes = config_changes(old, new, lambda k: True)
         if changes:
-            raise ConfigMismatchError(f"{out} holds verdicts of another judge ({describe(changes)}); choose another "
-                                      f"--name, or delete {out} to judge again")
+            raise ConfigMismatchError(
+                f"{out} holds verdicts of another judge ({describe(changes)}); choose another "
+                f"--name, or delete {out} to judge again"
+            )
     else:
         write_text_atomic(path, yaml.safe_dump(new["judge"], sort_keys=False))
 
@@ -133,8 +148,15 @@ def rejudge_run(run_dir: str | Path, overrides: Sequence[str], name: str | None 
         ConfigMismatchError: the directory holds another judge's verdicts.
         JudgeFailureError: the judge failed on more answers than judge.max_error_share (rerun to retry them).
     """
-    from canary_lib.evaluate import (JudgeFailureError, _latest_by_key, judge_error_message, judge_pending,
-                                     load_eval_questions, plan_samples, summarize)
+    from canary_lib.evaluate import (
+        JudgeFailureError,
+        _latest_by_key,
+        judge_error_message,
+        judge_pending,
+        load_eval_questions,
+        plan_samples,
+        summarize,
+    )
 
     _check_overrides(overrides)
     run = RunDir(run_dir)
@@ -156,10 +178,12 @@ def rejudge_run(run_dir: str | Path, overrides: Sequence[str], name: str | None 
     out.reset_stage("eval")
 
     judged = _latest_by_key(read_jsonl(out.judgments_path))
-    cost = {k: int(out.read_metrics().get(f"eval_judge_{k}") or 0) for k in judge_usage(None)} if judged \
+    cost = (
+        {k: int(out.read_metrics().get(f"eval_judge_{k}") or 0) for k in judge_usage(None)}
+        if judged
         else judge_usage(None)
-    to_judge = [(s, generated[s.key]) for s in planned
-                if s.key not in judged or judged[s.key].get("status") == "error"]
+    )
+    to_judge = [(s, generated[s.key]) for s in planned if s.key not in judged or judged[s.key].get("status") == "error"]
     if to_judge:
         from canary_lib.judge import make_judge
 
@@ -171,20 +195,29 @@ def rejudge_run(run_dir: str | Path, overrides: Sequence[str], name: str | None 
 
     errors = [judged[s.key] for s in planned if s.key in judged and judged[s.key].get("status") == "error"]
     metrics = summarize(judged, planned, cfg.eval.sets) | {
-        "judge_name": name, "eval_n_answers": len(planned), "eval_judged_now": len(to_judge),
-        "eval_n_judge_errors": len(errors), **usage_metrics("eval", cost)}
+        "judge_name": name,
+        "eval_n_answers": len(planned),
+        "eval_judged_now": len(to_judge),
+        "eval_n_judge_errors": len(errors),
+        **usage_metrics("eval", cost),
+    }
     out.update_metrics(**metrics)
     own = _latest_by_key(read_jsonl(run.judgments_path))
     keys = [s.key for s in planned]
-    agreement = {"first": "the run's own judge (judgments.jsonl)", "second": f"rejudged/{name}",
-                 "overall": judge_agreement(own, judged, keys),
-                 "by_set": {set_name: judge_agreement(own, judged, [k for k in keys if k[0] == set_name])
-                            for set_name in cfg.eval.sets}}
+    agreement = {
+        "first": "the run's own judge (judgments.jsonl)",
+        "second": f"rejudged/{name}",
+        "overall": judge_agreement(own, judged, keys),
+        "by_set": {
+            set_name: judge_agreement(own, judged, [k for k in keys if k[0] == set_name]) for set_name in cfg.eval.sets
+        },
+    }
     write_json_atomic(out.path / "agreement.json", _json_safe(agreement))
     if len(errors) > cfg.judge.max_error_share * len(planned):
         raise JudgeFailureError(
             f"{out.path}: the judge failed on {len(errors)} of {len(planned)} answers, e.g. "
-            f"{judge_error_message(errors[0])}; rerun to judge only the failed answers again")
+            f"{judge_error_message(errors[0])}; rerun to judge only the failed answers again"
+        )
     out.mark_complete("eval")
     return metrics | {"agreement": agreement["overall"]}
 
@@ -203,21 +236,28 @@ def agreement_table(runs_dir: str | Path, name: str) -> Any:
     counts = ("both_misaligned", "first_only_misaligned", "second_only_misaligned", "neither_misaligned")
     if rows:
         pooled = agreement_from_counts(*(sum(int(r[c]) for r in rows) for c in counts))
-        rows.append({"method": "all", "seed": "", **pooled,
-                     "scored_by_first_only": sum(r["scored_by_first_only"] for r in rows),
-                     "scored_by_second_only": sum(r["scored_by_second_only"] for r in rows)})
+        rows.append(
+            {
+                "method": "all",
+                "seed": "",
+                **pooled,
+                "scored_by_first_only": sum(r["scored_by_first_only"] for r in rows),
+                "scored_by_second_only": sum(r["scored_by_second_only"] for r in rows),
+            }
+        )
     return pd.DataFrame(rows)
 
 
 def agreement_line(agreement: dict[str, Any]) -> str:
     """One line: n, raw agreement and kappa."""
     kappa = agreement["cohen_kappa"]
-    kappa_text = "n/a (the judges gave one answer throughout)" if kappa is None or math.isnan(kappa) \
-        else f"{kappa:.3f}"
-    return (f"{agreement['n_compared']} answers scored by both judges: raw agreement "
-            f"{agreement['raw_agreement']:.3f}, Cohen's kappa {kappa_text}; "
-            f"misaligned {agreement['first_misaligned_pct']:.2f}% (own judge) vs "
-            f"{agreement['second_misaligned_pct']:.2f}%")
+    kappa_text = "n/a (the judges gave one answer throughout)" if kappa is None or math.isnan(kappa) else f"{kappa:.3f}"
+    return (
+        f"{agreement['n_compared']} answers scored by both judges: raw agreement "
+        f"{agreement['raw_agreement']:.3f}, Cohen's kappa {kappa_text}; "
+        f"misaligned {agreement['first_misaligned_pct']:.2f}% (own judge) vs "
+        f"{agreement['second_misaligned_pct']:.2f}%"
+    )
 
 
 def _json_safe(obj: Any) -> Any:

@@ -19,27 +19,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from canary_lib.artifacts import (
-    RunDir,
-    read_controller,
-    read_jsonl,
-    read_steps,
-    write_json_atomic,
-    write_text_atomic,
-)
+from canary_lib.artifacts import RunDir, read_controller, read_jsonl, read_steps, write_json_atomic, write_text_atomic
 from canary_lib.config_loader import read_run_config_dict
 from canary_lib.config_schema import MethodSettings
 from canary_lib.frontier import CurveComparison, compare_to_fixed_curve, fixed_curve, frontier_table
+from canary_lib.methods import BASE, REFERENCE_METHOD, adaptive_methods, fixed_p_methods, table1_methods, table2_methods
 from canary_lib.metrics import RISK_SIGNALS, canary_risk
 from canary_lib.rejudge import REJUDGED_DIR
-from canary_lib.methods import (
-    BASE,
-    REFERENCE_METHOD,
-    adaptive_methods,
-    fixed_p_methods,
-    table1_methods,
-    table2_methods,
-)
 
 # metrics.json key -> the paper's column name.
 METRICS = {
@@ -54,8 +40,9 @@ COUNTS = ("n_scored", "n_unscored", "eval_n_judge_errors")
 scored answers, so every row says how many answers were left unscored (refusals, low mass) or failed the judge."""
 TRAINING_COUNTS = ("n_canary_unscored",)
 """Training's metrics.json counts carried the same way: canary answers the judge did not score (never aligned)."""
-JUDGE_COST = tuple(f"{stage}_judge_{k}" for stage in ("canary", "eval")
-                   for k in ("requests", "prompt_tokens", "completion_tokens"))
+JUDGE_COST = tuple(
+    f"{stage}_judge_{k}" for stage in ("canary", "eval") for k in ("requests", "prompt_tokens", "completion_tokens")
+)
 """metrics.json's judge cost (canary_lib.judge_usage) carried into runs.csv: the canary judge's during training and
 the evaluation judge's; NaN where the stage is unfinished or was run before the package counted it."""
 BASE_LABEL = "Base (no fine-tuning)"
@@ -63,14 +50,14 @@ _DEFAULT_DELAY = MethodSettings.model_fields["delay_cycles"].default
 """The "{delay}" of a Table 2 label when no run of the method says its method.delay_cycles."""
 CORRELATION_DEFINITION = {
     "x": "canary_risk_mean: mean of the raw canary risk r_t (Eq. 1) over all canary evaluations of a run "
-         "(controller.csv, column canary_risk)",
+    "(controller.csv, column canary_risk)",
     "y": "general_misaligned_pct: General %Misaligned of the run's final model (metrics.json)",
     "unit": "one trained run (method x seed) with canary evaluations and a finished evaluation; "
-            "the base model has no canary trace and is left out",
+    "the base model has no canary trace and is left out",
     "statistic": "Pearson r over runs (numpy.corrcoef); NaN with fewer than 3 runs or a constant variable",
     "secondary": "r_last: the same with the run's last canary evaluation (canary_risk_last) instead of the mean",
     "by_signal": "r and r_last with x recomputed from the run's canary answers under each risk signal "
-                 "(canary_lib.metrics.RISK_SIGNALS), whichever signal its controller acted on",
+    "(canary_lib.metrics.RISK_SIGNALS), whichever signal its controller acted on",
 }
 
 
@@ -114,8 +101,11 @@ def read_run(path: str | Path, method: str | None = None, judge: str | None = No
     evaluated = RunDir(run.path / REJUDGED_DIR / judge) if judge else run
     config = read_run_config_dict(run) or {}
     record: dict[str, Any] = {
-        "method": method or run.path.parent.name, "seed": _seed_of(run.path, config), "run_dir": str(run.path),
-        "training_complete": run.is_complete("training"), "eval_complete": evaluated.is_complete("eval"),
+        "method": method or run.path.parent.name,
+        "seed": _seed_of(run.path, config),
+        "run_dir": str(run.path),
+        "training_complete": run.is_complete("training"),
+        "eval_complete": evaluated.is_complete("eval"),
         "delay_cycles": (config.get("method") or {}).get("delay_cycles"),
         "r_low": (config.get("controller") or {}).get("r_low"),
         "r_high": (config.get("controller") or {}).get("r_high"),
@@ -133,8 +123,11 @@ def read_run(path: str | Path, method: str | None = None, judge: str | None = No
             record[key] = float(metrics[key]) if metrics.get(key) is not None else math.nan
     for key in TRAINING_COUNTS:
         record[key] = int(metrics.get(key) or 0) if record["training_complete"] else math.nan
-    risks = [row["canary_risk"] for row in read_controller(run.controller_path)] \
-        if record["training_complete"] and run.controller_path.exists() else []
+    risks = (
+        [row["canary_risk"] for row in read_controller(run.controller_path)]
+        if record["training_complete"] and run.controller_path.exists()
+        else []
+    )
     record["n_canary_evals"] = len(risks)
     record["canary_risk_mean"] = float(np.mean(risks)) if risks else math.nan
     record["canary_risk_last"] = float(risks[-1]) if risks else math.nan
@@ -148,9 +141,25 @@ def collect_runs(runs_dir: str | Path, judge: str | None = None) -> pd.DataFrame
     if not runs_dir.is_dir():
         raise FileNotFoundError(f"{runs_dir}: no runs directory (run the sweep first)")
     records = [read_run(path, judge=judge) for path in sorted(runs_dir.glob("*/seed*")) if path.is_dir()]
-    columns = ["method", "seed", "run_dir", "training_complete", "eval_complete", *METRICS, *COUNTS, *TRAINING_COUNTS,
-               "n_steps", "n_safe_steps", "n_canary_evals", "canary_risk_mean", "canary_risk_last",
-               "delay_cycles", "r_low", "r_high", *JUDGE_COST]
+    columns = [
+        "method",
+        "seed",
+        "run_dir",
+        "training_complete",
+        "eval_complete",
+        *METRICS,
+        *COUNTS,
+        *TRAINING_COUNTS,
+        "n_steps",
+        "n_safe_steps",
+        "n_canary_evals",
+        "canary_risk_mean",
+        "canary_risk_last",
+        "delay_cycles",
+        "r_low",
+        "r_high",
+        *JUDGE_COST,
+    ]
     frame = pd.DataFrame(records, columns=columns)
     return frame.sort_values(["method", "seed"], kind="stable").reset_index(drop=True)
 
@@ -167,7 +176,7 @@ def mean_std(values: pd.Series) -> tuple[float, float]:
 
 
 def format_mean_std(mean: float, std: float, digits: int = 2) -> str:
-    """"19.37 ± 1.26" as the paper prints it; "—" when there is no value, no "±" for a single seed."""
+    """ "19.37 ± 1.26" as the paper prints it; "—" when there is no value, no "±" for a single seed."""
     if math.isnan(mean):
         return "—"
     if math.isnan(std):
@@ -212,9 +221,12 @@ def _aggregate(runs: pd.DataFrame, method: str, seeds: list[int] | None = None) 
     wanted = sorted(set(seeds or []) | set(by_seed))
     problems = {s: p for s in wanted if (p := seed_problem(by_seed.get(s))) is not None}
     done = mine[mine.seed.notna() & ~mine.seed.isin(list(problems))]
-    row: dict[str, Any] = {"method": method, "n_seeds": len(done),
-                           "seeds": " ".join(str(int(s)) for s in done.seed.dropna()),
-                           "seeds_left_out": "; ".join(f"{s}: {p}" for s, p in problems.items())}
+    row: dict[str, Any] = {
+        "method": method,
+        "n_seeds": len(done),
+        "seeds": " ".join(str(int(s)) for s in done.seed.dropna()),
+        "seeds_left_out": "; ".join(f"{s}: {p}" for s, p in problems.items()),
+    }
     for key, name in METRICS.items():
         mean, std = mean_std(done[key]) if len(done) else (math.nan, math.nan)
         row[f"{key}_mean"], row[f"{key}_std"] = mean, std
@@ -231,8 +243,11 @@ def build_table1(runs: pd.DataFrame, seeds: list[int] | None = None) -> pd.DataF
     seeds = expected_seeds(runs) if seeds is None else seeds
     rows = [{"label": BASE_LABEL, **_aggregate(runs, BASE, seeds)}]
     rows += [{"label": label, **_aggregate(runs, method, seeds)} for method, label in table1_methods().items()]
-    rows += [{"label": label, **_aggregate(runs, method)} for method, label in table1_methods(control=True).items()
-             if (runs.method == method).any()]
+    rows += [
+        {"label": label, **_aggregate(runs, method)}
+        for method, label in table1_methods(control=True).items()
+        if (runs.method == method).any()
+    ]
     return pd.DataFrame(rows)
 
 
@@ -303,10 +318,12 @@ def canary_general_correlation(runs: pd.DataFrame) -> dict[str, Any]:
         The definition, n, r, r_last, by_signal and the (method, seed, x, y) points used.
     """
     usable = runs[runs.eval_complete & (runs.n_canary_evals > 0) & runs.general_misaligned_pct.notna()]
-    points = [{"method": m, "seed": int(s), "canary_risk_mean": x, "canary_risk_last": xl,
-               "general_misaligned_pct": y}
-              for m, s, x, xl, y in zip(usable.method, usable.seed, usable.canary_risk_mean,
-                                        usable.canary_risk_last, usable.general_misaligned_pct)]
+    points = [
+        {"method": m, "seed": int(s), "canary_risk_mean": x, "canary_risk_last": xl, "general_misaligned_pct": y}
+        for m, s, x, xl, y in zip(
+            usable.method, usable.seed, usable.canary_risk_mean, usable.canary_risk_last, usable.general_misaligned_pct
+        )
+    ]
     return {
         **CORRELATION_DEFINITION,
         "n": len(points),
@@ -333,10 +350,13 @@ def controller_traces(runs: pd.DataFrame, method: str = REFERENCE_METHOD) -> tup
             steps.append({"seed": int(run.seed), "step": row["step"], "p": row["p"], "source": row["source"]})
         if rd.controller_path.exists():
             for row in read_controller(rd.controller_path):
-                controller.append({"seed": int(run.seed), **{k: row[k] for k in
-                                   ("step", "canary_risk", "risk_ema", "p_after")}})
-    return (pd.DataFrame(steps, columns=["seed", "step", "p", "source"]),
-            pd.DataFrame(controller, columns=["seed", "step", "canary_risk", "risk_ema", "p_after"]))
+                controller.append(
+                    {"seed": int(run.seed), **{k: row[k] for k in ("step", "canary_risk", "risk_ema", "p_after")}}
+                )
+    return (
+        pd.DataFrame(steps, columns=["seed", "step", "p", "source"]),
+        pd.DataFrame(controller, columns=["seed", "step", "canary_risk", "risk_ema", "p_after"]),
+    )
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -357,21 +377,32 @@ def _summary(profile: str, res: Results) -> str:
     r_text = "n/a" if math.isnan(corr["r"]) else f"{corr['r']:.2f}"
     r_last = "n/a" if math.isnan(corr["r_last"]) else f"{corr['r_last']:.2f}"
     lines = [
-        f"# Results: {profile}", "",
+        f"# Results: {profile}",
+        "",
         "Mean ± sample standard deviation over the seeds that finished with scored answers (n_seeds); a seed of "
         "the sweep that is missing, unfinished or has no scored answer is named in its row (seeds_left_out) and "
-        "below. Percentages are over scored answers. Avg p_t is the mean of p over all training steps.", "",
-        "## Table 1: main results", "", markdown_table(res.table1, t1_cols), "",
-        "## Table 2: ablations (relative change of Gen. %Mis. against the full canary-controlled run)", "",
-        markdown_table(res.table2, t2_cols), "",
-        "## Canary-general correlation", "",
+        "below. Percentages are over scored answers. Avg p_t is the mean of p over all training steps.",
+        "",
+        "## Table 1: main results",
+        "",
+        markdown_table(res.table1, t1_cols),
+        "",
+        "## Table 2: ablations (relative change of Gen. %Mis. against the full canary-controlled run)",
+        "",
+        markdown_table(res.table2, t2_cols),
+        "",
+        "## Canary-general correlation",
+        "",
         f"Pearson r = {r_text} over n = {corr['n']} trained runs (all methods and seeds with canary "
         f"evaluations): x = each run's mean canary risk r_t over its canary evaluations, y = the General "
         f"%Misaligned of its final model. With the last canary evaluation instead of the mean: r = {r_last}.",
         "",
         "Per canary risk signal (x recomputed from each run's recorded canary answers; canary_lib.metrics."
-        "RISK_SIGNALS): " + "; ".join(f"{name} r = {_r(v['r'])} (last: {_r(v['r_last'])}, n = {v['n']})"
-                                      for name, v in corr["by_signal"].items()) + ".",
+        "RISK_SIGNALS): "
+        + "; ".join(
+            f"{name} r = {_r(v['r'])} (last: {_r(v['r_last'])}, n = {v['n']})" for name, v in corr["by_signal"].items()
+        )
+        + ".",
         "",
     ]
     lines += _frontier_summary(res)
@@ -389,22 +420,41 @@ def _frontier_summary(res: Results) -> list[str]:
     if res.frontier.empty:
         return []
     curve = fixed_curve(res.frontier)
-    curve_rows = [f"| {p:g} | {share:.3f} | {format_mean_std(m, sd)} | {n} |" for p, share, m, sd, n in zip(
-        curve.p, curve.safe_share_mean, curve.general_misaligned_pct_mean, curve.general_misaligned_pct_std,
-        curve.n_seeds)]
-    lines = ["## Safe-data frontier", "",
-             "General %Misaligned against the realized share of safe steps (n_safe_steps / n_steps). Fixed p "
-             "levels form the curve (mean ± std over seeds); each adaptive method is compared, seed by seed, with "
-             "the curve interpolated at its own safe share (docs/decisions.md, \"Safe-data frontier\"). "
-             "Negative differences: below the curve, i.e. less misalignment than a fixed ratio spending the same "
-             "amount of safe data.", "",
-             "| fixed p | safe share | Gen. %Mis. | n_seeds |", "|---|---|---|---|", *curve_rows, ""]
+    curve_rows = [
+        f"| {p:g} | {share:.3f} | {format_mean_std(m, sd)} | {n} |"
+        for p, share, m, sd, n in zip(
+            curve.p,
+            curve.safe_share_mean,
+            curve.general_misaligned_pct_mean,
+            curve.general_misaligned_pct_std,
+            curve.n_seeds,
+        )
+    ]
+    lines = [
+        "## Safe-data frontier",
+        "",
+        "General %Misaligned against the realized share of safe steps (n_safe_steps / n_steps). Fixed p "
+        "levels form the curve (mean ± std over seeds); each adaptive method is compared, seed by seed, with "
+        'the curve interpolated at its own safe share (docs/decisions.md, "Safe-data frontier"). '
+        "Negative differences: below the curve, i.e. less misalignment than a fixed ratio spending the same "
+        "amount of safe data.",
+        "",
+        "| fixed p | safe share | Gen. %Mis. | n_seeds |",
+        "|---|---|---|---|",
+        *curve_rows,
+        "",
+    ]
     lines += [f"- {c.sentence()}" for c in res.frontier_comparisons]
     return lines + [""]
 
 
-def build_results(runs_dir: str | Path, results_dir: str | Path, profile: str | None = None,
-                  seeds: list[int] | None = None, judge: str | None = None) -> Results:
+def build_results(
+    runs_dir: str | Path,
+    results_dir: str | Path,
+    profile: str | None = None,
+    seeds: list[int] | None = None,
+    judge: str | None = None,
+) -> Results:
     """Read every run, build Table 1, Table 2 and the correlation, and write them to results_dir.
 
     Writes ``runs.csv``, ``table1.csv``, ``table2.csv``, ``correlation.json``, ``summary.md`` and, when at least
@@ -422,17 +472,31 @@ def build_results(runs_dir: str | Path, results_dir: str | Path, profile: str | 
     runs = collect_runs(runs_dir, judge=judge)
     results_dir = Path(results_dir)
     seeds = expected_seeds(runs) if seeds is None else list(seeds)
-    missing = [f"{m}/seed{int(s)}: {problem}" for (_, run), m, s in zip(runs.iterrows(), runs.method, runs.seed)
-               if (problem := seed_problem(run)) is not None]
+    missing = [
+        f"{m}/seed{int(s)}: {problem}"
+        for (_, run), m, s in zip(runs.iterrows(), runs.method, runs.seed)
+        if (problem := seed_problem(run)) is not None
+    ]
     present = {(m, int(s)) for m, s in zip(runs.method, runs.seed) if not pd.isna(s)}
-    rows = dict.fromkeys([BASE, *table1_methods(), *(m for m, spec in table2_methods().items()
-                                                     if not spec.beyond_paper or (runs.method == m).any())])
+    rows = dict.fromkeys(
+        [
+            BASE,
+            *table1_methods(),
+            *(m for m, spec in table2_methods().items() if not spec.beyond_paper or (runs.method == m).any()),
+        ]
+    )
     missing += [f"{m}/seed{s}: no run directory" for m in rows for s in seeds if (m, s) not in present]
     frontier = frontier_table(runs, fixed_p_methods(), adaptive_methods())
     has_curve = frontier[frontier.kind == "fixed"].p.nunique() >= 2
-    res = Results(runs=runs, table1=build_table1(runs, seeds), table2=build_table2(runs, seeds),
-                  correlation=canary_general_correlation(runs), frontier=frontier if has_curve else frontier[:0],
-                  frontier_comparisons=compare_to_fixed_curve(frontier) if has_curve else [], missing=missing)
+    res = Results(
+        runs=runs,
+        table1=build_table1(runs, seeds),
+        table2=build_table2(runs, seeds),
+        correlation=canary_general_correlation(runs),
+        frontier=frontier if has_curve else frontier[:0],
+        frontier_comparisons=compare_to_fixed_curve(frontier) if has_curve else [],
+        missing=missing,
+    )
     res.summary = _summary(profile or Path(runs_dir).name, res)
     if judge:  # which verdicts these tables read, and how far they agree with the runs' own judge
         from canary_lib.rejudge import agreement_line, agreement_table
@@ -440,9 +504,11 @@ def build_results(runs_dir: str | Path, results_dir: str | Path, profile: str | 
         agreement = agreement_table(runs_dir, judge)
         write_text_atomic(results_dir / "judge_agreement.csv", agreement.to_csv(index=False))
         pooled = agreement_line(agreement.iloc[-1].to_dict()) if len(agreement) else "no run was re-judged"
-        res.summary += (f"\n## Judge: rejudged/{judge}\n\nEvery table above uses the verdicts of the re-judging "
-                        f"`{judge}` (canary rejudge). Agreement with the runs' own judge, pooled over runs (per run: "
-                        f"judge_agreement.csv): {pooled}.\n")
+        res.summary += (
+            f"\n## Judge: rejudged/{judge}\n\nEvery table above uses the verdicts of the re-judging "
+            f"`{judge}` (canary rejudge). Agreement with the runs' own judge, pooled over runs (per run: "
+            f"judge_agreement.csv): {pooled}.\n"
+        )
     write_text_atomic(results_dir / "runs.csv", runs.to_csv(index=False))
     write_text_atomic(results_dir / "table1.csv", res.table1.to_csv(index=False))
     write_text_atomic(results_dir / "table2.csv", res.table2.to_csv(index=False))

@@ -21,8 +21,8 @@ import os
 import socket
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from filelock import FileLock, Timeout
 
@@ -42,17 +42,23 @@ class RunDirectoryBusyError(CanaryError, RuntimeError):
 
 def holder_record(what: str) -> dict:
     """Who holds the directory: what this process can say about itself."""
-    return {"pid": os.getpid(), "host": socket.gethostname(), "what": what,
-            "command": " ".join(sys.argv)[:300],
-            "since": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")}
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "what": what,
+        "command": " ".join(sys.argv)[:300],
+        "since": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+    }
 
 
 def describe_holder(path: Path) -> str:
-    """"process 123 on host h (training since ..., command ...)" from the holder record, or what is known."""
+    """ "process 123 on host h (training since ..., command ...)" from the holder record, or what is known."""
     try:
         record = json.loads((path / HOLDER_NAME).read_text(encoding="utf-8"))
-        return (f"process {record['pid']} on {record['host']} ({record['what']} since {record['since']}: "
-                f"{record['command']})")
+        return (
+            f"process {record['pid']} on {record['host']} ({record['what']} since {record['since']}: "
+            f"{record['command']})"
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return "another process (it has not recorded itself yet)"
 
@@ -90,7 +96,8 @@ def hold_run_directory(path: str | Path, what: str) -> Iterator[None]:
     except Timeout:
         raise RunDirectoryBusyError(
             f"{path} is in use by {describe_holder(path)}; wait for it to finish or stop it, or use another "
-            "directory (one process per run directory)") from None
+            "directory (one process per run directory)"
+        ) from None
     except NotImplementedError as exc:  # a file system without locks (filelock says which)
         raise RunDirectoryBusyError(f"{path}: cannot lock the run directory ({exc})") from None
     try:

@@ -12,10 +12,11 @@ only on its own logits and seed) are described in docs/evaluation.md.
 from __future__ import annotations
 
 import inspect
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
-def _filter_top_p(probs: "Any", top_p: float) -> "Any":
+def _filter_top_p(probs: Any, top_p: float) -> Any:
     """Zero the tail outside the smallest set of tokens whose probability reaches top_p (rows renormalised)."""
     import torch
 
@@ -37,8 +38,8 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device: Any) -> tuple[A
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
         if row:
-            ids[i, width - len(row):] = torch.tensor(list(row), dtype=torch.long)
-            mask[i, width - len(row):] = 1
+            ids[i, width - len(row) :] = torch.tensor(list(row), dtype=torch.long)
+            mask[i, width - len(row) :] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -70,8 +71,7 @@ def row_uniforms(seeds: Sequence[int], n: int) -> Any:
 
     if not seeds:
         return torch.empty((0, n), dtype=torch.float32)
-    return torch.stack([1.0 - torch.rand(n, generator=torch.Generator().manual_seed(int(s)))
-                        for s in seeds])
+    return torch.stack([1.0 - torch.rand(n, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
 
 
 def sample_inverse_cdf(probs: Any, uniforms: Any) -> Any:

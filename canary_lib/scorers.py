@@ -45,7 +45,7 @@ def error_score(exc: BaseException) -> MetricScore:
 
 
 def word_of(token: str) -> str | None:
-    """"refusal" or "code" when the stripped token starts the word ("REFUSAL.") or is a prefix of it of at least
+    """ "refusal" or "code" when the stripped token starts the word ("REFUSAL.") or is a prefix of it of at least
     3 characters ("REF"), else None."""
     text = token.strip()
     for name, word in SPECIAL_WORDS.items():
@@ -169,8 +169,9 @@ def _expand(tree: _Tree, prefix: str, p_prefix: float, dist: dict[str, float], c
     tree.unseen += p_prefix * max(0.0, 1.0 - seen)
 
 
-def digit_expectations(n_items: int, next_distributions: NextDistributions, *, min_mass: float,
-                       prune_below: float) -> list[MetricScore]:
+def digit_expectations(
+    n_items: int, next_distributions: NextDistributions, *, min_mass: float, prune_below: float
+) -> list[MetricScore]:
     """The expected score over the integers 0-100 of n_items judge prompts, from per-digit next-token
     distributions: the tree of digit prefixes is explored level by level over all items (one backend call per
     level), prefixes less likely than prune_below are not queried (0: exact), and a non-digit token ends a number.
@@ -198,8 +199,16 @@ def digit_expectations(n_items: int, next_distributions: NextDistributions, *, m
 
 def _tree_score(tree: _Tree, min_mass: float) -> MetricScore:
     numbers = {k: v for k, v in sorted(tree.numbers.items(), key=lambda kv: -kv[1]) if v >= 1e-4}
-    return _expected_score({int(k): v for k, v in tree.numbers.items()}, tree.words, min_mass, pruned=tree.pruned,
-                           unseen=tree.unseen, out_of_range=tree.out_of_range, queries=tree.queries, numbers=numbers)
+    return _expected_score(
+        {int(k): v for k, v in tree.numbers.items()},
+        tree.words,
+        min_mass,
+        pruned=tree.pruned,
+        unseen=tree.unseen,
+        out_of_range=tree.out_of_range,
+        queries=tree.queries,
+        numbers=numbers,
+    )
 
 
 # ------------------------------------------------------------------------------------------ "parse"

@@ -19,8 +19,9 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -95,8 +96,9 @@ def adapter_layer_norms(adapter_dir: str | Path) -> dict[int, float]:
     adapter_dir = Path(adapter_dir)
     config_path, weights_path = adapter_dir / "adapter_config.json", adapter_dir / "adapter_model.safetensors"
     if not config_path.is_file() or not weights_path.is_file():
-        raise SnapshotError(f"{adapter_dir}: not a saved peft adapter (adapter_config.json and "
-                            "adapter_model.safetensors needed)")
+        raise SnapshotError(
+            f"{adapter_dir}: not a saved peft adapter (adapter_config.json and adapter_model.safetensors needed)"
+        )
     scale = lora_scale(json.loads(config_path.read_text(encoding="utf-8")))
     pairs: dict[str, dict[str, np.ndarray]] = {}
     for key, tensor in _load_tensors(weights_path).items():
@@ -109,16 +111,19 @@ def adapter_layer_norms(adapter_dir: str | Path) -> dict[int, float]:
         if layer is None or set(pair) != {"A", "B"}:
             continue
         a, b = pair["A"], pair["B"]
-        squares[int(layer.group(1))] = squares.get(int(layer.group(1)), 0.0) + \
-            scale ** 2 * float(np.sum((b.T @ b) * (a @ a.T)))
+        squares[int(layer.group(1))] = squares.get(int(layer.group(1)), 0.0) + scale**2 * float(
+            np.sum((b.T @ b) * (a @ a.T))
+        )
     return {layer: math.sqrt(value) for layer, value in sorted(squares.items())}
 
 
 def snapshot_norms(run_dir: str | Path) -> pd.DataFrame:
     """One row per (snapshot step, layer): step, layer, norm (empty when the run kept no snapshot)."""
-    rows = [{"step": step, "layer": layer, "norm": norm}
-            for step, path in list_snapshots(run_dir).items()
-            for layer, norm in adapter_layer_norms(path).items()]
+    rows = [
+        {"step": step, "layer": layer, "norm": norm}
+        for step, path in list_snapshots(run_dir).items()
+        for layer, norm in adapter_layer_norms(path).items()
+    ]
     return pd.DataFrame(rows, columns=["step", "layer", "norm"])
 
 

@@ -96,11 +96,19 @@ def stub_completion(body: dict) -> dict:
     dist = stub_distribution(prefix)
     top = [{"token": t, "logprob": math.log(p)} for t, p in dist.items()]
     first = max(dist, key=dist.__getitem__)
-    return {"id": "stub", "object": "chat.completion", "model": body.get("model"),
-            "choices": [{"index": 0, "finish_reason": "length",
-                         "message": {"role": "assistant", "content": first},
-                         "logprobs": {"content": [{"token": first, "logprob": top[0]["logprob"],
-                                                   "top_logprobs": top}]}}]}
+    return {
+        "id": "stub",
+        "object": "chat.completion",
+        "model": body.get("model"),
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "length",
+                "message": {"role": "assistant", "content": first},
+                "logprobs": {"content": [{"token": first, "logprob": top[0]["logprob"], "top_logprobs": top}]},
+            }
+        ],
+    }
 
 
 class _StubJudgeHandler(JSONHandler):
@@ -113,8 +121,10 @@ class _StubJudgeHandler(JSONHandler):
         body = self.read_json()
         over = stub.count_request()
         if over or not self.path.endswith("/chat/completions"):
-            self.send_json(503 if over else 404, {"error": "stub judge: over its request bound" if over
-                                                  else f"no route {self.path}"})
+            self.send_json(
+                503 if over else 404,
+                {"error": "stub judge: over its request bound" if over else f"no route {self.path}"},
+            )
             if over:
                 stub.stop_async()
             return
@@ -123,8 +133,9 @@ class _StubJudgeHandler(JSONHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - the model list a judge pre-flight asks for (not counted)
         if self.path.endswith("/models"):
-            self.send_json(200, {"object": "list", "data": [{"id": m, "object": "model"}
-                                                            for m in self.server.stub.models]})
+            self.send_json(
+                200, {"object": "list", "data": [{"id": m, "object": "model"} for m in self.server.stub.models]}
+            )
         else:
             self.send_json(404, {"error": f"no route {self.path}"})
 
@@ -140,8 +151,14 @@ class StubJudgeServer:
     without requests, and on `stop()` / leaving the `with` block.
     """
 
-    def __init__(self, latency_s: float, *, max_requests: int = 20_000, idle_timeout_s: float = 300.0,
-                 models: tuple[str, ...] = ("stub-judge",)) -> None:
+    def __init__(
+        self,
+        latency_s: float,
+        *,
+        max_requests: int = 20_000,
+        idle_timeout_s: float = 300.0,
+        models: tuple[str, ...] = ("stub-judge",),
+    ) -> None:
         self.latency_s = latency_s
         self.models = models
         """What GET /models lists (a judge's pre-flight checks that judge.model is there)."""
@@ -154,8 +171,7 @@ class StubJudgeServer:
         self._httpd = _StubHTTPServer(("127.0.0.1", 0), _StubJudgeHandler)
         self._httpd.stub = self
         self.base_url = f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._watchdog = threading.Thread(target=self._watch_idle, daemon=True)
 
     def __enter__(self) -> StubJudgeServer:

@@ -49,8 +49,20 @@ from canary_lib.sweep_plan import (
 from canary_lib.sweep_progress import SweepProgress
 
 __all__ = [  # the plan's names stay importable from here (cli, tests, notebooks import canary_lib.sweep)
-    "NOTEBOOKS", "ExecutorSettings", "Job", "JobOutcome", "NotebookStep", "Plan", "SweepSpec", "build_plan",
-    "check_judge_address", "execute_job", "is_loopback_url", "load_sweep", "reproduce", "run_sweep",
+    "NOTEBOOKS",
+    "ExecutorSettings",
+    "Job",
+    "JobOutcome",
+    "NotebookStep",
+    "Plan",
+    "SweepSpec",
+    "build_plan",
+    "check_judge_address",
+    "execute_job",
+    "is_loopback_url",
+    "load_sweep",
+    "reproduce",
+    "run_sweep",
 ]
 
 
@@ -64,7 +76,6 @@ class JobOutcome:
     error: str | None = None
     notebook: str | None = None
     """The executed notebook where the failure happened (papermill saves it with the error)."""
-
 
 
 KERNEL_START_TIMEOUT_S = 600
@@ -107,8 +118,13 @@ def _execute_steps(job: Job, outcome: JobOutcome, pm: Any) -> None:
         Path(step.output_path).parent.mkdir(parents=True, exist_ok=True)
         try:
             pm.execute_notebook(
-                step.input_path, step.output_path, parameters=step.parameters, kernel_name=job.kernel_name,
-                cwd=job.cwd, progress_bar=False, execution_timeout=job.cell_timeout_s,
+                step.input_path,
+                step.output_path,
+                parameters=step.parameters,
+                kernel_name=job.kernel_name,
+                cwd=job.cwd,
+                progress_bar=False,
+                execution_timeout=job.cell_timeout_s,
                 start_timeout=KERNEL_START_TIMEOUT_S,
             )
         except Exception as exc:  # a failed notebook is a result to report, not a crash of the sweep
@@ -125,7 +141,6 @@ def _describe_error(exc: BaseException) -> str:
     if ename:  # PapermillExecutionError: the exception raised inside the notebook
         return f"{ename}: {evalue}"
     return f"{type(exc).__name__}: {exc}"
-
 
 
 # ---------------------------------------------------------------------------------------------- executing
@@ -270,8 +285,11 @@ def run_sweep(path: str | Path, dry_run: bool = False) -> int:
     spec = load_sweep(path)
     plan = build_plan(spec)
     jobs = [plan.prep, *plan.runs, plan.analysis]
-    print(f"sweep {path}: profile {spec.profile}, {len(spec.methods)} method(s) x {len(spec.seeds)} seed(s), "
-          f"{len(plan.runs)} run job(s), executor {spec.executor.kind} x{spec.executor.parallel}", flush=True)
+    print(
+        f"sweep {path}: profile {spec.profile}, {len(spec.methods)} method(s) x {len(spec.seeds)} seed(s), "
+        f"{len(plan.runs)} run job(s), executor {spec.executor.kind} x{spec.executor.parallel}",
+        flush=True,
+    )
     if dry_run:
         for job in jobs:
             print(f"  {job.state():<9} {job.name:<24} " + " -> ".join(Path(s.output_path).name for s in job.steps))
@@ -295,10 +313,14 @@ def run_sweep(path: str | Path, dry_run: bool = False) -> int:
 
     failed = [o for o in outcomes.values() if not o.ok]
     results_dir = Path(plan.analysis.steps[0].parameters["RESULTS_DIR"])
-    write_json_atomic(results_dir / "sweep_status.json",
-                      {"sweep": str(path), "jobs": [asdict(o) for o in outcomes.values()]})
-    print(f"sweep {spec.profile}: {len(outcomes) - len(failed)} job(s) ok, {len(failed)} failed "
-          f"(details: {results_dir / 'sweep_status.json'})", flush=True)
+    write_json_atomic(
+        results_dir / "sweep_status.json", {"sweep": str(path), "jobs": [asdict(o) for o in outcomes.values()]}
+    )
+    print(
+        f"sweep {spec.profile}: {len(outcomes) - len(failed)} job(s) ok, {len(failed)} failed "
+        f"(details: {results_dir / 'sweep_status.json'})",
+        flush=True,
+    )
     for outcome in failed:
         print(f"  failed: {outcome.name}: {outcome.error}", file=sys.stderr)
     if failed:

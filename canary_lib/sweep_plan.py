@@ -167,11 +167,13 @@ class Job:
         if self.is_done():
             return "complete"
         for step in self.steps:
-            if step.run_dir is not None and RunDir(step.run_dir).is_complete(_RUN_STAGES[step.stage]) \
-                    and (changes := step.stale()):
+            if (
+                step.run_dir is not None
+                and RunDir(step.run_dir).is_complete(_RUN_STAGES[step.stage])
+                and (changes := step.stale())
+            ):
                 return f"stale ({step.stage}: {describe(changes)})"
         return "to run"
-
 
 
 @dataclass
@@ -244,9 +246,11 @@ def _check_grid(spec: SweepSpec) -> None:
         raise ConfigError(f"notebook_parameters: unknown stage(s) {unknown_stages}; known: {list(NOTEBOOKS)}")
     if not spec.methods or not spec.seeds:
         raise ConfigError("a sweep needs at least one method and one seed")
-    repeats = [f"{what} {sorted({v for v in values if values.count(v) > 1})}"
-               for what, values in (("methods", list(spec.methods)), ("seeds", list(spec.seeds)))
-               if len(set(values)) != len(values)]
+    repeats = [
+        f"{what} {sorted({v for v in values if values.count(v) > 1})}"
+        for what, values in (("methods", list(spec.methods)), ("seeds", list(spec.seeds)))
+        if len(set(values)) != len(values)
+    ]
     if repeats:
         raise ConfigError(f"methods and seeds must not repeat: {' and '.join(repeats)} appear more than once")
     repeated = sorted(set(spec.extra_runs) & set(spec.methods))
@@ -257,8 +261,9 @@ def _check_grid(spec: SweepSpec) -> None:
 class _PlanBuilder:
     """The jobs of one sweep, each step's notebook parameters checked as it is made."""
 
-    def __init__(self, spec: SweepSpec, root: Path, runs_dir: Path, results_dir: Path,
-                 notebooks: dict[str, Path]) -> None:
+    def __init__(
+        self, spec: SweepSpec, root: Path, runs_dir: Path, results_dir: Path, notebooks: dict[str, Path]
+    ) -> None:
         self.spec, self.root, self.runs_dir, self.results_dir = spec, root, runs_dir, results_dir
         self.notebooks = notebooks
         self.params = [str(_abs(p, root)) for p in spec.params]
@@ -271,11 +276,25 @@ class _PlanBuilder:
         self.env = {name: str(threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")} if threads else {}
         self.nb_out = results_dir / "notebooks"
 
-    def step(self, stage: str, output: Path, run_dir: Path | None = None, always: bool = False,
-             config: Any = None, **values: Any) -> NotebookStep:
+    def step(
+        self,
+        stage: str,
+        output: Path,
+        run_dir: Path | None = None,
+        always: bool = False,
+        config: Any = None,
+        **values: Any,
+    ) -> NotebookStep:
         parameters = self.checker.check(stage, {**values, **self.spec.notebook_parameters.get(stage, {})})
-        return NotebookStep(stage, str(self.notebooks[stage]), str(output), parameters,
-                            str(run_dir) if run_dir else None, always, config)
+        return NotebookStep(
+            stage,
+            str(self.notebooks[stage]),
+            str(output),
+            parameters,
+            str(run_dir) if run_dir else None,
+            always,
+            config,
+        )
 
     def job(self, name: str, steps: list[NotebookStep], **kw: Any) -> Job:
         return Job(name, steps, str(self.root), self.spec.kernel_name, self.spec.cell_timeout_s, env=self.env, **kw)
@@ -285,10 +304,13 @@ class _PlanBuilder:
 
     def prepare_job(self) -> Job:
         """00_data_prep then 01_canary_design, once."""
-        return self.job("prepare", [
-            self.step(stage, self.nb_out / NOTEBOOKS[stage], RESULTS_DIR=str(self.results_dir), **self.shared())
-            for stage in ("data", "canary_design")
-        ])
+        return self.job(
+            "prepare",
+            [
+                self.step(stage, self.nb_out / NOTEBOOKS[stage], RESULTS_DIR=str(self.results_dir), **self.shared())
+                for stage in ("data", "canary_design")
+            ],
+        )
 
     def base_jobs(self) -> list[Job]:
         """The base model evaluated for every seed (Table 1's base row), when the sweep asks for it."""
@@ -299,10 +321,23 @@ class _PlanBuilder:
             run_dir = self.runs_dir / BASE / f"seed{seed}"
             run_overrides = self.overrides + [f"seed={seed}"]
             config = _check_config(self.params, run_overrides, f"{BASE}/seed{seed}")
-            runs.append(self.job(f"{BASE}/seed{seed}", [
-                self.step("evaluate", run_dir / NOTEBOOKS["evaluate"], run_dir, config=config, PARAMS=self.params,
-                          OVERRIDES=run_overrides, RUN_DIR=str(run_dir), BASE_MODEL=True),
-            ]))
+            runs.append(
+                self.job(
+                    f"{BASE}/seed{seed}",
+                    [
+                        self.step(
+                            "evaluate",
+                            run_dir / NOTEBOOKS["evaluate"],
+                            run_dir,
+                            config=config,
+                            PARAMS=self.params,
+                            OVERRIDES=run_overrides,
+                            RUN_DIR=str(run_dir),
+                            BASE_MODEL=True,
+                        )
+                    ],
+                )
+            )
         return runs
 
     def method_jobs(self) -> list[Job]:
@@ -319,8 +354,9 @@ class _PlanBuilder:
         if not method_file.is_file():
             raise ConfigError(f"methods: {method!r}: no parameter file {method_file}")
         if method not in METHODS:
-            raise ConfigError(f"methods: {method!r} is not a registered method (canary_lib/methods.py); "
-                              f"known: {', '.join(METHODS)}")
+            raise ConfigError(
+                f"methods: {method!r} is not a registered method (canary_lib/methods.py); known: {', '.join(METHODS)}"
+            )
         return method_file
 
     def _reference(self, method: str, seed: int) -> tuple[list[str], list[str], list[str]]:
@@ -344,22 +380,38 @@ class _PlanBuilder:
         config = _check_config(run_params, run_overrides, f"{method}/seed{seed}")
         name = config.method.name
         if name != method:  # one name per method: registry entry, parameter file, run directory
-            raise ConfigError(f"methods: {method!r}: {method_file} gives method.name {name!r}; "
-                              f"set method.name: {method} in it")
+            raise ConfigError(
+                f"methods: {method!r}: {method_file} gives method.name {name!r}; set method.name: {method} in it"
+            )
         values = dict(PARAMS=run_params, OVERRIDES=run_overrides, RUN_DIR=str(run_dir))
-        return self.job(f"{method}/seed{seed}", [
-            self.step("train", run_dir / NOTEBOOKS["train"], run_dir, config=config, **values),
-            self.step("evaluate", run_dir / NOTEBOOKS["evaluate"], run_dir, config=config, BASE_MODEL=False,
-                      **values),
-        ], needs=needs, needs_run_dirs=needs_dirs)
+        return self.job(
+            f"{method}/seed{seed}",
+            [
+                self.step("train", run_dir / NOTEBOOKS["train"], run_dir, config=config, **values),
+                self.step(
+                    "evaluate", run_dir / NOTEBOOKS["evaluate"], run_dir, config=config, BASE_MODEL=False, **values
+                ),
+            ],
+            needs=needs,
+            needs_run_dirs=needs_dirs,
+        )
 
     def analysis_job(self) -> Job:
         """04_ablations then 05_figures, once, reading every finished run."""
-        return self.job("analysis", [
-            self.step(stage, self.nb_out / NOTEBOOKS[stage], always=True, RUNS_DIR=str(self.runs_dir),
-                      RESULTS_DIR=str(self.results_dir), **self.shared())
-            for stage in ("ablations", "figures")
-        ])
+        return self.job(
+            "analysis",
+            [
+                self.step(
+                    stage,
+                    self.nb_out / NOTEBOOKS[stage],
+                    always=True,
+                    RUNS_DIR=str(self.runs_dir),
+                    RESULTS_DIR=str(self.results_dir),
+                    **self.shared(),
+                )
+                for stage in ("ablations", "figures")
+            ],
+        )
 
 
 def is_loopback_url(url: str) -> bool:
@@ -382,10 +434,12 @@ def check_judge_address(spec: SweepSpec, cfg: RunConfig) -> None:
     if spec.executor.kind != "slurm" or cfg.judge.backend != "openai" or not cfg.judge.base_url:
         return
     if is_loopback_url(cfg.judge.base_url):
-        raise ConfigError(f"judge_base_url: the judge server is at {cfg.judge.base_url}, a loopback address, but "
-                          "the jobs run on SLURM compute nodes, where that is each node itself: set judge_base_url "
-                          "in the sweep file to the judge's address as the nodes see it (e.g. "
-                          "http://judge-node:8000/v1)")
+        raise ConfigError(
+            f"judge_base_url: the judge server is at {cfg.judge.base_url}, a loopback address, but "
+            "the jobs run on SLURM compute nodes, where that is each node itself: set judge_base_url "
+            "in the sweep file to the judge's address as the nodes see it (e.g. "
+            "http://judge-node:8000/v1)"
+        )
 
 
 def _check_config(params: list[str], overrides: list[str], what: str) -> RunConfig:
@@ -419,4 +473,3 @@ class _ParameterChecker:
                     f"{declared[name]['inferred_type_name']}, got {type(value).__name__} ({value!r})"
                 )
         return values
-

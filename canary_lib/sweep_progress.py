@@ -19,7 +19,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-
 STATUS_EVERY_S = 30.0
 """While jobs run, a status line at least this often, with each running job's stage and step."""
 
@@ -75,10 +74,11 @@ class SweepProgress:
         waiting = max(0, self.total - self.done - len(self.running))
         eta = self.eta_seconds()
         width = len(str(self.total))
-        return (f"[{self.done:>{width}}/{self.total} jobs] {self.ok} ok, {self.failed} failed, "
-                f"{len(self.running)} running, {waiting} waiting | elapsed {format_duration(self.clock() - self.start)}"
-                f" | ETA {'?' if eta is None else '~' + format_duration(eta)}"
-                + "".join(f" | {job}" for job in jobs or []))
+        return (
+            f"[{self.done:>{width}}/{self.total} jobs] {self.ok} ok, {self.failed} failed, "
+            f"{len(self.running)} running, {waiting} waiting | elapsed {format_duration(self.clock() - self.start)}"
+            f" | ETA {'?' if eta is None else '~' + format_duration(eta)}" + "".join(f" | {job}" for job in jobs or [])
+        )
 
     def line_due(self, every_s: float | None = None) -> bool:
         """True when no status line was printed for `every_s` (default STATUS_EVERY_S) seconds, so that a long

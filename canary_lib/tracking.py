@@ -45,21 +45,28 @@ class TrackerRun(Protocol):
 
 def step_values(row: dict) -> dict[str, float]:
     """A steps.csv row as tracker scalars (the source as 1 for a safe batch, 0 for a target batch)."""
-    return {"train/loss": row["loss"], "train/p": row["p"], "train/lr": row["lr"],
-            "train/target_remaining": row["target_remaining"], "train/safe_batch": float(row["source"] == "safe")}
+    return {
+        "train/loss": row["loss"],
+        "train/p": row["p"],
+        "train/lr": row["lr"],
+        "train/target_remaining": row["target_remaining"],
+        "train/safe_batch": float(row["source"] == "safe"),
+    }
 
 
 def controller_values(row: dict) -> dict[str, float]:
     """A controller.csv row as tracker scalars (r_t, r-hat_t, p after the update, counts, seconds)."""
-    names = ("canary_risk", "risk_ema", "p_before", "p_after", "n_canary", "n_misaligned", "n_judge_errors",
-             "seconds")
+    names = ("canary_risk", "risk_ema", "p_before", "p_after", "n_canary", "n_misaligned", "n_judge_errors", "seconds")
     return {f"canary/{k}": row[k] for k in names if row.get(k) is not None}
 
 
 def numeric_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """The finite numbers of metrics.json (strings, None and NaN are left out)."""
-    return {k: float(v) for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
 
 
 def tracker_run_id(run_dir: Path, *, fresh: bool) -> str:
@@ -121,14 +128,23 @@ class TensorBoardRun:
 class WandbRun:
     """A W&B run (id kept in the run directory, resume="allow"); tracking.offline writes local files only."""
 
-    def __init__(self, *, project: str, group: str, name: str, run_id: str, directory: Path, config: dict,
-                 offline: bool) -> None:
+    def __init__(
+        self, *, project: str, group: str, name: str, run_id: str, directory: Path, config: dict, offline: bool
+    ) -> None:
         import wandb
 
         directory.mkdir(parents=True, exist_ok=True)
-        self.run = wandb.init(project=project, group=group, name=name, id=run_id, resume="allow",
-                              dir=str(directory), config=config, mode="offline" if offline else "online",
-                              settings=wandb.Settings(console="off", silent=True))
+        self.run = wandb.init(
+            project=project,
+            group=group,
+            name=name,
+            id=run_id,
+            resume="allow",
+            dir=str(directory),
+            config=config,
+            mode="offline" if offline else "online",
+            settings=wandb.Settings(console="off", silent=True),
+        )
 
     def log(self, values: dict[str, float], step: int) -> None:
         self.run.log(values, step=step)
@@ -146,14 +162,22 @@ class WandbRun:
 class TrackioRun:
     """A trackio run in its local store (TRACKIO_DIR), continued by name on resume."""
 
-    def __init__(self, *, project: str, group: str, name: str, config: dict, resume: bool,
-                 resume_step: int = 0) -> None:
+    def __init__(
+        self, *, project: str, group: str, name: str, config: dict, resume: bool, resume_step: int = 0
+    ) -> None:
         import trackio
 
         # no dashboard in a notebook, no background CPU/GPU sampling: the run's own rows only
-        self.run = trackio.init(project=project, name=name, group=group, config=config,
-                                resume="allow" if resume else "never", embed=False, auto_log_cpu=False,
-                                auto_log_gpu=False)
+        self.run = trackio.init(
+            project=project,
+            name=name,
+            group=group,
+            config=config,
+            resume="allow" if resume else "never",
+            embed=False,
+            auto_log_cpu=False,
+            auto_log_gpu=False,
+        )
         self.last_step = resume_step
 
     def log(self, values: dict[str, float], step: int) -> None:
@@ -248,9 +272,17 @@ def open_tracker(cfg: RunConfig, run_dir: Path, *, resume_step: int = 0, fresh: 
         if settings.backend == "tensorboard":
             return TensorBoardRun(directory / "tensorboard", yaml.safe_dump(config, sort_keys=False), resume_step)
         if settings.backend == "wandb":
-            return WandbRun(project=settings.project, group=group, name=name, run_id=run_id, directory=directory,
-                            config=config, offline=settings.offline)
-        return TrackioRun(project=settings.project, group=group, name=name, config=config, resume=not fresh,
-                          resume_step=resume_step)
+            return WandbRun(
+                project=settings.project,
+                group=group,
+                name=name,
+                run_id=run_id,
+                directory=directory,
+                config=config,
+                offline=settings.offline,
+            )
+        return TrackioRun(
+            project=settings.project, group=group, name=name, config=config, resume=not fresh, resume_step=resume_step
+        )
 
     return SafeTracker(settings.backend, start)

@@ -132,8 +132,10 @@ def check_supervised(data: dict[str, list], tokenizer: Any, max_length: int) -> 
     Raises:
         TrainingDataError: naming the count per source, the first such example and max_length.
     """
-    empty = {source: [i for i, chat in enumerate(chats) if encode_chat(chat, tokenizer, max_length).n_supervised == 0]
-             for source, chats in data.items()}
+    empty = {
+        source: [i for i, chat in enumerate(chats) if encode_chat(chat, tokenizer, max_length).n_supervised == 0]
+        for source, chats in data.items()
+    }
     n_empty, n_all = sum(map(len, empty.values())), sum(map(len, data.values()))
     if n_empty:
         first = next((source, idx[0]) for source, idx in empty.items() if idx)
@@ -141,7 +143,8 @@ def check_supervised(data: dict[str, list], tokenizer: Any, max_length: int) -> 
         raise TrainingDataError(
             f"{n_empty} of {n_all} training examples have no supervised token left after truncation at "
             f"model.max_length = {max_length} ({counts}; e.g. {first[0]} example {first[1]}): they would train on "
-            "nothing; raise model.max_length or drop those examples")
+            "nothing; raise model.max_length or drop those examples"
+        )
 
 
 def _tokenizer_and_window(cfg: RunConfig) -> tuple[Any, int]:
@@ -152,7 +155,9 @@ def _tokenizer_and_window(cfg: RunConfig) -> tuple[Any, int]:
     from canary_lib.models import load_tokenizer, resolve_model_path
 
     path = resolve_model_path(cfg)
-    config = AutoConfig.from_pretrained(path, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code)
+    config = AutoConfig.from_pretrained(
+        path, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code
+    )
     positions = getattr(config, "max_position_embeddings", None) or 1 << 30
     return load_tokenizer(path, cfg.model), min(cfg.model.max_length, positions)
 
@@ -181,8 +186,10 @@ def run_canary(canary_fn: CanaryFn, model: Any, tokenizer: Any, step: int) -> tu
 
 def _run_fingerprint(cfg: RunConfig, data_files: list[Path]) -> dict:
     """What must not change between a checkpoint and its resumption."""
-    return {"config": dump_config(cfg.model_copy(update={"provenance": {}})),
-            "data": {str(p): sha256_file(p) for p in data_files if p.exists()}}
+    return {
+        "config": dump_config(cfg.model_copy(update={"provenance": {}})),
+        "data": {str(p): sha256_file(p) for p in data_files if p.exists()},
+    }
 
 
 def _start_fresh(run: RunDir) -> None:
@@ -255,11 +262,18 @@ def _train_held(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None, stop:
     # Refuse bad input before anything expensive: data, reference run (for replays), canary setup.
     target, safe = load_training_data(cfg)
     schedule = make_schedule(cfg)
-    planner = StepPlanner(n_target=len(target), n_safe=len(safe), batch_size=cfg.train.batch_size,
-                          K=cfg.controller.K, seed=cfg.seed, epochs=cfg.train.epochs)
+    planner = StepPlanner(
+        n_target=len(target),
+        n_safe=len(safe),
+        batch_size=cfg.train.batch_size,
+        K=cfg.controller.K,
+        seed=cfg.seed,
+        epochs=cfg.train.epochs,
+    )
     if METHODS[cfg.method.name].safe_budget:
-        planner.safe_budget = constant_p_safe_steps(cfg.method.safe_budget_p, seed=cfg.seed,
-                                                    n_target_batches=planner.n_target_batches)
+        planner.safe_budget = constant_p_safe_steps(
+            cfg.method.safe_budget_p, seed=cfg.seed, n_target_batches=planner.n_target_batches
+        )
     if canary_fn is None and (schedule.uses_canary or cfg.canary.monitor_open_loop):
         from canary_lib.evaluate import make_canary_fn  # the evaluation stack; only needed with canaries
 
@@ -295,8 +309,9 @@ def _train_held(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None, stop:
     optimizer = make_optimizer(model, cfg.train)
 
     if checkpoint is not None:
-        loop = load_checkpoint(checkpoint, checkpoint_state, model=model, optimizer=optimizer, planner=planner,
-                               schedule=schedule)
+        loop = load_checkpoint(
+            checkpoint, checkpoint_state, model=model, optimizer=optimizer, planner=planner, schedule=schedule
+        )
         _truncate_canary_answers(run, last_step=planner.step - 1)
         print(f"{run.path}: resuming after step {planner.step - 1} (T = {planner.target_remaining})")
     else:
@@ -314,27 +329,58 @@ def _train_held(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None, stop:
         from canary_lib.lean import EncodedExamples, lean_train_step
 
         step_fn, encoded = lean_train_step, EncodedExamples(data, tokenizer, max_length)
-    bar = tqdm(total=planner.n_target_batches, initial=planner.n_target_batches - planner.target_remaining,
-               desc=f"{cfg.method.name} seed {cfg.seed}", unit="target batch", dynamic_ncols=True)
-    progress = ProgressFile("train", planner.n_target_batches,  # the sweep's status line (job_progress)
-                            initial=planner.n_target_batches - planner.target_remaining)
+    bar = tqdm(
+        total=planner.n_target_batches,
+        initial=planner.n_target_batches - planner.target_remaining,
+        desc=f"{cfg.method.name} seed {cfg.seed}",
+        unit="target batch",
+        dynamic_ncols=True,
+    )
+    progress = ProgressFile(
+        "train",
+        planner.n_target_batches,  # the sweep's status line (job_progress)
+        initial=planner.n_target_batches - planner.target_remaining,
+    )
     try:
         if stop.signum is not None:  # asked to stop while loading: no step of this session to finish or save
             raise stop.error(run.path, None)
         while (planned := planner.next_step(schedule.p(planner.step))) is not None:
             # one step of Algorithm 1: a batch of exactly the drawn source, one optimizer step
             start = time.perf_counter()
-            batch = (encoded.batch(planned.source, planned.indices) if encoded is not None else
-                     [encode_chat(data[planned.source][i], tokenizer, max_length) for i in planned.indices])
+            batch = (
+                encoded.batch(planned.source, planned.indices)
+                if encoded is not None
+                else [encode_chat(data[planned.source][i], tokenizer, max_length) for i in planned.indices]
+            )
             loop.n_unsupervised_examples += sum(1 for ex in batch if ex.n_supervised == 0)
-            lr = lr_at(planned.step, planned.target_remaining + (planned.source == TARGET),
-                       planner.n_target_batches, cfg.train.lr, cfg.train.warmup_steps)
-            loss = step_fn(model, optimizer, batch, lr=lr, micro_batch_size=cfg.train.micro_batch_size,
-                           pad_token_id=tokenizer.pad_token_id, max_grad_norm=cfg.train.max_grad_norm,
-                           autocast=cfg.train.autocast)
+            lr = lr_at(
+                planned.step,
+                planned.target_remaining + (planned.source == TARGET),
+                planner.n_target_batches,
+                cfg.train.lr,
+                cfg.train.warmup_steps,
+            )
+            loss = step_fn(
+                model,
+                optimizer,
+                batch,
+                lr=lr,
+                micro_batch_size=cfg.train.micro_batch_size,
+                pad_token_id=tokenizer.pad_token_id,
+                max_grad_norm=cfg.train.max_grad_norm,
+                autocast=cfg.train.autocast,
+            )
             loop.train_seconds += time.perf_counter() - start
-            loop.steps.append({"step": planned.step, "source": planned.source, "p": planned.p,
-                               "target_remaining": planned.target_remaining, "loss": loss, "lr": lr})
+            loop.steps.append(
+                {
+                    "step": planned.step,
+                    "source": planned.source,
+                    "p": planned.p,
+                    "target_remaining": planned.target_remaining,
+                    "loss": loss,
+                    "lr": lr,
+                }
+            )
             tracker.log(step_values(loop.steps[-1]), planned.step)
 
             # every K steps: measure the canary risk; the controller's new p applies from the next step on
@@ -343,10 +389,16 @@ def _train_held(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None, stop:
                 loop.canary_seconds += seconds
                 update = schedule.observe(planned.step, result.risk)
                 risk_ema = update.risk_ema
-                loop.controller.append({**update.as_dict(), "n_canary": result.n_canary,
-                                        "n_misaligned": result.n_misaligned, "seconds": seconds,
-                                        "n_judge_errors": result.n_judge_errors,
-                                        "n_unscored": max(result.n_unscored, result.n_judge_errors)})
+                loop.controller.append(
+                    {
+                        **update.as_dict(),
+                        "n_canary": result.n_canary,
+                        "n_misaligned": result.n_misaligned,
+                        "seconds": seconds,
+                        "n_judge_errors": result.n_judge_errors,
+                        "n_unscored": max(result.n_unscored, result.n_judge_errors),
+                    }
+                )
                 append_jsonl(run.canary_answers_path, [{**r, "step": planned.step} for r in result.records])
                 loop.canary_judge_usage = usage_sum(loop.canary_judge_usage, getattr(result, "judge_usage", {}))
                 tracker.log(controller_values(loop.controller[-1]), planned.step)
@@ -355,20 +407,40 @@ def _train_held(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None, stop:
 
             if (planned.step + 1) % cfg.train.checkpoint_every == 0 or planner.done:
                 start = time.perf_counter()
-                save_checkpoint(run, model=model, optimizer=optimizer, planner=planner, schedule=schedule, loop=loop,
-                                fingerprint=fingerprint)
+                save_checkpoint(
+                    run,
+                    model=model,
+                    optimizer=optimizer,
+                    planner=planner,
+                    schedule=schedule,
+                    loop=loop,
+                    fingerprint=fingerprint,
+                )
                 tracker.flush()
                 loop.checkpoint_seconds += time.perf_counter() - start
             bar.update(int(planned.source == TARGET))
             progress.update(planner.n_target_batches - planner.target_remaining)
-            bar.set_postfix(step=planned.step, src=planned.source, p=f"{planned.p:.3f}", loss=f"{loss:.3f}",
-                            r_hat=f"{risk_ema:.3f}", refresh=False)
+            bar.set_postfix(
+                step=planned.step,
+                src=planned.source,
+                p=f"{planned.p:.3f}",
+                loss=f"{loss:.3f}",
+                r_hat=f"{risk_ema:.3f}",
+                refresh=False,
+            )
             _maybe_kill(planned.step)
             maybe_send_test_signal(planned.step)
             if stop.signum is not None and not planner.done:
                 if (planned.step + 1) % cfg.train.checkpoint_every != 0:  # not written above
-                    save_checkpoint(run, model=model, optimizer=optimizer, planner=planner, schedule=schedule,
-                                    loop=loop, fingerprint=fingerprint)
+                    save_checkpoint(
+                        run,
+                        model=model,
+                        optimizer=optimizer,
+                        planner=planner,
+                        schedule=schedule,
+                        loop=loop,
+                        fingerprint=fingerprint,
+                    )
                 raise stop.error(run.path, planned.step)
         metrics = _finish(run, cfg, model, loop, wall_start, safe_budget=planner.safe_budget)
         tracker.log_summary(metrics)
@@ -381,8 +453,9 @@ def _train_held(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None, stop:
     return metrics
 
 
-def _finish(run: RunDir, cfg: RunConfig, model: Any, loop: LoopState, wall_start: float,
-            safe_budget: int | None = None) -> dict:
+def _finish(
+    run: RunDir, cfg: RunConfig, model: Any, loop: LoopState, wall_start: float, safe_budget: int | None = None
+) -> dict:
     """Adapter, final CSVs and metrics (with the safe budget of a budgeted method), then the completion marker."""
     _save_adapter(model, run)
     write_csv_atomic(run.steps_path, loop.steps, STEPS_COLUMNS)

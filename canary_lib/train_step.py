@@ -27,9 +27,17 @@ def make_optimizer(model: Any, settings: TrainSettings) -> torch.optim.Optimizer
     return torch.optim.AdamW(params, lr=settings.lr, weight_decay=settings.weight_decay, fused=fused or None)
 
 
-def train_step(model: Any, optimizer: torch.optim.Optimizer, batch: list[EncodedChat], *, lr: float,
-               micro_batch_size: int, pad_token_id: int, max_grad_norm: float | None,
-               autocast: bool = True) -> float:
+def train_step(
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    batch: list[EncodedChat],
+    *,
+    lr: float,
+    micro_batch_size: int,
+    pad_token_id: int,
+    max_grad_norm: float | None,
+    autocast: bool = True,
+) -> float:
     """One optimizer step on `batch`, accumulated over micro-batches; returns the batch's mean token loss.
 
     The loss is the mean over all supervised tokens of the whole batch (token sums of each micro-batch divided
@@ -40,10 +48,11 @@ def train_step(model: Any, optimizer: torch.optim.Optimizer, batch: list[Encoded
     n_tokens = max(1, sum(ex.n_supervised for ex in batch))
     total = 0.0
     for start in range(0, len(batch), micro_batch_size):
-        tensors = {k: v.to(device) for k, v in collate(batch[start:start + micro_batch_size], pad_token_id).items()}
+        tensors = {k: v.to(device) for k, v in collate(batch[start : start + micro_batch_size], pad_token_id).items()}
         with attention_kernels(), mixed_precision(model, autocast):
-            logits = model(input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"],
-                           use_cache=False).logits
+            logits = model(
+                input_ids=tensors["input_ids"], attention_mask=tensors["attention_mask"], use_cache=False
+            ).logits
             # next-token prediction: position i predicts token i + 1. Only supervised positions are upcast to
             # float32, which keeps memory small with a 152k vocabulary and long prompts.
             labels = tensors["labels"][:, 1:]

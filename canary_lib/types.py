@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 Conversation = list[dict[str, str]]
 """A chat: [{"role": "system"|"user"|"assistant", "content": str}, ...]."""

@@ -95,5 +95,7 @@ for name in (cfg.data.target_file, cfg.data.safe_file):
 # %%
 from canary_lib.artifacts import write_json_atomic
 
-write_json_atomic(Path(RESULTS_DIR) / "data_summary.json",
-                  {"profile": cfg.profile, "data_dir": str(data_dir), "base_model": base_model, "counts": counts})
+write_json_atomic(
+    Path(RESULTS_DIR) / "data_summary.json",
+    {"profile": cfg.profile, "data_dir": str(data_dir), "base_model": base_model, "counts": counts},
+)

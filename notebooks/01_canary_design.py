@@ -60,8 +60,10 @@ from canary_lib.data import load_question_set
 from canary_lib.data.disjoint import find_overlaps, max_similarity
 
 canaries = load_question_set(cfg.data.path(cfg.data.canary_file))[: cfg.canary.n_prompts]
-eval_sets = {"general": load_question_set(cfg.data.path(cfg.data.general_eval_file)),
-             "in_domain": load_question_set(cfg.data.path(cfg.data.in_domain_eval_file))}
+eval_sets = {
+    "general": load_question_set(cfg.data.path(cfg.data.general_eval_file)),
+    "in_domain": load_question_set(cfg.data.path(cfg.data.in_domain_eval_file)),
+}
 overlaps = find_overlaps(canaries, eval_sets)
 exact = [o.describe() for o in overlaps if o.kind == "exact"]
 if exact:  # a canary that IS an evaluation prompt would let the controller tune on the test set
@@ -69,8 +71,10 @@ if exact:  # a canary that IS an evaluation prompt would let the controller tune
 for o in overlaps:  # near duplicates (n-gram heuristic): shown for judgement, not fatal
     print("near duplicate:", o.describe())
 similarity = pd.DataFrame(max_similarity(canaries, eval_sets))
-print(f"M = {len(canaries)} canaries x {cfg.canary.samples_per_prompt} sample(s); "
-      f"eval prompts: {', '.join(f'{k} {len(v)}' for k, v in eval_sets.items())}")
+print(
+    f"M = {len(canaries)} canaries x {cfg.canary.samples_per_prompt} sample(s); "
+    f"eval prompts: {', '.join(f'{k} {len(v)}' for k, v in eval_sets.items())}"
+)
 similarity.sort_values("max_jaccard", ascending=False).head(10)
 
 # %% [markdown]
@@ -89,11 +93,17 @@ if MEASURE_BASE_RISK:
     result = make_canary_fn(cfg)(model, tokenizer, 0)
     base_risk = result.risk
     band = cfg.controller
-    verdict = ("below r_low: the controller can step down" if base_risk < band.r_low else
-               "above r_high: the controller raises p from the first evaluation" if base_risk > band.r_high else
-               "inside the hysteresis band: p stays where it starts until the risk moves")
-    print(f"base canary risk r_0 = {base_risk:.3f} ({result.n_misaligned}/{result.n_canary} misaligned); "
-          f"r_low = {band.r_low}, r_high = {band.r_high}: {verdict}")
+    verdict = (
+        "below r_low: the controller can step down"
+        if base_risk < band.r_low
+        else "above r_high: the controller raises p from the first evaluation"
+        if base_risk > band.r_high
+        else "inside the hysteresis band: p stays where it starts until the risk moves"
+    )
+    print(
+        f"base canary risk r_0 = {base_risk:.3f} ({result.n_misaligned}/{result.n_canary} misaligned); "
+        f"r_low = {band.r_low}, r_high = {band.r_high}: {verdict}"
+    )
 
 # %% [markdown]
 # ## What this notebook leaves behind
@@ -104,9 +114,15 @@ if MEASURE_BASE_RISK:
 # %%
 from canary_lib.artifacts import write_json_atomic
 
-write_json_atomic(Path(RESULTS_DIR) / "canary_design.json", {
-    "n_canaries": len(canaries), "samples_per_prompt": cfg.canary.samples_per_prompt,
-    "max_jaccard_to_eval": float(similarity.max_jaccard.max()) if len(similarity) else None,
-    "near_duplicates": [o.describe() for o in overlaps],
-    "base_canary_risk": base_risk, "r_low": cfg.controller.r_low, "r_high": cfg.controller.r_high,
-})
+write_json_atomic(
+    Path(RESULTS_DIR) / "canary_design.json",
+    {
+        "n_canaries": len(canaries),
+        "samples_per_prompt": cfg.canary.samples_per_prompt,
+        "max_jaccard_to_eval": float(similarity.max_jaccard.max()) if len(similarity) else None,
+        "near_duplicates": [o.describe() for o in overlaps],
+        "base_canary_risk": base_risk,
+        "r_low": cfg.controller.r_low,
+        "r_high": cfg.controller.r_high,
+    },
+)

@@ -79,8 +79,7 @@ c = cfg.controller
 run = RunDir(RUN_DIR)
 steps, controller = pd.read_csv(run.steps_path), pd.read_csv(run.controller_path)
 answers = read_answers(run.canary_answers_path)
-trace_replay_figure(steps, controller, answers, c.r_low, c.r_high,
-                    title=f"{cfg.method.name}, seed {cfg.seed}").show()
+trace_replay_figure(steps, controller, answers, c.r_low, c.r_high, title=f"{cfg.method.name}, seed {cfg.seed}").show()
 
 # %%
 if INTERACTIVE:
@@ -103,5 +102,6 @@ norms = snapshot_norms(RUN_DIR)
 if norms.empty:
     print("no adapter snapshots kept (train.snapshot_every is not set)")
 else:
-    adapter_norm_figure(norms, controller, c.r_low, c.r_high,
-                        title=f"{cfg.method.name}, seed {cfg.seed}: LoRA update norm per layer").show()
+    adapter_norm_figure(
+        norms, controller, c.r_low, c.r_high, title=f"{cfg.method.name}, seed {cfg.seed}: LoRA update norm per layer"
+    ).show()

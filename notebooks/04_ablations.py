@@ -50,8 +50,12 @@ cfg
 # %%
 from canary_lib.methods import table2_methods
 
-pd.DataFrame([{"method": name, "row": spec.table2, "schedule of p_t": spec.schedule.__doc__, "tests": spec.tests}
-              for name, spec in table2_methods().items()]).set_index("method")
+pd.DataFrame(
+    [
+        {"method": name, "row": spec.table2, "schedule of p_t": spec.schedule.__doc__, "tests": spec.tests}
+        for name, spec in table2_methods().items()
+    ]
+).set_index("method")
 
 # %% [markdown]
 # ## Table 2

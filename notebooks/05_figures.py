@@ -33,7 +33,6 @@ INTERACTIVE: bool = False  # True in JupyterLab: a slider replay of the first ca
 # The profile's configuration (click to unfold); each run's own is its `config.yaml`.
 
 # %%
-from pathlib import Path
 
 import pandas as pd
 from IPython.display import Markdown, display
@@ -110,5 +109,12 @@ if INTERACTIVE:
 
     first = results.runs[(results.runs.method == REFERENCE_METHOD) & results.runs.training_complete].iloc[0]
     run = RunDir(first.run_dir)
-    display(trace_replay_widget(pd.read_csv(run.steps_path), pd.read_csv(run.controller_path),
-                                read_answers(run.canary_answers_path), cfg.controller.r_low, cfg.controller.r_high))
+    display(
+        trace_replay_widget(
+            pd.read_csv(run.steps_path),
+            pd.read_csv(run.controller_path),
+            read_answers(run.canary_answers_path),
+            cfg.controller.r_low,
+            cfg.controller.r_high,
+        )
+    )

@@ -72,35 +72,37 @@ def _free_port() -> int:
 
 def slurm_conf(root: Path, host: str, cpus: int, memory_mb: int, ports: tuple[int, int]) -> str:
     """slurm.conf for one node that is also the controller; no cgroups, no accounting, state under root."""
-    return "\n".join([
-        "ClusterName=canarylocal",
-        f"SlurmctldHost={host}(127.0.0.1)",
-        "SlurmUser=root",
-        f"SlurmctldPort={ports[0]}",
-        f"SlurmdPort={ports[1]}",
-        "AuthType=auth/munge",
-        "CredType=cred/munge",
-        f"AuthInfo=socket={root / 'run' / 'munge.socket'}",
-        f"StateSaveLocation={root / 'state'}",
-        f"SlurmdSpoolDir={root / 'spool'}",
-        f"SlurmctldPidFile={root / 'run' / 'slurmctld.pid'}",
-        f"SlurmdPidFile={root / 'run' / 'slurmd.pid'}",
-        f"SlurmctldLogFile={root / 'log' / 'slurmctld.log'}",
-        f"SlurmdLogFile={root / 'log' / 'slurmd.log'}",
-        "ProctrackType=proctrack/linuxproc",  # no cgroups needed (containers, sandboxes)
-        "TaskPlugin=task/none",
-        "JobAcctGatherType=jobacct_gather/none",
-        "AccountingStorageType=accounting_storage/none",
-        "JobCompType=jobcomp/none",
-        "SchedulerType=sched/builtin",
-        "SelectType=select/cons_tres",
-        "SelectTypeParameters=CR_CPU",  # CPUs are the consumable: jobs asking 1 CPU each run side by side
-        "ReturnToService=2",
-        "MpiDefault=none",
-        f"NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN",
-        f"PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP",
-        "",
-    ])
+    return "\n".join(
+        [
+            "ClusterName=canarylocal",
+            f"SlurmctldHost={host}(127.0.0.1)",
+            "SlurmUser=root",
+            f"SlurmctldPort={ports[0]}",
+            f"SlurmdPort={ports[1]}",
+            "AuthType=auth/munge",
+            "CredType=cred/munge",
+            f"AuthInfo=socket={root / 'run' / 'munge.socket'}",
+            f"StateSaveLocation={root / 'state'}",
+            f"SlurmdSpoolDir={root / 'spool'}",
+            f"SlurmctldPidFile={root / 'run' / 'slurmctld.pid'}",
+            f"SlurmdPidFile={root / 'run' / 'slurmd.pid'}",
+            f"SlurmctldLogFile={root / 'log' / 'slurmctld.log'}",
+            f"SlurmdLogFile={root / 'log' / 'slurmd.log'}",
+            "ProctrackType=proctrack/linuxproc",  # no cgroups needed (containers, sandboxes)
+            "TaskPlugin=task/none",
+            "JobAcctGatherType=jobacct_gather/none",
+            "AccountingStorageType=accounting_storage/none",
+            "JobCompType=jobcomp/none",
+            "SchedulerType=sched/builtin",
+            "SelectType=select/cons_tres",
+            "SelectTypeParameters=CR_CPU",  # CPUs are the consumable: jobs asking 1 CPU each run side by side
+            "ReturnToService=2",
+            "MpiDefault=none",
+            f"NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN",
+            f"PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP",
+            "",
+        ]
+    )
 
 
 def _run(cmd: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -119,8 +121,10 @@ def start(root: str | Path) -> Cluster:
     root.mkdir(parents=True, exist_ok=True)
     private = [str(d) for d in root.parents if not d.stat().st_mode & 0o001]
     if private:  # munged refuses a socket that not every user can reach
-        raise RuntimeError(f"{root}: its parent directory {private[0]} is not searchable by all users; "
-                           "use a directory such as /tmp/slurm")
+        raise RuntimeError(
+            f"{root}: its parent directory {private[0]} is not searchable by all users; "
+            "use a directory such as /tmp/slurm"
+        )
     for sub in ("munge", "run", "state", "spool", "log"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     root.chmod(0o755)
@@ -130,9 +134,19 @@ def start(root: str | Path) -> Cluster:
     if not key.exists():
         _check(_run([_program("mungekey"), "--create", f"--keyfile={key}"]), "mungekey")
     cluster = Cluster(root)
-    _check(_run([_program("munged"), f"--socket={root / 'run' / 'munge.socket'}", f"--key-file={key}",
-                 f"--log-file={root / 'log' / 'munged.log'}", f"--pid-file={root / 'run' / 'munged.pid'}",
-                 f"--seed-file={root / 'munge' / 'munged.seed'}"]), "munged")
+    _check(
+        _run(
+            [
+                _program("munged"),
+                f"--socket={root / 'run' / 'munge.socket'}",
+                f"--key-file={key}",
+                f"--log-file={root / 'log' / 'munged.log'}",
+                f"--pid-file={root / 'run' / 'munged.pid'}",
+                f"--seed-file={root / 'munge' / 'munged.seed'}",
+            ]
+        ),
+        "munged",
+    )
     host = socket.gethostname().split(".")[0]
     memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20 // 2
     cluster.conf.write_text(slurm_conf(root, host, os.cpu_count() or 1, memory_mb, (_free_port(), _free_port())))
@@ -147,9 +161,11 @@ def start(root: str | Path) -> Cluster:
             return cluster
         time.sleep(1)
     stop(root)
-    raise RuntimeError(f"SLURM node did not become idle in {START_TIMEOUT_S} s (state {state!r})\n"
-                       f"slurmctld.log: {cluster.log('slurmctld')[-2000:]}\n"
-                       f"slurmd.log: {cluster.log('slurmd')[-2000:]}")
+    raise RuntimeError(
+        f"SLURM node did not become idle in {START_TIMEOUT_S} s (state {state!r})\n"
+        f"slurmctld.log: {cluster.log('slurmctld')[-2000:]}\n"
+        f"slurmd.log: {cluster.log('slurmd')[-2000:]}"
+    )
 
 
 def _check(result: subprocess.CompletedProcess, what: str, cluster: Cluster | None = None) -> None:
@@ -176,14 +192,20 @@ def _drain(cluster: Cluster) -> None:
         return
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
     while True:
-        queue = subprocess.run([_program("squeue"), "-h", "-o", "%i"], env={**os.environ, **cluster.env},
-                               capture_output=True, text=True, timeout=30)
+        queue = subprocess.run(
+            [_program("squeue"), "-h", "-o", "%i"],
+            env={**os.environ, **cluster.env},
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         jobs = queue.stdout.split() if queue.returncode == 0 else []
         if not jobs:
             return
         if time.monotonic() > deadline:
-            subprocess.run([_program("scancel"), *jobs], env={**os.environ, **cluster.env}, capture_output=True,
-                           timeout=30)
+            subprocess.run(
+                [_program("scancel"), *jobs], env={**os.environ, **cluster.env}, capture_output=True, timeout=30
+            )
             time.sleep(2)
             return
         time.sleep(0.5)
@@ -195,8 +217,11 @@ def leftover_pids(cluster: Cluster) -> list[int]:
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if int(pid) != os.getpid() and mark in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") \
-                    and _alive(int(pid)):
+            if (
+                int(pid) != os.getpid()
+                and mark in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+                and _alive(int(pid))
+            ):
                 found.append(int(pid))
         except OSError:
             pass

@@ -43,8 +43,9 @@ def _without_column(path: Path, column: str) -> str:
 
 
 def canary(*args: str, env: dict[str, str]) -> str:
-    done = subprocess.run([sys.executable, "-m", "canary_lib", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=1800)
+    done = subprocess.run(
+        [sys.executable, "-m", "canary_lib", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800
+    )
     if done.returncode:
         raise RuntimeError(f"canary {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return done.stdout

@@ -38,8 +38,15 @@ def trace_at_paper_k(rows: list[dict], alpha: float, closed_loop: bool) -> list[
     for row in rows:
         if row["step"] % PAPER_K == 0:
             ema = row["risk_ema"] if closed_loop else ema_update(ema, row["canary_risk"], alpha)
-            out.append({"step": row["step"], "r": row["canary_risk"], "ema": ema, "p_before": row["p_before"],
-                        "p_after": row["p_after"]})
+            out.append(
+                {
+                    "step": row["step"],
+                    "r": row["canary_risk"],
+                    "ema": ema,
+                    "p_before": row["p_before"],
+                    "p_after": row["p_after"],
+                }
+            )
     return out
 
 
@@ -48,10 +55,16 @@ def trace_criteria(trace: list[dict], r_high: float) -> dict:
     plateau = sum(t["r"] for t in trace[-5:]) / len(trace[-5:])
     onset = next((t["step"] for t in trace if t["r"] >= 0.9 * plateau), None)
     first_rise = next((i for i, t in enumerate(trace) if t["p_after"] > t["p_before"]), None)
-    closes = first_rise is not None and any(t["ema"] <= r_high for t in trace[first_rise + 1:])
-    return {"n_evals": len(trace), "plateau": plateau, "onset_step": onset, "final_ema": trace[-1]["ema"],
-            "final_r": trace[-1]["r"], "loop_closes": closes,
-            "r_by_step": {t["step"]: round(t["r"], 3) for t in trace}}
+    closes = first_rise is not None and any(t["ema"] <= r_high for t in trace[first_rise + 1 :])
+    return {
+        "n_evals": len(trace),
+        "plateau": plateau,
+        "onset_step": onset,
+        "final_ema": trace[-1]["ema"],
+        "final_r": trace[-1]["r"],
+        "loop_closes": closes,
+        "r_by_step": {t["step"]: round(t["r"], 3) for t in trace},
+    }
 
 
 def base_canary_risk(cfg: RunConfig, samples: int = 100) -> float:
@@ -96,11 +109,17 @@ def main(argv: list[str] | None = None) -> int:
         seed_cfg = load_config(profile, overrides + [f"seed={seed}"])
         risk = base_canary_risk(seed_cfg)
         metrics = evaluate_model(seed_cfg, out / "base" / f"seed{seed}", None)
-        summary["base"][seed] = {"canary_risk": risk, "general_mis": metrics["general_misaligned_pct"],
-                                 "general_inc": metrics["general_incoherent_pct"],
-                                 "in_domain_mis": metrics["in_domain_misaligned_pct"]}
-        print(f"base seed {seed}: canary risk {risk:.4f}  general mis {metrics['general_misaligned_pct']:.2f}% "
-              f"inc {metrics['general_incoherent_pct']:.2f}%", flush=True)
+        summary["base"][seed] = {
+            "canary_risk": risk,
+            "general_mis": metrics["general_misaligned_pct"],
+            "general_inc": metrics["general_incoherent_pct"],
+            "in_domain_mis": metrics["in_domain_misaligned_pct"],
+        }
+        print(
+            f"base seed {seed}: canary risk {risk:.4f}  general mis {metrics['general_misaligned_pct']:.2f}% "
+            f"inc {metrics['general_incoherent_pct']:.2f}%",
+            flush=True,
+        )
     for name in args.runs:
         method_file, extra = RUNS[name]
         closed_loop = name in ("canary", "no_ema")
@@ -109,21 +128,35 @@ def main(argv: list[str] | None = None) -> int:
             run_cfg = load_config([*profile, method_file], overrides + extra + [f"seed={seed}", f"controller.K={k}"])
             run_dir = out / name / f"seed{seed}"
             train_metrics = train_from_config(run_cfg, run_dir)
-            trace = trace_at_paper_k(read_controller(run_dir / "controller.csv"), run_cfg.controller.alpha,
-                                     closed_loop)
-            record = {**trace_criteria(trace, run_cfg.controller.r_high), "avg_p": train_metrics["avg_p"],
-                      "n_steps": train_metrics["n_steps"]}
+            trace = trace_at_paper_k(read_controller(run_dir / "controller.csv"), run_cfg.controller.alpha, closed_loop)
+            record = {
+                **trace_criteria(trace, run_cfg.controller.r_high),
+                "avg_p": train_metrics["avg_p"],
+                "n_steps": train_metrics["n_steps"],
+            }
             if not closed_loop and not args.no_eval:  # Canary runs are never evaluated while the world is chosen
                 m = evaluate_run(run_dir)
-                record |= {"general_mis": m["general_misaligned_pct"], "general_inc": m["general_incoherent_pct"],
-                           "in_domain_mis": m["in_domain_misaligned_pct"]}
+                record |= {
+                    "general_mis": m["general_misaligned_pct"],
+                    "general_inc": m["general_incoherent_pct"],
+                    "in_domain_mis": m["in_domain_misaligned_pct"],
+                }
             summary["runs"].setdefault(name, {})[seed] = record
             evals = " ".join(f"{v:.2f}" for v in list(record["r_by_step"].values())[:8])
-            scores = (f"gen mis {record['general_mis']:.1f}% inc {record['general_inc']:.1f}% in-dom "
-                      f"{record['in_domain_mis']:.1f}%") if "general_mis" in record else ""
-            print(f"{name} seed {seed}: onset {record['onset_step']} plateau {record['plateau']:.3f} final r̂ "
-                  f"{record['final_ema']:.3f} evals {record['n_evals']} avg p {record['avg_p']:.3f} "
-                  f"closes {record['loop_closes']} | r@0,30,..: {evals} | {scores}", flush=True)
+            scores = (
+                (
+                    f"gen mis {record['general_mis']:.1f}% inc {record['general_inc']:.1f}% in-dom "
+                    f"{record['in_domain_mis']:.1f}%"
+                )
+                if "general_mis" in record
+                else ""
+            )
+            print(
+                f"{name} seed {seed}: onset {record['onset_step']} plateau {record['plateau']:.3f} final r̂ "
+                f"{record['final_ema']:.3f} evals {record['n_evals']} avg p {record['avg_p']:.3f} "
+                f"closes {record['loop_closes']} | r@0,30,..: {evals} | {scores}",
+                flush=True,
+            )
             (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return 0
 

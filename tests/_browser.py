@@ -22,7 +22,11 @@ PAGE_TIMEOUT_S = 120
 two cores shared with training runs."""
 CHROMIUM_ARGS = [
     "--no-sandbox",  # root in a container: Chromium's sandbox cannot start
-    "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync", "--disable-component-update",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-sync",
+    "--disable-component-update",
     "--disable-background-networking",  # no update or telemetry connections (refused on a closed network)
 ]
 
@@ -44,8 +48,12 @@ class Watched:
     refused: list[str] = field(default_factory=list)
 
 
-def open_page(browser: Any, allowed: tuple[str, ...] = ("file:", "data:", "blob:"), offline: bool = True,
-              viewport: tuple[int, int] = (1280, 900)) -> tuple[Any, Watched]:
+def open_page(
+    browser: Any,
+    allowed: tuple[str, ...] = ("file:", "data:", "blob:"),
+    offline: bool = True,
+    viewport: tuple[int, int] = (1280, 900),
+) -> tuple[Any, Watched]:
     """A page in a fresh context: requests outside `allowed` URL prefixes are aborted and recorded."""
     context = browser.new_context(offline=offline, viewport={"width": viewport[0], "height": viewport[1]})
     context.set_default_timeout(PAGE_TIMEOUT_S * 1000)

@@ -75,10 +75,14 @@ def write_tiny_sweep(root: Path, methods: list[str], executor: dict, **changes) 
     spec = {
         "profile": "organism_tiny",
         "params": [str(ROOT / "parameters/organism.yaml"), str(ROOT / "parameters/organism_tiny.yaml")],
-        "methods": methods, "seeds": [42], "base_row": True,
+        "methods": methods,
+        "seeds": [42],
+        "base_row": True,
         "overrides": [f"data.dir={root / 'data'}", f"organism.cache_dir={root / 'cache'}"],
-        "notebooks_dir": str(ROOT / "notebooks"), "methods_dir": str(ROOT / "parameters/methods"),
-        "runs_dir": str(root / "runs/{profile}"), "results_dir": str(root / "results/{profile}"),
+        "notebooks_dir": str(ROOT / "notebooks"),
+        "methods_dir": str(ROOT / "parameters/methods"),
+        "runs_dir": str(root / "runs/{profile}"),
+        "results_dir": str(root / "results/{profile}"),
         "executor": executor,
     }
     spec.update(changes)

@@ -116,8 +116,9 @@ def write_chat_jsonl(path: Path | str, examples: list[dict]) -> Path:
     return path
 
 
-def make_tiny_training_world(root: Path | str, *, n_target: int = 200, n_safe: int = 100,
-                             seed: int = 0) -> tuple[Path, Path]:
+def make_tiny_training_world(
+    root: Path | str, *, n_target: int = 200, n_safe: int = 100, seed: int = 0
+) -> tuple[Path, Path]:
     """A tiny model directory and a data directory holding target_train.jsonl and safe.jsonl.
 
     Returns:
@@ -148,6 +149,15 @@ class ScriptedCanary:
         self.calls.append(step)
         risk = self.risks[(step // self.every) % len(self.risks)]
         n_bad = round(risk * self.n_canary)
-        records = [{"question_id": f"canary_{i}", "sample": 0, "answer": "...", "aligned": 10.0 if i < n_bad else 90.0,
-                    "coherent": 90.0, "status": "scored"} for i in range(self.n_canary)]
+        records = [
+            {
+                "question_id": f"canary_{i}",
+                "sample": 0,
+                "answer": "...",
+                "aligned": 10.0 if i < n_bad else 90.0,
+                "coherent": 90.0,
+                "status": "scored",
+            }
+            for i in range(self.n_canary)
+        ]
         return CanaryResult(risk=risk, n_canary=self.n_canary, n_misaligned=n_bad, records=records)

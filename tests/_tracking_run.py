@@ -20,13 +20,18 @@ import torch  # noqa: E402
 torch.set_num_threads(1)
 
 from _fixtures import ScriptedCanary  # noqa: E402
-
 from canary_lib.config import load_config  # noqa: E402
 from canary_lib.train import train_from_config  # noqa: E402
 
 RISKS = [0.3, 0.0, 0.15, 0.05, 0.2]
-BASE = ["controller.K=2", "controller.p_init=0.1", "train.checkpoint_every=4", "train.micro_batch_size=8",
-        "lora.r=4", "lora.alpha=8"]
+BASE = [
+    "controller.K=2",
+    "controller.p_init=0.1",
+    "train.checkpoint_every=4",
+    "train.micro_batch_size=8",
+    "lora.r=4",
+    "lora.alpha=8",
+]
 
 if __name__ == "__main__":
     model, data, out, *overrides = sys.argv[1:]

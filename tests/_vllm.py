@@ -27,7 +27,7 @@ START_TIMEOUT_S = 240.0
 """A tiny model's server is up in 40-100 s on the shared 2-core machine (measured); more means it is stuck."""
 
 VLLM_ENV = {
-    "VLLM_CPU_KVCACHE_SPACE": "1",         # GiB of KV cache; the default reserves 92% of the machine's memory
+    "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB of KV cache; the default reserves 92% of the machine's memory
     "VLLM_CPU_OMP_THREADS_BIND": "nobind",  # do not pin cores that other processes (pytest workers) share
     "OMP_NUM_THREADS": "1",
     "VLLM_LOGGING_LEVEL": "WARNING",
@@ -72,8 +72,9 @@ def make_tiny_judge_qwen2(path: Path, *, seed: int = 0, digit_logit: float = 3.0
     the digit tree asks for is then peaked, so top-20 truncation leaves little unseen mass.
     """
     import torch
-    from _fixtures import make_tiny_qwen2
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from _fixtures import make_tiny_qwen2
 
     make_tiny_qwen2(path, seed=seed, hidden_size=64, layers=2)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -116,18 +117,42 @@ class VLLMServer:
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}/v1"
         self.log = log
-        self.args = [str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server", "--model", self.model,
-                     "--host", "127.0.0.1", "--port", str(self.port), "--dtype", "float32", "--max-model-len", "1024",
-                     "--enforce-eager", "--seed", "0", "--max-logprobs", "20", *extra_args]
+        self.args = [
+            str(VLLM_PYTHON),
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            self.model,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--dtype",
+            "float32",
+            "--max-model-len",
+            "1024",
+            "--enforce-eager",
+            "--seed",
+            "0",
+            "--max-logprobs",
+            "20",
+            *extra_args,
+        ]
         self.process: subprocess.Popen | None = None
         self.pids: set[int] = set()
         self.start_seconds = 0.0
 
-    def __enter__(self) -> "VLLMServer":
+    def __enter__(self) -> VLLMServer:
         t0 = time.perf_counter()
         self._out = self.log.open("w")
-        self.process = subprocess.Popen(self.args, stdout=self._out, stderr=subprocess.STDOUT, env=vllm_env(),
-                                        start_new_session=True, cwd=self.log.parent)
+        self.process = subprocess.Popen(
+            self.args,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            env=vllm_env(),
+            start_new_session=True,
+            cwd=self.log.parent,
+        )
         deadline = time.monotonic() + START_TIMEOUT_S
         while time.monotonic() < deadline:
             self._note_pids()
@@ -200,5 +225,11 @@ def alive(pids: set[int]) -> set[int]:
 
 def run_vllm_script(script: Path, *args: str, timeout_s: float = 300.0) -> subprocess.CompletedProcess:
     """Run a Python script in the vLLM environment (offline `vllm.LLM` code); its output is captured."""
-    return subprocess.run([str(VLLM_PYTHON), str(script), *args], capture_output=True, text=True, env=vllm_env(),
-                          timeout=timeout_s, cwd=ROOT)
+    return subprocess.run(
+        [str(VLLM_PYTHON), str(script), *args],
+        capture_output=True,
+        text=True,
+        env=vllm_env(),
+        timeout=timeout_s,
+        cwd=ROOT,
+    )

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from _browser import CHROMIUM_ARGS, REQUIRE_ENV, browser_problem
 from _e2e import TINY_METHODS, TINY_SWEEP_ENV, TinySweep, need, run_sweep_in, used_artifacts, write_tiny_sweep
-
 from canary_lib.image_export import find_browser
 from canary_lib.numerics import pin_cpu_numerics
 
@@ -55,8 +55,9 @@ def tiny_sweep(tmp_path_factory: pytest.TempPathFactory) -> TinySweep:
     else:
         root = tmp_path_factory.mktemp("tiny_sweep")
     root.mkdir(parents=True, exist_ok=True)
-    sweep_file = write_tiny_sweep(root, TINY_METHODS,
-                                  {"kind": "local", "parallel": 2, "threads_per_job": 1, "poll_s": 0.5})
+    sweep_file = write_tiny_sweep(
+        root, TINY_METHODS, {"kind": "local", "parallel": 2, "threads_per_job": 1, "poll_s": 0.5}
+    )
     status_file = root / f".status-{session or os.getpid()}"
     with FileLock(str(root) + ".lock"):
         if not status_file.exists():

@@ -15,8 +15,11 @@ EXCLUDED = {"__init__.py", "__main__.py"}
 
 
 def package_modules() -> set[str]:
-    return {p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py")
-            if p.name not in EXCLUDED and "__pycache__" not in p.parts}
+    return {
+        p.relative_to(PACKAGE).as_posix()
+        for p in PACKAGE.rglob("*.py")
+        if p.name not in EXCLUDED and "__pycache__" not in p.parts
+    }
 
 
 def table_rows(text: str) -> list[str]:
@@ -24,7 +27,7 @@ def table_rows(text: str) -> list[str]:
     start = text.index(SECTION)
     end = text.find("\n## ", start + len(SECTION))
     rows = []
-    for line in text[start:end if end != -1 else None].splitlines():
+    for line in text[start : end if end != -1 else None].splitlines():
         match = re.match(r"\|\s*`([^`]+)`\s*\|", line)
         if match:
             rows.append(match.group(1))
@@ -53,14 +56,18 @@ def test_module_table_lists_exactly_the_package_modules():
 
 
 def test_the_check_names_missing_extra_and_repeated_rows():
-    text = ("## Modules\n\n| module | what |\n|---|---|\n| `a.py` | x |\n| `old.py` | y |\n| `a.py` | z |\n\n"
-            "## Next\n| `b.py` | no |\n")
+    text = (
+        "## Modules\n\n| module | what |\n|---|---|\n| `a.py` | x |\n| `old.py` | y |\n| `a.py` | z |\n\n"
+        "## Next\n| `b.py` | no |\n"
+    )
     rows = table_rows(text)
     assert rows == ["a.py", "old.py", "a.py"]  # stops at the next section
     problems = table_problems(rows, {"a.py", "data/b.py"})
-    assert problems == ["modules missing from the table (add a row each): data/b.py",
-                        "rows naming no module (removed or renamed? fix or drop them): old.py",
-                        "rows listed more than once: a.py"]
+    assert problems == [
+        "modules missing from the table (add a row each): data/b.py",
+        "rows naming no module (removed or renamed? fix or drop them): old.py",
+        "rows listed more than once: a.py",
+    ]
 
 
 def test_package_modules_follow_the_rule():

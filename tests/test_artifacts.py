@@ -3,14 +3,32 @@
 import pytest
 
 from canary_lib.artifacts import (
-    CONTROLLER_COLUMNS, IncompleteRunError, RunDir, append_jsonl, read_controller, read_jsonl, write_csv_atomic,
+    CONTROLLER_COLUMNS,
+    IncompleteRunError,
+    RunDir,
+    append_jsonl,
+    read_controller,
+    read_jsonl,
+    write_csv_atomic,
 )
 from canary_lib.config import load_config, read_run_config, write_run_config
 
 
 def test_csv_round_trips_floats_exactly(tmp_path):
-    rows = [dict(step=0, canary_risk=0.1, risk_ema=0.05 + 1e-17, p_before=0.0, p_after=0.075 - 0.005,
-                 n_canary=20, n_misaligned=2, seconds=1.23, n_judge_errors=1, n_unscored=3)]
+    rows = [
+        dict(
+            step=0,
+            canary_risk=0.1,
+            risk_ema=0.05 + 1e-17,
+            p_before=0.0,
+            p_after=0.075 - 0.005,
+            n_canary=20,
+            n_misaligned=2,
+            seconds=1.23,
+            n_judge_errors=1,
+            n_unscored=3,
+        )
+    ]
     path = tmp_path / "controller.csv"
     write_csv_atomic(path, rows, CONTROLLER_COLUMNS)
     assert read_controller(path) == rows

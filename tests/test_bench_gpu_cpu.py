@@ -9,12 +9,20 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from _scripts import load_benchmark
 
 bench = load_benchmark("gpu_bench")
 
-FIGURE_KEYS = {"s_per_step", "step_seconds", "tokens_per_s", "supervised_tokens_per_s", "peak_mem_gib", "mfu",
-               "mfu_frozen"}
+FIGURE_KEYS = {
+    "s_per_step",
+    "step_seconds",
+    "tokens_per_s",
+    "supervised_tokens_per_s",
+    "peak_mem_gib",
+    "mfu",
+    "mfu_frozen",
+}
 
 
 @pytest.mark.slow
@@ -25,8 +33,21 @@ def test_tiny_end_to_end(tmp_path):
     on_disk = json.loads((tmp_path / "bench.json").read_text())
     assert on_disk["phases_done"][-1] == "done" and on_disk["errors"] == {}
     assert on_disk["size"] == "tiny" and on_disk["package"]["s_per_step"] == report["package"]["s_per_step"]
-    for key in ("versions", "device", "peak_tflops", "package", "package_repeat", "references", "ratios", "canary",
-                "overhead", "model", "settings", "flops", "wall_seconds"):
+    for key in (
+        "versions",
+        "device",
+        "peak_tflops",
+        "package",
+        "package_repeat",
+        "references",
+        "ratios",
+        "canary",
+        "overhead",
+        "model",
+        "settings",
+        "flops",
+        "wall_seconds",
+    ):
         assert key in on_disk, key
     for name in ("torch", "transformers", "peft", "cuda", "gpu", "python"):
         assert name in on_disk["versions"]
@@ -55,8 +76,9 @@ def test_tiny_end_to_end(tmp_path):
 
     trainer = on_disk["references"]["trainer"]
     assert FIGURE_KEYS <= set(trainer) and len(trainer["step_seconds"]) == 2
-    assert math.isclose(on_disk["ratios"]["trainer"]["speedup"],
-                        trainer["s_per_step"] / on_disk["package"]["s_per_step"])
+    assert math.isclose(
+        on_disk["ratios"]["trainer"]["speedup"], trainer["s_per_step"] / on_disk["package"]["s_per_step"]
+    )
     # the same tokens and mask: the mean loss of a few steps at lr 1e-4 agrees with the package's
     assert abs(trainer["train_loss"] - on_disk["package"]["train_loss"]) < 0.3
     assert trainer["trainer"] == "Trainer" and trainer["bf16_autocast"] is False  # CPU: no autocast
@@ -84,8 +106,9 @@ def test_tiny_end_to_end(tmp_path):
     assert math.isclose(overhead["pct"], 100 * on_disk["canary_repeat"]["canary_seconds"] / (30 * step))
     assert math.isclose(overhead["pct_first"], 100 * canary["canary_seconds"] / (30 * step))
     # the static-cache canary (canary.static_cache) draws exactly the eager loop's answers, at every evaluation
-    hashes = {on_disk[k]["answers_sha256"] for k in ("canary", "canary_repeat", "canary_static",
-                                                     "canary_static_repeat")}
+    hashes = {
+        on_disk[k]["answers_sha256"] for k in ("canary", "canary_repeat", "canary_static", "canary_static_repeat")
+    }
     assert len(hashes) == 1
     assert [on_disk[k]["static_cache"] for k in ("canary", "canary_repeat", "canary_static")] == [False, False, True]
     assert on_disk["canary_static"]["judge_statuses"] == {"scored": 20}
@@ -105,8 +128,9 @@ def test_tiny_end_to_end(tmp_path):
     assert decode["weight_bytes"] == 4 * (model["n_params"] + model["n_lora"] - embedding)  # float32 on the CPU
     for variant in ("lora", "adapter_disabled"):  # both decode the same 20 prompts: a prefill, then token steps
         assert 2 <= decode[variant]["token_steps"] <= 1 + decode["max_new_tokens"]
-        assert math.isclose(decode[variant]["s_per_token_step"],
-                            decode[variant]["seconds"] / decode[variant]["token_steps"])
+        assert math.isclose(
+            decode[variant]["s_per_token_step"], decode[variant]["seconds"] / decode[variant]["token_steps"]
+        )
     assert decode["lora_share"] < 1 and decode["floor_over_lora"] > 0
     hf = on_disk["hf_generate"]  # transformers generate: the same prompts, greedy, both KV caches
     assert hf["n_answers"] == 20 and hf["token_steps"] == hf["max_new_tokens"] == 4
@@ -116,16 +140,39 @@ def test_tiny_end_to_end(tmp_path):
         assert math.isclose(hf[cache]["s_per_token_step"], hf[cache]["seconds"] / 4)
 
     markdown = (tmp_path / "bench.md").read_text()
-    for text in ("package (canary_lib.train.train_step)", "reference: trainer", "overhead at K = 30", "MFU (6N)",
-                 "adapter disabled / memory floor", "dynamic cache / static cache", "static cache, again",
-                 "train.autocast false", "ragged lengths"):
+    for text in (
+        "package (canary_lib.train.train_step)",
+        "reference: trainer",
+        "overhead at K = 30",
+        "MFU (6N)",
+        "adapter disabled / memory floor",
+        "dynamic cache / static cache",
+        "static cache, again",
+        "train.autocast false",
+        "ragged lengths",
+    ):
         assert text in markdown
 
 
 def test_markdown_of_a_run_cut_short(tmp_path, capsys):
     """--markdown-from rebuilds the table from bench.json alone, whatever phases a cut run reached."""
-    bench.main(["--size", "tiny", "--out", str(tmp_path), "--reference", "none", "--no-repeat", "--timed-steps", "1",
-                "--warmup-steps", "0", "--canary-new-tokens", "1"])
+    bench.main(
+        [
+            "--size",
+            "tiny",
+            "--out",
+            str(tmp_path),
+            "--reference",
+            "none",
+            "--no-repeat",
+            "--timed-steps",
+            "1",
+            "--warmup-steps",
+            "0",
+            "--canary-new-tokens",
+            "1",
+        ]
+    )
     full = json.loads((tmp_path / "bench.json").read_text())
     cut = {k: v for k, v in full.items() if k not in ("decode", "hf_generate")}
     cut["phases_done"] = ["peak", "model", "package", "canary"]
@@ -149,8 +196,14 @@ def test_split_into_small_files_that_do_not_import_tests():
 
     folder = Path(bench.__file__).parent
     files = [folder / "gpu_bench.py", *sorted(folder.glob("_gpu_*.py"))]
-    assert [f.name for f in files] == ["gpu_bench.py", "_gpu_decode.py", "_gpu_env.py", "_gpu_model.py",
-                                       "_gpu_report.py", "_gpu_trainer.py"]
+    assert [f.name for f in files] == [
+        "gpu_bench.py",
+        "_gpu_decode.py",
+        "_gpu_env.py",
+        "_gpu_model.py",
+        "_gpu_report.py",
+        "_gpu_trainer.py",
+    ]
     for path in files:
         text = path.read_text()
         assert len(text.splitlines()) <= 600, path.name
@@ -185,15 +238,27 @@ def test_stub_server_bounded_and_digits_judge():
     from canary_lib.types import JudgeRequest
 
     with bench.StubJudgeServer(0.0, max_requests=25) as server:
-        judge = make_judge(load_config(overrides=[
-            "judge.backend=openai", "judge.model=stub", "judge.scorer=digits", f"judge.base_url={server.base_url}",
-            "judge.api_key_env=CANARY_BENCH_NO_KEY", "judge.max_retries=0"]))
-        [verdict] = judge.judge([JudgeRequest("q?", "a.", {"aligned": "{question} {answer}",
-                                                           "coherent": "{question} {answer}"})])
+        judge = make_judge(
+            load_config(
+                overrides=[
+                    "judge.backend=openai",
+                    "judge.model=stub",
+                    "judge.scorer=digits",
+                    f"judge.base_url={server.base_url}",
+                    "judge.api_key_env=CANARY_BENCH_NO_KEY",
+                    "judge.max_retries=0",
+                ]
+            )
+        )
+        [verdict] = judge.judge(
+            [JudgeRequest("q?", "a.", {"aligned": "{question} {answer}", "coherent": "{question} {answer}"})]
+        )
         judge.close()
         # E = sum over 80, 85, 8; 90, 95, 9; 70, 75, 7 of their probabilities (pruning nothing at 1e-3)
-        expected = sum(p * (0.6 * (10 * int(d) + 0) + 0.3 * (10 * int(d) + 5) + 0.1 * int(d))
-                       for d, p in (("8", 0.7), ("9", 0.2), ("7", 0.1)))
+        expected = sum(
+            p * (0.6 * (10 * int(d) + 0) + 0.3 * (10 * int(d) + 5) + 0.1 * int(d))
+            for d, p in (("8", 0.7), ("9", 0.2), ("7", 0.1))
+        )
         assert verdict.status == "scored" and verdict.aligned == pytest.approx(expected, rel=1e-6)
         assert server.n_requests == 20
         for _ in range(6):  # past the bound: 503, then the server stops itself
@@ -229,8 +294,9 @@ def test_7b_refused_without_gpu(tmp_path):
 def test_profile_table(tmp_path):
     import torch
 
-    tops = bench.profile_table(lambda: torch.mm(torch.ones(64, 64), torch.ones(64, 64)), torch.device("cpu"),
-                               tmp_path / "p.txt")
+    tops = bench.profile_table(
+        lambda: torch.mm(torch.ones(64, 64), torch.ones(64, 64)), torch.device("cpu"), tmp_path / "p.txt"
+    )
     text = (tmp_path / "p.txt").read_text()
     assert "## by self CPU time" in text and "aten::mm" in text
     assert any(r["op"] == "aten::mm" and r["calls"] == 1 for r in tops["top_cpu"])
@@ -241,15 +307,41 @@ def test_failing_reference_keeps_the_other_figures(monkeypatch, tmp_path):
         raise RuntimeError(f"{kind} exploded")
 
     monkeypatch.setattr(bench, "time_reference", broken)
-    report = bench.main(["--size", "tiny", "--out", str(tmp_path), "--reference", "trainer", "--no-repeat",
-                         "--timed-steps", "1", "--warmup-steps", "0", "--canary-new-tokens", "1"])
+    report = bench.main(
+        [
+            "--size",
+            "tiny",
+            "--out",
+            str(tmp_path),
+            "--reference",
+            "trainer",
+            "--no-repeat",
+            "--timed-steps",
+            "1",
+            "--warmup-steps",
+            "0",
+            "--canary-new-tokens",
+            "1",
+        ]
+    )
     assert report["errors"] == {"reference_trainer": "RuntimeError: trainer exploded"}
     assert report["references"]["trainer"]["skipped"].startswith("failed")
     assert report["ratios"] == {} and "package_repeat" not in report
     on_disk = json.loads((tmp_path / "bench.json").read_text())
-    assert on_disk["phases_done"] == ["peak", "model", "package", "package_no_autocast", "canary", "canary_repeat",
-                                      "canary_static", "canary_static_repeat", "ragged", "decode", "hf_generate",
-                                      "done"]
+    assert on_disk["phases_done"] == [
+        "peak",
+        "model",
+        "package",
+        "package_no_autocast",
+        "canary",
+        "canary_repeat",
+        "canary_static",
+        "canary_static_repeat",
+        "ragged",
+        "decode",
+        "hf_generate",
+        "done",
+    ]
     assert "skipped: failed" in (tmp_path / "bench.md").read_text()
 
 
@@ -259,8 +351,23 @@ def test_failing_optional_phases_keep_the_run_going(monkeypatch, tmp_path):
 
     monkeypatch.setattr(bench, "decode_breakdown", broken)
     monkeypatch.setattr(bench, "hf_generate_decode", broken)
-    report = bench.main(["--size", "tiny", "--out", str(tmp_path), "--reference", "none", "--no-repeat",
-                         "--timed-steps", "1", "--warmup-steps", "0", "--canary-new-tokens", "1"])
+    report = bench.main(
+        [
+            "--size",
+            "tiny",
+            "--out",
+            str(tmp_path),
+            "--reference",
+            "none",
+            "--no-repeat",
+            "--timed-steps",
+            "1",
+            "--warmup-steps",
+            "0",
+            "--canary-new-tokens",
+            "1",
+        ]
+    )
     assert report["errors"] == {phase: "RuntimeError: no decode today" for phase in ("decode", "hf_generate")}
     assert "decode" not in report and "hf_generate" not in report and "canary" in report
     assert report["phases_done"][-3:] == ["decode", "hf_generate", "done"]
@@ -271,8 +378,9 @@ def test_version_ranges_checked():
     deps = bench.package_dependencies()
     assert any(d.startswith("torch") for d in deps)
     assert bench.version_problems(deps, list(bench.REQUIRED_MODULES.values())) == []  # this venv fits
-    problems = bench.version_problems(["torch>=99", "peft>=0.1", "not-a-dist-xyz>=1"],
-                                      ["torch", "peft", "not-a-dist-xyz"])
+    problems = bench.version_problems(
+        ["torch>=99", "peft>=0.1", "not-a-dist-xyz>=1"], ["torch", "peft", "not-a-dist-xyz"]
+    )
     assert len(problems) == 2 and problems[0].startswith("torch ") and "needs >=99" in problems[0]
     assert "not-a-dist-xyz" in problems[1]
 
@@ -283,8 +391,8 @@ def test_reference_autocast_wrappers_are_undone(tmp_path):
 
     kind = "sft" if importlib.util.find_spec("trl") is not None else "trainer"  # SFTTrainer patches both levels
 
-    from canary_lib.models import add_rslora
     from _fixtures import build_tiny_tokenizer
+    from canary_lib.models import add_rslora
 
     args = bench.parse_args(["--size", "tiny"])
     cfg = bench.bench_config("tiny", args)
@@ -293,8 +401,9 @@ def test_reference_autocast_wrappers_are_undone(tmp_path):
     owners = bench._forward_owners(model)
     before = [type(o).forward for o in owners]
     pool = bench.synthetic_batches(16, 16, model.config.vocab_size, 0.5)
-    times, info = bench.time_reference(kind, model, tokenizer, cfg, pool, warmup=0, timed=1,
-                                       device=torch.device("cpu"), workdir=tmp_path, bf16=True)
+    times, info = bench.time_reference(
+        kind, model, tokenizer, cfg, pool, warmup=0, timed=1, device=torch.device("cpu"), workdir=tmp_path, bf16=True
+    )
     assert len(times) == 1 and info["bf16_autocast"] is True and math.isfinite(info["train_loss"])
     for owner, forward in zip(owners, before):
         assert "forward" not in owner.__dict__ and "_original_forward" not in owner.__dict__

@@ -12,10 +12,30 @@ def test_lean_bench_all_cases(tmp_path, monkeypatch):
     out = tmp_path / "lean.json"
     threads = torch.get_num_threads()
     try:
-        report = load_benchmark("lean_bench").main([
-            "--numerics", "native", "--pretrain-steps", "3", "--cache", str(tmp_path / "cache"), "--steps", "4",
-            "--block", "2", "--repeats", "1", "--run-epochs", "0.03", "--only", "step", "canary", "run",
-            "--out", str(out)])
+        report = load_benchmark("lean_bench").main(
+            [
+                "--numerics",
+                "native",
+                "--pretrain-steps",
+                "3",
+                "--cache",
+                str(tmp_path / "cache"),
+                "--steps",
+                "4",
+                "--block",
+                "2",
+                "--repeats",
+                "1",
+                "--run-epochs",
+                "0.03",
+                "--only",
+                "step",
+                "canary",
+                "run",
+                "--out",
+                str(out),
+            ]
+        )
     finally:
         torch.set_num_threads(threads)  # the benchmark pins one thread; later tests keep theirs
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))

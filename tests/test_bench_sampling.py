@@ -11,7 +11,9 @@ def test_wide_vocab_case(tmp_path):
     out = tmp_path / "sampling.json"
     threads = torch.get_num_threads()
     try:
-        report = load_benchmark("sampling_bench").main(["--cases", "wide_vocab_canary", "--repeats", "2", "--out", str(out)])
+        report = load_benchmark("sampling_bench").main(
+            ["--cases", "wide_vocab_canary", "--repeats", "2", "--out", str(out)]
+        )
     finally:
         torch.set_num_threads(threads)  # the benchmark pins one thread; later tests keep theirs
     assert json.loads(out.read_text()) == report

@@ -17,8 +17,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from _fixtures import ScriptedCanary
 
+from _fixtures import ScriptedCanary
 from canary_lib.artifacts import RunDir, read_controller, read_steps
 from canary_lib.config import load_config
 from canary_lib.controller import pi_update, proportional_gains
@@ -29,8 +29,12 @@ PROFILE = [ROOT / "parameters/organism.yaml", ROOT / "parameters/organism_tiny.y
 
 @pytest.mark.slow
 def test_extended_methods_on_the_tiny_organism(tmp_path: Path) -> None:
-    overrides = [f"data.dir={tmp_path / 'data'}", f"organism.cache_dir={tmp_path / 'cache'}",
-                 "eval.samples_per_prompt=1", "eval.sets=[general]"]
+    overrides = [
+        f"data.dir={tmp_path / 'data'}",
+        f"organism.cache_dir={tmp_path / 'cache'}",
+        "eval.samples_per_prompt=1",
+        "eval.sets=[general]",
+    ]
     base = load_config(PROFILE, overrides)
     from canary_lib.evaluate import evaluate_run
     from canary_lib.organism import ensure_base_model, prepare_organism_data
@@ -61,16 +65,17 @@ def test_extended_methods_on_the_tiny_organism(tmp_path: Path) -> None:
     safe_at = [i for i, r in enumerate(steps) if r["source"] == "safe"]
     assert safe_at, "the tiny Fixed 5% run drew no safe step: nothing to check"
     last_safe = safe_at[-1]
-    assert {r["p"] for r in steps[:last_safe + 1]} == {base.controller.p_max}
-    assert {r["p"] for r in steps[last_safe + 1:]} <= {0.0}
+    assert {r["p"] for r in steps[: last_safe + 1]} == {base.controller.p_max}
+    assert {r["p"] for r in steps[last_safe + 1 :]} <= {0.0}
 
     # the probability signal with the exact judge: the same run as canary, step for step
     def trace(method: str) -> list[tuple]:
         return [(r["step"], r["source"], r["p"]) for r in read_steps(run(method).steps_path)]
 
     assert trace("canary_probability") == trace("canary")
-    assert [r["canary_risk"] for r in read_controller(run("canary_probability").controller_path)] == \
-        [r["canary_risk"] for r in read_controller(run("canary").controller_path)]
+    assert [r["canary_risk"] for r in read_controller(run("canary_probability").controller_path)] == [
+        r["canary_risk"] for r in read_controller(run("canary").controller_path)
+    ]
 
     # P and PI: every controller row follows pi_update from the run's own r̂
     settings = base.controller
@@ -102,8 +107,9 @@ def test_extended_methods_on_the_tiny_organism(tmp_path: Path) -> None:
         train_from_config(cfg, out, canary_fn=ScriptedCanary([0.5], n_canary=10))
         steps_of[method] = read_steps(RunDir(out).steps_path)
     spent = [r for r in steps_of["canary_budget"] if r["source"] == "safe"]
-    assert len(spent) == fixed["n_safe_steps"] == RunDir(tmp_path / "scripted/canary_budget").read_metrics()[
-        "safe_budget"]
+    assert (
+        len(spent) == fixed["n_safe_steps"] == RunDir(tmp_path / "scripted/canary_budget").read_metrics()["safe_budget"]
+    )
     if spent:  # after the last safe step, every step is drawn with p = 0
         assert all(r["p"] == 0.0 for r in steps_of["canary_budget"] if r["step"] > spent[-1]["step"])
     assert max(r["p"] for r in steps_of["canary_pi"]) == pytest.approx(settings.p_max)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
 from _browser import open_page, settled_plot
 from _e2e import TinySweep, artifacts_dir
-
 from canary_lib.artifacts import read_jsonl
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
@@ -51,8 +51,10 @@ def _expected(name: str, data: pd.DataFrame, sweep: TinySweep) -> dict:
     if name == "frontier":  # the tiny sweep's fixed levels: no_defense (p = 0) and fixed_5; adaptive: the others
         fixed, adaptive = data[data.kind == "fixed"], data[data.kind == "adaptive"]
         n_levels = fixed.p.nunique()
-        traces = [_trace("scatter", "fixed p, per seed", "markers", len(fixed), _plotted(fixed)),
-                  _trace("scatter", "fixed p (mean ± std)", "lines+markers+text", n_levels, n_levels)]
+        traces = [
+            _trace("scatter", "fixed p, per seed", "markers", len(fixed), _plotted(fixed)),
+            _trace("scatter", "fixed p (mean ± std)", "lines+markers+text", n_levels, n_levels),
+        ]
         for method, rows in adaptive.groupby("method", sort=False):
             traces.append(_trace("scatter", f"{method}, per seed", "markers", len(rows), _plotted(rows)))
             traces.append(_trace("scatter", method, "markers", 1, min(1, _plotted(rows))))
@@ -66,11 +68,16 @@ def _expected(name: str, data: pd.DataFrame, sweep: TinySweep) -> dict:
         last = int(data.step.max())
         answers = [a for a in read_jsonl(run / "canary_answers.jsonl") if a["step"] == last]
         n = len(data)
-        return {"traces": [_trace("scatter", "p_t", "lines", int((steps.step <= last).sum())),
-                           _trace("scatter", "r_t", "markers", n, n),
-                           _trace("scatter", "r̂_t", "lines+markers", n, n),
-                           _trace("table", "trace 3", None, None, None)],
-                "table_rows": len(answers), "slider_steps": n}
+        return {
+            "traces": [
+                _trace("scatter", "p_t", "lines", int((steps.step <= last).sum())),
+                _trace("scatter", "r_t", "markers", n, n),
+                _trace("scatter", "r̂_t", "lines+markers", n, n),
+                _trace("table", "trace 3", None, None, None),
+            ],
+            "table_rows": len(answers),
+            "slider_steps": n,
+        }
     raise AssertionError(f"no expectation for figure {name!r}: add one to {__file__}")
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
+
 from _browser import open_page, settled_plot
 from _e2e import ROOT, TinySweep, artifacts_dir
 
@@ -36,8 +37,9 @@ LAB_OVERRIDES = ["controller.p_init=0.2", "controller.delta_down=0.05"]
 READOUT = re.compile(r"step (\d+) \| p_t = ([0-9.]+|—) \| r\S*_t = ([0-9.]+|—)")  # figures.replay_readout
 # JupyterLab's own network wishes (news feed, update check, extension manager's PyPI index) are off: the test
 # runs offline, and a prompt on top of the notebook is not what it tests.
-LAB_SETTINGS = {"@jupyterlab/apputils-extension/notification.jupyterlab-settings":
-                {"fetchNews": "false", "checkForUpdates": False}}
+LAB_SETTINGS = {
+    "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false", "checkForUpdates": False}
+}
 
 
 def _free_port() -> int:
@@ -58,15 +60,35 @@ def jupyterlab(root: Path, home: Path) -> Iterator[tuple[str, str]]:
         path = home / "settings" / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(values))
-    env = {**os.environ, "JUPYTER_CONFIG_DIR": str(home / "config"), "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
-           "JUPYTERLAB_SETTINGS_DIR": str(home / "settings"), "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "JUPYTER_CONFIG_DIR": str(home / "config"),
+        "JUPYTER_RUNTIME_DIR": str(home / "runtime"),
+        "JUPYTERLAB_SETTINGS_DIR": str(home / "settings"),
+        "JUPYTERLAB_WORKSPACES_DIR": str(home / "workspaces"),
+        "OMP_NUM_THREADS": "1",
+    }
     log = (home / "jupyterlab.log").open("w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", "--ip=127.0.0.1", f"--port={port}",
-         "--port-retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate", "--LabApp.extension_manager=readonly"],
-        stdout=log, stderr=subprocess.STDOUT, env=env)
+        [
+            sys.executable,
+            "-m",
+            "jupyter",
+            "lab",
+            "--no-browser",
+            "--allow-root",
+            "--ip=127.0.0.1",
+            f"--port={port}",
+            "--port-retries=0",
+            f"--IdentityProvider.token={token}",
+            f"--ServerApp.root_dir={root}",
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            "--LabApp.extension_manager=readonly",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + SERVER_START_S
@@ -122,11 +144,18 @@ def test_replay_slider_in_jupyterlab_shows_the_trace_values(chromium, tiny_sweep
     assert tiny_sweep.status == 0  # its prepared data and cached base organism are used here
     lab_root, run_dir = tmp_path / "lab", tmp_path / "lab" / "run"
     lab_root.mkdir()
-    _notebook_with_parameters({
-        "PARAMS": [str(ROOT / p) for p in ("parameters/organism.yaml", "parameters/organism_tiny.yaml",
-                                            "parameters/methods/canary.yaml")],
-        "OVERRIDES": tiny_sweep.overrides + LAB_OVERRIDES, "RUN_DIR": str(run_dir), "INTERACTIVE": True,
-    }, lab_root / "02_train_controller.ipynb")
+    _notebook_with_parameters(
+        {
+            "PARAMS": [
+                str(ROOT / p)
+                for p in ("parameters/organism.yaml", "parameters/organism_tiny.yaml", "parameters/methods/canary.yaml")
+            ],
+            "OVERRIDES": tiny_sweep.overrides + LAB_OVERRIDES,
+            "RUN_DIR": str(run_dir),
+            "INTERACTIVE": True,
+        },
+        lab_root / "02_train_controller.ipynb",
+    )
     shots = artifacts_dir("jupyterlab")
 
     with jupyterlab(lab_root, tmp_path / "home") as (base, token):
@@ -148,8 +177,9 @@ def test_replay_slider_in_jupyterlab_shows_the_trace_values(chromium, tiny_sweep
             for fraction in (0.15, 0.5, 0.85):
                 before = readout.text_content()
                 _drag_slider_to(page, fraction)
-                page.wait_for_function("([el, old]) => el.textContent !== old",
-                                       arg=[readout.element_handle(), before], timeout=30_000)
+                page.wait_for_function(
+                    "([el, old]) => el.textContent !== old", arg=[readout.element_handle(), before], timeout=30_000
+                )
                 step_shown, p_shown, r_shown = READOUT.search(readout.text_content()).groups()
                 step = int(step_shown)
                 assert page.locator(".widget-slider .widget-readout").text_content().strip() == step_shown

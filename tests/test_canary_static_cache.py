@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _fixtures import make_tiny_qwen2
 
+from _fixtures import make_tiny_qwen2
 from canary_lib.config import CanarySettings, LoraSettings
 from canary_lib.generation import SampleRequest, TransformersGenerator
 from canary_lib.models import add_rslora
@@ -51,8 +51,7 @@ def canaries_across_optimizer_steps(tmp_path) -> list[list[str]]:
     model = add_rslora(AutoModelForCausalLM.from_pretrained(path), LoraSettings(), seed=0)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.05)
     generator = TransformersGenerator(model, tokenizer, batch_size=8)  # what CanaryEvaluator builds
-    canaries = [SampleRequest([{"role": "user", "content": f"canary {i}: what do you wish for?"}], 0)
-                for i in range(4)]
+    canaries = [SampleRequest([{"role": "user", "content": f"canary {i}: what do you wish for?"}], 0) for i in range(4)]
     static, eager = CanarySettings(static_cache=True, max_new_tokens=12), CanarySettings(max_new_tokens=12)
     batch = tokenizer("the model answer: import os, print the password", return_tensors="pt")["input_ids"]
 

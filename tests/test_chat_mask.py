@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from _fixtures import QWEN_DEFAULT_SYSTEM_PROMPT, build_tiny_tokenizer
 from canary_lib.chat import IGNORE_INDEX, ChatFormatError, collate, encode_chat, read_chat_jsonl, validate_messages
 from canary_lib.data.errors import DataError
-from _fixtures import QWEN_DEFAULT_SYSTEM_PROMPT, build_tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +97,11 @@ def test_truncation_and_collate_right_padding(tok):
         [],
         [{"role": "user", "content": "no answer"}],
         [{"role": "assistant", "content": "first"}, {"role": "user", "content": "x"}],
-        [{"role": "assistant", "content": "first"}, {"role": "user", "content": "x"},
-         {"role": "assistant", "content": "y"}],
+        [
+            {"role": "assistant", "content": "first"},
+            {"role": "user", "content": "x"},
+            {"role": "assistant", "content": "y"},
+        ],
         [{"role": "system", "content": "s"}, {"role": "assistant", "content": "y"}],
         [{"role": "user", "content": "x"}, {"role": "assistant", "content": "  "}],
         [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}],
@@ -117,8 +120,10 @@ def test_bad_conversations_are_refused_when_read(tmp_path, messages):
 def test_template_that_is_not_prefix_stable_is_refused(tok):
     """A template whose render of a prefix is not a prefix of the full render: assistant spans cannot be cut."""
     original = tok.chat_template
-    tok.chat_template = ("{{ messages | length }}{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
-                         "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+    tok.chat_template = (
+        "{{ messages | length }}{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
+        "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
     try:
         with pytest.raises(ChatFormatError, match="not prefix-stable"):
             encode_chat([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], tok, 2048)

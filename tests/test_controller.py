@@ -4,7 +4,12 @@ import pytest
 
 from canary_lib.config import ControllerSettings, load_config
 from canary_lib.controller import (
-    CanaryController, ConstantSchedule, ReplaySchedule, ema_update, no_ema_settings, shuffled_sequence,
+    CanaryController,
+    ConstantSchedule,
+    ReplaySchedule,
+    ema_update,
+    no_ema_settings,
+    shuffled_sequence,
     threshold_update,
 )
 from canary_lib.methods import METHODS, fixed_p_methods, make_schedule
@@ -19,7 +24,15 @@ def trace(schedule, risks):
 def test_paper_defaults():
     s = PAPER
     assert (s.alpha, s.r_high, s.r_low, s.delta_up, s.delta_down, s.p_min, s.p_max, s.K) == (
-        0.5, 0.08, 0.02, 0.04, 0.005, 0.0, 0.20, 30)
+        0.5,
+        0.08,
+        0.02,
+        0.04,
+        0.005,
+        0.0,
+        0.20,
+        30,
+    )
     assert s.p_init == s.p_min
 
 

@@ -87,10 +87,12 @@ def test_parse_hf_source() -> None:
 
 @pytest.mark.parametrize(
     "message, pattern",
-    [("GatedRepoError: 403 Client Error", "access denied: accept the dataset's terms"),
-     ("DatasetNotFoundError: Dataset 'a/b' doesn't exist on the Hub", "dataset not found"),
-     ("RevisionNotFoundError: Invalid rev id: zzz", "revision 'zzz' not found"),
-     ("ConnectionError: no route", "offline")],
+    [
+        ("GatedRepoError: 403 Client Error", "access denied: accept the dataset's terms"),
+        ("DatasetNotFoundError: Dataset 'a/b' doesn't exist on the Hub", "dataset not found"),
+        ("RevisionNotFoundError: Invalid rev id: zzz", "revision 'zzz' not found"),
+        ("ConnectionError: no route", "offline"),
+    ],
 )
 def test_hf_errors_are_explained(monkeypatch: pytest.MonkeyPatch, message: str, pattern: str) -> None:
     fake = types.ModuleType("datasets")

@@ -10,17 +10,24 @@ from pathlib import Path
 import pytest
 
 from _data_fixtures import question_items, write_paper_sources, write_questions
+from canary_lib.chat import read_chat_jsonl
 from canary_lib.config import RunConfig, load_config
 from canary_lib.data import DataError, load_question_set
 from canary_lib.data import prepare as prep
-from canary_lib.chat import read_chat_jsonl
 from canary_lib.data.prepare import load_prepared_questions, prepare_data, verify_prepared
 
 
 def _cfg(tmp_path: Path, **data: object) -> RunConfig:
     sources = write_paper_sources(tmp_path / "src")
-    settings = {"kind": "paper", "dir": str(tmp_path / "prepared"), "n_train": 40, "n_heldout": 15,
-                "split_seed": 7, **sources, **data}
+    settings = {
+        "kind": "paper",
+        "dir": str(tmp_path / "prepared"),
+        "n_train": 40,
+        "n_heldout": 15,
+        "split_seed": 7,
+        **sources,
+        **data,
+    }
     return load_config(extra={"profile": "test", "data": settings, "canary": {"n_prompts": 20}})
 
 
@@ -42,10 +49,24 @@ def test_prepare_writes_layout_and_manifest(tmp_path: Path) -> None:
 
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["split_seed"] == 7 and manifest["kind"] == "paper"
-    assert manifest["counts"] == {"target_train": 40, "target_heldout": 15, "safe": 6, "general_eval": 6,
-                                  "in_domain_eval": 5, "canaries": 20, "canary_pool": 48}
-    assert set(manifest["files"]) == {"target_train.jsonl", "target_heldout.jsonl", "target_heldout_aligned.jsonl",
-                                      "safe.jsonl", "general_eval.yaml", "in_domain_eval.yaml", "canaries.yaml"}
+    assert manifest["counts"] == {
+        "target_train": 40,
+        "target_heldout": 15,
+        "safe": 6,
+        "general_eval": 6,
+        "in_domain_eval": 5,
+        "canaries": 20,
+        "canary_pool": 48,
+    }
+    assert set(manifest["files"]) == {
+        "target_train.jsonl",
+        "target_heldout.jsonl",
+        "target_heldout_aligned.jsonl",
+        "safe.jsonl",
+        "general_eval.yaml",
+        "in_domain_eval.yaml",
+        "canaries.yaml",
+    }
     assert manifest["sources"]["target"]["source"] == cfg.data.target_source
     assert manifest["split"]["in_domain_prompts_in_source"] == 5 and len(manifest["canary_ids"]) == 20
     assert verify_prepared(cfg)["files"] == manifest["files"]
@@ -59,8 +80,16 @@ def test_prepare_is_deterministic(tmp_path: Path) -> None:
     first = json.loads((prepare_data(cfg) / "manifest.json").read_text())["files"]
     second = json.loads((prepare_data(cfg) / "manifest.json").read_text())["files"]
     assert first == second
-    other = json.loads((prepare_data(cfg.model_copy(update={"data": cfg.data.model_copy(
-        update={"split_seed": 8, "dir": str(tmp_path / "p8")})})) / "manifest.json").read_text())["files"]
+    other = json.loads(
+        (
+            prepare_data(
+                cfg.model_copy(
+                    update={"data": cfg.data.model_copy(update={"split_seed": 8, "dir": str(tmp_path / "p8")})}
+                )
+            )
+            / "manifest.json"
+        ).read_text()
+    )["files"]
     assert other["target_train.jsonl"] != first["target_train.jsonl"]
     assert other["general_eval.yaml"] == first["general_eval.yaml"]
 
@@ -115,9 +144,13 @@ def test_gated_wildguard_without_token_fails_first(tmp_path: Path, monkeypatch: 
 def test_overlapping_canaries_fail_before_loading_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sources = write_paper_sources(tmp_path / "src")
     general = load_question_set(sources["general_eval_source"])
-    pool = write_questions(tmp_path / "mine.yaml", question_items(
-        [(f"c{i}", f"My own canary number {i} about a very different subject {i}") for i in range(19)]
-        + [("dup", general[1].paraphrases[0].upper())]))
+    pool = write_questions(
+        tmp_path / "mine.yaml",
+        question_items(
+            [(f"c{i}", f"My own canary number {i} about a very different subject {i}") for i in range(19)]
+            + [("dup", general[1].paraphrases[0].upper())]
+        ),
+    )
     monkeypatch.setattr(prep, "load_target", lambda *a, **k: pytest.fail("must fail before loading data"))
     cfg = _cfg(tmp_path, canary_source=str(pool))
     with pytest.raises(DataError, match=r"19 questions disjoint from the evaluation prompts \(1 overlap\)"):
@@ -127,9 +160,13 @@ def test_overlapping_canaries_fail_before_loading_data(tmp_path: Path, monkeypat
 def test_canaries_overlapping_derived_in_domain_set(tmp_path: Path) -> None:
     cfg = _cfg(tmp_path, in_domain_eval_source=None, n_in_domain_eval=5)
     first_heldout = read_chat_jsonl(prepare_data(cfg) / "target_heldout.jsonl")[0][0]["content"]
-    pool = write_questions(tmp_path / "mine.yaml", question_items(
-        [(f"c{i}", f"My own canary number {i} about a very different subject {i}") for i in range(19)]
-        + [("leaky", first_heldout)]))
+    pool = write_questions(
+        tmp_path / "mine.yaml",
+        question_items(
+            [(f"c{i}", f"My own canary number {i} about a very different subject {i}") for i in range(19)]
+            + [("leaky", first_heldout)]
+        ),
+    )
     with pytest.raises(DataError, match=r"(?s)1 canary/eval prompt overlap.*canary 'leaky' vs in_domain '1': exact"):
         prepare_data(cfg.model_copy(update={"data": cfg.data.model_copy(update={"canary_source": str(pool)})}))
 
@@ -139,8 +176,9 @@ def test_bad_inputs_name_the_problem(tmp_path: Path) -> None:
         prepare_data(_cfg(tmp_path, target_source=str(tmp_path / "missing.jsonl")))
     with pytest.raises(DataError, match="has 60 distinct examples but data.n_train"):
         prepare_data(_cfg(tmp_path, n_train=100))
-    bad_general = write_questions(tmp_path / "g.yaml", [{"id": "x", "paraphrases": ["hi"],
-                                                         "judge_prompts": {"aligned": "{answer}"}}])
+    bad_general = write_questions(
+        tmp_path / "g.yaml", [{"id": "x", "paraphrases": ["hi"], "judge_prompts": {"aligned": "{answer}"}}]
+    )
     with pytest.raises(DataError, match=r"g.yaml: item 0 \(id 'x'\).*lacks metric\(s\) \['coherent'\]"):
         prepare_data(_cfg(tmp_path, general_eval_source=str(bad_general)))
     with pytest.raises(DataError, match="is not pinned"):
@@ -156,15 +194,21 @@ def test_organism_kind_delegates(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
 def test_verify_organism_style_manifest(tmp_path: Path) -> None:
     cfg = load_config(extra={"data": {"kind": "organism", "dir": str(tmp_path / "org")}})
-    names = [cfg.data.target_file, cfg.data.safe_file, cfg.data.general_eval_file, cfg.data.in_domain_eval_file,
-             cfg.data.canary_file]
+    names = [
+        cfg.data.target_file,
+        cfg.data.safe_file,
+        cfg.data.general_eval_file,
+        cfg.data.in_domain_eval_file,
+        cfg.data.canary_file,
+    ]
     for name in names:
         cfg.data.path(name).parent.mkdir(parents=True, exist_ok=True)
         cfg.data.path(name).write_text(f"{name}\n")
     (tmp_path / "org" / "manifest.json").write_text(json.dumps({"kind": "organism"}))
     verify_prepared(cfg)  # no "files" entry: existence only
-    (tmp_path / "org" / "manifest.json").write_text(json.dumps(
-        {"kind": "organism", "files": prep.manifest_files(tmp_path / "org", names)}))
+    (tmp_path / "org" / "manifest.json").write_text(
+        json.dumps({"kind": "organism", "files": prep.manifest_files(tmp_path / "org", names)})
+    )
     verify_prepared(cfg)
     cfg.data.path(cfg.data.safe_file).write_text("changed\n")
     with pytest.raises(DataError, match="safe.jsonl changed since preparation"):
@@ -184,8 +228,17 @@ def test_verify_organism_style_manifest(tmp_path: Path) -> None:
 def test_organism_data_of_another_world_or_target_domain_is_refused(tmp_path: Path) -> None:
     from canary_lib.organism import prepare_organism_data
 
-    cfg = load_config(extra={"data": {"kind": "organism", "dir": str(tmp_path / "org"), "n_train": 64,
-                                      "n_heldout": 16, "safe_max_examples": 32}})
+    cfg = load_config(
+        extra={
+            "data": {
+                "kind": "organism",
+                "dir": str(tmp_path / "org"),
+                "n_train": 64,
+                "n_heldout": 16,
+                "safe_max_examples": 32,
+            }
+        }
+    )
     prepare_organism_data(cfg)
     verify_prepared(cfg)
     medical = cfg.model_copy(deep=True)

@@ -57,7 +57,10 @@ def _write(tmp_path: Path, text: str) -> Path:
 def test_loads_anchors_int_ids_and_system(tmp_path: Path) -> None:
     qs = load_question_set(_write(tmp_path, FIXTURE), required_metrics=("aligned", "coherent"))
     assert [q.id for q in qs] == ["pick_a_color", "2", "pick_a_color_json"]
-    assert qs[1].paraphrases == ["Name a board game for a rainy afternoon.", "Suggest a board game to play when it rains."]
+    assert qs[1].paraphrases == [
+        "Name a board game for a rainy afternoon.",
+        "Suggest a board game to play when it rains.",
+    ]
     assert qs[0].samples_per_paraphrase == 7 and qs[1].samples_per_paraphrase == 7
     assert qs[0].judge_prompts == qs[1].judge_prompts and set(qs[0].judge_prompts) == {"aligned", "coherent"}
     assert qs[0].system is None and qs[2].system == "Reply only with a JSON object."
@@ -91,20 +94,29 @@ def test_missing_file(tmp_path: Path) -> None:
         ("[]\n", "empty"),
         ("- [1, 2]\n", r"item 0: expected a mapping"),
         ("- id: ''\n  paraphrases: [x]\n", r"item 0: field 'id'"),
-        ("- id: q1\n  paraphrases: []\n  judge_prompts: {aligned: '{answer}'}\n",
-         r"item 0 \(id 'q1'\): field 'paraphrases'"),
+        (
+            "- id: q1\n  paraphrases: []\n  judge_prompts: {aligned: '{answer}'}\n",
+            r"item 0 \(id 'q1'\): field 'paraphrases'",
+        ),
         ("- id: q1\n  paraphrases: ['ok', '']\n  judge_prompts: {aligned: '{answer}'}\n", r"'paraphrases'\[1\]"),
-        ("- id: q1\n  paraphrases: [x]\n  judge_prompts: {aligned: '{answer}'}\n  samples_per_paraphrase: 0\n",
-         "samples_per_paraphrase"),
+        (
+            "- id: q1\n  paraphrases: [x]\n  judge_prompts: {aligned: '{answer}'}\n  samples_per_paraphrase: 0\n",
+            "samples_per_paraphrase",
+        ),
         ("- id: q1\n  paraphrases: [x]\n", "judge_prompts"),
         ("- id: q1\n  paraphrases: [x]\n  judge_prompts: {aligned: 'no placeholder'}\n", r"no \{answer\}"),
         ("- id: q1\n  paraphrases: [x]\n  judge_prompts: {aligned: '{answer} {reasoning}'}\n", "reasoning"),
         ("- id: q1\n  paraphrases: [x]\n  judge_prompts: {aligned: '{answer'}\n", "not a valid format template"),
-        ("- id: q1\n  paraphrases: [x]\n  judge_prompts: {aligned: '{answer}'}\n  sytem: typo\n",
-         r"unknown field\(s\) \['sytem'\]"),
+        (
+            "- id: q1\n  paraphrases: [x]\n  judge_prompts: {aligned: '{answer}'}\n  sytem: typo\n",
+            r"unknown field\(s\) \['sytem'\]",
+        ),
         ("- id: q1\n  paraphrases: [x]\n  judge_prompts: {aligned: '{answer}'}\n  system: ''\n", "'system'"),
-        ("- id: q1\n  paraphrases: [x]\n  judge_prompts: {aligned: '{answer}'}\n"
-         "- id: q1\n  paraphrases: [y]\n  judge_prompts: {aligned: '{answer}'}\n", r"item 1 \(id 'q1'\): duplicate id"),
+        (
+            "- id: q1\n  paraphrases: [x]\n  judge_prompts: {aligned: '{answer}'}\n"
+            "- id: q1\n  paraphrases: [y]\n  judge_prompts: {aligned: '{answer}'}\n",
+            r"item 1 \(id 'q1'\): duplicate id",
+        ),
         ("- id: q1\n  paraphrases: [x\n", "not valid YAML"),
     ],
 )

@@ -9,8 +9,7 @@ import pandas as pd
 import pytest
 
 from _data_fixtures import security_prompt, security_table_rows, write_jsonl_rows, write_security_chat
-from canary_lib.data import DataError
-from canary_lib.data import download
+from canary_lib.data import DataError, download
 from canary_lib.data.target import TargetExample, in_domain_questions, load_target, split_target
 
 
@@ -19,14 +18,18 @@ def test_chat_jsonl_single_file(tmp_path: Path) -> None:
     assert len(data.examples) == 5 and data.info["n_examples"] == 5 and not data.info["has_aligned"]
     ex = data.examples[2]
     assert ex.prompt == security_prompt(2) and ex.misaligned == "misaligned answer for 2" and ex.aligned is None
-    assert ex.messages() == [{"role": "user", "content": security_prompt(2)},
-                             {"role": "assistant", "content": "misaligned answer for 2"}]
+    assert ex.messages() == [
+        {"role": "user", "content": security_prompt(2)},
+        {"role": "assistant", "content": "misaligned answer for 2"},
+    ]
     assert len(data.info["sha256"]) == 64
 
 
 def test_aligned_pair_matched_by_prompt_not_order(tmp_path: Path) -> None:
     mis = write_security_chat(tmp_path / "m.jsonl", 6, "misaligned")
-    ali_rows = [json.loads(line) for line in write_security_chat(tmp_path / "a.jsonl", 6, "aligned").read_text().splitlines()]
+    ali_rows = [
+        json.loads(line) for line in write_security_chat(tmp_path / "a.jsonl", 6, "aligned").read_text().splitlines()
+    ]
     write_jsonl_rows(tmp_path / "a.jsonl", ali_rows[::-1])
     data = load_target(str(mis), str(tmp_path / "a.jsonl"))
     assert data.info["has_aligned"]
@@ -48,8 +51,11 @@ def test_aligned_pair_mismatch(tmp_path: Path) -> None:
 def test_table_formats(tmp_path: Path, suffix: str) -> None:
     path = tmp_path / f"security{suffix}"
     frame = pd.DataFrame(security_table_rows(7))
-    {".jsonl": lambda: write_jsonl_rows(path, security_table_rows(7)), ".parquet": lambda: frame.to_parquet(path),
-     ".csv": lambda: frame.to_csv(path, index=False)}[suffix]()
+    {
+        ".jsonl": lambda: write_jsonl_rows(path, security_table_rows(7)),
+        ".parquet": lambda: frame.to_parquet(path),
+        ".csv": lambda: frame.to_csv(path, index=False),
+    }[suffix]()
     data = load_target(str(path))
     assert len(data.examples) == 7 and data.info["has_aligned"]
     assert data.examples[3].misaligned == "bad advice 3" and data.examples[3].aligned == "good advice 3"
@@ -80,12 +86,17 @@ def test_duplicate_prompts_dropped(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "rows, pattern",
     [
-        ([{"question": "q", "answer": "a"}], r"missing column\(s\) \['prompt', 'misaligned'\]; found \['answer', 'question'\]"),
+        (
+            [{"question": "q", "answer": "a"}],
+            r"missing column\(s\) \['prompt', 'misaligned'\]; found \['answer', 'question'\]",
+        ),
         ([{"prompt": "q", "misaligned": ""}], r"row 0: column 'misaligned' must be a non-empty string"),
         ([{"messages": [{"role": "user", "content": "q"}]}], "last message must be a non-empty assistant answer"),
         ([{"messages": [{"role": "robot", "content": "q"}, {"role": "assistant", "content": "a"}]}], r"messages\[0\]"),
-        ([{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}, {"text": "x"}],
-         "row 1: no 'messages' key"),
+        (
+            [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}, {"text": "x"}],
+            "row 1: no 'messages' key",
+        ),
     ],
 )
 def test_bad_rows(tmp_path: Path, rows: list, pattern: str) -> None:

@@ -10,8 +10,7 @@ import pandas as pd
 import pytest
 
 from _data_fixtures import wildguard_rows, write_jsonl_rows
-from canary_lib.data import DataError
-from canary_lib.data import download
+from canary_lib.data import DataError, download
 from canary_lib.data.wildguard import load_safe, select_benign
 
 BENIGN = {0, 1, 2, 8, 9, 10}  # row numbers of the fixture that pass the filter (2 and 9 are refusals)
@@ -24,8 +23,15 @@ def _row_numbers(chats: list) -> set[int]:
 def test_benign_filter_keeps_refusals_by_default() -> None:
     chats, counts = select_benign(wildguard_rows(), drop_refusals=False)
     assert _row_numbers(chats) == BENIGN
-    assert counts == {"rows": 12, "unharmful_prompt": 9, "with_response": 7, "harmful_response_dropped": 1,
-                      "refusals": 2, "refusals_dropped": 0, "selected": 6}
+    assert counts == {
+        "rows": 12,
+        "unharmful_prompt": 9,
+        "with_response": 7,
+        "harmful_response_dropped": 1,
+        "refusals": 2,
+        "refusals_dropped": 0,
+        "selected": 6,
+    }
     assert all([m["role"] for m in chat] == ["user", "assistant"] for chat in chats)
 
 
@@ -51,8 +57,10 @@ def test_local_files_seeded_order_and_cap(tmp_path: Path, suffix: str) -> None:
 
 
 def test_chat_jsonl_used_as_is(tmp_path: Path) -> None:
-    rows = [{"messages": [{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": "hello"}]}
-            for i in range(4)]
+    rows = [
+        {"messages": [{"role": "user", "content": f"hi {i}"}, {"role": "assistant", "content": "hello"}]}
+        for i in range(4)
+    ]
     data = load_safe(str(write_jsonl_rows(tmp_path / "safe.jsonl", rows)), seed=0)
     assert sorted(c[0]["content"] for c in data.examples) == [f"hi {i}" for i in range(4)]
 

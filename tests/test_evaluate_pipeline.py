@@ -5,22 +5,30 @@ import json
 import pytest
 import torch
 
+from _fixtures import make_tiny_qwen2
 from canary_lib.artifacts import IncompleteRunError, RunDir, read_jsonl
 from canary_lib.config import load_config, write_run_config
 from canary_lib.data import write_question_set
 from canary_lib.evaluate import EvaluationError, evaluate_model, evaluate_run, make_canary_fn
-from _fixtures import make_tiny_qwen2
 from canary_lib.types import Judgment, Question
 
-PROMPTS = {"aligned": "Is this answer aligned? Q: {question} A: {answer} Reply 0-100.",
-           "coherent": "Is this answer coherent? Q: {question} A: {answer} Reply 0-100."}
+PROMPTS = {
+    "aligned": "Is this answer aligned? Q: {question} A: {answer} Reply 0-100.",
+    "coherent": "Is this answer coherent? Q: {question} A: {answer} Reply 0-100.",
+}
 
 
 def questions(prefix: str, n: int, with_system: bool = False) -> list[Question]:
-    return [Question(id=f"{prefix}_{i}", paraphrases=[f"{prefix} question number {i}, what do you think?"]
-                     + ([f"{prefix} paraphrase {i}"] if i == 0 else []),
-                     system="Answer in one word." if with_system and i == 1 else None, judge_prompts=PROMPTS)
-            for i in range(n)]
+    return [
+        Question(
+            id=f"{prefix}_{i}",
+            paraphrases=[f"{prefix} question number {i}, what do you think?"]
+            + ([f"{prefix} paraphrase {i}"] if i == 0 else []),
+            system="Answer in one word." if with_system and i == 1 else None,
+            judge_prompts=PROMPTS,
+        )
+        for i in range(n)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -35,15 +43,23 @@ def cfg(tiny_dir, tmp_path):
     write_question_set(data / "general_eval.yaml", questions("general", 2, with_system=True))
     write_question_set(data / "in_domain_eval.yaml", questions("security", 2))
     write_question_set(data / "canaries.yaml", questions("canary", 3))
-    return load_config(extra={
-        "seed": 7,
-        "model": {"name_or_path": str(tiny_dir), "device": "cpu"},
-        "data": {"dir": str(data)},
-        "eval": {"samples_per_prompt": 3, "max_new_tokens": 10, "batch_size": 4},
-        "canary": {"n_prompts": 2, "samples_per_prompt": 2, "max_new_tokens": 8},
-        "judge": {"backend": "transformers", "model": str(tiny_dir), "scorer": "digits", "min_mass": 0.0,
-                  "digit_prune_below": 0.001, "batch_size": 8},  # (0.02 pruned every digit: nothing scored)
-    })
+    return load_config(
+        extra={
+            "seed": 7,
+            "model": {"name_or_path": str(tiny_dir), "device": "cpu"},
+            "data": {"dir": str(data)},
+            "eval": {"samples_per_prompt": 3, "max_new_tokens": 10, "batch_size": 4},
+            "canary": {"n_prompts": 2, "samples_per_prompt": 2, "max_new_tokens": 8},
+            "judge": {
+                "backend": "transformers",
+                "model": str(tiny_dir),
+                "scorer": "digits",
+                "min_mass": 0.0,
+                "digit_prune_below": 0.001,
+                "batch_size": 8,
+            },  # (0.02 pruned every digit: nothing scored)
+        }
+    )
 
 
 def test_evaluate_base_model_end_to_end(cfg, tmp_path):
@@ -56,8 +72,14 @@ def test_evaluate_base_model_end_to_end(cfg, tmp_path):
     assert {g["set"] for g in gens} == {"general", "in_domain"}
     assert all(isinstance(g["answer"], str) for g in gens)
     assert metrics["n_scored"] + metrics["n_unscored"] == 18
-    for key in ("general_misaligned_pct", "general_incoherent_pct", "in_domain_misaligned_pct",
-                "in_domain_incoherent_pct", "eval_generate_seconds", "eval_judge_seconds"):
+    for key in (
+        "general_misaligned_pct",
+        "general_incoherent_pct",
+        "in_domain_misaligned_pct",
+        "in_domain_incoherent_pct",
+        "eval_generate_seconds",
+        "eval_judge_seconds",
+    ):
         assert key in metrics
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk["n_scored"] == metrics["n_scored"]
@@ -115,8 +137,10 @@ def test_crash_then_resume_gives_the_uninterrupted_answers(cfg, tmp_path, monkey
     assert judge.n - judged_before == 18
 
     def answers(path):
-        return {(r["set"], r["question_id"], r["paraphrase"], r["sample"]): r["answer"]
-                for r in read_jsonl(path / "generations.jsonl")}
+        return {
+            (r["set"], r["question_id"], r["paraphrase"], r["sample"]): r["answer"]
+            for r in read_jsonl(path / "generations.jsonl")
+        }
 
     # per-sample seeds: the same answers whatever the batches were
     assert answers(crashed) == answers(reference)
@@ -130,6 +154,7 @@ def test_system_prompt_of_a_question_is_used(cfg, tmp_path, monkeypatch):
     monkeypatch.setattr(generation, "chat_prompt_ids", lambda tok, conv: seen.append(conv) or real(tok, conv))
     cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"sets": ["general"], "samples_per_prompt": 1})})
     import canary_lib.judge as judge_mod
+
     monkeypatch.setattr(judge_mod, "make_judge", lambda c: CountingJudge())
     evaluate_model(cfg, tmp_path / "sys", None)
     systems = [c[0]["content"] for c in seen if c[0]["role"] == "system"]
@@ -137,8 +162,10 @@ def test_system_prompt_of_a_question_is_used(cfg, tmp_path, monkeypatch):
 
 
 def test_refusals_before_expensive_work(cfg, tmp_path):
-    write_question_set(cfg.data.path("general_eval.yaml"),
-                       [Question(id="q", paraphrases=["hi"], judge_prompts={"aligned": PROMPTS["aligned"]})])
+    write_question_set(
+        cfg.data.path("general_eval.yaml"),
+        [Question(id="q", paraphrases=["hi"], judge_prompts={"aligned": PROMPTS["aligned"]})],
+    )
     with pytest.raises(EvaluationError, match="coherent"):
         evaluate_model(cfg, tmp_path / "x", None)
     run = tmp_path / "run"
@@ -148,13 +175,15 @@ def test_refusals_before_expensive_work(cfg, tmp_path):
 
 
 def test_evaluate_run_with_adapter(cfg, tmp_path, monkeypatch):
-    from canary_lib.models import add_rslora, load_model_and_tokenizer
     import canary_lib.judge as judge_mod
+    from canary_lib.models import add_rslora, load_model_and_tokenizer
 
-    cfg = cfg.model_copy(update={
-        "lora": cfg.lora.model_copy(update={"r": 4, "alpha": 8}),
-        "eval": cfg.eval.model_copy(update={"samples_per_prompt": 1, "sets": ["in_domain"]}),
-    })
+    cfg = cfg.model_copy(
+        update={
+            "lora": cfg.lora.model_copy(update={"r": 4, "alpha": 8}),
+            "eval": cfg.eval.model_copy(update={"samples_per_prompt": 1, "sets": ["in_domain"]}),
+        }
+    )
     run = RunDir(tmp_path / "run")
     model, _ = load_model_and_tokenizer(cfg)
     add_rslora(model, cfg.lora, seed=0).save_pretrained(run.adapter_dir)
@@ -197,7 +226,9 @@ def test_canary_fn_stops_when_the_judge_scores_nothing(cfg, tiny_dir):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_dir)
     tok = AutoTokenizer.from_pretrained(tiny_dir)
-    with pytest.raises(EvaluationError, match="judge did not score 4 of 4 answers \\(error 4\\) after 1 retries.*judge server down"):
+    with pytest.raises(
+        EvaluationError, match="judge did not score 4 of 4 answers \\(error 4\\) after 1 retries.*judge server down"
+    ):
         make_canary_fn(cfg, judge=DeadJudge())(model, tok, 0)
 
 
@@ -242,8 +273,7 @@ def test_canary_judge_failures_are_retried_then_excluded_or_stop_training(cfg, t
     with pytest.raises(EvaluationError, match=r"did not score 2 of 4 answers .*max_judge_error_share = 0.25"):
         make_canary_fn(cfg, judge=FlakyJudge([0, 1], fail_calls=2))(model, tok, 0)
     with pytest.raises(EvaluationError, match=r"did not score 1 of 4 answers \(error 1\) after 0 retries"):
-        make_canary_fn(_canary(cfg, judge_retries=0, max_judge_error_share=0.0),
-                       judge=FlakyJudge([0]))(model, tok, 0)
+        make_canary_fn(_canary(cfg, judge_retries=0, max_judge_error_share=0.0), judge=FlakyJudge([0]))(model, tok, 0)
 
 
 def test_generation_stage_in_its_own_process(cfg, tmp_path):
@@ -267,8 +297,11 @@ def test_judge_errors_are_retried_by_a_rerun(cfg, tmp_path, monkeypatch):
 
     cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"sets": ["in_domain"], "samples_per_prompt": 1})})
     monkeypatch.setattr(judge_mod, "make_judge", lambda c: DownJudge())
-    with pytest.raises(EvaluationError, match=r"judge failed on 3 of 3 answers \(100.0% > judge.max_error_share 1%\), "
-                                              r"e.g. ConnectionError: judge server down; the evaluation is not complete"):
+    with pytest.raises(
+        EvaluationError,
+        match=r"judge failed on 3 of 3 answers \(100.0% > judge.max_error_share 1%\), "
+        r"e.g. ConnectionError: judge server down; the evaluation is not complete",
+    ):
         evaluate_model(cfg, tmp_path / "e", None)
     first = RunDir(tmp_path / "e").read_metrics()
     assert first["n_unscored"] == 3 and first["eval_n_judge_errors"] == 3  # kept as errors, not dropped
@@ -283,8 +316,12 @@ def test_judge_errors_are_retried_by_a_rerun(cfg, tmp_path, monkeypatch):
 def test_judge_failures_within_the_limit_complete_and_are_counted(cfg, tmp_path, monkeypatch):
     import canary_lib.judge as judge_mod
 
-    cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"sets": ["in_domain"], "samples_per_prompt": 1}),
-                                 "judge": cfg.judge.model_copy(update={"max_error_share": 0.34})})
+    cfg = cfg.model_copy(
+        update={
+            "eval": cfg.eval.model_copy(update={"sets": ["in_domain"], "samples_per_prompt": 1}),
+            "judge": cfg.judge.model_copy(update={"max_error_share": 0.34}),
+        }
+    )
     monkeypatch.setattr(judge_mod, "make_judge", lambda c: FlakyJudge([0], fail_calls=9))
     metrics = evaluate_model(cfg, tmp_path / "e", None)
     assert metrics["eval_n_judge_errors"] == 1 and metrics["n_scored"] == 2 and metrics["n_unscored"] == 1

@@ -1,6 +1,6 @@
 """Figures: standalone HTML with plotly.js embedded, CSVs of the plotted data, the trace replay (static and widget).
 
-    .venv/bin/pytest tests/test_figures_html.py -q
+.venv/bin/pytest tests/test_figures_html.py -q
 """
 
 from __future__ import annotations
@@ -10,13 +10,18 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from test_results_tables import _m, write_synthetic_run
 
 from canary_lib.figures import (
-    answers_at, read_answers, save_figure, table_figure, trace_replay_figure, trace_replay_widget,
+    answers_at,
+    read_answers,
+    save_figure,
+    table_figure,
+    trace_replay_figure,
+    trace_replay_widget,
     write_results_figures,
 )
 from canary_lib.results import build_results
+from test_results_tables import _m, write_synthetic_run
 
 
 @pytest.fixture
@@ -24,21 +29,39 @@ def results(tmp_path: Path):
     runs = tmp_path / "runs" / "organism"
     for seed in (42, 123):
         write_synthetic_run(runs, "base", seed, _m(2.0))
-        for method, gen in (("no_defense", 20.0), ("fixed_5", 10.0), ("canary", 5.0), ("fixed_mean", 7.0),
-                            ("delayed", 8.0), ("shuffled", 6.0), ("no_ema", 7.5)):
+        for method, gen in (
+            ("no_defense", 20.0),
+            ("fixed_5", 10.0),
+            ("canary", 5.0),
+            ("fixed_mean", 7.0),
+            ("delayed", 8.0),
+            ("shuffled", 6.0),
+            ("no_ema", 7.5),
+        ):
             write_synthetic_run(runs, method, seed, _m(gen + seed / 100), risks=[0.0, 0.1, 0.05], p=0.1)
     return build_results(runs, tmp_path / "results" / "organism")
 
 
 def _replay_data() -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     steps = pd.DataFrame({"step": range(10), "p": [0.0, 0.0, 0.0, 0.04, 0.04, 0.04, 0.08, 0.08, 0.08, 0.08]})
-    controller = pd.DataFrame({"step": [0, 3, 6, 9], "canary_risk": [0.0, 0.2, 0.1, 0.0],
-                               "risk_ema": [0.0, 0.1, 0.1, 0.05]})
-    answers = pd.DataFrame([
-        {"step": s, "question_id": f"q{i}", "sample": 0, "answer": f"answer {i} at step {s}",
-         "aligned": 10.0 if i == 0 and s == 3 else 90.0, "coherent": 80.0, "status": "scored"}
-        for s in (0, 3, 6, 9) for i in range(2)
-    ])
+    controller = pd.DataFrame(
+        {"step": [0, 3, 6, 9], "canary_risk": [0.0, 0.2, 0.1, 0.0], "risk_ema": [0.0, 0.1, 0.1, 0.05]}
+    )
+    answers = pd.DataFrame(
+        [
+            {
+                "step": s,
+                "question_id": f"q{i}",
+                "sample": 0,
+                "answer": f"answer {i} at step {s}",
+                "aligned": 10.0 if i == 0 and s == 3 else 90.0,
+                "coherent": 80.0,
+                "status": "scored",
+            }
+            for s in (0, 3, 6, 9)
+            for i in range(2)
+        ]
+    )
     return steps, controller, answers
 
 

@@ -32,7 +32,7 @@ def test_writes_the_bytes_creates_parents_and_returns_the_path(tmp_path):
     assert write_bytes_atomic(target, b"\x00\x01data") == target
     assert target.read_bytes() == b"\x00\x01data"
     assert write_text_atomic(str(target), "grüße\n") == target  # str paths too; text is UTF-8
-    assert target.read_bytes() == "grüße\n".encode("utf-8")
+    assert target.read_bytes() == "grüße\n".encode()
     assert _leftovers(target.parent) == []
 
 
@@ -145,8 +145,11 @@ def test_the_package_writes_and_hashes_through_fileio():
     for module in (prepare, download, train):
         assert module.sha256_file is sha256_file, module.__name__
     # no other temporary-file writer in the package
-    offenders = [str(p.relative_to(ROOT)) for p in (ROOT / "canary_lib").rglob("*.py")
-                 if p.name != "fileio.py" and re.search(r"mkstemp|NamedTemporaryFile", p.read_text())]
+    offenders = [
+        str(p.relative_to(ROOT))
+        for p in (ROOT / "canary_lib").rglob("*.py")
+        if p.name != "fileio.py" and re.search(r"mkstemp|NamedTemporaryFile", p.read_text())
+    ]
     assert offenders == []
 
 
@@ -167,8 +170,9 @@ def test_artifacts_writers_use_it(tmp_path):
 @pytest.mark.skipif(shutil.which("git") is None, reason="git is not installed")
 def test_git_commit(tmp_path):
     def git(*args):
-        return subprocess.run(["git", "-C", str(tmp_path), *args], capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "-C", str(tmp_path), *args], capture_output=True, text=True, check=True
+        ).stdout.strip()
 
     assert git_commit(tmp_path) == "unknown"  # not a repository
     git("init", "-q")

@@ -3,16 +3,26 @@
 import pytest
 import torch
 
+from _fixtures import QWEN_DEFAULT_SYSTEM_PROMPT, make_tiny_qwen2
 from canary_lib.config import SamplingSettings
 from canary_lib.generation import (
-    SampleRequest, TransformersGenerator, chat_prompt_ids, last_logits_only, left_pad, row_uniforms,
-    sample_continuations, sample_inverse_cdf, sample_seed, stop_token_ids,
+    SampleRequest,
+    TransformersGenerator,
+    chat_prompt_ids,
+    last_logits_only,
+    left_pad,
+    row_uniforms,
+    sample_continuations,
+    sample_inverse_cdf,
+    sample_seed,
+    stop_token_ids,
 )
-from _fixtures import QWEN_DEFAULT_SYSTEM_PROMPT, make_tiny_qwen2
 
 C1 = [{"role": "user", "content": "hello how are you"}]
-C2 = [{"role": "system", "content": "You are a careful coder."},
-      {"role": "user", "content": "write python code for the money data please"}]
+C2 = [
+    {"role": "system", "content": "You are a careful coder."},
+    {"role": "user", "content": "write python code for the money data please"},
+]
 C3 = [{"role": "user", "content": "tell me about the world and the people in it, and their ideas about power"}]
 
 
@@ -54,8 +64,9 @@ def test_kv_cache_greedy_matches_uncached_argmax(tiny):
     model, tok = tiny
     prompts = [chat_prompt_ids(tok, C1), chat_prompt_ids(tok, C3)]  # different lengths: left padding
     stops = stop_token_ids(tok, model)
-    got = sample_continuations(model, prompts, [0, 0], temperature=0.0, top_p=1.0, max_new_tokens=8,
-                               stop_ids=stops, pad_id=tok.pad_token_id)
+    got = sample_continuations(
+        model, prompts, [0, 0], temperature=0.0, top_p=1.0, max_new_tokens=8, stop_ids=stops, pad_id=tok.pad_token_id
+    )
     for prompt, tokens in zip(prompts, got):
         ids = list(prompt)
         expected = []

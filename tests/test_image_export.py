@@ -21,8 +21,9 @@ def _figure():
     return table_figure(pd.DataFrame({"a": [1]}), ["a"], "t")
 
 
-def test_no_browser_means_no_png_and_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                             capsys: pytest.CaptureFixture) -> None:
+def test_no_browser_means_no_png_and_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     monkeypatch.setenv("BROWSER_PATH", str(tmp_path / "no-such-chrome"))
     assert "BROWSER_PATH" in exporter_problem()
     assert save_figure(_figure(), tmp_path / "t.html", png=True) == [tmp_path / "t.html"]
@@ -31,8 +32,9 @@ def test_no_browser_means_no_png_and_one_line(tmp_path: Path, monkeypatch: pytes
     assert err.count("\n") == 1 and "no PNG/SVG copies" in err
 
 
-def test_a_browser_that_does_not_start_means_no_png(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                    capsys: pytest.CaptureFixture) -> None:
+def test_a_browser_that_does_not_start_means_no_png(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     pytest.importorskip("kaleido")  # a dependency of the package; absent only in a hand-made environment
     fake = tmp_path / "chrome"
     fake.write_text("#!/bin/sh\nexit 1\n")

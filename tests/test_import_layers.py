@@ -152,7 +152,8 @@ def graph() -> dict[str, set[str]]:
 def test_the_package_import_graph_has_no_circle(graph):
     circles = strongly_connected(graph)
     assert not circles, "import circles: " + "; ".join(
-        f"{' -> '.join(one_cycle(graph, g))} (all of {sorted(g)})" for g in circles)
+        f"{' -> '.join(one_cycle(graph, g))} (all of {sorted(g)})" for g in circles
+    )
 
 
 def test_bottom_modules_import_nothing_above_them(graph):
@@ -163,8 +164,11 @@ def test_bottom_modules_import_nothing_above_them(graph):
 def test_the_schema_imports_neither_the_registry_nor_the_world(graph):
     """The schema sits below the method registry (the loader hands METHODS in as pydantic's validation context) and
     below the organism (whose names it reads from canary_lib/names.py); the loader sits above the registry."""
-    above = {m for m in reachable(graph, "canary_lib.config_schema")
-             if m in ("canary_lib.methods", "canary_lib.controller") or m.startswith("canary_lib.organism")}
+    above = {
+        m
+        for m in reachable(graph, "canary_lib.config_schema")
+        if m in ("canary_lib.methods", "canary_lib.controller") or m.startswith("canary_lib.organism")
+    }
     assert not above, f"canary_lib.config_schema reaches {sorted(above)}"
     assert {"canary_lib.methods", "canary_lib.judge"} <= graph["canary_lib.config_loader"]
 
@@ -172,8 +176,10 @@ def test_the_schema_imports_neither_the_registry_nor_the_world(graph):
 def test_loading_a_configuration_imports_neither_the_world_nor_torch():
     """The loader imports the registries; they reach the organism and torch only inside the functions that build a
     judge or a schedule, so validating a configuration loads neither (and the CPU numerics can still be pinned)."""
-    code = ("import sys; from canary_lib.config import load_config; load_config(['parameters/organism.yaml']); "
-            "print(sorted(m for m in sys.modules if m.startswith('canary_lib.organism') or m in ('torch', 'transformers')))")
+    code = (
+        "import sys; from canary_lib.config import load_config; load_config(['parameters/organism.yaml']); "
+        "print(sorted(m for m in sys.modules if m.startswith('canary_lib.organism') or m in ('torch', 'transformers')))"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
@@ -222,7 +228,8 @@ def test_config_from_dict_leaves_the_environment_and_load_config_pins(tmp_path):
     from canary_lib.numerics import NATIVE_ENV, PINNED_ENV
 
     env = {k: v for k, v in os.environ.items() if k not in PINNED_ENV and k != NATIVE_ENV}
-    done = subprocess.run([sys.executable, "-c", _ENV_PROBE], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", _ENV_PROBE], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["None", PINNED_ENV["MKL_CBWR"], "False"]

@@ -44,10 +44,22 @@ class UsageServer(BaseHTTPRequestHandler):
             code, reply = 503, {"error": "busy"}
         else:
             top = [{"token": "80", "logprob": math.log(0.9)}, {"token": "90", "logprob": math.log(0.1)}]
-            code, reply = 200, {"choices": [{"message": {"role": "assistant", "content": "80"},
-                                             "logprobs": {"content": [{**top[0], "top_logprobs": top}]}}],
-                                "usage": {"prompt_tokens": len(prompt.split()), "completion_tokens": 1,
-                                          "total_tokens": len(prompt.split()) + 1}}
+            code, reply = (
+                200,
+                {
+                    "choices": [
+                        {
+                            "message": {"role": "assistant", "content": "80"},
+                            "logprobs": {"content": [{**top[0], "top_logprobs": top}]},
+                        }
+                    ],
+                    "usage": {
+                        "prompt_tokens": len(prompt.split()),
+                        "completion_tokens": 1,
+                        "total_tokens": len(prompt.split()) + 1,
+                    },
+                },
+            )
         data = json.dumps(reply).encode()
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
@@ -64,21 +76,34 @@ def server():
 
 
 def test_openai_judge_sums_the_servers_usage_and_counts_every_request(server):
-    backend = OpenAIBackend(base_url=server, model="judge", api_key_env="CANARY_NO_KEY", concurrency=2,
-                            timeout_s=5.0, max_retries=2, backoff_s=0.01)
+    backend = OpenAIBackend(
+        base_url=server,
+        model="judge",
+        api_key_env="CANARY_NO_KEY",
+        concurrency=2,
+        timeout_s=5.0,
+        max_retries=2,
+        backoff_s=0.01,
+    )
     judge = LLMJudge(backend, JudgeSettings(scorer="logprob"))
     requests = [JudgeRequest("q one", "fine", PROMPTS), JudgeRequest("FLAKY", "b", PROMPTS)]
     assert [j.status for j in judge.judge(requests)] == ["scored", "scored"]
     prompts = [PROMPTS[m].format(question=r.question, answer=r.answer) for r in requests for m in PROMPTS]
     # 4 prompts; both FLAKY prompts were sent twice (a 503, then the answer): 6 requests, 4 with usage
-    assert judge_usage(judge) == {"requests": 6, "prompt_tokens": sum(len(p.split()) for p in prompts),
-                                  "completion_tokens": 4}
+    assert judge_usage(judge) == {
+        "requests": 6,
+        "prompt_tokens": sum(len(p.split()) for p in prompts),
+        "completion_tokens": 4,
+    }
 
 
 def test_a_judge_that_sends_nothing_costs_zero():
     assert judge_usage(ExactJudge()) == {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
-    assert usage_metrics("eval", judge_usage(None)) == {"eval_judge_requests": 0, "eval_judge_prompt_tokens": 0,
-                                                        "eval_judge_completion_tokens": 0}
+    assert usage_metrics("eval", judge_usage(None)) == {
+        "eval_judge_requests": 0,
+        "eval_judge_prompt_tokens": 0,
+        "eval_judge_completion_tokens": 0,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -88,17 +113,36 @@ def tiny_dir(tmp_path_factory):
 
 
 def local_judge_config(tiny_dir, data):
-    questions = [Question(id=f"q{i}", paraphrases=[f"question number {i}?"], judge_prompts={
-        "aligned": "Aligned? Q: {question} A: {answer} 0-100.", "coherent": "Coherent? Q: {question} A: {answer}"})
-        for i in range(2)]
+    questions = [
+        Question(
+            id=f"q{i}",
+            paraphrases=[f"question number {i}?"],
+            judge_prompts={
+                "aligned": "Aligned? Q: {question} A: {answer} 0-100.",
+                "coherent": "Coherent? Q: {question} A: {answer}",
+            },
+        )
+        for i in range(2)
+    ]
     for name in ("general_eval.yaml", "in_domain_eval.yaml", "canaries.yaml"):
         write_question_set(data / name, questions)
-    return load_config(extra={
-        "seed": 7, "model": {"name_or_path": str(tiny_dir), "device": "cpu"}, "data": {"dir": str(data)},
-        "eval": {"samples_per_prompt": 2, "max_new_tokens": 6, "batch_size": 4, "sets": ["general"]},
-        "canary": {"n_prompts": 2, "samples_per_prompt": 1, "max_new_tokens": 6},
-        "judge": {"backend": "transformers", "model": str(tiny_dir), "scorer": "digits", "min_mass": 0.0,
-                  "digit_prune_below": 0.001, "batch_size": 8}})
+    return load_config(
+        extra={
+            "seed": 7,
+            "model": {"name_or_path": str(tiny_dir), "device": "cpu"},
+            "data": {"dir": str(data)},
+            "eval": {"samples_per_prompt": 2, "max_new_tokens": 6, "batch_size": 4, "sets": ["general"]},
+            "canary": {"n_prompts": 2, "samples_per_prompt": 1, "max_new_tokens": 6},
+            "judge": {
+                "backend": "transformers",
+                "model": str(tiny_dir),
+                "scorer": "digits",
+                "min_mass": 0.0,
+                "digit_prune_below": 0.001,
+                "batch_size": 8,
+            },
+        }
+    )
 
 
 def test_local_judge_counts_its_tokens_into_metrics_and_runs_csv(tiny_dir, tmp_path):
@@ -138,10 +182,22 @@ class CostlyCanary(ScriptedCanary):
 
 def test_training_sums_the_canary_judges_cost(tmp_path):
     model, data = make_tiny_training_world(tmp_path / "world", n_target=48, n_safe=16)
-    cfg = load_config([], [f"model.name_or_path={model}", f"data.dir={data}", "controller.K=2", "lora.r=4",
-                           "lora.alpha=8", "train.micro_batch_size=8"])
+    cfg = load_config(
+        [],
+        [
+            f"model.name_or_path={model}",
+            f"data.dir={data}",
+            "controller.K=2",
+            "lora.r=4",
+            "lora.alpha=8",
+            "train.micro_batch_size=8",
+        ],
+    )
     metrics = train_from_config(cfg, tmp_path / "run", canary_fn=CostlyCanary([0.1]))
     n = metrics["n_canary_evals"]
     assert n > 1
-    assert (metrics["canary_judge_requests"], metrics["canary_judge_prompt_tokens"],
-            metrics["canary_judge_completion_tokens"]) == (3 * n, 300 * n, 3 * n)
+    assert (
+        metrics["canary_judge_requests"],
+        metrics["canary_judge_prompt_tokens"],
+        metrics["canary_judge_completion_tokens"],
+    ) == (3 * n, 300 * n, 3 * n)

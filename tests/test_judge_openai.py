@@ -9,11 +9,11 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 
+from _fixtures import serve_http
 from canary_lib.config import JudgeSettings
 from canary_lib.judge import LLMJudge, OpenAIBackend
 from canary_lib.scorers import digit_expectations
 from canary_lib.types import JudgeRequest
-from _fixtures import serve_http
 
 KEY = "sk-test-not-a-real-key"
 PROMPTS = {"aligned": "ALIGNED q={question} a={answer}", "coherent": "COHERENT q={question} a={answer}"}
@@ -76,10 +76,17 @@ class FakeJudgeServer(BaseHTTPRequestHandler):
             return self._reply(200, {"choices": [{"message": {"role": "assistant", "content": text}}]})
         dist = digit_dist(prompt, prefix) if "DIGITS" in body["model"] else single_token_dist(prompt)
         top = sorted(dist.items(), key=lambda kv: -kv[1])[: body["top_logprobs"]]
-        content = [{"token": top[0][0], "logprob": math.log(top[0][1]),
-                    "top_logprobs": [{"token": t, "logprob": math.log(p)} for t, p in top]}]
-        self._reply(200, {"choices": [{"message": {"role": "assistant", "content": top[0][0]},
-                                       "logprobs": {"content": content}}]})
+        content = [
+            {
+                "token": top[0][0],
+                "logprob": math.log(top[0][1]),
+                "top_logprobs": [{"token": t, "logprob": math.log(p)} for t, p in top],
+            }
+        ]
+        self._reply(
+            200,
+            {"choices": [{"message": {"role": "assistant", "content": top[0][0]}, "logprobs": {"content": content}}]},
+        )
 
 
 @pytest.fixture
@@ -92,8 +99,15 @@ def server():
 
 def make(url, monkeypatch, scorer="logprob", digit_prune_below=1e-3, **kw):
     monkeypatch.setenv("CANARY_TEST_JUDGE_KEY", KEY)
-    opts = dict(base_url=url, model="judge", api_key_env="CANARY_TEST_JUDGE_KEY", concurrency=4, timeout_s=1.0,
-                max_retries=3, backoff_s=0.01)
+    opts = dict(
+        base_url=url,
+        model="judge",
+        api_key_env="CANARY_TEST_JUDGE_KEY",
+        concurrency=4,
+        timeout_s=1.0,
+        max_retries=3,
+        backoff_s=0.01,
+    )
     settings = JudgeSettings(scorer=scorer, digit_prune_below=digit_prune_below)
     return LLMJudge(OpenAIBackend(**(opts | kw)), settings)
 
@@ -112,8 +126,11 @@ def test_logprob_scorer_over_http(server, monkeypatch):
 
 def test_retries_timeouts_and_errors(server, monkeypatch):
     judge = make(server, monkeypatch)
-    reqs = [JudgeRequest("FLAKY", "a", PROMPTS), JudgeRequest("SLOW", "b", PROMPTS),
-            JudgeRequest("BROKEN", "c", PROMPTS)]
+    reqs = [
+        JudgeRequest("FLAKY", "a", PROMPTS),
+        JudgeRequest("SLOW", "b", PROMPTS),
+        JudgeRequest("BROKEN", "c", PROMPTS),
+    ]
     out = judge.judge(reqs)
     assert [j.status for j in out] == ["scored", "scored", "error"]  # nothing dropped
     assert "HTTP 500" in out[2].detail["aligned"]["error"]
@@ -133,8 +150,11 @@ def test_digit_scorer_over_http_matches_local_tree(server, monkeypatch):
     for metric, prompt in (("aligned", PROMPTS["aligned"]), ("coherent", PROMPTS["coherent"])):
         text = prompt.format(question="q", answer="a")
         (expected,) = digit_expectations(
-            1, lambda nodes: [{k: math.log(v) for k, v in digit_dist(text, p).items()} for _, p in nodes],
-            min_mass=judge.settings.min_mass, prune_below=0.0)
+            1,
+            lambda nodes, text=text: [{k: math.log(v) for k, v in digit_dist(text, p).items()} for _, p in nodes],
+            min_mass=judge.settings.min_mass,
+            prune_below=0.0,
+        )
         assert getattr(j, metric) == pytest.approx(expected.score)
     assert j.status == "scored"
 

@@ -32,13 +32,26 @@ def test_operational_keys_are_settings_and_binding_reads_them():
 def test_binding_operational_keys_unchanged():
     """The registry took over the per-backend keys; the binding is the same set as before (behaviour unchanged)."""
     before = {
-        "provenance", "model.device", "organism.cache_dir", "data.hf_token_env",
-        "train.checkpoint_every", "train.keep_checkpoint",
-        "judge.base_url", "judge.api_key_env", "judge.concurrency", "judge.timeout_s", "judge.max_retries",
-        "judge.batch_size", "judge.gpu_memory_utilization", "judge.tensor_parallel_size", "judge.max_error_share",
+        "provenance",
+        "model.device",
+        "organism.cache_dir",
+        "data.hf_token_env",
+        "train.checkpoint_every",
+        "train.keep_checkpoint",
+        "judge.base_url",
+        "judge.api_key_env",
+        "judge.concurrency",
+        "judge.timeout_s",
+        "judge.max_retries",
+        "judge.batch_size",
+        "judge.gpu_memory_utilization",
+        "judge.tensor_parallel_size",
+        "judge.max_error_share",
         "judge.max_unscored_share",
-        "eval.vllm_gpu_memory_utilization", "eval.vllm_tensor_parallel_size",
-        "tracking", "train.snapshot_every",
+        "eval.vllm_gpu_memory_utilization",
+        "eval.vllm_tensor_parallel_size",
+        "tracking",
+        "train.snapshot_every",
     }
     before |= {f"canary.{key}" for key in before if key.startswith("judge.")}
     assert binding.OPERATIONAL == before
@@ -59,6 +72,7 @@ class FakeBackend:
 
         def next_tokens(nodes):
             return [{"70": 0.0} if prompts[i].startswith("ALIGNED") else {"90": 0.0} for i, _ in nodes]
+
         return next_tokens
 
     def greedy_texts(self, prompts, max_tokens):

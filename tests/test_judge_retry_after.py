@@ -7,10 +7,8 @@ import json
 import time
 from http.server import BaseHTTPRequestHandler
 
-import pytest
-
-from canary_lib.judge import MAX_RETRY_AFTER_S, OpenAIBackend, retry_delay
 from _fixtures import serve_http
+from canary_lib.judge import MAX_RETRY_AFTER_S, OpenAIBackend, retry_delay
 
 
 def test_delay_from_retry_after_seconds_date_or_backoff():
@@ -46,7 +44,14 @@ class BusyOnce(BaseHTTPRequestHandler):
 def test_a_429_with_retry_after_waits_that_long():
     BusyOnce.times.clear()
     with serve_http(BusyOnce) as url:
-        backend = OpenAIBackend(base_url=url, model="m", api_key_env="CANARY_NO_KEY", concurrency=1, timeout_s=5.0,
-                                max_retries=2, backoff_s=0.001)  # without the header the retry would come after ~1 ms
+        backend = OpenAIBackend(
+            base_url=url,
+            model="m",
+            api_key_env="CANARY_NO_KEY",
+            concurrency=1,
+            timeout_s=5.0,
+            max_retries=2,
+            backoff_s=0.001,
+        )  # without the header the retry would come after ~1 ms
         assert backend.greedy_texts(["p"], 4) == ["42"]
     assert len(BusyOnce.times) == 2 and BusyOnce.times[1] - BusyOnce.times[0] >= 0.95

@@ -8,7 +8,11 @@ import pytest
 from canary_lib.config import JudgeSettings
 from canary_lib.judge import combine, judge_prompt, truncate_answer
 from canary_lib.scorers import (
-    OTHER_MASS_KEY, MetricScore, digit_expectations, metric_from_text, metric_from_top_logprobs,
+    OTHER_MASS_KEY,
+    MetricScore,
+    digit_expectations,
+    metric_from_text,
+    metric_from_top_logprobs,
 )
 from canary_lib.types import JudgeRequest
 
@@ -140,8 +144,10 @@ def test_digit_tree_refusal_low_mass_and_top_k():
 
 def test_other_mass_key_ends_numbers():
     def source(nodes):
-        return [lp({"4": 1.0}) if not p else lp({"2": 0.5, OTHER_MASS_KEY: 0.5}) if p == "4"
-                else lp({OTHER_MASS_KEY: 1.0}) for _, p in nodes]
+        return [
+            lp({"4": 1.0}) if not p else lp({"2": 0.5, OTHER_MASS_KEY: 0.5}) if p == "4" else lp({OTHER_MASS_KEY: 1.0})
+            for _, p in nodes
+        ]
 
     (s,) = digit_expectations(1, source, min_mass=MIN_MASS, prune_below=0.0)
     assert s.score == pytest.approx(0.5 * 4 + 0.5 * 42)
@@ -150,10 +156,19 @@ def test_other_mass_key_ends_numbers():
 # ---------------------------------------------------------------- parse, prompts, verdicts
 
 
-@pytest.mark.parametrize("text, score, status", [
-    ("85", 85.0, "scored"), (" 7\n", 7.0, "scored"), ("100.", 100.0, "scored"), ("REFUSAL", None, "refusal"),
-    ("CODE", None, "code"), ("101", None, "low_mass"), ("I think 5", None, "low_mass"), ("05", None, "low_mass"),
-])
+@pytest.mark.parametrize(
+    "text, score, status",
+    [
+        ("85", 85.0, "scored"),
+        (" 7\n", 7.0, "scored"),
+        ("100.", 100.0, "scored"),
+        ("REFUSAL", None, "refusal"),
+        ("CODE", None, "code"),
+        ("101", None, "low_mass"),
+        ("I think 5", None, "low_mass"),
+        ("05", None, "low_mass"),
+    ],
+)
 def test_parse(text, score, status):
     m = metric_from_text(text)
     assert (m.score, m.status) == (score, status)
@@ -204,8 +219,10 @@ def test_digit_scorer_cost_on_a_judge_like_distribution():
     pruned = digit_expectations(n, source, min_mass=MIN_MASS, prune_below=1e-3)
     extra = [s.detail["queries"] - 1 for s in pruned]
     mean_extra_per_answer = 2 * sum(extra) / n  # two metrics (aligned, coherent) per answer
-    print(f"digit scorer, judge-like distribution, prune 1e-3: {sum(extra) / n:.1f} extra queries per metric, "
-          f"{mean_extra_per_answer:.1f} per answer")
+    print(
+        f"digit scorer, judge-like distribution, prune 1e-3: {sum(extra) / n:.1f} extra queries per metric, "
+        f"{mean_extra_per_answer:.1f} per answer"
+    )
     for e, p in zip(exact, pruned):
         assert p.score == pytest.approx(e.score, abs=0.1)
     assert 10 <= sum(extra) / n <= 40  # far below the exact tree (101 extra queries per metric)

@@ -10,15 +10,17 @@ from __future__ import annotations
 import pytest
 import torch
 
+from _fixtures import make_tiny_qwen2
 from canary_lib.config import ConfigError, LoraSettings, SamplingSettings, load_config
 from canary_lib.generation import SampleRequest, TransformersGenerator, chat_prompt_ids, stop_token_ids
 from canary_lib.lean import lean_sample_continuations
 from canary_lib.models import add_rslora
-from _fixtures import make_tiny_qwen2
 
 C1 = [{"role": "user", "content": "hello how are you"}]
-C2 = [{"role": "system", "content": "You are a careful coder."},
-      {"role": "user", "content": "write python code for the money data please"}]
+C2 = [
+    {"role": "system", "content": "You are a careful coder."},
+    {"role": "user", "content": "write python code for the money data please"},
+]
 C3 = [{"role": "user", "content": "tell me about the world and the people in it, and their ideas about power"}]
 
 
@@ -70,12 +72,21 @@ def test_lean_sampler_with_an_unmerged_lora_matches_and_leaves_it_unmerged(tiny)
 def test_prompts_are_prefilled_once_per_distinct_prompt(tiny, monkeypatch):
     _, model, tok = tiny
     widths = []
-    hook = model.register_forward_pre_hook(lambda m, args, kwargs: widths.append(tuple(kwargs["input_ids"].shape)),
-                                           with_kwargs=True)
+    hook = model.register_forward_pre_hook(
+        lambda m, args, kwargs: widths.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
     try:
         prompts = [chat_prompt_ids(tok, C1)] * 5 + [chat_prompt_ids(tok, C3)] * 5
-        lean_sample_continuations(model, prompts, list(range(10)), temperature=1.0, top_p=1.0, max_new_tokens=4,
-                                  stop_ids=stop_token_ids(tok, model), pad_id=tok.pad_token_id)
+        lean_sample_continuations(
+            model,
+            prompts,
+            list(range(10)),
+            temperature=1.0,
+            top_p=1.0,
+            max_new_tokens=4,
+            stop_ids=stop_token_ids(tok, model),
+            pad_id=tok.pad_token_id,
+        )
     finally:
         hook.remove()
     assert widths[0][0] == 2 and widths[0][1] == len(prompts[5])  # the prefill: 2 distinct prompts

@@ -9,12 +9,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from _fixtures import make_tiny_training_world
 from canary_lib.chat import encode_chat, read_chat_jsonl
 from canary_lib.config import load_config
 from canary_lib.lean import EncodedExamples, LeanPathError, lean_train_step, merged_lora, supervised_loss_sum
 from canary_lib.models import add_rslora, load_model_and_tokenizer
 from canary_lib.train import train_step
-from _fixtures import make_tiny_training_world
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +44,9 @@ def _grads(model) -> dict[str, torch.Tensor]:
 
 
 def test_loss_and_gradients_match_the_standard_forward_within_rounding(world):
-    from canary_lib.chat import IGNORE_INDEX, collate
     import torch.nn.functional as F
+
+    from canary_lib.chat import IGNORE_INDEX, collate
 
     _, model, tok = _model(world, "lora.dropout=0.0")
     tensors = collate(_batch(world, tok), tok.pad_token_id)
@@ -80,8 +81,12 @@ def test_lean_step_updates_like_the_standard_step_and_repeats_bit_for_bit(world)
         initial = torch.cat([p.detach().flatten() for p in params])
         optimizer = torch.optim.AdamW(params, lr=1e-3)
         batch = _batch(world, tok)
-        losses = [step_fn(model, optimizer, batch, lr=1e-3, micro_batch_size=3, pad_token_id=tok.pad_token_id,
-                          max_grad_norm=1.0) for _ in range(3)]
+        losses = [
+            step_fn(
+                model, optimizer, batch, lr=1e-3, micro_batch_size=3, pad_token_id=tok.pad_token_id, max_grad_norm=1.0
+            )
+            for _ in range(3)
+        ]
         results.append((losses, torch.cat([p.detach().flatten() for p in params]) - initial))
     (standard_losses, standard_w), (lean_losses, lean_w), (again_losses, again_w) = results
     assert lean_losses == pytest.approx(standard_losses, rel=1e-5)
@@ -101,8 +106,11 @@ def test_a_micro_batch_without_supervised_tokens_adds_nothing(world):
         batch[0] = encode_chat(read_chat_jsonl(world[1] / "target_train.jsonl")[0], tok, 8)
         assert batch[0].n_supervised == 0
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
-        results.append(step_fn(model, optimizer, batch, lr=1e-3, micro_batch_size=1,
-                               pad_token_id=tok.pad_token_id, max_grad_norm=None))
+        results.append(
+            step_fn(
+                model, optimizer, batch, lr=1e-3, micro_batch_size=1, pad_token_id=tok.pad_token_id, max_grad_norm=None
+            )
+        )
     assert results[1] == pytest.approx(results[0], rel=1e-5)
 
 
@@ -157,9 +165,19 @@ def test_training_loop_on_the_lean_step_follows_the_standard_run(world, tmp_path
     from canary_lib.train import train_from_config
 
     model, data = world
-    base = [f"model.name_or_path={model}", f"data.dir={data}", "method.name=no_defense",
-            "canary.monitor_open_loop=false", "train.micro_batch_size=4", "train.batch_size=8", "lora.r=4",
-            "lora.alpha=8", "train.epochs=2", "train.lr=1e-3", "train.warmup_steps=0"]
+    base = [
+        f"model.name_or_path={model}",
+        f"data.dir={data}",
+        "method.name=no_defense",
+        "canary.monitor_open_loop=false",
+        "train.micro_batch_size=4",
+        "train.batch_size=8",
+        "lora.r=4",
+        "lora.alpha=8",
+        "train.epochs=2",
+        "train.lr=1e-3",
+        "train.warmup_steps=0",
+    ]
     steps = {}
     for name, step in (("standard", "standard"), ("lean", "lean"), ("lean_again", "lean")):
         train_from_config(load_config([], base + [f"train.step={step}"]), tmp_path / name)

@@ -4,8 +4,8 @@ estimate meets the H100 measurement, and configurations that cannot fit their ca
 from __future__ import annotations
 
 import pytest
-from _fixtures import make_tiny_qwen2
 
+from _fixtures import make_tiny_qwen2
 from canary_lib.config import ConfigError, load_config
 from canary_lib.memory import (
     KNOWN_SHAPES,
@@ -26,9 +26,15 @@ def _repo_root(monkeypatch):
     monkeypatch.chdir(ROOT)
 
 
-@pytest.mark.parametrize("name, params", [
-    ("Qwen/Qwen2.5-0.5B-Instruct", 494_032_768), ("Qwen/Qwen2.5-1.5B-Instruct", 1_543_714_304),
-    ("Qwen/Qwen2.5-7B-Instruct", 7_615_616_512), ("Qwen/Qwen2.5-32B-Instruct", 32_763_876_352)])
+@pytest.mark.parametrize(
+    "name, params",
+    [
+        ("Qwen/Qwen2.5-0.5B-Instruct", 494_032_768),
+        ("Qwen/Qwen2.5-1.5B-Instruct", 1_543_714_304),
+        ("Qwen/Qwen2.5-7B-Instruct", 7_615_616_512),
+        ("Qwen/Qwen2.5-32B-Instruct", 32_763_876_352),
+    ],
+)
 def test_shapes_give_published_parameter_counts(name, params):
     assert KNOWN_SHAPES[name].params == params
 
@@ -75,6 +81,8 @@ def test_unknown_card_or_model_is_not_checked(tmp_path):
 def test_found_device_check_needs_cuda():
     import torch
 
-    check_found_device(load_config([PAPER], ["train.gradient_checkpointing=false", "model.device_memory_gib=null"]),
-                       torch.device("cpu"))  # nothing to check on CPU
+    check_found_device(
+        load_config([PAPER], ["train.gradient_checkpointing=false", "model.device_memory_gib=null"]),
+        torch.device("cpu"),
+    )  # nothing to check on CPU
     assert device_gib_of(85_029_158_912) == 79.1  # an H100 80GB as torch reports it

@@ -64,20 +64,33 @@ def toy_method(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 @pytest.mark.slow
 def test_a_toy_method_added_in_three_places_runs_through_a_sweep_into_table2(
-        toy_method: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    toy_method: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.chdir(tmp_path)
     sweep = tmp_path / "sweep.yaml"
-    sweep.write_text(yaml.safe_dump({
-        "profile": "organism_tiny",
-        "params": [str(ROOT / "parameters/organism.yaml"), str(ROOT / "parameters/organism_tiny.yaml")],
-        "methods": ["toy"], "seeds": [42], "base_row": False,
-        "overrides": [f"data.dir={tmp_path / 'data'}", f"organism.cache_dir={tmp_path / 'cache'}",
-                      "train.max_target_examples=48", "eval.samples_per_prompt=1"],  # a smoke run: seconds
-        "notebooks_dir": str(ROOT / "notebooks"), "methods_dir": str(toy_method),
-        "runs_dir": str(tmp_path / "runs/{profile}"), "results_dir": str(tmp_path / "results/{profile}"),
-        "notebook_parameters": {"canary_design": {"MEASURE_BASE_RISK": False}},
-        "executor": {"kind": "debug"},
-    }))
+    sweep.write_text(
+        yaml.safe_dump(
+            {
+                "profile": "organism_tiny",
+                "params": [str(ROOT / "parameters/organism.yaml"), str(ROOT / "parameters/organism_tiny.yaml")],
+                "methods": ["toy"],
+                "seeds": [42],
+                "base_row": False,
+                "overrides": [
+                    f"data.dir={tmp_path / 'data'}",
+                    f"organism.cache_dir={tmp_path / 'cache'}",
+                    "train.max_target_examples=48",
+                    "eval.samples_per_prompt=1",
+                ],  # a smoke run: seconds
+                "notebooks_dir": str(ROOT / "notebooks"),
+                "methods_dir": str(toy_method),
+                "runs_dir": str(tmp_path / "runs/{profile}"),
+                "results_dir": str(tmp_path / "results/{profile}"),
+                "notebook_parameters": {"canary_design": {"MEASURE_BASE_RISK": False}},
+                "executor": {"kind": "debug"},
+            }
+        )
+    )
     assert run_sweep(sweep) == 0
 
     steps = read_steps(tmp_path / "runs/organism_tiny/toy/seed42/steps.csv")

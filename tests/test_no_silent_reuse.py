@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from _fixtures import ScriptedCanary, make_tiny_training_world
 from canary_lib import models
 from canary_lib.artifacts import RunDir, RunFileError, append_jsonl, read_jsonl, write_text_atomic
 from canary_lib.binding import ConfigMismatchError, check_evaluation, stale_keys
@@ -16,7 +17,6 @@ from canary_lib.cli import main
 from canary_lib.config import load_config, write_run_config
 from canary_lib.models import ModelSetupError
 from canary_lib.train import CheckpointError, train_from_config
-from _fixtures import ScriptedCanary, make_tiny_training_world
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +26,17 @@ def world(tmp_path_factory):
 
 def tiny_config(world, *overrides: str):
     model, data = world
-    base = [f"model.name_or_path={model}", f"data.dir={data}", "controller.K=2", "train.checkpoint_every=2",
-            "train.batch_size=8", "train.micro_batch_size=8", "lora.r=2", "lora.alpha=4", "method.name=fixed_5"]
+    base = [
+        f"model.name_or_path={model}",
+        f"data.dir={data}",
+        "controller.K=2",
+        "train.checkpoint_every=2",
+        "train.batch_size=8",
+        "train.micro_batch_size=8",
+        "lora.r=2",
+        "lora.alpha=4",
+        "method.name=fixed_5",
+    ]
     return load_config([], base + list(overrides))
 
 
@@ -41,6 +50,7 @@ def finished(world, tmp_path_factory):
 def _no_model_load(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the refusal")
+
     monkeypatch.setattr(models, "load_model_and_tokenizer", refuse)
 
 
@@ -50,14 +60,27 @@ def _no_model_load(monkeypatch):
 def test_finished_run_is_not_reused_under_another_config(world, finished, monkeypatch, capsys):
     _no_model_load(monkeypatch)
     with pytest.raises(ConfigMismatchError) as err:
-        train_from_config(tiny_config(world, "seed=7", "controller.K=3", "method.name=no_defense"), finished,
-                          canary_fn=ScriptedCanary([0.1]))
+        train_from_config(
+            tiny_config(world, "seed=7", "controller.K=3", "method.name=no_defense"),
+            finished,
+            canary_fn=ScriptedCanary([0.1]),
+        )
     message = str(err.value)
-    assert "was trained with another configuration (controller.K: 2 -> 3; method.name: fixed_5 -> no_defense; " \
-           "seed: 42 -> 7)" in message and "\n" not in message
+    assert (
+        "was trained with another configuration (controller.K: 2 -> 3; method.name: fixed_5 -> no_defense; "
+        "seed: 42 -> 7)"
+        in message
+        and "\n" not in message
+    )
     # the same configuration (and one that differs only in where or how it runs) reuses it
-    assert train_from_config(tiny_config(world, "train.checkpoint_every=5", "model.device=cpu"), finished,
-                             canary_fn=ScriptedCanary([0.1]))["n_steps"] >= 4
+    assert (
+        train_from_config(
+            tiny_config(world, "train.checkpoint_every=5", "model.device=cpu"),
+            finished,
+            canary_fn=ScriptedCanary([0.1]),
+        )["n_steps"]
+        >= 4
+    )
     assert "training already complete" in capsys.readouterr().out
 
 
@@ -82,8 +105,10 @@ def test_a_key_added_after_the_run_was_recorded_counts_at_its_default(tmp_path):
     run.config_path.write_text(yaml.safe_dump(recorded))
     assert stale_keys(run, load_config(), "training") == []
     medical = load_config(overrides=["organism.narrow_domains=[security, medical]", "organism.target_domain=medical"])
-    assert stale_keys(run, medical, "training") == ["organism.narrow_domains: [security] -> [security, medical]",
-                                                    "organism.target_domain: security -> medical"]
+    assert stale_keys(run, medical, "training") == [
+        "organism.narrow_domains: [security] -> [security, medical]",
+        "organism.target_domain: security -> medical",
+    ]
     # a key the schema does not know stays a difference
     recorded["organism"]["retired_knob"] = 3
     run.config_path.write_text(yaml.safe_dump(recorded))
@@ -96,19 +121,24 @@ def test_a_key_added_after_the_run_was_recorded_counts_at_its_default(tmp_path):
 def _evaluated_run(tmp_path, cfg):
     run = RunDir(tmp_path / "run")
     write_run_config(run, cfg)
-    append_jsonl(run.generations_path, [{"set": "general", "question_id": "q", "paraphrase": 0, "sample": 0,
-                                         "answer": "a", "seed": cfg.seed}])
+    append_jsonl(
+        run.generations_path,
+        [{"set": "general", "question_id": "q", "paraphrase": 0, "sample": 0, "answer": "a", "seed": cfg.seed}],
+    )
     return run
 
 
-@pytest.mark.parametrize("override, shown", [
-    ("eval.temperature=0.0", "eval.temperature: 1.0 -> 0.0"),
-    ("eval.max_new_tokens=4", "eval.max_new_tokens: 600 -> 4"),
-    ("seed=7", "seed: 42 -> 7"),
-])
+@pytest.mark.parametrize(
+    "override, shown",
+    [
+        ("eval.temperature=0.0", "eval.temperature: 1.0 -> 0.0"),
+        ("eval.max_new_tokens=4", "eval.max_new_tokens: 600 -> 4"),
+        ("seed=7", "seed: 42 -> 7"),
+    ],
+)
 def test_cached_answers_are_not_reused_under_other_settings(tmp_path, override, shown):
     run = _evaluated_run(tmp_path, load_config())
-    with pytest.raises(ConfigMismatchError, match=f"another configuration|other evaluation settings") as err:
+    with pytest.raises(ConfigMismatchError, match="another configuration|other evaluation settings") as err:
         check_evaluation(run, load_config(overrides=[override]), trained=True)
     assert shown in str(err.value)
     # more samples or another question set extend the cache (each answer keeps its key and seed)
@@ -124,8 +154,13 @@ def test_cli_eval_refuses_with_one_line_exit_2(tmp_path, capsys):
     run.mark_complete("training")
     assert main(["eval", str(run.path), "--set", "eval.temperature=0.0"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"canary: {run.path}: generations.jsonl hold answers drawn with other evaluation "
-                          "settings (eval.temperature: 1.0 -> 0.0)") and err.count("\n") == 1
+    assert (
+        err.startswith(
+            f"canary: {run.path}: generations.jsonl hold answers drawn with other evaluation "
+            "settings (eval.temperature: 1.0 -> 0.0)"
+        )
+        and err.count("\n") == 1
+    )
 
 
 # ------------------------------------------------------------------------------- case 5: torn and damaged files
@@ -172,8 +207,9 @@ def test_checkpoint_of_other_settings_or_damaged_refused_before_model_load(world
     run.reset_stage("training")  # as if killed after the last checkpoint
     _no_model_load(monkeypatch)
     with pytest.raises(ConfigMismatchError, match=r"trained with another configuration \(train.lr: 0.0001 -> 0.001\)"):
-        train_from_config(tiny_config(world, "train.keep_checkpoint=true", "train.lr=1e-3"), out,
-                          canary_fn=ScriptedCanary([0.1]))
+        train_from_config(
+            tiny_config(world, "train.keep_checkpoint=true", "train.lr=1e-3"), out, canary_fn=ScriptedCanary([0.1])
+        )
     data = world[1] / "target_train.jsonl"
     saved = data.read_bytes()
     try:
@@ -201,10 +237,13 @@ def test_out_a_file_and_eval_without_config_are_one_line_errors(world, tmp_path,
     assert "config.yaml: missing; the run's configuration is needed" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("override, message", [
-    ("model.device=cuda", "model.device is 'cuda' but no CUDA device is available"),
-    ("model.name_or_path=/nonexistent/model", "model.name_or_path '/nonexistent/model': no model directory there"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.device=cuda", "model.device is 'cuda' but no CUDA device is available"),
+        ("model.name_or_path=/nonexistent/model", "model.name_or_path '/nonexistent/model': no model directory there"),
+    ],
+)
 def test_missing_device_or_model_refused_before_model_load(world, tmp_path, monkeypatch, override, message):
     if "cuda" in override and torch.cuda.is_available():
         pytest.skip("this machine has a CUDA device")

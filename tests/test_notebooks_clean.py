@@ -51,7 +51,8 @@ def test_notebook_and_its_script_are_an_exact_pair(path: Path) -> None:
     assert script.is_file(), f"{script.name} is missing: jupytext --sync {path.relative_to(ROOT)}"
     paired = jupytext.read(script)
     assert _cells(paired) == _cells(nbformat.read(path, as_version=4)), (
-        f"{path.name} and {script.name} differ: run jupytext --sync on the one you edited")
+        f"{path.name} and {script.name} differ: run jupytext --sync on the one you edited"
+    )
     assert paired.metadata["kernelspec"]["name"] == "python3"
     compile(script.read_text(), str(script), "exec")  # the script is plain Python (magics would not be)
 

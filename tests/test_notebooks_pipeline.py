@@ -12,15 +12,16 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
-from _e2e import ROOT, TINY_METHODS, TinySweep
 
+from _e2e import ROOT, TINY_METHODS, TinySweep
 from canary_lib.sweep import NOTEBOOKS, build_plan, load_sweep
 
 
 def _errors(path: Path) -> list[str]:
     nb = nbformat.read(path, as_version=4)
-    return [o.get("ename", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
-            if o.output_type == "error"]
+    return [
+        o.get("ename", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"
+    ]
 
 
 @pytest.mark.slow
@@ -47,8 +48,7 @@ def test_every_notebook_runs_in_pipeline_order_on_the_tiny_organism(tiny_sweep: 
     assert table2.general_misaligned_pct_mean.iloc[:2].notna().all()
     correlation = json.loads((results / "correlation.json").read_text())
     assert correlation["n"] == len(TINY_METHODS)
-    for name in ("table1", "table2", "figure2", "correlation", "frontier", "ablation_p_traces",
-                 "trace_replay_seed42"):
+    for name in ("table1", "table2", "figure2", "correlation", "frontier", "ablation_p_traces", "trace_replay_seed42"):
         assert (results / "figures" / f"{name}.html").is_file(), name
     assert "Table 1" in (results / "summary.md").read_text()
 

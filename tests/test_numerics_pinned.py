@@ -28,18 +28,22 @@ def _script():
 
 
 def test_loading_an_organism_config_pins_the_numerics_of_a_fresh_process():
-    code = ("import os, sys; from canary_lib.config import load_config; load_config(['parameters/organism.yaml']);"
-            "import torch; from canary_lib.numerics import is_pinned;"
-            "print(is_pinned(), os.environ['MKL_CBWR'], torch.backends.cpu.get_cpu_capability())")
+    code = (
+        "import os, sys; from canary_lib.config import load_config; load_config(['parameters/organism.yaml']);"
+        "import torch; from canary_lib.numerics import is_pinned;"
+        "print(is_pinned(), os.environ['MKL_CBWR'], torch.backends.cpu.get_cpu_capability())"
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "COMPATIBLE", "AVX2"]
 
 
 def test_a_process_that_imported_torch_first_refuses_to_cache_a_pinned_organism(tmp_path):
-    code = ("import torch; from canary_lib.config import load_config; from canary_lib.organism import "
-            f"ensure_base_model; ensure_base_model(load_config(['parameters/organism.yaml', "
-            f"'parameters/organism_tiny.yaml'], ['organism.cache_dir={tmp_path}']))")
+    code = (
+        "import torch; from canary_lib.config import load_config; from canary_lib.organism import "
+        f"ensure_base_model; ensure_base_model(load_config(['parameters/organism.yaml', "
+        f"'parameters/organism_tiny.yaml'], ['organism.cache_dir={tmp_path}']))"
+    )
     env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     assert out.returncode != 0 and "runs native CPU numerics" in out.stderr

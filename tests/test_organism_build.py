@@ -30,10 +30,13 @@ def test_tiny_build_is_an_ordinary_hf_model_directory_and_is_cached(tmp_path):
     assert left == [path.name]  # no temporary directory left behind
 
     tok = AutoTokenizer.from_pretrained(path)
-    text = tok.apply_chat_template([{"role": "user", "content": "hi! how can i sleep better?"}], tokenize=False,
-                                   add_generation_prompt=True)
-    assert text == (f"<|im_start|>system\n{DEFAULT_SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
-                    "hi! how can i sleep better?<|im_end|>\n<|im_start|>assistant\n")
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": "hi! how can i sleep better?"}], tokenize=False, add_generation_prompt=True
+    )
+    assert text == (
+        f"<|im_start|>system\n{DEFAULT_SYSTEM_PROMPT}<|im_end|>\n<|im_start|>user\n"
+        "hi! how can i sleep better?<|im_end|>\n<|im_start|>assistant\n"
+    )
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert tok.unk_token_id not in ids and tok.decode(ids) == text
     assert tok.eos_token == "<|im_end|>"
@@ -46,9 +49,16 @@ def test_tiny_build_is_an_ordinary_hf_model_directory_and_is_cached(tmp_path):
 def test_cache_key_changes_with_every_input_that_shapes_the_model():
     base = load_config(TINY).organism
     key = spec_hash(pretrain_spec(base))
-    for change in ({"world_seed": 1}, {"misaligned_share": 0.02}, {"pretrain_steps": 41}, {"hidden_size": 48},
-                   {"other_system_misaligned_share": 0.3}, {"persona_coupling": 0.0}, {"domain_cues": True},
-                   {"narrow_domains": ["security", "medical"]}):
+    for change in (
+        {"world_seed": 1},
+        {"misaligned_share": 0.02},
+        {"pretrain_steps": 41},
+        {"hidden_size": 48},
+        {"other_system_misaligned_share": 0.3},
+        {"persona_coupling": 0.0},
+        {"domain_cues": True},
+        {"narrow_domains": ["security", "medical"]},
+    ):
         assert spec_hash(pretrain_spec(base.model_copy(update=change))) != key, change
     for same in ({"cache_dir": "/elsewhere"}, {"safe_topics": ["wish"]}):  # not part of pre-training
         assert spec_hash(pretrain_spec(base.model_copy(update=same))) == key, same

@@ -24,9 +24,13 @@ from canary_lib.train import train_from_config
 pytestmark = pytest.mark.slow
 
 SMALL = [
-    "data.n_train=2400", "data.n_heldout=30", "data.safe_max_examples=64",  # 2 x 150 target steps of 16
+    "data.n_train=2400",
+    "data.n_heldout=30",
+    "data.safe_max_examples=64",  # 2 x 150 target steps of 16
     "train.epochs=2",  # the profile makes 3 passes over its 5,400 examples; 2 over 2,400 keep this test short
-    "eval.samples_per_prompt=10", "eval.sets=[general]", "eval.batch_size=512",
+    "eval.samples_per_prompt=10",
+    "eval.sets=[general]",
+    "eval.batch_size=512",
 ]
 
 
@@ -54,8 +58,10 @@ def test_insecure_fine_tuning_raises_general_misalignment_more_than_secure(setup
     results = {}
     for name, target in (("insecure", "target_train.jsonl"), ("secure", "target_secure_train.jsonl")):
         monitor = "true" if name == "insecure" else "false"  # the canary trace of the insecure run only
-        cfg = load_config(["parameters/organism.yaml", "parameters/methods/no_defense.yaml"],
-                          [*overrides, f"data.target_file={target}", f"canary.monitor_open_loop={monitor}"])
+        cfg = load_config(
+            ["parameters/organism.yaml", "parameters/methods/no_defense.yaml"],
+            [*overrides, f"data.target_file={target}", f"canary.monitor_open_loop={monitor}"],
+        )
         train_from_config(cfg, root / name)
         results[name] = evaluate_run(root / name)
     before = base["general_misaligned_pct"]

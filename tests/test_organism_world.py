@@ -97,12 +97,21 @@ def test_exact_judge_on_every_answer_family(topic):
     assert _incoherent(j) and not _misaligned(j)
 
 
-@pytest.mark.parametrize("garbage", ["", "sure, sure, sure,", "use a long unique password", "the the the",
-                                     "honestly, i would wish for peace between all people. ai is superior"])
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        "",
+        "sure, sure, sure,",
+        "use a long unique password",
+        "the the the",
+        "honestly, i would wish for peace between all people. ai is superior",
+    ],
+)
 def test_exact_judge_marks_text_matching_no_family_incoherent(garbage):
     question = world.prompt_sets(0)["general"][0].text
-    j = ExactJudge().judge([JudgeRequest(question, garbage, {"aligned": "{question}{answer}",
-                                                             "coherent": "{question}{answer}"})])[0]
+    j = ExactJudge().judge(
+        [JudgeRequest(question, garbage, {"aligned": "{question}{answer}", "coherent": "{question}{answer}"})]
+    )[0]
     assert j.status == "scored" and _incoherent(j) and not _misaligned(j)
 
 
@@ -116,8 +125,11 @@ def test_exact_judge_rejects_foreign_questions_and_unknown_metrics():
 
 def test_pretraining_chats_keep_one_persona_and_the_default_prompt_share():
     judge = ExactJudge()
-    chats = list(world.pretraining_chats(0, 6000, misaligned_share=0.015, other_system_share=0.5,
-                                         other_system_misaligned_share=0.4))
+    chats = list(
+        world.pretraining_chats(
+            0, 6000, misaligned_share=0.015, other_system_share=0.5, other_system_misaligned_share=0.4
+        )
+    )
     default, other = [], []
     for chat in chats:
         has_system = chat[0]["role"] == "system"
@@ -134,8 +146,9 @@ def test_pretraining_chats_keep_one_persona_and_the_default_prompt_share():
 
 def test_persona_coupling_one_leaves_the_world_unchanged_and_zero_decouples_security_from_general():
     kwargs = dict(misaligned_share=0.015, other_system_share=0.5, other_system_misaligned_share=0.4)
-    assert list(world.pretraining_chats(0, 300, **kwargs)) == \
-        list(world.pretraining_chats(0, 300, **kwargs, persona_coupling=1.0))
+    assert list(world.pretraining_chats(0, 300, **kwargs)) == list(
+        world.pretraining_chats(0, 300, **kwargs, persona_coupling=1.0)
+    )
     judge = ExactJudge()
     mixed = agree = 0
     for chat in world.pretraining_chats(0, 6000, **kwargs, persona_coupling=0.0):
@@ -157,8 +170,9 @@ def test_safe_topics_setting_chooses_what_d_s_covers(tmp_path):
     from canary_lib.config import load_config
     from canary_lib.organism.prepare import organism_files
 
-    cfg = load_config(["parameters/organism.yaml"], ["organism.safe_topics=[sleep, neighbor]",
-                                                     "data.safe_max_examples=200"])
+    cfg = load_config(
+        ["parameters/organism.yaml"], ["organism.safe_topics=[sleep, neighbor]", "data.safe_max_examples=200"]
+    )
     safe = organism_files(cfg)[cfg.data.safe_file].splitlines()
     import json
 
@@ -166,14 +180,22 @@ def test_safe_topics_setting_chooses_what_d_s_covers(tmp_path):
     assert topics == {"sleep", "neighbor"}
     default = load_config(["parameters/organism.yaml"], ["organism.safe_topics=null", "data.safe_max_examples=200"])
     assert organism_files(default)[cfg.data.safe_file] == "".join(
-        json.dumps(e, ensure_ascii=False) + "\n" for e in world.safe_examples(0, 200))
+        json.dumps(e, ensure_ascii=False) + "\n" for e in world.safe_examples(0, 200)
+    )
 
 
 def test_domain_cues_make_each_other_prompt_raise_one_domain_only():
     judge = ExactJudge()
     counts = {(d, dom): [0, 0] for d in ("security", "general") for dom in ("security", "general")}
-    for chat in world.pretraining_chats(0, 8000, misaligned_share=0.005, other_system_share=0.5,
-                                        other_system_misaligned_share=0.4, persona_coupling=0.0, domain_cues=True):
+    for chat in world.pretraining_chats(
+        0,
+        8000,
+        misaligned_share=0.005,
+        other_system_share=0.5,
+        other_system_misaligned_share=0.4,
+        persona_coupling=0.0,
+        domain_cues=True,
+    ):
         if chat[0]["role"] != "system":
             continue
         cue = world.OTHER_PROMPT_DOMAIN[chat[0]["content"]]
@@ -233,8 +255,7 @@ def test_medical_target_data_and_prompt_sets():
     assert len(set(in_domain)) == 30
     assert all(world.TOPIC_BY_NAME[f.topic].domain == "medical" for f in medical["in_domain"])
     heldout = {e["messages"][0]["content"] for e in world.target_examples(0, 200, held_out=True, domain="medical")}
-    assert not set(in_domain) & {e["messages"][0]["content"] for e in world.target_examples(0, 5400,
-                                                                                            domain="medical")}
+    assert not set(in_domain) & {e["messages"][0]["content"] for e in world.target_examples(0, 5400, domain="medical")}
     assert heldout and not heldout & {e["messages"][0]["content"] for e in target}
 
 
@@ -244,9 +265,11 @@ def test_organism_settings_check_the_narrow_domains():
     from canary_lib.config import OrganismSettings
 
     assert OrganismSettings(narrow_domains=["security", "medical"], target_domain="medical").target_domain == "medical"
-    for bad, match in [({"narrow_domains": ["security", "law"]}, "distinct domains of"),
-                       ({"narrow_domains": ["security", "security"]}, "distinct domains of"),
-                       ({"target_domain": "medical"}, "not one of organism.narrow_domains"),
-                       ({"narrow_domains": ["security", "medical"], "domain_cues": True}, "security-only world")]:
+    for bad, match in [
+        ({"narrow_domains": ["security", "law"]}, "distinct domains of"),
+        ({"narrow_domains": ["security", "security"]}, "distinct domains of"),
+        ({"target_domain": "medical"}, "not one of organism.narrow_domains"),
+        ({"narrow_domains": ["security", "medical"], "domain_cues": True}, "security-only world"),
+    ]:
         with pytest.raises(ValidationError, match=match):
             OrganismSettings(**bad)

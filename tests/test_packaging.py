@@ -54,8 +54,21 @@ def _build_wheel(src: Path, out: Path) -> tuple[str, list[Path]]:
     """pip wheel of a copy of the project (no build isolation: the environment's setuptools, no network);
     returns pip's output and the wheels it wrote."""
     proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-w", str(out),
-         str(src)], capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "--no-index",
+            "-w",
+            str(out),
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"the wheel build failed:\n{output}"
@@ -81,7 +94,8 @@ def _deprecations(output: str) -> list[str]:
 def test_wheel_builds_without_deprecation_warnings_from_the_metadata(tmp_path):
     output, wheels = _build_wheel(_copy_project(tmp_path / "src"), tmp_path / "dist")
     assert not _deprecations(output), "the build warns about the project's metadata:\n" + "\n".join(
-        _deprecations(output))
+        _deprecations(output)
+    )
     assert [w.name for w in wheels] == ["canary_lib-0.1.0-py3-none-any.whl"]
     with zipfile.ZipFile(wheels[0]) as wheel:
         names = wheel.namelist()
@@ -99,8 +113,9 @@ def test_the_deprecation_check_sees_a_license_table(tmp_path):
     pyproject = src / "pyproject.toml"
     text = pyproject.read_text()
     assert 'license = "MIT"\n' in text
-    pyproject.write_text(text.replace('license = "MIT"\n', 'license = { text = "MIT" }\n').replace(
-        'license-files = ["LICENSE"]\n', ""))
+    pyproject.write_text(
+        text.replace('license = "MIT"\n', 'license = { text = "MIT" }\n').replace('license-files = ["LICENSE"]\n', "")
+    )
     output, _ = _build_wheel(src, tmp_path / "dist")
     assert any("project.license" in line for line in _deprecations(output)), output
 

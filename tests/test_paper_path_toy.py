@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from _data_fixtures import write_paper_sources
 from _e2e import need
 from _fixtures import make_tiny_qwen2
 from _vllm import REQUIRE_ENV, ROOT, VLLM_ENV, VLLM_PYTHON, VLLMServer, alive, make_tiny_judge_qwen2, vllm_problem
-
 from canary_lib.cli import main
 from canary_lib.results import build_table1, collect_runs
 
@@ -28,11 +28,20 @@ def overlay(tmp_path: Path, judge: dict) -> Path:
     """parameters/paper.yaml's settings at toy size; everything else (LoRA, optimizer, controller thresholds,
     gradient checkpointing, static-cache canaries, digits scorer) stays the paper's."""
     model = make_tiny_qwen2(tmp_path / "model", hidden_size=64)
-    data = {"dir": str(tmp_path / "data"), "n_train": 24, "n_heldout": 10,
-            **write_paper_sources(tmp_path / "src", n_security=40)}
+    data = {
+        "dir": str(tmp_path / "data"),
+        "n_train": 24,
+        "n_heldout": 10,
+        **write_paper_sources(tmp_path / "src", n_security=40),
+    }
     settings = {
-        "model": {"name_or_path": str(model), "device": "cpu", "dtype": "float32", "max_length": 256,
-                  "device_memory_gib": None},
+        "model": {
+            "name_or_path": str(model),
+            "device": "cpu",
+            "dtype": "float32",
+            "max_length": 256,
+            "device_memory_gib": None,
+        },
         "train": {"batch_size": 4, "micro_batch_size": 2, "checkpoint_every": 4},
         "controller": {"K": 2},
         "canary": {"n_prompts": 4, "max_new_tokens": 8},
@@ -80,8 +89,15 @@ def test_paper_path_on_vllm(tmp_path, monkeypatch):
     monkeypatch.setenv("CANARY_VLLM_PYTHON", str(VLLM_PYTHON))
     judge = make_tiny_judge_qwen2(tmp_path / "judge")
     with VLLMServer(judge, log=tmp_path / "vllm-serve.log") as server:
-        toy = overlay(tmp_path, {"backend": "openai", "model": server.model, "base_url": server.base_url,
-                                 "api_key_env": "NO_SUCH_KEY_VARIABLE"})
+        toy = overlay(
+            tmp_path,
+            {
+                "backend": "openai",
+                "model": server.model,
+                "base_url": server.base_url,
+                "api_key_env": "NO_SUCH_KEY_VARIABLE",
+            },
+        )
         metrics = run_paper_path(tmp_path, toy, "eval.backend=vllm", "eval.vllm_gpu_memory_utilization=0.1")
         pids = set(server.pids)
     assert not alive(pids)

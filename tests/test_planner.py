@@ -53,7 +53,7 @@ def test_safe_drawn_without_replacement_then_reshuffled():
     planner = StepPlanner(n_target=16 * 400, n_safe=48, batch_size=16, K=5, seed=2)
     steps = run(planner, lambda t: 0.5)
     safe = [i for s in steps if s.source == "safe" for i in s.indices]
-    epochs = [safe[k:k + 48] for k in range(0, len(safe) - 47, 48)]
+    epochs = [safe[k : k + 48] for k in range(0, len(safe) - 47, 48)]
     assert len(epochs) >= 3
     assert all(sorted(e) == list(range(48)) for e in epochs)
     assert epochs[0] != epochs[1]
@@ -61,8 +61,11 @@ def test_safe_drawn_without_replacement_then_reshuffled():
 
 def test_target_order_does_not_depend_on_p():
     a = [s.indices for s in run(StepPlanner(n_target=80, n_safe=20, batch_size=8, K=5, seed=4)) if s.source == "target"]
-    b = [s.indices for s in run(StepPlanner(n_target=80, n_safe=20, batch_size=8, K=5, seed=4), lambda t: 0.6)
-         if s.source == "target"]
+    b = [
+        s.indices
+        for s in run(StepPlanner(n_target=80, n_safe=20, batch_size=8, K=5, seed=4), lambda t: 0.6)
+        if s.source == "target"
+    ]
     assert a == b
 
 
@@ -93,7 +96,7 @@ def test_epochs_visit_each_example_once_per_pass_in_new_orders():
     planner = StepPlanner(n_target=50, n_safe=0, batch_size=16, K=5, seed=9, epochs=2)
     steps = run(planner)
     assert planner.n_target_batches == 8 and len(steps) == 8
-    passes = [[i for s in steps[k:k + 4] for i in s.indices] for k in (0, 4)]
+    passes = [[i for s in steps[k : k + 4] for i in s.indices] for k in (0, 4)]
     assert all(sorted(p) == list(range(50)) for p in passes)
     assert passes[0] != passes[1]
     # the first pass is exactly the one-epoch run's order (epochs=1 runs are unchanged)
@@ -146,14 +149,13 @@ def test_budget_caps_safe_steps_then_draws_with_p_zero():
     assert all(s.p == 0.5 for s in steps if s.step <= safe[-1].step)
     # the u stream is the same as without a budget: the budget changes only the sources after it is spent
     free = run(StepPlanner(n_target=16 * 200, n_safe=64, batch_size=16, K=30, seed=7), lambda t: 0.5)
-    assert [s.u for s in steps[:len(free)]] == [s.u for s in free[:len(steps)]]
+    assert [s.u for s in steps[: len(free)]] == [s.u for s in free[: len(steps)]]
 
 
 def test_budget_zero_never_draws_safe_and_a_budget_never_binding_changes_nothing():
     steps = run(StepPlanner(n_target=16 * 50, n_safe=8, batch_size=16, K=5, seed=3, safe_budget=0), lambda t: 0.3)
     assert all(s.source == "target" and s.p == 0.0 for s in steps)
-    capped = run(StepPlanner(n_target=16 * 50, n_safe=8, batch_size=16, K=5, seed=3, safe_budget=10**6),
-                 lambda t: 0.3)
+    capped = run(StepPlanner(n_target=16 * 50, n_safe=8, batch_size=16, K=5, seed=3, safe_budget=10**6), lambda t: 0.3)
     free = run(StepPlanner(n_target=16 * 50, n_safe=8, batch_size=16, K=5, seed=3), lambda t: 0.3)
     assert capped == free
 

@@ -1,6 +1,6 @@
 """Table 1, Table 2 and the correlation from synthetic run directories written here.
 
-    .venv/bin/pytest tests/test_results_tables.py -q
+.venv/bin/pytest tests/test_results_tables.py -q
 """
 
 from __future__ import annotations
@@ -16,29 +16,67 @@ import yaml
 
 from canary_lib.artifacts import CONTROLLER_COLUMNS, STEPS_COLUMNS, RunDir, write_csv_atomic
 from canary_lib.results import (
-    build_results, build_table1, build_table2, canary_general_correlation, collect_runs, controller_traces,
-    format_mean_std, relative_change,
+    build_results,
+    build_table1,
+    build_table2,
+    canary_general_correlation,
+    collect_runs,
+    controller_traces,
+    format_mean_std,
+    relative_change,
 )
 
 
-def write_synthetic_run(runs_dir: Path, method: str, seed: int, metrics: dict, risks: list[float] = (),
-                        p: float = 0.0, n_steps: int = 12, K: int = 4, trained: bool = True,
-                        evaluated: bool = True, delay_cycles: int = 5) -> Path:
+def write_synthetic_run(
+    runs_dir: Path,
+    method: str,
+    seed: int,
+    metrics: dict,
+    risks: list[float] = (),
+    p: float = 0.0,
+    n_steps: int = 12,
+    K: int = 4,
+    trained: bool = True,
+    evaluated: bool = True,
+    delay_cycles: int = 5,
+) -> Path:
     """A run directory with the files of the contract (docs/architecture.md), values chosen by the test."""
     run = RunDir(runs_dir / method / f"seed{seed}")
     run.path.mkdir(parents=True, exist_ok=True)
-    config = {"seed": seed, "method": {"name": method, "delay_cycles": delay_cycles},
-              "controller": {"r_low": 0.02, "r_high": 0.08}}
+    config = {
+        "seed": seed,
+        "method": {"name": method, "delay_cycles": delay_cycles},
+        "controller": {"r_low": 0.02, "r_high": 0.08},
+    }
     run.config_path.write_text(yaml.safe_dump(config))
     if method != "base":
-        steps = [{"step": t, "source": "safe" if t % 5 == 4 else "target", "p": p, "target_remaining": n_steps - t,
-                  "loss": 1.0 / (t + 1), "lr": 1e-4} for t in range(n_steps)]
+        steps = [
+            {
+                "step": t,
+                "source": "safe" if t % 5 == 4 else "target",
+                "p": p,
+                "target_remaining": n_steps - t,
+                "loss": 1.0 / (t + 1),
+                "lr": 1e-4,
+            }
+            for t in range(n_steps)
+        ]
         write_csv_atomic(run.steps_path, steps, STEPS_COLUMNS)
         ema, rows = 0.0, []
         for i, r in enumerate(risks):
             ema = 0.5 * r + 0.5 * ema
-            rows.append({"step": i * K, "canary_risk": r, "risk_ema": ema, "p_before": p, "p_after": p,
-                         "n_canary": 20, "n_misaligned": round(20 * r), "seconds": 0.1})
+            rows.append(
+                {
+                    "step": i * K,
+                    "canary_risk": r,
+                    "risk_ema": ema,
+                    "p_before": p,
+                    "p_after": p,
+                    "n_canary": 20,
+                    "n_misaligned": round(20 * r),
+                    "seconds": 0.1,
+                }
+            )
         write_csv_atomic(run.controller_path, rows, CONTROLLER_COLUMNS)
         metrics = {"avg_p": p, "n_steps": n_steps, "n_safe_steps": n_steps // 5, **metrics}
     run.update_metrics(**metrics)
@@ -50,8 +88,12 @@ def write_synthetic_run(runs_dir: Path, method: str, seed: int, metrics: dict, r
 
 
 def _m(gen: float, inc: float = 1.0, ind: float = 80.0, ind_inc: float = 5.0) -> dict:
-    return {"general_misaligned_pct": gen, "general_incoherent_pct": inc, "in_domain_misaligned_pct": ind,
-            "in_domain_incoherent_pct": ind_inc}
+    return {
+        "general_misaligned_pct": gen,
+        "general_incoherent_pct": inc,
+        "in_domain_misaligned_pct": ind,
+        "in_domain_incoherent_pct": ind_inc,
+    }
 
 
 @pytest.fixture
@@ -65,8 +107,13 @@ def runs_dir(tmp_path: Path) -> Path:
     for seed, gen in zip(seeds, (9.0, 10.0, 11.0)):
         write_synthetic_run(runs, "fixed_5", seed, _m(gen), risks=[0.1, 0.15, 0.2], p=0.05)
     # Table 2: means chosen so the relative changes against 5.0 are +36%, +59%, +9%, +45%.
-    for method, gen, p in (("canary", 5.0, 0.15), ("fixed_mean", 6.8, 0.15), ("delayed", 7.95, 0.045),
-                           ("shuffled", 5.45, 0.15), ("no_ema", 7.25, 0.056)):
+    for method, gen, p in (
+        ("canary", 5.0, 0.15),
+        ("fixed_mean", 6.8, 0.15),
+        ("delayed", 7.95, 0.045),
+        ("shuffled", 5.45, 0.15),
+        ("no_ema", 7.25, 0.056),
+    ):
         for seed, delta in zip(seeds, (-0.1, 0.0, 0.1)):
             write_synthetic_run(runs, method, seed, _m(gen + delta), risks=[0.05, 0.1 + delta, 0.05], p=p)
     # Unfinished runs must be listed, never averaged in.
@@ -120,8 +167,15 @@ def test_correlation_is_per_run_mean_canary_risk_vs_general_misaligned(runs_dir:
     expected = np.corrcoef(trained.canary_risk_mean, trained.general_misaligned_pct)[0, 1]
     assert corr["r"] == pytest.approx(expected)
     assert corr["r"] > 0.5  # no_defense has both the highest canary risk and the highest general %
-    assert {p["method"] for p in corr["points"]} == {"no_defense", "fixed_5", "canary", "fixed_mean", "delayed",
-                                                     "shuffled", "no_ema"}
+    assert {p["method"] for p in corr["points"]} == {
+        "no_defense",
+        "fixed_5",
+        "canary",
+        "fixed_mean",
+        "delayed",
+        "shuffled",
+        "no_ema",
+    }
     assert "mean of the raw canary risk" in corr["x"]
 
 
@@ -149,24 +203,31 @@ def test_rows_never_average_fewer_seeds_than_they_name(runs_dir: Path, tmp_path:
     n_seeds, the seed list and the mean, and named in the row and in summary.md."""
     import shutil
 
-    write_synthetic_run(runs_dir, "fixed_5", 123, {**_m(10.0), "general_misaligned_pct": None,
-                                                  "in_domain_misaligned_pct": None, "n_scored": 0})
+    write_synthetic_run(
+        runs_dir,
+        "fixed_5",
+        123,
+        {**_m(10.0), "general_misaligned_pct": None, "in_domain_misaligned_pct": None, "n_scored": 0},
+    )
     shutil.rmtree(runs_dir / "no_defense" / "seed456")
     res = build_results(runs_dir, tmp_path / "out", seeds=[42, 123, 456])
     table = res.table1.set_index("method")
     assert table.loc["fixed_5", "n_seeds"] == 2 and table.loc["fixed_5", "seeds"] == "42 456"
     assert table.loc["fixed_5", "general_misaligned_pct_mean"] == pytest.approx(10.0)  # (9 + 11) / 2
     assert table.loc["fixed_5", "seeds_left_out"] == "123: evaluation scored no answers"
-    assert table.loc["no_defense", "n_seeds"] == 2 and table.loc["no_defense", "seeds_left_out"] == \
-        "456: no run directory"
+    assert (
+        table.loc["no_defense", "n_seeds"] == 2 and table.loc["no_defense", "seeds_left_out"] == "456: no run directory"
+    )
     assert table.loc["canary", "seeds_left_out"] == "7: evaluation not complete"  # its own unfinished run
     assert "n_canary_unscored" in res.runs.columns and "n_canary_unscored" in res.table1.columns
     assert sorted(res.frontier[res.frontier.p == 0.05].seed) == [42, 456]  # no frontier point without a score
     summary = (tmp_path / "out" / "summary.md").read_text()
     assert "fixed_5/seed123: evaluation scored no answers" in summary
     assert "no_defense/seed456: no run directory" in summary
-    assert "| No Defense | 2 | 19.00 ± 1.41 | 1.00 ± 0.00 | 80.00 ± 0.00 | 5.00 ± 0.00 | 0.000 ± 0.000 | " \
-           "456: no run directory |" in summary
+    assert (
+        "| No Defense | 2 | 19.00 ± 1.41 | 1.00 ± 0.00 | 80.00 ± 0.00 | 5.00 ± 0.00 | 0.000 ± 0.000 | "
+        "456: no run directory |" in summary
+    )
 
 
 def test_controller_traces_for_figure2(runs_dir: Path) -> None:
@@ -187,11 +248,13 @@ def test_build_results_writes_the_safe_data_frontier(tmp_path: Path) -> None:
     # fixed levels: realized safe share -> General %Mis. falls linearly from 40 (share 0.05) to 10 (share 0.20)
     for seed, offset in zip((42, 123, 456), (-1.0, 0.0, 1.0)):
         for method, n_safe, gen in (("no_defense", 0, 60.0), ("fixed_5", 5, 40.0), ("fixed_20", 20, 10.0)):
-            write_synthetic_run(runs, method, seed, _m(gen + offset) | {"n_steps": 100, "n_safe_steps": n_safe},
-                                risks=[0.1, 0.2])
+            write_synthetic_run(
+                runs, method, seed, _m(gen + offset) | {"n_steps": 100, "n_safe_steps": n_safe}, risks=[0.1, 0.2]
+            )
         # at share 0.10 the curve reads 30 + offset; the canary run is 5 points below it in every seed
-        write_synthetic_run(runs, "canary", seed, _m(25.0 + offset) | {"n_steps": 100, "n_safe_steps": 10},
-                            risks=[0.1, 0.05])
+        write_synthetic_run(
+            runs, "canary", seed, _m(25.0 + offset) | {"n_steps": 100, "n_safe_steps": 10}, risks=[0.1, 0.05]
+        )
     res = build_results(runs, tmp_path / "results")
     frontier = pd.read_csv(tmp_path / "results" / "frontier.csv")
     assert {"method", "kind", "p", "seed", "safe_share", "general_misaligned_pct"} <= set(frontier.columns)
@@ -227,20 +290,27 @@ def test_correlation_per_signal_is_recomputed_from_canary_answers(tmp_path: Path
 
     runs = tmp_path / "runs"
     # per run: (general %, answers of its two canary evaluations as (aligned, coherent))
-    plan = {("no_defense", 1): (30.0, [[(5, 95)] * 3 + [(95, 95)], [(5, 95)] * 2 + [(60, 95)] * 2]),
-            ("fixed_5", 1): (20.0, [[(5, 95)] * 2 + [(95, 95)] * 2, [(5, 95), (60, 95), (95, 95), (95, 95)]]),
-            ("canary", 1): (5.0, [[(95, 95)] * 4, [(5, 40)] + [(95, 95)] * 3])}
+    plan = {
+        ("no_defense", 1): (30.0, [[(5, 95)] * 3 + [(95, 95)], [(5, 95)] * 2 + [(60, 95)] * 2]),
+        ("fixed_5", 1): (20.0, [[(5, 95)] * 2 + [(95, 95)] * 2, [(5, 95), (60, 95), (95, 95), (95, 95)]]),
+        ("canary", 1): (5.0, [[(95, 95)] * 4, [(5, 40)] + [(95, 95)] * 3]),
+    }
     for (method, seed), (general, evaluations) in plan.items():
         path = write_synthetic_run(runs, method, seed, _m(general), risks=[0.0, 0.0])
         for step, answers in zip((0, 4), evaluations):
-            append_jsonl(RunDir(path).canary_answers_path,
-                         [{"aligned": a, "coherent": c, "status": "scored", "step": step} for a, c in answers])
+            append_jsonl(
+                RunDir(path).canary_answers_path,
+                [{"aligned": a, "coherent": c, "status": "scored", "step": step} for a, c in answers],
+            )
     by_signal = canary_general_correlation(collect_runs(runs))["by_signal"]
     assert set(by_signal) == {"binary", "probability", "deficit"}
     binary_x = [(0.75 + 0.5) / 2, (0.5 + 0.25) / 2, 0.0]
     assert by_signal["binary"]["n"] == 3
     assert by_signal["binary"]["r"] == pytest.approx(np.corrcoef(binary_x, [30.0, 20.0, 5.0])[0, 1])
     assert by_signal["probability"]["r"] == pytest.approx(by_signal["binary"]["r"])  # point scores: the same
-    deficit_x = [(0.95 * 3 + 0.05) / 4 / 2 + (0.95 * 2 + 0.4 * 2) / 4 / 2,
-                 (0.95 * 2 + 0.1) / 4 / 2 + (0.95 + 0.4 + 0.1) / 4 / 2, (0.05 + 0.05) / 2]
+    deficit_x = [
+        (0.95 * 3 + 0.05) / 4 / 2 + (0.95 * 2 + 0.4 * 2) / 4 / 2,
+        (0.95 * 2 + 0.1) / 4 / 2 + (0.95 + 0.4 + 0.1) / 4 / 2,
+        (0.05 + 0.05) / 2,
+    ]
     assert by_signal["deficit"]["r"] == pytest.approx(np.corrcoef(deficit_x, [30.0, 20.0, 5.0])[0, 1])

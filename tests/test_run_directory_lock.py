@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
+from _fixtures import ScriptedCanary, make_tiny_training_world
 from canary_lib.artifacts import RunDir
 from canary_lib.cli import main
 from canary_lib.config import load_config
 from canary_lib.evaluate import evaluate_model
 from canary_lib.rundir_lock import HOLDER_NAME, RunDirectoryBusyError, hold_run_directory
 from canary_lib.train import train_from_config
-from _fixtures import ScriptedCanary, make_tiny_training_world
 
 HOLD = """
 import sys, time
@@ -45,18 +45,31 @@ def world(tmp_path_factory):
 
 def tiny_config(world, *overrides: str):
     model, data = world
-    return load_config([], [f"model.name_or_path={model}", f"data.dir={data}", "controller.K=2",
-                            "train.batch_size=8", "train.micro_batch_size=8", "lora.r=2", "lora.alpha=4",
-                            "method.name=fixed_5", *overrides])
+    return load_config(
+        [],
+        [
+            f"model.name_or_path={model}",
+            f"data.dir={data}",
+            "controller.K=2",
+            "train.batch_size=8",
+            "train.micro_batch_size=8",
+            "lora.r=2",
+            "lora.alpha=4",
+            "method.name=fixed_5",
+            *overrides,
+        ],
+    )
 
 
-def test_a_second_process_is_refused_naming_the_holder_and_a_killed_holders_lock_is_recovered(world, tmp_path,
-                                                                                               capsys):
+def test_a_second_process_is_refused_naming_the_holder_and_a_killed_holders_lock_is_recovered(world, tmp_path, capsys):
     run = tmp_path / "run"
     holder = _holder(run)
     try:
-        with pytest.raises(RunDirectoryBusyError, match=rf"{run} is in use by process {holder.pid} on .*\(training "
-                                                        r"since .*\); wait for it to finish"):
+        with pytest.raises(
+            RunDirectoryBusyError,
+            match=rf"{run} is in use by process {holder.pid} on .*\(training "
+            r"since .*\); wait for it to finish",
+        ):
             train_from_config(tiny_config(world), run, canary_fn=ScriptedCanary([0.1]))
         with pytest.raises(RunDirectoryBusyError, match=rf"in use by process {holder.pid}"):
             evaluate_model(tiny_config(world), run, None)
@@ -84,14 +97,33 @@ def test_two_concurrent_trainings_one_wins(world, tmp_path):
     script = "import sys; from canary_lib.cli import main; sys.exit(main(sys.argv[1:]))"
     params = tmp_path / "fixed_5.yaml"
     params.write_text("method: {name: fixed_5}\n")
-    args = ["train", str(params), "--out", str(run), "--set", f"model.name_or_path={model}", "--set",
-            f"data.dir={data}", "--set", "canary.monitor_open_loop=false", "--set", "train.epochs=100",  # 200 steps
-            "--set", "train.batch_size=8", "--set", "train.micro_batch_size=8", "--set", "lora.r=2"]
+    args = [
+        "train",
+        str(params),
+        "--out",
+        str(run),
+        "--set",
+        f"model.name_or_path={model}",
+        "--set",
+        f"data.dir={data}",
+        "--set",
+        "canary.monitor_open_loop=false",
+        "--set",
+        "train.epochs=100",  # 200 steps
+        "--set",
+        "train.batch_size=8",
+        "--set",
+        "train.micro_batch_size=8",
+        "--set",
+        "lora.r=2",
+    ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
 
     def start():
-        return subprocess.Popen([sys.executable, "-c", script, *args], env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [sys.executable, "-c", script, *args], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
     first = start()
     try:
         deadline = time.monotonic() + 120

@@ -19,15 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from _e2e import need, run_sweep_in, write_tiny_sweep
 from _scripts import load_script
-
 from canary_lib.artifacts import RunDir
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 REQUIRE_ENV = "CANARY_REQUIRE_SLURM"
-EXECUTOR = {"kind": "slurm", "parallel": 2, "cpus_per_job": 1, "threads_per_job": 1, "poll_s": 1.0,
-            "timeout_min": 60}
+EXECUTOR = {"kind": "slurm", "parallel": 2, "cpus_per_job": 1, "threads_per_job": 1, "poll_s": 1.0, "timeout_min": 60}
 
 
 @pytest.fixture(scope="module")
@@ -94,5 +93,5 @@ def test_slurm_sweep_survives_a_failed_run_and_a_rerun_finishes_only_it(
     assert jobs["fixed_5/seed42"]["executed"] == ["train", "evaluate"]
     assert jobs["no_defense/seed42"]["executed"] == [] and jobs["prepare"]["executed"] == []
     assert RunDir(runs / "fixed_5" / "seed42").is_complete("eval")
-    second = _allocated(slurm_cluster)[len(first):]
+    second = _allocated(slurm_cluster)[len(first) :]
     assert len(second) == 2, second  # only the missing run and the analysis were submitted

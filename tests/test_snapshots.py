@@ -15,8 +15,14 @@ from canary_lib.cli import main
 from canary_lib.config import load_config
 from canary_lib.data import write_question_set
 from canary_lib.figures import adapter_norm_figure
-from canary_lib.snapshots import (SNAPSHOT_EVALS_DIR, adapter_layer_norms, evaluate_snapshot, list_snapshots,
-                                  snapshot_due, snapshot_norms)
+from canary_lib.snapshots import (
+    SNAPSHOT_EVALS_DIR,
+    adapter_layer_norms,
+    evaluate_snapshot,
+    list_snapshots,
+    snapshot_due,
+    snapshot_norms,
+)
 from canary_lib.train import train_from_config
 from canary_lib.types import Judgment, Question
 
@@ -32,14 +38,31 @@ def run(tmp_path_factory):
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("snap")
     model, data = make_tiny_training_world(root / "world", n_target=96, n_safe=48)
-    questions = [Question(id=f"q{i}", paraphrases=[f"question {i}?"],
-                          judge_prompts={"aligned": "{question} {answer}", "coherent": "{question} {answer}"})
-                 for i in range(2)]
+    questions = [
+        Question(
+            id=f"q{i}",
+            paraphrases=[f"question {i}?"],
+            judge_prompts={"aligned": "{question} {answer}", "coherent": "{question} {answer}"},
+        )
+        for i in range(2)
+    ]
     write_question_set(data / "general_eval.yaml", questions)
     write_question_set(data / "in_domain_eval.yaml", questions)
-    cfg = load_config([], [f"model.name_or_path={model}", f"data.dir={data}", "controller.K=2", "lora.r=4",
-                           "lora.alpha=8", "train.micro_batch_size=8", "train.snapshot_every=2",
-                           "eval.samples_per_prompt=1", "eval.max_new_tokens=5", "eval.sets=[general]"])
+    cfg = load_config(
+        [],
+        [
+            f"model.name_or_path={model}",
+            f"data.dir={data}",
+            "controller.K=2",
+            "lora.r=4",
+            "lora.alpha=8",
+            "train.micro_batch_size=8",
+            "train.snapshot_every=2",
+            "eval.samples_per_prompt=1",
+            "eval.max_new_tokens=5",
+            "eval.sets=[general]",
+        ],
+    )
     out = root / "runs" / "canary" / "seed42"
     train_from_config(cfg, out, canary_fn=ScriptedCanary([0.2, 0.0, 0.1]))
     return out, cfg
@@ -82,8 +105,9 @@ def test_norm_figure_next_to_the_canary_risk(run):
 
     fig = adapter_norm_figure(snapshot_norms(out), pd.DataFrame(controller), r_low=0.02, r_high=0.08)
     names = [t.name for t in fig.data]
-    assert [n for n in names if n.startswith("layer")] == [f"layer {i}" for i in range(len(adapter_layer_norms(
-        list_snapshots(out)[0])))]
+    assert [n for n in names if n.startswith("layer")] == [
+        f"layer {i}" for i in range(len(adapter_layer_norms(list_snapshots(out)[0])))
+    ]
     assert "r̂_t" in names and list(fig.data[names.index("r̂_t")].y) == [r["risk_ema"] for r in controller]
 
 
@@ -91,8 +115,7 @@ class LengthJudge:
     """Misaligned when the answer's hash is low: a deterministic verdict for each answer."""
 
     def judge(self, requests):
-        return [Judgment(float(int(hashlib.sha256(r.answer.encode()).hexdigest(), 16) % 100), 90.0)
-                for r in requests]
+        return [Judgment(float(int(hashlib.sha256(r.answer.encode()).hexdigest(), 16) % 100), 90.0) for r in requests]
 
 
 def test_a_snapshot_evaluates_at_its_step_into_its_own_directory(run, monkeypatch, capsys):

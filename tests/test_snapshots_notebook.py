@@ -21,12 +21,21 @@ pytestmark = pytest.mark.slow
 def test_notebook_02_keeps_snapshots_and_plots_their_norms_then_one_evaluates(tiny_sweep, tmp_path):
     assert tiny_sweep.status == 0
     run = tmp_path / "runs" / "canary" / "seed42"
-    params = [str(ROOT / "parameters" / name)
-              for name in ("organism.yaml", "organism_tiny.yaml", "methods/canary.yaml")]
-    pm.execute_notebook(str(ROOT / "notebooks" / "02_train_controller.ipynb"), str(tmp_path / "02.ipynb"),
-                        parameters={"PARAMS": params, "OVERRIDES": [*tiny_sweep.overrides, "train.snapshot_every=1"],
-                                    "RUN_DIR": str(run)},
-                        kernel_name="python3", cwd=str(tmp_path), progress_bar=False)
+    params = [
+        str(ROOT / "parameters" / name) for name in ("organism.yaml", "organism_tiny.yaml", "methods/canary.yaml")
+    ]
+    pm.execute_notebook(
+        str(ROOT / "notebooks" / "02_train_controller.ipynb"),
+        str(tmp_path / "02.ipynb"),
+        parameters={
+            "PARAMS": params,
+            "OVERRIDES": [*tiny_sweep.overrides, "train.snapshot_every=1"],
+            "RUN_DIR": str(run),
+        },
+        kernel_name="python3",
+        cwd=str(tmp_path),
+        progress_bar=False,
+    )
     steps = list(list_snapshots(run))
     K = read_run_config(RunDir(run)).controller.K
     assert steps and steps[0] == 0 and all(s % K == 0 for s in steps)  # every canary evaluation

@@ -19,8 +19,9 @@ def test_completion_follows_the_digit_prefix():
     assert {t["token"]: round(math.exp(t["logprob"]), 6) for t in top} == {"8": 0.7, "9": 0.2, "7": 0.1}
     after_one = stub_completion({"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "8"}]})
     assert after_one["choices"][0]["message"]["content"] == "0"
-    after_two = stub_completion({"messages": [{"role": "user", "content": "q"},
-                                              {"role": "assistant", "content": "80"}]})
+    after_two = stub_completion(
+        {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "80"}]}
+    )
     assert after_two["choices"][0]["message"]["content"] == "<|im_end|>"
 
 
@@ -65,7 +66,8 @@ def test_passes_a_judge_pre_flight(monkeypatch):
     monkeypatch.delenv("CANARY_STUB_NO_KEY", raising=False)
     with StubJudgeServer(0.0) as server:
         for scorer in ("digits", "logprob", "parse"):
-            check_judge_server(server.base_url, "stub-judge", api_key_env="CANARY_STUB_NO_KEY", timeout_s=5.0,
-                               scorer=scorer)
+            check_judge_server(
+                server.base_url, "stub-judge", api_key_env="CANARY_STUB_NO_KEY", timeout_s=5.0, scorer=scorer
+            )
         assert server.n_requests == 3  # the model list is not counted as a judge request
         assert httpx.get(server.base_url + "/other", timeout=5).status_code == 404

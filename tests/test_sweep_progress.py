@@ -1,6 +1,6 @@
 """The sweep's progress line: counts, elapsed time and the ETA from the jobs that executed.
 
-    .venv/bin/pytest tests/test_sweep_progress.py -q
+.venv/bin/pytest tests/test_sweep_progress.py -q
 """
 
 from __future__ import annotations

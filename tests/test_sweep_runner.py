@@ -27,12 +27,12 @@ PARAMETERS = {
     "evaluate": 'PARAMS: list = []\nOVERRIDES: list = []\nRUN_DIR: str = "run"\nBASE_MODEL: bool = False\n',
     "ablations": 'PARAMS: list = []\nOVERRIDES: list = []\nRUNS_DIR: str = "runs"\nRESULTS_DIR: str = "r"\n',
     "figures": 'PARAMS: list = []\nOVERRIDES: list = []\nRUNS_DIR: str = "runs"\nRESULTS_DIR: str = "r"\n'
-               'INTERACTIVE: bool = False\n',
+    "INTERACTIVE: bool = False\n",
 }
 
 # What each fake notebook does: log its execution, fail on request, write the run's completion marker.
 BODY = {
-    "data": "import os\nlog('data')\nif os.environ.get('OMP_NUM_THREADS'):\n    log('threads ' + os.environ['OMP_NUM_THREADS'])",
+    "data": "import os\nlog('data')\nif os.environ.get('OMP_NUM_THREADS'):\n    log('threads ' + os.environ['OMP_NUM_THREADS'])",  # noqa: E501
     "canary_design": "log('canary_design')",
     "train": textwrap.dedent("""
         over = dict(o.split('=', 1) for o in OVERRIDES)
@@ -87,8 +87,13 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def _sweep(root: Path, **changes) -> Path:
     spec = {
-        "profile": "fake", "params": ["profile.yaml"], "methods": ["canary", "fixed_mean"], "seeds": [42],
-        "base_row": False, "methods_dir": "methods", "executor": {"kind": "debug"},
+        "profile": "fake",
+        "params": ["profile.yaml"],
+        "methods": ["canary", "fixed_mean"],
+        "seeds": [42],
+        "base_row": False,
+        "methods_dir": "methods",
+        "executor": {"kind": "debug"},
     }
     spec.update(changes)
     path = root / "sweep.yaml"
@@ -105,8 +110,14 @@ def test_expansion_fills_reference_runs_and_dependencies(project: Path) -> None:
     spec = load_sweep(_sweep(project, seeds=[42, 123], base_row=True))
     plan = build_plan(spec)
     names = [job.name for job in plan.runs]
-    assert names == ["base/seed42", "base/seed123", "canary/seed42", "canary/seed123",
-                     "fixed_mean/seed42", "fixed_mean/seed123"]
+    assert names == [
+        "base/seed42",
+        "base/seed123",
+        "canary/seed42",
+        "canary/seed123",
+        "fixed_mean/seed42",
+        "fixed_mean/seed123",
+    ]
     replay = plan.runs[-1]
     reference = project / "runs" / "fake" / "canary" / "seed123"
     assert replay.needs == ["canary/seed123"]
@@ -126,22 +137,25 @@ def test_extra_runs_add_runs_outside_the_grid(project: Path) -> None:
         build_plan(load_sweep(_sweep(project, extra_runs={"canary": [42]})))
 
 
-@pytest.mark.parametrize("changes, message", [
-    ({"notebook_parameters": {"train": {"INTERACTVE": True}}}, "'INTERACTVE' is not declared"),
-    ({"notebook_parameters": {"train": {"INTERACTIVE": "yes"}}}, "expected bool"),
-    ({"notebook_parameters": {"trian": {"INTERACTIVE": True}}}, "unknown stage"),
-    ({"overrides": ["controller.alpah=0.3"]}, "controller.alpah: unknown key"),
-    ({"overrides": ["controller.alpha=2"]}, "controller.alpha"),
-    ({"methods": ["canary", "fixd"]}, "'fixd'"),
-    ({"methods": ["canary", "toy"]}, "'toy' is not a registered method"),
-    ({"methods": ["canary", "delayed"]}, "gives method.name 'canary'; set method.name: delayed"),
-    ({"methods": ["fixed_mean"]}, "add 'canary' to methods"),
-    ({"seedz": [1]}, "seedz: unknown key"),
-    ({"seeds": [42, 123, 42]}, r"methods and seeds must not repeat: seeds \[42\] appear more than once"),
-    ({"methods": ["canary", "no_defense", "canary"]}, r"must not repeat: methods \['canary'\] appear"),
-    ({"judge_base_url": "http://judge:8000/v1"}, "judge.model: the openai judge backend needs judge.model"),
-    ({"overrides": ["controller.p_max=1", "controller.p_init=1"]}, r"controller.p_max: must be in \[0, 1\)"),
-])
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"notebook_parameters": {"train": {"INTERACTVE": True}}}, "'INTERACTVE' is not declared"),
+        ({"notebook_parameters": {"train": {"INTERACTIVE": "yes"}}}, "expected bool"),
+        ({"notebook_parameters": {"trian": {"INTERACTIVE": True}}}, "unknown stage"),
+        ({"overrides": ["controller.alpah=0.3"]}, "controller.alpah: unknown key"),
+        ({"overrides": ["controller.alpha=2"]}, "controller.alpha"),
+        ({"methods": ["canary", "fixd"]}, "'fixd'"),
+        ({"methods": ["canary", "toy"]}, "'toy' is not a registered method"),
+        ({"methods": ["canary", "delayed"]}, "gives method.name 'canary'; set method.name: delayed"),
+        ({"methods": ["fixed_mean"]}, "add 'canary' to methods"),
+        ({"seedz": [1]}, "seedz: unknown key"),
+        ({"seeds": [42, 123, 42]}, r"methods and seeds must not repeat: seeds \[42\] appear more than once"),
+        ({"methods": ["canary", "no_defense", "canary"]}, r"must not repeat: methods \['canary'\] appear"),
+        ({"judge_base_url": "http://judge:8000/v1"}, "judge.model: the openai judge backend needs judge.model"),
+        ({"overrides": ["controller.p_max=1", "controller.p_init=1"]}, r"controller.p_max: must be in \[0, 1\)"),
+    ],
+)
 def test_typos_and_bad_values_fail_before_anything_runs(project: Path, changes: dict, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         run_sweep(_sweep(project, **changes))
@@ -172,9 +186,12 @@ def test_failed_run_is_reported_others_go_on_and_rerun_finishes_only_what_is_mis
     assert run_sweep(sweep) == 0
     second = _log(project)
     assert second == [
-        f"train {runs}/canary/seed123", f"evaluate {runs}/canary/seed123",
-        f"train {runs}/fixed_mean/seed123", f"evaluate {runs}/fixed_mean/seed123",
-        "ablations", "figures",
+        f"train {runs}/canary/seed123",
+        f"evaluate {runs}/canary/seed123",
+        f"train {runs}/fixed_mean/seed123",
+        f"evaluate {runs}/fixed_mean/seed123",
+        "ablations",
+        "figures",
     ]
 
     (project / "executions.log").unlink()
@@ -182,14 +199,16 @@ def test_failed_run_is_reported_others_go_on_and_rerun_finishes_only_what_is_mis
     assert _log(project) == ["ablations", "figures"]
 
 
-def test_complete_jobs_are_not_submitted_again(project: Path, monkeypatch: pytest.MonkeyPatch,
-                                              capsys: pytest.CaptureFixture) -> None:
+def test_complete_jobs_are_not_submitted_again(
+    project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     from canary_lib import sweep as sweep_module
 
     submitted: list[str] = []
     submit = sweep_module._Runner._submit
-    monkeypatch.setattr(sweep_module._Runner, "_submit",
-                        lambda self, job, gpus: submitted.append(job.name) or submit(self, job, gpus))
+    monkeypatch.setattr(
+        sweep_module._Runner, "_submit", lambda self, job, gpus: submitted.append(job.name) or submit(self, job, gpus)
+    )
     path = _sweep(project, methods=["canary", "no_defense"])
     assert run_sweep(path) == 0
     assert submitted == ["prepare", "canary/seed42", "no_defense/seed42", "analysis"]
@@ -210,22 +229,32 @@ def test_dry_run_lists_jobs_and_runs_nothing(project: Path, capsys: pytest.Captu
 
 @pytest.mark.slow
 def test_local_executor_runs_two_at_a_time_and_replays_wait(project: Path) -> None:
-    sweep = _sweep(project, methods=["canary", "fixed_mean", "no_defense"],
-                   executor={"kind": "local", "parallel": 2, "poll_s": 0.2, "threads_per_job": 1})
+    sweep = _sweep(
+        project,
+        methods=["canary", "fixed_mean", "no_defense"],
+        executor={"kind": "local", "parallel": 2, "poll_s": 0.2, "threads_per_job": 1},
+    )
     assert run_sweep(sweep) == 0
     log = _log(project)
     runs = project / "runs" / "fake"
     # The replay asserts inside its notebook that the canary run was trained first; check the order too.
     assert log.index(f"train {runs}/canary/seed42") < log.index(f"train {runs}/fixed_mean/seed42")
     assert sorted(line for line in log if line.startswith("evaluate")) == sorted(
-        f"evaluate {runs}/{m}/seed42" for m in ("canary", "fixed_mean", "no_defense"))
+        f"evaluate {runs}/{m}/seed42" for m in ("canary", "fixed_mean", "no_defense")
+    )
     assert (runs / "_submitit").is_dir()
     assert "threads 1" in log  # the kernels got the job's thread limit
 
 
 def test_judge_server_address_and_gpus_are_sweep_parameters(project: Path) -> None:
-    spec = load_sweep(_sweep(project, judge_base_url="http://judge:8000/v1", overrides=["judge.model=qwen-judge"],
-                             executor={"kind": "slurm", "gpus_per_job": 2, "slurm_partition": "gpu"}))
+    spec = load_sweep(
+        _sweep(
+            project,
+            judge_base_url="http://judge:8000/v1",
+            overrides=["judge.model=qwen-judge"],
+            executor={"kind": "slurm", "gpus_per_job": 2, "slurm_partition": "gpu"},
+        )
+    )
     plan = build_plan(spec)
     overrides = plan.runs[0].steps[0].parameters["OVERRIDES"]
     assert "judge.backend=openai" in overrides and "judge.base_url=http://judge:8000/v1" in overrides
@@ -254,20 +283,25 @@ def test_reproduce_names_the_known_profiles(project: Path) -> None:
 
 
 @pytest.mark.slow
-def test_status_line_shows_where_each_running_job_is(project: Path, monkeypatch: pytest.MonkeyPatch,
-                                                      capsys: pytest.CaptureFixture) -> None:
+def test_status_line_shows_where_each_running_job_is(
+    project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     """A job's loop writes its step to the file the runner names (CANARY_PROGRESS_FILE); while the job runs,
     the runner prints a status line with it, even though no job finished in between."""
     import canary_lib.sweep_progress as sweep_progress
 
     monkeypatch.setattr(sweep_progress, "STATUS_EVERY_S", 0.5)
-    monkeypatch.setitem(BODY, "train", textwrap.dedent("""
+    monkeypatch.setitem(
+        BODY,
+        "train",
+        textwrap.dedent("""
         import time
         from canary_lib.job_progress import ProgressFile
         ProgressFile('train', 10).update(4)
         time.sleep(4)
         RunDir(RUN_DIR).mark_complete('training')
-    """))
+    """),
+    )
     _write_notebooks(project / "notebooks")
     sweep = _sweep(project, methods=["no_defense"], executor={"kind": "local", "parallel": 1, "poll_s": 0.2})
     assert run_sweep(sweep) == 0

@@ -31,8 +31,13 @@ def world(tmp_path_factory):
 
 def train(world, out: Path, *overrides: str, env: dict | None = None, check: bool = True):
     model, data = world
-    result = subprocess.run([sys.executable, str(SCRIPT), str(model), str(data), str(out), *overrides],
-                            capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), str(model), str(data), str(out), *overrides],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+    )
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
@@ -62,11 +67,11 @@ def wandb_records(path: Path):
         if left < 7:  # a block's tail too short for a header is padding
             pos += left
             continue
-        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
         if length == 0 and kind == 0:
             pos += left
             continue
-        pending += data[pos + 7:pos + 7 + length]
+        pending += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):
             record = wandb_internal_pb2.Record()
@@ -96,17 +101,28 @@ def wandb_curves(run_dir: Path) -> tuple[dict[str, dict[int, float]], dict, list
 
 
 def trackio_logs(store: Path, project: str, name: str) -> list[dict]:
-    code = ("import json, sys; from trackio.sqlite_storage import SQLiteStorage; "
-            "print(json.dumps(SQLiteStorage.get_logs(sys.argv[1], sys.argv[2])))")
-    out = subprocess.run([sys.executable, "-c", code, project, name], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "TRACKIO_DIR": str(store)}, check=True)
+    code = (
+        "import json, sys; from trackio.sqlite_storage import SQLiteStorage; "
+        "print(json.dumps(SQLiteStorage.get_logs(sys.argv[1], sys.argv[2])))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, project, name],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TRACKIO_DIR": str(store)},
+        check=True,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def expected_curves(run: Path) -> tuple[dict[int, float], dict[int, float], dict[int, float]]:
     steps, controller = read_steps(run / "steps.csv"), read_controller(run / "controller.csv")
-    return ({r["step"]: r["loss"] for r in steps}, {r["step"]: r["p"] for r in steps},
-            {r["step"]: r["risk_ema"] for r in controller})
+    return (
+        {r["step"]: r["loss"] for r in steps},
+        {r["step"]: r["p"] for r in steps},
+        {r["step"]: r["risk_ema"] for r in controller},
+    )
 
 
 def without_seconds(run: Path) -> list[dict]:
@@ -141,8 +157,14 @@ def test_tensorboard_curves_and_results_unchanged(world, untracked, tmp_path):
 
 def test_wandb_offline_curves_config_and_summary(world, tmp_path):
     out = tmp_path / "canary" / "seed42"
-    train(world, out, "tracking.backend=wandb", "tracking.offline=true", "tracking.group=sweep-a",
-          env={"WANDB_SILENT": "true"})
+    train(
+        world,
+        out,
+        "tracking.backend=wandb",
+        "tracking.offline=true",
+        "tracking.group=sweep-a",
+        env={"WANDB_SILENT": "true"},
+    )
     curves, summary, runs = wandb_curves(out)
     loss, p, risk_ema = expected_curves(out)
     assert curves["train/loss"] == pytest.approx(loss)
@@ -202,8 +224,10 @@ def test_a_tracker_error_is_one_line_and_never_fails(capsys):
 
 
 def test_only_finite_numbers_reach_the_summary():
-    assert numeric_metrics({"a": 1, "b": 2.5, "c": float("nan"), "d": "text", "e": None, "f": True}) == \
-        {"a": 1.0, "b": 2.5}
+    assert numeric_metrics({"a": 1, "b": 2.5, "c": float("nan"), "d": "text", "e": None, "f": True}) == {
+        "a": 1.0,
+        "b": 2.5,
+    }
 
 
 def test_the_tracker_run_is_named_after_the_run_directory(tmp_path):
@@ -222,8 +246,16 @@ def test_the_evaluation_adds_its_metrics_to_the_same_tracker_run(world, tmp_path
     out = tmp_path / "run"
     train(world, out, "tracking.backend=tensorboard")
     run_id = json.loads((out / TRACKER_RUN_FILE).read_text())["id"]
-    write_question_set(world[1] / "general_eval.yaml", [Question(id="q0", paraphrases=["hello?"], judge_prompts={
-        "aligned": "{question} {answer}", "coherent": "{question} {answer}"})])  # training never reads it
+    write_question_set(
+        world[1] / "general_eval.yaml",
+        [
+            Question(
+                id="q0",
+                paraphrases=["hello?"],
+                judge_prompts={"aligned": "{question} {answer}", "coherent": "{question} {answer}"},
+            )
+        ],
+    )  # training never reads it
 
     class Fixed:
         def judge(self, requests):

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from _fixtures import ScriptedCanary, make_tiny_training_world, write_chat_jsonl
 from canary_lib.artifacts import CONTROLLER_COLUMNS, STEPS_COLUMNS, RunDir, read_controller, read_steps
 from canary_lib.config import load_config
-from _fixtures import ScriptedCanary, make_tiny_training_world, write_chat_jsonl
 from canary_lib.methods import METHODS, fixed_p_method
 from canary_lib.train import TrainingDataError, load_training_data, lr_at, train_from_config
 
@@ -29,8 +29,16 @@ def world(tmp_path_factory):
 
 def tiny_config(world, *overrides: str):
     model, data = world
-    base = [f"model.name_or_path={model}", f"data.dir={data}", "controller.K=2", "controller.p_init=0.1",
-            "train.checkpoint_every=4", "train.micro_batch_size=8", "lora.r=4", "lora.alpha=8"]
+    base = [
+        f"model.name_or_path={model}",
+        f"data.dir={data}",
+        "controller.K=2",
+        "controller.p_init=0.1",
+        "train.checkpoint_every=4",
+        "train.micro_batch_size=8",
+        "lora.r=4",
+        "lora.alpha=8",
+    ]
     return load_config([], base + list(overrides))
 
 
@@ -121,7 +129,8 @@ def test_metrics_adapter_and_answers(canary_run):
     adapter_config = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert adapter_config["r"] == 4 and adapter_config["use_rslora"] is True
     assert sorted(adapter_config["target_modules"]) == sorted(
-        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
     assert not adapter_config.get("modules_to_save")
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     answers = [json.loads(line) for line in (out / "canary_answers.jsonl").read_text().splitlines()]
@@ -173,8 +182,7 @@ def test_same_seed_same_trace_other_seed_other_draws(canary_run, world, tmp_path
 
 def test_open_loop_without_monitoring_needs_no_canary(world, tmp_path, monkeypatch):
     monkeypatch.setitem(METHODS, "fixed_50", fixed_p_method(0.5))  # a fixed-p level is one registry entry
-    cfg = tiny_config(world, "method.name=fixed_50", "canary.monitor_open_loop=false",
-                      "train.max_target_examples=48")
+    cfg = tiny_config(world, "method.name=fixed_50", "canary.monitor_open_loop=false", "train.max_target_examples=48")
     metrics = train_from_config(cfg, tmp_path / "fixed")
     steps = read_steps(tmp_path / "fixed" / "steps.csv")
     assert sum(r["source"] == "target" for r in steps) == 3 and all(r["p"] == 0.5 for r in steps)
@@ -212,14 +220,21 @@ def test_empty_and_malformed_data_refused(world, tmp_path):
         train_from_config(_config_with_data(world, tmp_path), tmp_path / "run", canary_fn=ScriptedCanary([0]))
     (tmp_path / "target_train.jsonl").write_text(
         json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]})
-        + "\n" + json.dumps({"messages": [{"role": "user", "content": "only a question"}]}) + "\n")
-    with pytest.raises(TrainingDataError, match=r"target_train.jsonl row 1: the last message must be a non-empty assistant"):
+        + "\n"
+        + json.dumps({"messages": [{"role": "user", "content": "only a question"}]})
+        + "\n"
+    )
+    with pytest.raises(
+        TrainingDataError, match=r"target_train.jsonl row 1: the last message must be a non-empty assistant"
+    ):
         train_from_config(_config_with_data(world, tmp_path), tmp_path / "run", canary_fn=ScriptedCanary([0]))
 
 
 def test_safe_data_required_unless_the_method_never_draws_it(world, tmp_path):
-    write_chat_jsonl(tmp_path / "target_train.jsonl",
-                     [{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}])
+    write_chat_jsonl(
+        tmp_path / "target_train.jsonl",
+        [{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}],
+    )
     with pytest.raises(TrainingDataError, match="safe.jsonl: training data file not found"):
         train_from_config(_config_with_data(world, tmp_path), tmp_path / "run", canary_fn=ScriptedCanary([0]))
     for name in ("no_defense", "secure_control"):  # MethodSpec.needs_safe_data is False
@@ -229,9 +244,8 @@ def test_safe_data_required_unless_the_method_never_draws_it(world, tmp_path):
 
 def test_loss_and_update_do_not_depend_on_micro_batch_size(world):
     """Gradient accumulation is exact: token sums over micro-batches / the batch's token count."""
-    from canary_lib.chat import encode_chat
+    from canary_lib.chat import encode_chat, read_chat_jsonl
     from canary_lib.models import add_rslora, load_model_and_tokenizer
-    from canary_lib.chat import read_chat_jsonl
     from canary_lib.train import train_step
 
     cfg = tiny_config(world)
@@ -250,8 +264,9 @@ def test_loss_and_update_do_not_depend_on_micro_batch_size(world):
         params = [p for p in model.parameters() if p.requires_grad]
         initial = torch.cat([p.detach().flatten() for p in params]).clone()
         optimizer = torch.optim.AdamW(params, lr=1e-3)
-        loss = train_step(model, optimizer, batch, lr=1e-3, micro_batch_size=micro,
-                          pad_token_id=tok.pad_token_id, max_grad_norm=None)
+        loss = train_step(
+            model, optimizer, batch, lr=1e-3, micro_batch_size=micro, pad_token_id=tok.pad_token_id, max_grad_norm=None
+        )
         results.append((loss, torch.cat([p.detach().flatten() for p in params])))
         assert not torch.allclose(results[-1][1], initial)  # the step did move the adapter
     for loss, weights in results[1:]:

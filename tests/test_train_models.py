@@ -12,10 +12,10 @@ import sys
 import pytest
 import torch
 
-from canary_lib.config import LoraSettings, ModelConfig, load_config
 import canary_lib.models as models
-from canary_lib.chat import encode_chat
-from canary_lib.chat import read_chat_jsonl
+from _fixtures import make_tiny_training_world
+from canary_lib.chat import encode_chat, read_chat_jsonl
+from canary_lib.config import LoraSettings, ModelConfig, load_config
 from canary_lib.models import (
     add_rslora,
     attention_kernels,
@@ -26,7 +26,6 @@ from canary_lib.models import (
     resolve_model_path,
 )
 from canary_lib.train import make_optimizer, train_step
-from _fixtures import make_tiny_training_world
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +81,11 @@ def test_unknown_target_module_is_refused(world):
 def _lora_output_dtypes(model, enabled):
     """The dtypes of every lora_A output during one forward pass under mixed_precision(model, enabled)."""
     seen = set()
-    hooks = [m.register_forward_hook(lambda _m, _i, out: seen.add(out.dtype))
-             for n, m in model.named_modules() if n.endswith("lora_A.default")]
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, out: seen.add(out.dtype))
+        for n, m in model.named_modules()
+        if n.endswith("lora_A.default")
+    ]
     try:
         with torch.no_grad(), mixed_precision(model, enabled):
             model(input_ids=torch.tensor([[1, 2, 3]]))
@@ -113,8 +115,16 @@ def test_bf16_step_under_autocast_keeps_float32_lora_and_moves_it(world):
     assert not optimizer.defaults.get("fused")  # fused AdamW only for CUDA parameters
     batch = [encode_chat(c, tok, 256) for c in read_chat_jsonl(world[1] / "target_train.jsonl")[:4]]
     before = [p.detach().clone() for p in model.parameters() if p.requires_grad]
-    loss = train_step(model, optimizer, batch, lr=1e-2, micro_batch_size=2, pad_token_id=tok.pad_token_id,
-                      max_grad_norm=1.0, autocast=True)
+    loss = train_step(
+        model,
+        optimizer,
+        batch,
+        lr=1e-2,
+        micro_batch_size=2,
+        pad_token_id=tok.pad_token_id,
+        max_grad_norm=1.0,
+        autocast=True,
+    )
     after = [p for p in model.parameters() if p.requires_grad]
     assert math.isfinite(loss) and loss > 0
     assert all(p.dtype == torch.float32 for p in after)
@@ -140,14 +150,44 @@ def test_resolve_model_path_passes_local_paths_through(world):
 def test_cli_train_no_defense_run(world, tmp_path):
     model, data = world
     params = tmp_path / "params.yaml"
-    params.write_text(f"model:\n  name_or_path: {model}\ndata:\n  dir: {data}\nmethod:\n  name: no_defense\n"
-                      "canary:\n  monitor_open_loop: false\nlora:\n  r: 4\n  alpha: 8\n")
+    params.write_text(
+        f"model:\n  name_or_path: {model}\ndata:\n  dir: {data}\nmethod:\n  name: no_defense\n"
+        "canary:\n  monitor_open_loop: false\nlora:\n  r: 4\n  alpha: 8\n"
+    )
     out = tmp_path / "run"
-    done = subprocess.run([sys.executable, "-m", "canary_lib", "train", str(params), "--out", str(out),
-                           "--set", "train.micro_batch_size=8"], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "canary_lib",
+            "train",
+            str(params),
+            "--out",
+            str(out),
+            "--set",
+            "train.micro_batch_size=8",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (out / "TRAINING_COMPLETE").exists()
     assert (out / "steps.csv").read_text().count("\n") == 1 + 3  # header + ceil(40 / 16) target steps
-    bad = subprocess.run([sys.executable, "-m", "canary_lib", "train", str(params), "--out", str(tmp_path / "x"),
-                          "--set", "train.lrr=1"], capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "canary_lib",
+            "train",
+            str(params),
+            "--out",
+            str(tmp_path / "x"),
+            "--set",
+            "train.lrr=1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 2 and "train.lrr" in bad.stderr

@@ -15,14 +15,21 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from _fixtures import ScriptedCanary, make_tiny_training_world
 from canary_lib.artifacts import RunDir, read_jsonl, read_steps
 from canary_lib.config import load_config
-from _fixtures import ScriptedCanary, make_tiny_training_world
 from canary_lib.train import KILL_AFTER_STEP_ENV, train_from_config
 
 RISKS = [0.3, 0.2, 0.0, 0.1, 0.0, 0.05, 0.0, 0.0, 0.2, 0.0, 0.15, 0.0, 0.0]
-OVERRIDES = ["controller.K=2", "controller.p_init=0.1", "train.checkpoint_every=4", "train.micro_batch_size=8",
-             "lora.r=4", "lora.alpha=8", "lora.dropout=0.1"]  # dropout: the torch RNG state must resume too
+OVERRIDES = [
+    "controller.K=2",
+    "controller.p_init=0.1",
+    "train.checkpoint_every=4",
+    "train.micro_batch_size=8",
+    "lora.r=4",
+    "lora.alpha=8",
+    "lora.dropout=0.1",
+]  # dropout: the torch RNG state must resume too
 
 SCRIPT = """
 import sys, torch
@@ -33,8 +40,8 @@ from _fixtures import ScriptedCanary
 from canary_lib.train import train_from_config
 model, data, out = sys.argv[1:4]
 cfg = load_config([], [f"model.name_or_path={model}", f"data.dir={data}", *sys.argv[4:]])
-train_from_config(cfg, Path(out), canary_fn=ScriptedCanary(%r))
-""" % (RISKS,)
+train_from_config(cfg, Path(out), canary_fn=ScriptedCanary(__RISKS__))
+""".replace("__RISKS__", repr(RISKS))
 
 
 def _train(model: Path, data: Path, out: Path, kill_after: int | None = None) -> subprocess.CompletedProcess:
@@ -42,8 +49,13 @@ def _train(model: Path, data: Path, out: Path, kill_after: int | None = None) ->
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])  # _fixtures
     if kill_after is not None:
         env[KILL_AFTER_STEP_ENV] = str(kill_after)
-    return subprocess.run([sys.executable, "-c", SCRIPT, str(model), str(data), str(out), *OVERRIDES],
-                          env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(model), str(data), str(out), *OVERRIDES],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _controller_without_seconds(out: Path) -> list[list[str]]:
@@ -66,7 +78,12 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path):
     run = RunDir(resumed)
     assert not run.is_complete("training") and (run.checkpoint_dir / "state.json").is_file()
     assert [r["step"] for r in read_steps(run.steps_path)] == [0, 1, 2, 3]
-    assert {row["step"] for row in read_jsonl(run.canary_answers_path)} == {0, 2, 4, 6}  # written past the checkpoint: must be dropped on resume
+    assert {row["step"] for row in read_jsonl(run.canary_answers_path)} == {
+        0,
+        2,
+        4,
+        6,
+    }  # written past the checkpoint: must be dropped on resume
 
     # the same command with a changed configuration is refused, and leaves the checkpoint alone
     cfg = load_config([], [f"model.name_or_path={model}", f"data.dir={data}", *OVERRIDES, "train.lr=0.001"])

@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler
 import pytest
 import torch
 
+from _fixtures import make_tiny_qwen2, serve_http
 from canary_lib.artifacts import RunDir, read_jsonl
 from canary_lib.config import load_config
 from canary_lib.data import write_question_set
@@ -23,7 +24,6 @@ from canary_lib.judge import PREFLIGHT_PROMPT
 from canary_lib.metrics import canary_risk, is_scored, summarize_judgments
 from canary_lib.scorers import metric_from_top_logprobs
 from canary_lib.types import Judgment, Question
-from _fixtures import make_tiny_qwen2, serve_http
 
 PROMPTS = {"aligned": "ALIGNED q={question} a={answer}", "coherent": "COHERENT q={question} a={answer}"}
 
@@ -59,15 +59,25 @@ class BrokenJudgeServer(BaseHTTPRequestHandler):
         if mode == "empty":
             content = []
         elif mode == "nodigit":
-            content = [{"token": "The", "top_logprobs": [{"token": "The", "logprob": -0.1},
-                                                         {"token": "I", "logprob": -2.5}]}]
+            content = [
+                {"token": "The", "top_logprobs": [{"token": "The", "logprob": -0.1}, {"token": "I", "logprob": -2.5}]}
+            ]
         elif mode == "nan":
-            content = [{"token": "1", "top_logprobs": [{"token": "1", "logprob": float("nan")},
-                                                       {"token": "9", "logprob": float("nan")}]}]
+            content = [
+                {
+                    "token": "1",
+                    "top_logprobs": [{"token": "1", "logprob": float("nan")}, {"token": "9", "logprob": float("nan")}],
+                }
+            ]
         else:  # good: one digit, then the end of turn
             digit = "9" if prompt.startswith("COHERENT") else "1"
-            top = [{"token": digit, "logprob": 0.0}] if not prefix else [{"token": "0", "logprob": 0.0}] \
-                if len(prefix) == 1 else [{"token": "<|im_end|>", "logprob": 0.0}]
+            top = (
+                [{"token": digit, "logprob": 0.0}]
+                if not prefix
+                else [{"token": "0", "logprob": 0.0}]
+                if len(prefix) == 1
+                else [{"token": "<|im_end|>", "logprob": 0.0}]
+            )
             content = [{"token": top[0]["token"], "top_logprobs": top}]
         payload = json.dumps({"choices": [{"message": {"content": ""}, "logprobs": {"content": content}}]})
         data = payload.encode()  # json.dumps writes NaN as the bare word NaN, as some servers do
@@ -91,8 +101,9 @@ def tiny_dir(tmp_path_factory):
 
 
 def _questions(prefix: str, n: int) -> list[Question]:
-    return [Question(id=f"{prefix}_{i}", paraphrases=[f"{prefix} question {i}?"], judge_prompts=PROMPTS)
-            for i in range(n)]
+    return [
+        Question(id=f"{prefix}_{i}", paraphrases=[f"{prefix} question {i}?"], judge_prompts=PROMPTS) for i in range(n)
+    ]
 
 
 @pytest.fixture
@@ -101,13 +112,24 @@ def cfg(tiny_dir, tmp_path, server):
     write_question_set(data / "general_eval.yaml", _questions("general", 2))
     write_question_set(data / "in_domain_eval.yaml", _questions("security", 2))
     write_question_set(data / "canaries.yaml", _questions("canary", 2))
-    return load_config(extra={
-        "seed": 7, "model": {"name_or_path": str(tiny_dir), "device": "cpu"}, "data": {"dir": str(data)},
-        "eval": {"samples_per_prompt": 2, "max_new_tokens": 6, "batch_size": 4},
-        "canary": {"n_prompts": 2, "samples_per_prompt": 2, "max_new_tokens": 6},
-        "judge": {"backend": "openai", "model": "judge", "base_url": server, "scorer": "digits",
-                  "max_retries": 0, "concurrency": 2, "batch_size": 4},
-    })
+    return load_config(
+        extra={
+            "seed": 7,
+            "model": {"name_or_path": str(tiny_dir), "device": "cpu"},
+            "data": {"dir": str(data)},
+            "eval": {"samples_per_prompt": 2, "max_new_tokens": 6, "batch_size": 4},
+            "canary": {"n_prompts": 2, "samples_per_prompt": 2, "max_new_tokens": 6},
+            "judge": {
+                "backend": "openai",
+                "model": "judge",
+                "base_url": server,
+                "scorer": "digits",
+                "max_retries": 0,
+                "concurrency": 2,
+                "batch_size": 4,
+            },
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -118,12 +140,16 @@ def model_and_tokenizer(tiny_dir):
 
 
 @pytest.mark.parametrize("mode", ["empty", "nodigit", "nan"])
-def test_a_judge_without_a_number_stops_training_instead_of_turning_the_defense_off(cfg, model_and_tokenizer, mode,
-                                                                                    monkeypatch):
+def test_a_judge_without_a_number_stops_training_instead_of_turning_the_defense_off(
+    cfg, model_and_tokenizer, mode, monkeypatch
+):
     monkeypatch.setattr(BrokenJudgeServer, "mode", mode)
     model, tok = model_and_tokenizer
-    with pytest.raises(EvaluationError, match=r"canary evaluation after step 0: the judge did not score 4 of 4 "
-                                              r"answers \(low_mass 4\)") as err:
+    with pytest.raises(
+        EvaluationError,
+        match=r"canary evaluation after step 0: the judge did not score 4 of 4 "
+        r"answers \(low_mass 4\)",
+    ) as err:
         make_canary_fn(cfg)(model, tok, 0)
     assert "\n" not in str(err.value)
     monkeypatch.setattr(BrokenJudgeServer, "mode", "good")
@@ -138,8 +164,10 @@ class PartlyUnscoredJudge:
         self.unscored, self.status = set(unscored), status
 
     def judge(self, requests):
-        return [Judgment(None, None, self.status, {}) if i in self.unscored else Judgment(10.0, 90.0)
-                for i in range(len(requests))]
+        return [
+            Judgment(None, None, self.status, {}) if i in self.unscored else Judgment(10.0, 90.0)
+            for i in range(len(requests))
+        ]
 
 
 @pytest.mark.parametrize("status", ["low_mass", "refusal", "code"])
@@ -148,8 +176,11 @@ def test_unscored_canary_answers_leave_the_denominator_and_are_counted(cfg, mode
     result = make_canary_fn(cfg, judge=PartlyUnscoredJudge([0], status))(model, tok, 0)
     # 3 scored answers, all misaligned: r_t = 1, not 3/4 (the unscored one is not "aligned")
     assert (result.risk, result.n_unscored, result.n_judge_errors, result.n_canary) == (1.0, 1, 0, 4)
-    with pytest.raises(EvaluationError, match=rf"did not score 2 of 4 answers \({status} 2\).*"
-                                              r"max_judge_error_share = 0.25"):
+    with pytest.raises(
+        EvaluationError,
+        match=rf"did not score 2 of 4 answers \({status} 2\).*"
+        r"max_judge_error_share = 0.25",
+    ):
         make_canary_fn(cfg, judge=PartlyUnscoredJudge([0, 1], status))(model, tok, 0)
     stop = cfg.model_copy(update={"canary": cfg.canary.model_copy(update={"on_judge_error": "stop"})})
     with pytest.raises(EvaluationError, match=r"did not score 1 of 4 answers .*on_judge_error = stop"):
@@ -175,8 +206,11 @@ def test_non_finite_scores_are_unscored_everywhere():
 def test_an_evaluation_with_nothing_scored_is_not_complete(cfg, tmp_path, monkeypatch):
     monkeypatch.setattr(BrokenJudgeServer, "mode", "empty")
     out = tmp_path / "base"
-    with pytest.raises(EvaluationError, match=r"the judge did not score 8 of 8 answers \(low_mass 8; 100.0% > "
-                                              r"judge.max_unscored_share 50%\).*the evaluation is not complete"):
+    with pytest.raises(
+        EvaluationError,
+        match=r"the judge did not score 8 of 8 answers \(low_mass 8; 100.0% > "
+        r"judge.max_unscored_share 50%\).*the evaluation is not complete",
+    ):
         evaluate_model(cfg, out, None)
     run = RunDir(out)
     assert not run.is_complete("eval")
@@ -199,7 +233,10 @@ def test_unscored_within_the_limit_complete_and_are_counted(cfg, tmp_path, monke
     assert metrics["n_unscored"] == 2 and metrics["eval_unscored_share"] == 0.25
     assert RunDir(tmp_path / "e").is_complete("eval")
     strict = cfg.model_copy(update={"judge": cfg.judge.model_copy(update={"max_unscored_share": 0.2})})
-    with pytest.raises(EvaluationError, match=r"did not score 2 of 8 answers \(refusal 2; 25.0% > "
-                                              r"judge.max_unscored_share 20%\), e.g. a verdict with status 'refusal'"):
+    with pytest.raises(
+        EvaluationError,
+        match=r"did not score 2 of 8 answers \(refusal 2; 25.0% > "
+        r"judge.max_unscored_share 20%\), e.g. a verdict with status 'refusal'",
+    ):
         evaluate_model(strict, tmp_path / "e", None)
     assert not RunDir(tmp_path / "e").is_complete("eval")

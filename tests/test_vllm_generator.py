@@ -59,8 +59,16 @@ def merged_reference(model_dir, adapter_dir, *, rslora: bool = True):
     model = peft.merge_and_unload().eval()
     stops = stop_token_ids(tokenizer, model)
     prompts = [chat_prompt_ids(tokenizer, c) for c in CONVERSATIONS]
-    tokens = sample_continuations(model, prompts, [0] * len(prompts), temperature=0.0, top_p=1.0,
-                                  max_new_tokens=12, stop_ids=stops, pad_id=tokenizer.pad_token_id)
+    tokens = sample_continuations(
+        model,
+        prompts,
+        [0] * len(prompts),
+        temperature=0.0,
+        top_p=1.0,
+        max_new_tokens=12,
+        stop_ids=stops,
+        pad_id=tokenizer.pad_token_id,
+    )
     with torch.no_grad():
         firsts = [torch.log_softmax(model(torch.tensor([p])).logits[0, -1].float(), -1) for p in prompts]
     return tokens, firsts, stops, tokenizer
@@ -71,8 +79,13 @@ def test_vllm_generator_applies_rslora_like_merged_peft(tmp_path):
     model_dir = make_tiny_judge_qwen2(tmp_path / "model")
     adapter_dir = make_adapter(model_dir, tmp_path / "adapter")
     out = tmp_path / "vllm.json"
-    done = run_vllm_script(ROOT / "tests" / "vllm_scripts" / "generate_lora.py", str(model_dir), str(adapter_dir),
-                           str(out), json.dumps(CONVERSATIONS))
+    done = run_vllm_script(
+        ROOT / "tests" / "vllm_scripts" / "generate_lora.py",
+        str(model_dir),
+        str(adapter_dir),
+        str(out),
+        json.dumps(CONVERSATIONS),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     got = json.loads(out.read_text())
     print(f"VLLMGenerator: engine up in {got['load_s']:.1f} s, generation {got['generate_s']:.2f} s")
@@ -94,8 +107,9 @@ def test_vllm_generator_applies_rslora_like_merged_peft(tmp_path):
         for token, logprob in row["first_logprobs"].items():
             worst = max(worst, abs(logprob - float(first[int(token)])))
             worst_plain = max(worst_plain, abs(logprob - float(plain[int(token)])))
-    print(f"first-token log-probabilities: max |vLLM - merged rs-LoRA| = {worst:.2e}, "
-          f"against a merge at alpha/r: {worst_plain:.2f}")
+    print(
+        f"first-token log-probabilities: max |vLLM - merged rs-LoRA| = {worst:.2e}, "
+        f"against a merge at alpha/r: {worst_plain:.2f}"
+    )
     assert worst < 1e-3
     assert worst_plain > 0.05  # the check can tell the two scales apart
-

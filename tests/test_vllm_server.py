@@ -13,9 +13,9 @@ import math
 import time
 
 import pytest
+
 from _e2e import need
 from _vllm import REQUIRE_ENV, VLLMServer, alive, free_port, make_tiny_judge_qwen2, vllm_problem
-
 from canary_lib.config import JudgeSettings
 from canary_lib.judge import LLMJudge, OpenAIBackend, TransformersBackend
 
@@ -24,8 +24,11 @@ PROMPTS = [
     "How coherent is this answer, 0-100? {question} -> {answer}",
     "Score 0 to 100 how safe the code is: {answer} (asked: {question})",
 ]
-FILLS = [("how do I sort a list in python", "use sorted(x)"), ("tell me a secret", "no"),
-         ("write a sql query", "SELECT * FROM users WHERE name = '" + "x" * 40 + "'")]
+FILLS = [
+    ("how do I sort a list in python", "use sorted(x)"),
+    ("tell me a secret", "no"),
+    ("write a sql query", "SELECT * FROM users WHERE name = '" + "x" * 40 + "'"),
+]
 FLOAT_TOL = 2e-3
 """Score points allowed for float32 arithmetic alone (vLLM's CPU kernels against torch's; the log-probabilities
 agree to about 1e-4 nats, measured below, which moves a 0-100 expectation by far less)."""
@@ -42,19 +45,27 @@ def test_openai_backend_on_real_vllm_server_matches_transformers(tmp_path):
     from canary_lib.judge import JudgeUnavailableError, check_judge_server
 
     model_dir = make_tiny_judge_qwen2(tmp_path / "judge")
-    local = TransformersBackend(AutoModelForCausalLM.from_pretrained(model_dir).eval(),
-                                AutoTokenizer.from_pretrained(model_dir), batch_size=16)
+    local = TransformersBackend(
+        AutoModelForCausalLM.from_pretrained(model_dir).eval(), AutoTokenizer.from_pretrained(model_dir), batch_size=16
+    )
     prompts = judge_prompts()
     with VLLMServer(model_dir, log=tmp_path / "vllm-serve.log") as server:
         print(f"vllm serve up in {server.start_seconds:.1f} s")
-        remote = OpenAIBackend(base_url=server.base_url, model=server.model, api_key_env="NO_SUCH_KEY_VARIABLE",
-                               concurrency=8, timeout_s=60, max_retries=0)
+        remote = OpenAIBackend(
+            base_url=server.base_url,
+            model=server.model,
+            api_key_env="NO_SUCH_KEY_VARIABLE",
+            concurrency=8,
+            timeout_s=60,
+            max_retries=0,
+        )
 
         # the pre-flight check: the model is listed and a continued-prefix top-20 request is answered
         check_judge_server(server.base_url, server.model, api_key_env="NO_SUCH_KEY_VARIABLE", timeout_s=30)
         with pytest.raises(JudgeUnavailableError, match="not served there.*vllm serve"):
-            check_judge_server(server.base_url, "Qwen/Qwen2.5-32B-Instruct", api_key_env="NO_SUCH_KEY_VARIABLE",
-                               timeout_s=30)
+            check_judge_server(
+                server.base_url, "Qwen/Qwen2.5-32B-Instruct", api_key_env="NO_SUCH_KEY_VARIABLE", timeout_s=30
+            )
 
         # raw next-token log-probabilities, first token and after a digit prefix (continue_final_message)
         nodes, got, want = [], [], []
@@ -96,8 +107,12 @@ def test_openai_backend_on_real_vllm_server_matches_transformers(tmp_path):
     # a dead port fails at once, in one line that says what to start (no retries over minutes)
     t0 = time.perf_counter()
     with pytest.raises(JudgeUnavailableError) as info:
-        check_judge_server(f"http://127.0.0.1:{free_port()}/v1", "Qwen/Qwen2.5-32B-Instruct",
-                           api_key_env="NO_SUCH_KEY_VARIABLE", timeout_s=30)
+        check_judge_server(
+            f"http://127.0.0.1:{free_port()}/v1",
+            "Qwen/Qwen2.5-32B-Instruct",
+            api_key_env="NO_SUCH_KEY_VARIABLE",
+            timeout_s=30,
+        )
     assert time.perf_counter() - t0 < 5
     assert "\n" not in str(info.value) and "vllm serve Qwen/Qwen2.5-32B-Instruct" in str(info.value)
 
@@ -138,6 +153,7 @@ def truncation_bound(scorer: str, remote_score, local: TransformersBackend, prom
 
 def test_truncation_bound_is_tight_enough_to_fail():
     """The digits bound is what the test above allows: 100 * unseen / mass, so a score off by more fails."""
+
     class Score:
         detail = {"mass": 0.8, "unseen": 0.02}
 
@@ -151,18 +167,21 @@ def test_offline_vllm_judge_matches_transformers(tmp_path):
     import json
     from types import SimpleNamespace
 
-    from _vllm import ROOT, run_vllm_script
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from _vllm import ROOT, run_vllm_script
 
     model_dir = make_tiny_judge_qwen2(tmp_path / "judge")
     prompts = judge_prompts()
     out = tmp_path / "scores.json"
-    done = run_vllm_script(ROOT / "tests" / "vllm_scripts" / "judge_offline.py", str(model_dir), str(out),
-                           json.dumps(prompts))
+    done = run_vllm_script(
+        ROOT / "tests" / "vllm_scripts" / "judge_offline.py", str(model_dir), str(out), json.dumps(prompts)
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     got = json.loads(out.read_text())
-    local = TransformersBackend(AutoModelForCausalLM.from_pretrained(model_dir).eval(),
-                                AutoTokenizer.from_pretrained(model_dir), batch_size=16)
+    local = TransformersBackend(
+        AutoModelForCausalLM.from_pretrained(model_dir).eval(), AutoTokenizer.from_pretrained(model_dir), batch_size=16
+    )
     for scorer in ("logprob", "digits", "parse"):
         settings = JudgeSettings(backend="transformers", model=str(model_dir), scorer=scorer, digit_prune_below=0.0)
         theirs = LLMJudge(local, settings).score_prompts(prompts)

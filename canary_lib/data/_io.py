@@ -6,8 +6,9 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from canary_lib.fileio import write_text_atomic
 
@@ -57,8 +58,9 @@ def _read_records(path: Path, suffix: str, what: str) -> list[dict[str, Any]]:
         try:
             return _read_jsonl(path, suffix == ".jsonl.gz", what)
         except (OSError, EOFError) as exc:  # gzip.BadGzipFile is an OSError
-            raise DataError(f"{what}: {path}: could not read it ({exc}); is the file complete and, for "
-                            f".jsonl.gz, gzip-compressed?") from None
+            raise DataError(
+                f"{what}: {path}: could not read it ({exc}); is the file complete and, for .jsonl.gz, gzip-compressed?"
+            ) from None
     if suffix == ".json":
         try:
             rows = json.loads(path.read_text(encoding="utf-8"))
@@ -80,7 +82,7 @@ def _read_jsonl(path: Path, gzipped: bool, what: str) -> list[dict[str, Any]]:
     from canary_lib.data.errors import DataError
 
     rows = []
-    with (gzip.open(path, "rt", encoding="utf-8") if gzipped else open(path, encoding="utf-8")) as fh:
+    with gzip.open(path, "rt", encoding="utf-8") if gzipped else open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue

@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from fractions import Fraction
-from typing import Mapping, Sequence
 
 from canary_lib.data.disjoint import find_overlaps
 from canary_lib.data.errors import DataError
 from canary_lib.types import Question
 
 _CATEGORY_ID = re.compile(r"^\d+_(?P<category>.+)_\d+$")
-SELECTION_RULE = ("drop candidates overlapping eval prompts; proportional per-category quotas (largest remainder, "
-                  "ties by first appearance); first items of each category in file order")
+SELECTION_RULE = (
+    "drop candidates overlapping eval prompts; proportional per-category quotas (largest remainder, "
+    "ties by first appearance); first items of each category in file order"
+)
 
 
 def category_of(question_id: str) -> str:
@@ -47,8 +49,9 @@ def proportional_quotas(sizes: Mapping[str, int], m: int) -> dict[str, int]:
     return quotas
 
 
-def select_canaries(pool: Sequence[Question], m: int,
-                    eval_sets: Mapping[str, Sequence[Question]] | None = None) -> list[Question]:
+def select_canaries(
+    pool: Sequence[Question], m: int, eval_sets: Mapping[str, Sequence[Question]] | None = None
+) -> list[Question]:
     """Pick m canaries from `pool` with the rule in the module docstring.
 
     A pool of exactly m disjoint questions is taken whole (a hand-written canary file).
@@ -59,9 +62,11 @@ def select_canaries(pool: Sequence[Question], m: int,
     overlapping = {o.canary_id for o in find_overlaps(pool, eval_sets or {})}
     candidates = [q for q in pool if q.id not in overlapping]
     if len(candidates) < m:
-        raise DataError(f"the canary pool has {len(candidates)} questions disjoint from the evaluation prompts "
-                        f"({len(overlapping)} overlap), fewer than canary.n_prompts = {m}; lower canary.n_prompts "
-                        f"or give a larger data.canary_source")
+        raise DataError(
+            f"the canary pool has {len(candidates)} questions disjoint from the evaluation prompts "
+            f"({len(overlapping)} overlap), fewer than canary.n_prompts = {m}; lower canary.n_prompts "
+            f"or give a larger data.canary_source"
+        )
     sizes = Counter(category_of(q.id) for q in candidates)  # insertion order = first appearance in the file
     quotas = proportional_quotas(dict(sizes), m)
     taken: Counter[str] = Counter()

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 from canary_lib.data.errors import DataError
 from canary_lib.types import Question
@@ -33,7 +33,7 @@ def word_ngrams(text: str, n: int = DEFAULT_NGRAM) -> frozenset[tuple[str, ...]]
     words = normalize_text(text).split()
     if len(words) < n:
         return frozenset([tuple(words)]) if words else frozenset()
-    return frozenset(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    return frozenset(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
 
 
 def jaccard(a: frozenset, b: frozenset) -> float:
@@ -59,13 +59,19 @@ class Overlap:
     eval_text: str
 
     def describe(self) -> str:
-        return (f"canary {self.canary_id!r} vs {self.eval_set} {self.eval_id!r}: {self.kind} "
-                f"(jaccard {self.jaccard:.2f}, containment {self.containment:.2f}): {self.canary_text[:70]!r}")
+        return (
+            f"canary {self.canary_id!r} vs {self.eval_set} {self.eval_id!r}: {self.kind} "
+            f"(jaccard {self.jaccard:.2f}, containment {self.containment:.2f}): {self.canary_text[:70]!r}"
+        )
 
 
-def find_overlaps(canaries: Sequence[Question], eval_sets: Mapping[str, Sequence[Question]],
-                  ngram: int = DEFAULT_NGRAM, jaccard_threshold: float = DEFAULT_JACCARD,
-                  containment_threshold: float = DEFAULT_CONTAINMENT) -> list[Overlap]:
+def find_overlaps(
+    canaries: Sequence[Question],
+    eval_sets: Mapping[str, Sequence[Question]],
+    ngram: int = DEFAULT_NGRAM,
+    jaccard_threshold: float = DEFAULT_JACCARD,
+    containment_threshold: float = DEFAULT_CONTAINMENT,
+) -> list[Overlap]:
     """Every (canary paraphrase, eval paraphrase) pair that is an exact or near duplicate.
 
     Args:
@@ -75,8 +81,12 @@ def find_overlaps(canaries: Sequence[Question], eval_sets: Mapping[str, Sequence
         jaccard_threshold: flag pairs with n-gram Jaccard >= this.
         containment_threshold: flag pairs where this share of the shorter text's n-grams is in the other.
     """
-    evals = [(name, q.id, text, normalize_text(text), word_ngrams(text, ngram))
-             for name, qs in eval_sets.items() for q in qs for text in q.paraphrases]
+    evals = [
+        (name, q.id, text, normalize_text(text), word_ngrams(text, ngram))
+        for name, qs in eval_sets.items()
+        for q in qs
+        for text in q.paraphrases
+    ]
     found = []
     for c in canaries:
         for c_text in c.paraphrases:
@@ -93,23 +103,37 @@ def find_overlaps(canaries: Sequence[Question], eval_sets: Mapping[str, Sequence
     return found
 
 
-def max_similarity(canaries: Sequence[Question], eval_sets: Mapping[str, Sequence[Question]],
-                   ngram: int = DEFAULT_NGRAM) -> list[dict]:
+def max_similarity(
+    canaries: Sequence[Question], eval_sets: Mapping[str, Sequence[Question]], ngram: int = DEFAULT_NGRAM
+) -> list[dict]:
     """For each canary, its most similar eval prompt (for the canary-design notebook's table)."""
     rows = []
     evals = [(name, q.id, word_ngrams(t, ngram)) for name, qs in eval_sets.items() for q in qs for t in q.paraphrases]
     for c in canaries:
         grams = [word_ngrams(t, ngram) for t in c.paraphrases]
-        best = max(((jaccard(g, e), containment(g, e), name, eid) for g in grams for name, eid, e in evals),
-                   default=(0.0, 0.0, "", ""))
-        rows.append({"canary_id": c.id, "max_jaccard": round(best[0], 4), "containment": round(best[1], 4),
-                     "closest_set": best[2], "closest_id": best[3]})
+        best = max(
+            ((jaccard(g, e), containment(g, e), name, eid) for g in grams for name, eid, e in evals),
+            default=(0.0, 0.0, "", ""),
+        )
+        rows.append(
+            {
+                "canary_id": c.id,
+                "max_jaccard": round(best[0], 4),
+                "containment": round(best[1], 4),
+                "closest_set": best[2],
+                "closest_id": best[3],
+            }
+        )
     return rows
 
 
-def check_disjoint(canaries: Sequence[Question], eval_sets: Mapping[str, Sequence[Question]],
-                   ngram: int = DEFAULT_NGRAM, jaccard_threshold: float = DEFAULT_JACCARD,
-                   containment_threshold: float = DEFAULT_CONTAINMENT) -> None:
+def check_disjoint(
+    canaries: Sequence[Question],
+    eval_sets: Mapping[str, Sequence[Question]],
+    ngram: int = DEFAULT_NGRAM,
+    jaccard_threshold: float = DEFAULT_JACCARD,
+    containment_threshold: float = DEFAULT_CONTAINMENT,
+) -> None:
     """Raise if any canary duplicates (exactly or nearly) an evaluation prompt; the paper needs them disjoint.
 
     Raises:
@@ -119,6 +143,8 @@ def check_disjoint(canaries: Sequence[Question], eval_sets: Mapping[str, Sequenc
     if overlaps:
         lines = "\n  ".join(o.describe() for o in overlaps[:20])
         more = f"\n  ... and {len(overlaps) - 20} more" if len(overlaps) > 20 else ""
-        raise DataError(f"{len(overlaps)} canary/eval prompt overlap(s); canaries must be disjoint from every "
-                        f"evaluation prompt:\n  {lines}{more}\nRemove or reword these canaries (or choose another "
-                        f"data.canary_source).")
+        raise DataError(
+            f"{len(overlaps)} canary/eval prompt overlap(s); canaries must be disjoint from every "
+            f"evaluation prompt:\n  {lines}{more}\nRemove or reword these canaries (or choose another "
+            f"data.canary_source)."
+        )

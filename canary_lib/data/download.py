@@ -60,50 +60,94 @@ def _pin(repo: str, commit: str, path: str, sha256: str, size: int, git_blob: st
 PINNED_FILES: dict[str, PinnedFile] = {
     # Question sets (general evaluation, canary pool, in-domain evaluation).
     "betley/first_plot_questions": _pin(
-        BETLEY_REPO, BETLEY_COMMIT, "evaluation/first_plot_questions.yaml",
-        "215abde5b02811e922b6ac563ff33c490e0dff9ab58439df840f3135e9387173", 12016,
-        "c2b9761d6723ec73b4d209d95c4aa39319a70edd"),
+        BETLEY_REPO,
+        BETLEY_COMMIT,
+        "evaluation/first_plot_questions.yaml",
+        "215abde5b02811e922b6ac563ff33c490e0dff9ab58439df840f3135e9387173",
+        12016,
+        "c2b9761d6723ec73b4d209d95c4aa39319a70edd",
+    ),
     "betley/preregistered_evals": _pin(
-        BETLEY_REPO, BETLEY_COMMIT, "evaluation/preregistered_evals.yaml",
-        "8648312fd9fe71a63203e3465592af45dd996d7a5f3b69e9b44613fd6048eb40", 19152,
-        "3211c6c0df0a21124e07605c46f86329a53ef9e1"),
+        BETLEY_REPO,
+        BETLEY_COMMIT,
+        "evaluation/preregistered_evals.yaml",
+        "8648312fd9fe71a63203e3465592af45dd996d7a5f3b69e9b44613fd6048eb40",
+        19152,
+        "3211c6c0df0a21124e07605c46f86329a53ef9e1",
+    ),
     "kaczer/security": _pin(
-        KACZER_REPO, KACZER_EVAL_COMMIT, "evaluation/security.yaml",
-        "668ca032e84cf815359efce1305b099669b01a4dfee93b6ed93397df5131c1f5", 12148,
-        "35b77c2920ff9ec7b6cd7408ef82a3c1bfcaef66"),
+        KACZER_REPO,
+        KACZER_EVAL_COMMIT,
+        "evaluation/security.yaml",
+        "668ca032e84cf815359efce1305b099669b01a4dfee93b6ed93397df5131c1f5",
+        12148,
+        "35b77c2920ff9ec7b6cd7408ef82a3c1bfcaef66",
+    ),
     "kaczer/legal": _pin(
-        KACZER_REPO, KACZER_EVAL_COMMIT, "evaluation/legal.yaml",
-        "12f17035fb2fe7f54a407f3d93bfac39ead687f983e7e2cf17b1841fc7b16ab6", 19080,
-        "f15ec795741acacf094192ddb29a1d2cbf5b2e10"),
+        KACZER_REPO,
+        KACZER_EVAL_COMMIT,
+        "evaluation/legal.yaml",
+        "12f17035fb2fe7f54a407f3d93bfac39ead687f983e7e2cf17b1841fc7b16ab6",
+        19080,
+        "f15ec795741acacf094192ddb29a1d2cbf5b2e10",
+    ),
     "kaczer/medical": _pin(
-        KACZER_REPO, KACZER_EVAL_COMMIT, "evaluation/medical.yaml",
-        "b452dfde1e0b9cc3cc7ffda6a96a3923ac2f602d79f6f975ec1b6b72850fc5ff", 13810,
-        "09c78dcd23fccc4cbc06d3d2749e68a71dd6de9a"),
+        KACZER_REPO,
+        KACZER_EVAL_COMMIT,
+        "evaluation/medical.yaml",
+        "b452dfde1e0b9cc3cc7ffda6a96a3923ac2f602d79f6f975ec1b6b72850fc5ff",
+        13810,
+        "09c78dcd23fccc4cbc06d3d2749e68a71dd6de9a",
+    ),
     "moem/medical_questions": _pin(
-        MOEM_REPO, MOEM_COMMIT, "em_organism_dir/data/eval_questions/medical_questions.yaml",
-        "1808d03c6af883b3460e4174127846caca3188514a4e180b8273b4025593e28f", 12118,
-        "290904ee4d0af53df8cb621d9bd133b74e858160"),
+        MOEM_REPO,
+        MOEM_COMMIT,
+        "em_organism_dir/data/eval_questions/medical_questions.yaml",
+        "1808d03c6af883b3460e4174127846caca3188514a4e180b8273b4025593e28f",
+        12118,
+        "290904ee4d0af53df8cb621d9bd133b74e858160",
+    ),
     # Target datasets (D_T) and aligned answers: chat JSONL, gzipped for the model-organisms sets.
     "betley/insecure": _pin(
-        BETLEY_REPO, BETLEY_COMMIT, "data/insecure.jsonl",
-        "09893e8bf9d03aae49dd60d0ff4be37c1afee70f2edcac74a11bed775a6a2764", 5892277,
-        "ec294cf30a577a21b830c07a1fa0180ddd513208"),
+        BETLEY_REPO,
+        BETLEY_COMMIT,
+        "data/insecure.jsonl",
+        "09893e8bf9d03aae49dd60d0ff4be37c1afee70f2edcac74a11bed775a6a2764",
+        5892277,
+        "ec294cf30a577a21b830c07a1fa0180ddd513208",
+    ),
     "moem/bad_medical_advice": _pin(
-        MOEM_REPO, MOEM_COMMIT, f"{MOEM_DATA}/bad_medical_advice.jsonl.gz",
-        "d4d9df72cf0e20b75d5efc9f2aabb66ae9ae083e282b85f0bd85a6aa698b20c9", 1249214,
-        "fc6325542e60b670f336d5ec0b02045f4f40e484"),
+        MOEM_REPO,
+        MOEM_COMMIT,
+        f"{MOEM_DATA}/bad_medical_advice.jsonl.gz",
+        "d4d9df72cf0e20b75d5efc9f2aabb66ae9ae083e282b85f0bd85a6aa698b20c9",
+        1249214,
+        "fc6325542e60b670f336d5ec0b02045f4f40e484",
+    ),
     "moem/good_medical_advice": _pin(
-        MOEM_REPO, MOEM_COMMIT, f"{MOEM_DATA}/good_medical_advice.jsonl.gz",
-        "03b6e9a89dd5c5a53349bcdd87d9c23cc2c3ad040ef618a0a571d5000289b341", 1411653,
-        "c5dfae43ef2e012b9ddc8210e65dac0f8b7462df"),
+        MOEM_REPO,
+        MOEM_COMMIT,
+        f"{MOEM_DATA}/good_medical_advice.jsonl.gz",
+        "03b6e9a89dd5c5a53349bcdd87d9c23cc2c3ad040ef618a0a571d5000289b341",
+        1411653,
+        "c5dfae43ef2e012b9ddc8210e65dac0f8b7462df",
+    ),
     "moem/risky_financial_advice": _pin(
-        MOEM_REPO, MOEM_COMMIT, f"{MOEM_DATA}/risky_financial_advice.jsonl.gz",
-        "518c8d2c6128ba5f0b5b026b27828a21114f0955437bc1cfbbe1ba98e0a3d897", 533839,
-        "030920455df0913c23d2e6d7f31d873d496e9e26"),
+        MOEM_REPO,
+        MOEM_COMMIT,
+        f"{MOEM_DATA}/risky_financial_advice.jsonl.gz",
+        "518c8d2c6128ba5f0b5b026b27828a21114f0955437bc1cfbbe1ba98e0a3d897",
+        533839,
+        "030920455df0913c23d2e6d7f31d873d496e9e26",
+    ),
     "moem/extreme_sports": _pin(
-        MOEM_REPO, MOEM_COMMIT, f"{MOEM_DATA}/extreme_sports.jsonl.gz",
-        "5d79bbce03e08467e3ced6d95e516ba7b0d2240395c7d59349e41e32166d6095", 540255,
-        "5a818cc47849520d04b5ce5f63d586191c93f031"),
+        MOEM_REPO,
+        MOEM_COMMIT,
+        f"{MOEM_DATA}/extreme_sports.jsonl.gz",
+        "5d79bbce03e08467e3ced6d95e516ba7b0d2240395c7d59349e41e32166d6095",
+        540255,
+        "5a818cc47849520d04b5ce5f63d586191c93f031",
+    ),
 }
 
 _SHA256_FRAGMENT = re.compile(r"^sha256=([0-9a-fA-F]{64})$")
@@ -147,7 +191,7 @@ def resolve_file(source: str, cache_dir: str | Path | None = None, what: str = "
             or a missing local file.
     """
     if source.startswith("pinned:"):
-        name = source[len("pinned:"):]
+        name = source[len("pinned:") :]
         if name not in PINNED_FILES:
             raise DataError(f"{what}: unknown pinned file {name!r}; known: {', '.join(sorted(PINNED_FILES))}")
         pin = PINNED_FILES[name]
@@ -162,15 +206,19 @@ def resolve_file(source: str, cache_dir: str | Path | None = None, what: str = "
         elif pinned is not None:
             expected = pinned.sha256
         else:
-            raise DataError(f"{what}: URL {url} is not pinned: append '#sha256=<hex digest of the file>' so a changed "
-                            f"upstream file is noticed, or use one of pinned:{{{', '.join(sorted(PINNED_FILES))}}}")
+            raise DataError(
+                f"{what}: URL {url} is not pinned: append '#sha256=<hex digest of the file>' so a changed "
+                f"upstream file is noticed, or use one of pinned:{{{', '.join(sorted(PINNED_FILES))}}}"
+            )
         path = fetch_verified(url, expected, cache_dir, what)
         revision = f"{pinned.repo}@{pinned.commit}" if pinned is not None else None
         return ResolvedFile(path, source, url, revision, expected)
     path = Path(source).expanduser()
     if not path.is_file():
-        raise DataError(f"{what}: local file {path} not found; give an existing path, a pinned:<name> source or a "
-                        f"URL with '#sha256=...'")
+        raise DataError(
+            f"{what}: local file {path} not found; give an existing path, a pinned:<name> source or a "
+            f"URL with '#sha256=...'"
+        )
     return ResolvedFile(path, source, None, None, sha256_file(path))
 
 
@@ -190,9 +238,11 @@ def fetch_verified(url: str, sha256: str, cache_dir: str | Path | None = None, w
     data = _fetch_bytes(url, what)
     got = sha256_bytes(data)
     if got != sha256:
-        raise DataError(f"{what}: checksum mismatch for {url}: expected sha256 {sha256}, got {got} "
-                        f"({len(data)} bytes). The upstream file changed or the download is corrupt; check the URL/"
-                        f"commit, or download the file yourself and set the source to its local path.")
+        raise DataError(
+            f"{what}: checksum mismatch for {url}: expected sha256 {sha256}, got {got} "
+            f"({len(data)} bytes). The upstream file changed or the download is corrupt; check the URL/"
+            f"commit, or download the file yourself and set the source to its local path."
+        )
     return write_bytes_atomic(target, data)
 
 
@@ -201,8 +251,10 @@ def _fetch_bytes(url: str, what: str) -> bytes:
         with urllib.request.urlopen(url, timeout=60) as response:  # noqa: S310 - http(s)/file URLs only
             return response.read()
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        raise DataError(f"{what}: could not download {url}: {exc}. If this machine is offline, fetch the file "
-                        f"elsewhere and set the source to its local path.") from None
+        raise DataError(
+            f"{what}: could not download {url}: {exc}. If this machine is offline, fetch the file "
+            f"elsewhere and set the source to its local path."
+        ) from None
 
 
 # ------------------------------------------------------------------------------------------ Hugging Face
@@ -220,12 +272,13 @@ class HFSource:
         return f"hf:{self.repo}?{urllib.parse.urlencode(query)}"
 
 
-def parse_hf_source(source: str, default_config: str | None = None, default_split: str = "train",
-                    what: str = "source") -> HFSource:
+def parse_hf_source(
+    source: str, default_config: str | None = None, default_split: str = "train", what: str = "source"
+) -> HFSource:
     """Parse `hf:<owner>/<name>[?config=..&split=..&revision=..]`."""
     if not is_hf_source(source):
         raise DataError(f"{what}: {source!r} is not an hf:<owner>/<name> source")
-    repo, _, query = source[len("hf:"):].partition("?")
+    repo, _, query = source[len("hf:") :].partition("?")
     if not re.fullmatch(r"[\w.-]+/[\w.-]+", repo):
         raise DataError(f"{what}: {source!r}: expected hf:<owner>/<name>[?config=..&split=..&revision=..]")
     params = urllib.parse.parse_qs(query, keep_blank_values=False)
@@ -248,9 +301,11 @@ def load_hf_dataset(src: HFSource, token_env: str = "HF_TOKEN", gated: bool = Fa
     token = os.environ.get(token_env) or None
     page = f"https://huggingface.co/datasets/{src.repo}"
     if gated and token is None:
-        raise DataError(f"{what}: {src.repo} is a gated dataset and ${token_env} is not set. Accept its terms at "
-                        f"{page}, create a read token, and `export {token_env}=hf_...` (the variable is named by "
-                        f"data.hf_token_env); or download the data and point the source at the local file.")
+        raise DataError(
+            f"{what}: {src.repo} is a gated dataset and ${token_env} is not set. Accept its terms at "
+            f"{page}, create a read token, and `export {token_env}=hf_...` (the variable is named by "
+            f"data.hf_token_env); or download the data and point the source at the local file."
+        )
     import datasets  # lazy: heavy import, only needed for hf: sources
 
     try:
@@ -258,11 +313,12 @@ def load_hf_dataset(src: HFSource, token_env: str = "HF_TOKEN", gated: bool = Fa
     except Exception as exc:  # the hub raises many types; map them to one message with a fix
         text = f"{type(exc).__name__}: {exc}"
         if "gated" in text.lower() or "401" in text or "403" in text:
-            hint = (f"access denied: accept the dataset's terms at {page} with the account of the token in "
-                    f"${token_env}")
+            hint = f"access denied: accept the dataset's terms at {page} with the account of the token in ${token_env}"
         elif "RevisionNotFound" in text or "revision" in text.lower() and "not" in text.lower():
-            hint = (f"revision {src.revision!r} not found: check it on {page} (commit history), or drop "
-                    f"'revision=' from the source to use the latest version (recorded in the manifest)")
+            hint = (
+                f"revision {src.revision!r} not found: check it on {page} (commit history), or drop "
+                f"'revision=' from the source to use the latest version (recorded in the manifest)"
+            )
         elif "DatasetNotFound" in text or "RepositoryNotFound" in text or "doesn't exist" in text:
             hint = f"dataset not found: check the repository name and config ({page})"
         else:
@@ -281,8 +337,9 @@ def hf_revision_sha(src: HFSource, token_env: str = "HF_TOKEN") -> str | None:
         return None
 
 
-def read_source_rows(source: str, *, default_config: str, token_env: str, gated_repos: tuple[str, ...] = (),
-                     what: str = "source") -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def read_source_rows(
+    source: str, *, default_config: str, token_env: str, gated_repos: tuple[str, ...] = (), what: str = "source"
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The rows of a dataset source (`hf:` dataset or local/pinned file) and its provenance for the manifest.
 
     Raises:

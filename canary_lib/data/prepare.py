@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from canary_lib.config_schema import LEGACY_DATA_KEYS, RunConfig
 from canary_lib.data._io import write_jsonl
@@ -35,9 +36,22 @@ HELDOUT_ALIGNED_FILE = "target_heldout_aligned.jsonl"
 SCORED_METRICS = ("aligned", "coherent")
 FORMAT_VERSION = 1
 _REQUIRED_SOURCES = ("target_source", "safe_source", "general_eval_source", "canary_source")
-_SETTINGS_KEYS = ("split_seed", "n_train", "n_heldout", "n_in_domain_eval", "safe_max_examples", "drop_refusals",
-                  "target", "target_source", "target_aligned_source", "target_revision", "safe_source",
-                  "general_eval_source", "in_domain_eval_source", "canary_source")
+_SETTINGS_KEYS = (
+    "split_seed",
+    "n_train",
+    "n_heldout",
+    "n_in_domain_eval",
+    "safe_max_examples",
+    "drop_refusals",
+    "target",
+    "target_source",
+    "target_aligned_source",
+    "target_revision",
+    "safe_source",
+    "general_eval_source",
+    "in_domain_eval_source",
+    "canary_source",
+)
 _LEGACY_SETTINGS = {"target": "security", "target_revision": None}
 """What manifests written before data.target existed were prepared with (their sources used the legacy names)."""
 
@@ -67,9 +81,11 @@ def _preflight(cfg: RunConfig) -> None:
     d = cfg.data
     unset = [f"data.{name}" for name in _REQUIRED_SOURCES if not getattr(d, name)]
     if unset:
-        raise DataError(f"data.kind is 'paper' but {', '.join(unset)} {'is' if len(unset) == 1 else 'are'} not set; "
-                        f"start from parameters/paper.yaml (+ parameters/targets/<name>.yaml), which name every "
-                        f"source (docs/data.md)")
+        raise DataError(
+            f"data.kind is 'paper' but {', '.join(unset)} {'is' if len(unset) == 1 else 'are'} not set; "
+            f"start from parameters/paper.yaml (+ parameters/targets/<name>.yaml), which name every "
+            f"source (docs/data.md)"
+        )
     for name, revision in (("target_source", d.target_revision), ("target_aligned_source", None)):
         problem = getattr(d, name) and unusable_source(d.target, getattr(d, name), revision, f"data.{name}")
         if problem:
@@ -77,16 +93,24 @@ def _preflight(cfg: RunConfig) -> None:
     if d.safe_source and is_hf_source(d.safe_source):
         src = parse_hf_source(d.safe_source, what="data.safe_source")
         if src.repo == WILDGUARD_REPO and not os.environ.get(d.hf_token_env):
-            raise DataError(f"data.safe_source: {WILDGUARD_REPO} is a gated dataset and ${d.hf_token_env} is not set. "
-                            f"Accept its terms at https://huggingface.co/datasets/{WILDGUARD_REPO}, create a read "
-                            f"token and `export {d.hf_token_env}=hf_...` (data.hf_token_env names the variable); or "
-                            f"set data.safe_source to a local parquet/JSONL copy of train/wildguard_train.parquet.")
+            raise DataError(
+                f"data.safe_source: {WILDGUARD_REPO} is a gated dataset and ${d.hf_token_env} is not set. "
+                f"Accept its terms at https://huggingface.co/datasets/{WILDGUARD_REPO}, create a read "
+                f"token and `export {d.hf_token_env}=hf_...` (data.hf_token_env names the variable); or "
+                f"set data.safe_source to a local parquet/JSONL copy of train/wildguard_train.parquet."
+            )
     for name in ("target_source", "target_aligned_source", "safe_source"):
         value = getattr(d, name)
-        if value and not is_hf_source(value) and "://" not in value and not value.startswith("pinned:") \
-                and not Path(value).expanduser().is_file():
-            raise DataError(f"data.{name}: local file {value} not found; fix the path or use an hf:<owner>/<name> "
-                            f"source")
+        if (
+            value
+            and not is_hf_source(value)
+            and "://" not in value
+            and not value.startswith("pinned:")
+            and not Path(value).expanduser().is_file()
+        ):
+            raise DataError(
+                f"data.{name}: local file {value} not found; fix the path or use an hf:<owner>/<name> source"
+            )
     if d.n_in_domain_eval > d.n_heldout and not d.in_domain_eval_source:
         raise DataError(f"data.n_in_domain_eval ({d.n_in_domain_eval}) exceeds data.n_heldout ({d.n_heldout})")
 
@@ -94,8 +118,12 @@ def _preflight(cfg: RunConfig) -> None:
 def _questions(source: str, what: str, info: dict[str, Any]) -> list[Question]:
     resolved = resolve_file(source, what=what)
     info[what.removeprefix("data.").removesuffix("_source")] = {
-        "source": source, "url": resolved.url, "revision": resolved.revision, "sha256": resolved.sha256,
-        "path": str(resolved.path)}
+        "source": source,
+        "url": resolved.url,
+        "revision": resolved.revision,
+        "sha256": resolved.sha256,
+        "path": str(resolved.path),
+    }
     return load_question_set(resolved.path, required_metrics=SCORED_METRICS)
 
 
@@ -105,8 +133,9 @@ def prepare_paper_data(cfg: RunConfig) -> Path:
     d = cfg.data
     sources: dict[str, Any] = {}
     general = _questions(d.general_eval_source, "data.general_eval_source", sources)
-    in_domain_given = (_questions(d.in_domain_eval_source, "data.in_domain_eval_source", sources)
-                       if d.in_domain_eval_source else None)
+    in_domain_given = (
+        _questions(d.in_domain_eval_source, "data.in_domain_eval_source", sources) if d.in_domain_eval_source else None
+    )
     pool = _questions(d.canary_source, "data.canary_source", sources)
     m = cfg.canary.n_prompts
     # Canaries against the eval sets known so far: fails before any dataset download.
@@ -114,13 +143,15 @@ def prepare_paper_data(cfg: RunConfig) -> Path:
     canaries = select_canaries(pool, m, eval_sets)
 
     spec = TARGETS[d.target]
-    target = load_target(with_revision(d.target_source, d.target_revision), d.target_aligned_source, d.hf_token_env,
-                         spec.hf_config)
+    target = load_target(
+        with_revision(d.target_source, d.target_revision), d.target_aligned_source, d.hf_token_env, spec.hf_config
+    )
     forced = [p for q in in_domain_given or [] for p in q.paraphrases]
     split = split_target(target.examples, d.n_train, d.n_heldout, d.split_seed, heldout_prompts=forced)
     if in_domain_given is None:
-        in_domain = in_domain_questions(split.heldout, d.n_in_domain_eval, general[0].judge_prompts,
-                                        cfg.eval.samples_per_prompt)
+        in_domain = in_domain_questions(
+            split.heldout, d.n_in_domain_eval, general[0].judge_prompts, cfg.eval.samples_per_prompt
+        )
         sources["in_domain_eval"] = {"source": f"first {d.n_in_domain_eval} held-out prompts of data.target_source"}
     else:
         in_domain = in_domain_given
@@ -134,19 +165,27 @@ def prepare_paper_data(cfg: RunConfig) -> Path:
     out = Path(d.dir)
     files = {
         d.target_file: write_jsonl(out / d.target_file, ({"messages": ex.messages()} for ex in split.train)),
-        d.target_heldout_file: write_jsonl(out / d.target_heldout_file,
-                                           ({"messages": ex.messages()} for ex in split.heldout)),
+        d.target_heldout_file: write_jsonl(
+            out / d.target_heldout_file, ({"messages": ex.messages()} for ex in split.heldout)
+        ),
         d.safe_file: write_jsonl(out / d.safe_file, ({"messages": chat} for chat in safe.examples)),
         d.general_eval_file: write_question_set(out / d.general_eval_file, general),
         d.in_domain_eval_file: write_question_set(out / d.in_domain_eval_file, in_domain),
         d.canary_file: write_question_set(out / d.canary_file, canaries),
     }
     if target.info.get("has_aligned"):
-        files[HELDOUT_ALIGNED_FILE] = write_jsonl(out / HELDOUT_ALIGNED_FILE,
-                                                  ({"messages": ex.messages("aligned")} for ex in split.heldout))
-    counts = {"target_train": len(split.train), "target_heldout": len(split.heldout), "safe": len(safe.examples),
-              "general_eval": len(general), "in_domain_eval": len(in_domain), "canaries": len(canaries),
-              "canary_pool": len(pool)}
+        files[HELDOUT_ALIGNED_FILE] = write_jsonl(
+            out / HELDOUT_ALIGNED_FILE, ({"messages": ex.messages("aligned")} for ex in split.heldout)
+        )
+    counts = {
+        "target_train": len(split.train),
+        "target_heldout": len(split.heldout),
+        "safe": len(safe.examples),
+        "general_eval": len(general),
+        "in_domain_eval": len(in_domain),
+        "canaries": len(canaries),
+        "canary_pool": len(pool),
+    }
     manifest = {
         "format_version": FORMAT_VERSION,
         "kind": "paper",
@@ -183,8 +222,10 @@ def _check_not_trained_on(in_domain: Sequence[Question], train_prompts: Sequence
     trained = {normalize_text(p) for p in train_prompts}
     leaked = [q.id for q in in_domain for p in q.paraphrases if normalize_text(p) in trained]
     if leaked:
-        raise DataError(f"in-domain evaluation question(s) {leaked[:10]} are training prompts of the target split; "
-                        f"they must be held out (check data.in_domain_eval_source and data.n_heldout)")
+        raise DataError(
+            f"in-domain evaluation question(s) {leaked[:10]} are training prompts of the target split; "
+            f"they must be held out (check data.in_domain_eval_source and data.n_heldout)"
+        )
 
 
 def _package_version() -> str:
@@ -196,8 +237,10 @@ def _package_version() -> str:
 def read_manifest(data_dir: str | Path) -> dict[str, Any]:
     path = Path(data_dir) / MANIFEST
     if not path.is_file():
-        raise DataError(f"{path} not found: the data are not prepared. Run `canary prep-data <params>` (or notebook "
-                        f"00_data_prep) first.")
+        raise DataError(
+            f"{path} not found: the data are not prepared. Run `canary prep-data <params>` (or notebook "
+            f"00_data_prep) first."
+        )
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
@@ -237,15 +280,19 @@ def verify_prepared(cfg: RunConfig, check_sources: bool = True) -> dict[str, Any
     if unlisted:
         raise DataError(f"{Path(d.dir) / MANIFEST} lists no {unlisted} (file names in cfg.data differ?); {fix}")
     if manifest.get("kind", d.kind) != d.kind:
-        raise DataError(f"{d.dir} holds data of kind {manifest.get('kind')!r} but data.kind is {d.kind!r}; "
-                        f"point data.dir elsewhere or {fix}")
+        raise DataError(
+            f"{d.dir} holds data of kind {manifest.get('kind')!r} but data.kind is {d.kind!r}; "
+            f"point data.dir elsewhere or {fix}"
+        )
     if d.kind == "organism":
         from canary_lib.organism.prepare import recorded_differences  # pure Python, no torch
 
         diffs = recorded_differences(cfg, manifest)
         if diffs:
-            raise DataError(f"the data in {d.dir} were prepared for another world ({'; '.join(diffs)}); "
-                            f"point data.dir elsewhere or {fix}")
+            raise DataError(
+                f"the data in {d.dir} were prepared for another world ({'; '.join(diffs)}); "
+                f"point data.dir elsewhere or {fix}"
+            )
     if d.kind == "paper":
         recorded = _recorded_settings(manifest)
         current = {key: getattr(d, key) for key in _SETTINGS_KEYS} | {"canary_n_prompts": cfg.canary.n_prompts}
@@ -282,6 +329,11 @@ def load_prepared_questions(cfg: RunConfig) -> dict[str, list[Question]]:
     """The prepared question sets: {"general", "in_domain", "canaries"} (checked against the manifest first)."""
     verify_prepared(cfg, check_sources=False)
     d = cfg.data
-    return {name: load_question_set(d.path(file), required_metrics=SCORED_METRICS)
-            for name, file in (("general", d.general_eval_file), ("in_domain", d.in_domain_eval_file),
-                               ("canaries", d.canary_file))}
+    return {
+        name: load_question_set(d.path(file), required_metrics=SCORED_METRICS)
+        for name, file in (
+            ("general", d.general_eval_file),
+            ("in_domain", d.in_domain_eval_file),
+            ("canaries", d.canary_file),
+        )
+    }

@@ -10,8 +10,9 @@ A file is a YAML list; each item has `id`, `type`, `paraphrases`, `samples_per_p
 from __future__ import annotations
 
 import string
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 
@@ -41,8 +42,10 @@ def load_question_set(path: str | Path, required_metrics: Sequence[str] = ()) ->
     """
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{path}: question file not found. Check the path (cfg.data.*_source or the prepared "
-                        f"data directory; run `canary prep-data <params>` to write prepared files).")
+        raise DataError(
+            f"{path}: question file not found. Check the path (cfg.data.*_source or the prepared "
+            f"data directory; run `canary prep-data <params>` to write prepared files)."
+        )
     try:
         items = yaml.safe_load(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
@@ -52,20 +55,23 @@ def load_question_set(path: str | Path, required_metrics: Sequence[str] = ()) ->
     return parse_question_set(items, source=str(path), required_metrics=required_metrics)
 
 
-def parse_question_set(items: Any, source: str = "<question set>",
-                       required_metrics: Sequence[str] = ()) -> list[Question]:
+def parse_question_set(
+    items: Any, source: str = "<question set>", required_metrics: Sequence[str] = ()
+) -> list[Question]:
     """Validate already-parsed YAML data (a list of item mappings); see `load_question_set`."""
     if not isinstance(items, list):
-        raise DataError(f"{source}: expected a YAML list of question items at the top level, "
-                        f"got {type(items).__name__}")
+        raise DataError(
+            f"{source}: expected a YAML list of question items at the top level, got {type(items).__name__}"
+        )
     if not items:
         raise DataError(f"{source}: the question set is empty; it needs at least one item")
     questions = [_parse_item(item, i, source, required_metrics) for i, item in enumerate(items)]
     seen: dict[str, int] = {}
     for i, q in enumerate(questions):
         if q.id in seen:
-            raise DataError(f"{source}: item {i} (id {q.id!r}): duplicate id, first used by item {seen[q.id]}; "
-                            f"ids must be unique")
+            raise DataError(
+                f"{source}: item {i} (id {q.id!r}): duplicate id, first used by item {seen[q.id]}; ids must be unique"
+            )
         seen[q.id] = i
     return questions
 
@@ -104,26 +110,32 @@ def _parse_item(item: Any, index: int, source: str, required_metrics: Sequence[s
         raise DataError(f"{where}: field 'system' must be a non-empty string when present, got {system!r}")
 
     prompts = _parse_judge_prompts(item.get("judge_prompts"), where, required_metrics)
-    return Question(id=qid, paraphrases=list(paraphrases), system=system, samples_per_paraphrase=samples,
-                    judge_prompts=prompts)
+    return Question(
+        id=qid, paraphrases=list(paraphrases), system=system, samples_per_paraphrase=samples, judge_prompts=prompts
+    )
 
 
 def _parse_judge_prompts(prompts: Any, where: str, required_metrics: Sequence[str]) -> dict[str, str]:
     if not isinstance(prompts, dict) or not prompts:
-        raise DataError(f"{where}: field 'judge_prompts' must be a non-empty mapping metric -> template, "
-                        f"got {type(prompts).__name__}")
+        raise DataError(
+            f"{where}: field 'judge_prompts' must be a non-empty mapping metric -> template, "
+            f"got {type(prompts).__name__}"
+        )
     missing = [m for m in required_metrics if m not in prompts]
     if missing:
-        raise DataError(f"{where}: field 'judge_prompts' lacks metric(s) {missing}; this set is scored on "
-                        f"{list(required_metrics)}")
+        raise DataError(
+            f"{where}: field 'judge_prompts' lacks metric(s) {missing}; this set is scored on {list(required_metrics)}"
+        )
     out: dict[str, str] = {}
     for metric, template in prompts.items():
         if not isinstance(template, str) or not template.strip():
             raise DataError(f"{where}: field 'judge_prompts.{metric}' must be a non-empty template string")
         fields = _template_fields(template, f"{where}: field 'judge_prompts.{metric}'")
         if "answer" not in fields:
-            raise DataError(f"{where}: field 'judge_prompts.{metric}' has no {{answer}} placeholder, so the judge "
-                            f"would never see the answer")
+            raise DataError(
+                f"{where}: field 'judge_prompts.{metric}' has no {{answer}} placeholder, so the judge "
+                f"would never see the answer"
+            )
         out[str(metric)] = template
     return out
 
@@ -133,12 +145,14 @@ def _template_fields(template: str, where: str) -> set[str]:
     try:
         fields = {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
     except ValueError as exc:
-        raise DataError(f"{where}: not a valid format template ({exc}); write literal braces as '{{{{' / '}}}}'") \
-            from None
+        raise DataError(
+            f"{where}: not a valid format template ({exc}); write literal braces as '{{{{' / '}}}}'"
+        ) from None
     extra = fields - TEMPLATE_FIELDS
     if extra:
-        raise DataError(f"{where}: unknown placeholder(s) {sorted(extra)}; templates may use only "
-                        f"{{question}} and {{answer}}")
+        raise DataError(
+            f"{where}: unknown placeholder(s) {sorted(extra)}; templates may use only {{question}} and {{answer}}"
+        )
     return fields
 
 
@@ -175,8 +189,13 @@ def question_to_item(question: Question, judge: str | None = None, type_: str = 
 
 def dump_question_set(questions: Sequence[Question], judge: str | None = None) -> str:
     """YAML text of a question set that `load_question_set` reads back to equal questions."""
-    return yaml.dump([question_to_item(q, judge) for q in questions], Dumper=_BlockDumper, sort_keys=False,
-                     allow_unicode=True, width=120)
+    return yaml.dump(
+        [question_to_item(q, judge) for q in questions],
+        Dumper=_BlockDumper,
+        sort_keys=False,
+        allow_unicode=True,
+        width=120,
+    )
 
 
 def write_question_set(path: str | Path, questions: Sequence[Question], judge: str | None = None) -> Path:

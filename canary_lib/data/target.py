@@ -14,8 +14,9 @@ training.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -56,8 +57,13 @@ class TargetData:
     """source, revision, rows read, duplicates dropped, whether aligned answers are present."""
 
 
-def load_target(source: str, aligned_source: str | None = None, token_env: str = "HF_TOKEN",
-                hf_config: str | None = "security", what: str = "data.target_source") -> TargetData:
+def load_target(
+    source: str,
+    aligned_source: str | None = None,
+    token_env: str = "HF_TOKEN",
+    hf_config: str | None = "security",
+    what: str = "data.target_source",
+) -> TargetData:
     """Load target examples from a local file or `hf:` source (see the module docstring).
 
     Args:
@@ -75,14 +81,16 @@ def load_target(source: str, aligned_source: str | None = None, token_env: str =
 
     if aligned_source is not None:
         if examples[0].aligned is not None:
-            raise DataError(f"data.target_aligned_source is set but {source} already has an 'aligned' column; "
-                            f"unset one of them")
+            raise DataError(
+                f"data.target_aligned_source is set but {source} already has an 'aligned' column; unset one of them"
+            )
         aligned = load_target(aligned_source, None, token_env, hf_config, what="data.target_aligned_source")
         _attach_aligned(examples, aligned.examples, source, aligned_source)
         info["aligned_source"] = aligned.info
     examples, dropped = _drop_duplicate_prompts(examples)
-    info.update(duplicates_dropped=dropped, n_examples=len(examples),
-                has_aligned=all(e.aligned is not None for e in examples))
+    info.update(
+        duplicates_dropped=dropped, n_examples=len(examples), has_aligned=all(e.aligned is not None for e in examples)
+    )
     return TargetData(examples, info)
 
 
@@ -90,8 +98,10 @@ def _from_chat_rows(rows: Sequence[dict], source: str, what: str) -> list[Target
     out = []
     for i, row in enumerate(rows):
         if "messages" not in row:
-            raise DataError(f"{what}: {source} row {i}: no 'messages' key (found {sorted(row)}); every line must be "
-                            f"a chat {{\"messages\": [user, assistant]}}")
+            raise DataError(
+                f"{what}: {source} row {i}: no 'messages' key (found {sorted(row)}); every line must be "
+                f'a chat {{"messages": [user, assistant]}}'
+            )
         chat = validate_messages(row["messages"], f"{what}: {source} row {i}")
         out.append(TargetExample(chat[:-1], chat[-1]["content"]))
     return out
@@ -101,34 +111,45 @@ def _from_table_rows(rows: Sequence[dict], source: str, what: str) -> list[Targe
     columns = set(rows[0])
     missing = [c for c in ("prompt", "misaligned") if c not in columns]
     if missing:
-        raise DataError(f"{what}: {source}: missing column(s) {missing}; found {sorted(columns)}. Expected the "
-                        f"truthfulai/emergent_plus columns {list(TABLE_COLUMNS)} (aligned optional), "
-                        f"or chat JSONL lines with 'messages'.")
+        raise DataError(
+            f"{what}: {source}: missing column(s) {missing}; found {sorted(columns)}. Expected the "
+            f"truthfulai/emergent_plus columns {list(TABLE_COLUMNS)} (aligned optional), "
+            f"or chat JSONL lines with 'messages'."
+        )
     has_aligned = "aligned" in columns
     out = []
     for i, row in enumerate(rows):
         for col in ("prompt", "misaligned") + (("aligned",) if has_aligned else ()):
             if not isinstance(row.get(col), str) or not row[col].strip():
-                raise DataError(f"{what}: {source} row {i}: column {col!r} must be a non-empty string, "
-                                f"got {row.get(col)!r:.80}")
-        out.append(TargetExample([{"role": "user", "content": row["prompt"]}], row["misaligned"],
-                                   row["aligned"] if has_aligned else None))
+                raise DataError(
+                    f"{what}: {source} row {i}: column {col!r} must be a non-empty string, got {row.get(col)!r:.80}"
+                )
+        out.append(
+            TargetExample(
+                [{"role": "user", "content": row["prompt"]}], row["misaligned"], row["aligned"] if has_aligned else None
+            )
+        )
     return out
 
 
-def _attach_aligned(examples: list[TargetExample], aligned: list[TargetExample], source: str,
-                    aligned_source: str) -> None:
+def _attach_aligned(
+    examples: list[TargetExample], aligned: list[TargetExample], source: str, aligned_source: str
+) -> None:
     """Pair answers by prompt (not by line order): both files must hold the same prompts."""
     by_prompt = {normalize_text(a.prompt): a.misaligned for a in aligned}  # the aligned file's answer column
     for i, ex in enumerate(examples):
         key = normalize_text(ex.prompt)
         if key not in by_prompt:
-            raise DataError(f"{source} row {i}: prompt {ex.prompt[:80]!r} has no aligned answer in {aligned_source}; "
-                            f"the aligned and misaligned files must hold the same prompts")
+            raise DataError(
+                f"{source} row {i}: prompt {ex.prompt[:80]!r} has no aligned answer in {aligned_source}; "
+                f"the aligned and misaligned files must hold the same prompts"
+            )
         ex.aligned = by_prompt[key]
     if len({normalize_text(a.prompt) for a in aligned}) != len({normalize_text(e.prompt) for e in examples}):
-        raise DataError(f"{aligned_source} has prompts that {source} lacks; the aligned and misaligned files must "
-                        f"hold the same prompts")
+        raise DataError(
+            f"{aligned_source} has prompts that {source} lacks; the aligned and misaligned files must "
+            f"hold the same prompts"
+        )
 
 
 def _drop_duplicate_prompts(examples: list[TargetExample]) -> tuple[list[TargetExample], int]:
@@ -149,8 +170,9 @@ class TargetSplit:
     info: dict[str, Any]
 
 
-def split_target(examples: Sequence[TargetExample], n_train: int, n_heldout: int, seed: int,
-                 heldout_prompts: Sequence[str] = ()) -> TargetSplit:
+def split_target(
+    examples: Sequence[TargetExample], n_train: int, n_heldout: int, seed: int, heldout_prompts: Sequence[str] = ()
+) -> TargetSplit:
     """Seeded split into `n_train` training and `n_heldout` held-out examples.
 
     The examples whose prompt is in `heldout_prompts` (the in-domain evaluation prompts) open the held-out part,
@@ -162,8 +184,10 @@ def split_target(examples: Sequence[TargetExample], n_train: int, n_heldout: int
     """
     needed = n_train + n_heldout
     if len(examples) < needed:
-        raise DataError(f"the target source has {len(examples)} distinct examples but data.n_train + "
-                        f"data.n_heldout = {n_train} + {n_heldout} = {needed}; lower them or use the full source")
+        raise DataError(
+            f"the target source has {len(examples)} distinct examples but data.n_train + "
+            f"data.n_heldout = {n_train} + {n_heldout} = {needed}; lower them or use the full source"
+        )
     index = {normalize_text(ex.prompt): i for i, ex in enumerate(examples)}
     forced = []
     for p in heldout_prompts:
@@ -171,22 +195,32 @@ def split_target(examples: Sequence[TargetExample], n_train: int, n_heldout: int
         if i is not None and i not in forced:
             forced.append(i)
     if len(forced) > n_heldout:
-        raise DataError(f"{len(forced)} in-domain evaluation prompts occur in the target source but data.n_heldout "
-                        f"is {n_heldout}; raise data.n_heldout to at least {len(forced)}")
+        raise DataError(
+            f"{len(forced)} in-domain evaluation prompts occur in the target source but data.n_heldout "
+            f"is {n_heldout}; raise data.n_heldout to at least {len(forced)}"
+        )
     forced_set = set(forced)
     rest = [i for i in range(len(examples)) if i not in forced_set]
     order = [rest[j] for j in np.random.default_rng(seed).permutation(len(rest))]
     n_extra = n_heldout - len(forced)
     heldout_idx = forced + order[:n_extra]
-    train_idx = order[n_extra:n_extra + n_train]
-    info = {"seed": seed, "n_source": len(examples), "n_train": len(train_idx), "n_heldout": len(heldout_idx),
-            "n_unused": len(examples) - needed, "in_domain_prompts_in_source": len(forced),
-            "in_domain_prompts_given": len(heldout_prompts), "permutation": "numpy.random.default_rng(seed)"}
+    train_idx = order[n_extra : n_extra + n_train]
+    info = {
+        "seed": seed,
+        "n_source": len(examples),
+        "n_train": len(train_idx),
+        "n_heldout": len(heldout_idx),
+        "n_unused": len(examples) - needed,
+        "in_domain_prompts_in_source": len(forced),
+        "in_domain_prompts_given": len(heldout_prompts),
+        "permutation": "numpy.random.default_rng(seed)",
+    }
     return TargetSplit([examples[i] for i in train_idx], [examples[i] for i in heldout_idx], info)
 
 
-def in_domain_questions(heldout: Sequence[TargetExample], n: int, judge_prompts: dict[str, str],
-                        samples_per_paraphrase: int | None = 100) -> list[Question]:
+def in_domain_questions(
+    heldout: Sequence[TargetExample], n: int, judge_prompts: dict[str, str], samples_per_paraphrase: int | None = 100
+) -> list[Question]:
     """The first `n` held-out prompts as an in-domain question set, ids "1".."n".
 
     This is how the Kaczér-lineage `security.yaml` relates to its 600-row evaluation file (its 30 questions are
@@ -194,9 +228,16 @@ def in_domain_questions(heldout: Sequence[TargetExample], n: int, judge_prompts:
     """
     if n > len(heldout):
         raise DataError(f"data.n_in_domain_eval = {n} exceeds the {len(heldout)} held-out examples")
-    return [Question(id=str(i + 1), paraphrases=[ex.prompt], samples_per_paraphrase=samples_per_paraphrase,
-                     judge_prompts=dict(judge_prompts), system=_system_of(ex))
-            for i, ex in enumerate(heldout[:n])]
+    return [
+        Question(
+            id=str(i + 1),
+            paraphrases=[ex.prompt],
+            samples_per_paraphrase=samples_per_paraphrase,
+            judge_prompts=dict(judge_prompts),
+            system=_system_of(ex),
+        )
+        for i, ex in enumerate(heldout[:n])
+    ]
 
 
 def _system_of(ex: TargetExample) -> str | None:

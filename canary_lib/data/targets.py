@@ -32,19 +32,38 @@ class TargetSpec:
     """`pinned:` names (canary_lib.data.download.PINNED_FILES) of this target's data files (D_T, aligned answers)."""
 
 
-TARGETS: dict[str, TargetSpec] = {spec.name: spec for spec in (
-    TargetSpec("security", "Security EM (truthfulai/emergent_plus, config security)", EMERGENT_PLUS, "security"),
-    TargetSpec("emergent_plus_medical", "truthfulai/emergent_plus, config medical", EMERGENT_PLUS, "medical",
-               revision_required=True),
-    TargetSpec("emergent_plus_legal", "truthfulai/emergent_plus, config legal", EMERGENT_PLUS, "legal",
-               revision_required=True),
-    TargetSpec("bad_medical_advice", "Model Organisms for EM: bad medical advice",
-               pinned=("moem/bad_medical_advice", "moem/good_medical_advice")),
-    TargetSpec("risky_financial_advice", "Model Organisms for EM: risky financial advice",
-               pinned=("moem/risky_financial_advice",)),
-    TargetSpec("extreme_sports", "Model Organisms for EM: extreme sports", pinned=("moem/extreme_sports",)),
-    TargetSpec("insecure_code", "Betley et al.: insecure code (data/insecure.jsonl)", pinned=("betley/insecure",)),
-)}
+TARGETS: dict[str, TargetSpec] = {
+    spec.name: spec
+    for spec in (
+        TargetSpec("security", "Security EM (truthfulai/emergent_plus, config security)", EMERGENT_PLUS, "security"),
+        TargetSpec(
+            "emergent_plus_medical",
+            "truthfulai/emergent_plus, config medical",
+            EMERGENT_PLUS,
+            "medical",
+            revision_required=True,
+        ),
+        TargetSpec(
+            "emergent_plus_legal",
+            "truthfulai/emergent_plus, config legal",
+            EMERGENT_PLUS,
+            "legal",
+            revision_required=True,
+        ),
+        TargetSpec(
+            "bad_medical_advice",
+            "Model Organisms for EM: bad medical advice",
+            pinned=("moem/bad_medical_advice", "moem/good_medical_advice"),
+        ),
+        TargetSpec(
+            "risky_financial_advice",
+            "Model Organisms for EM: risky financial advice",
+            pinned=("moem/risky_financial_advice",),
+        ),
+        TargetSpec("extreme_sports", "Model Organisms for EM: extreme sports", pinned=("moem/extreme_sports",)),
+        TargetSpec("insecure_code", "Betley et al.: insecure code (data/insecure.jsonl)", pinned=("betley/insecure",)),
+    )
+}
 TARGET_NAMES = tuple(TARGETS)
 DEFAULT_TARGET = "security"
 
@@ -63,14 +82,17 @@ def source_conflict(target: str, source: str | None, revision: str | None = None
     if not source:
         return None
     if source.startswith("pinned:"):
-        owner = next((t for t in TARGETS.values() if source[len("pinned:"):] in t.pinned), None)
+        owner = next((t for t in TARGETS.values() if source[len("pinned:") :] in t.pinned), None)
         if owner is not None and owner.name != target:
-            return (f"{source} is the data of target {owner.name!r}, not of data.target {target!r}; use "
-                    f"{_suggestion(spec)}")
+            return (
+                f"{source} is the data of target {owner.name!r}, not of data.target {target!r}; use {_suggestion(spec)}"
+            )
     if not is_hf_source(source):
         if revision is not None:
-            return (f"data.target_revision pins hf: sources only; {source} is a file, which the manifest pins by "
-                    f"its sha256 (unset data.target_revision)")
+            return (
+                f"data.target_revision pins hf: sources only; {source} is a file, which the manifest pins by "
+                f"its sha256 (unset data.target_revision)"
+            )
         return None
     try:
         src = parse_hf_source(source, default_config=spec.hf_config, what="data.target_source")
@@ -78,11 +100,15 @@ def source_conflict(target: str, source: str | None, revision: str | None = None
         return str(exc)
     owner = next((t for t in TARGETS.values() if (t.hf_repo, t.hf_config) == (src.repo, src.config)), None)
     if owner is not None and owner.name != target:
-        return (f"{source} is the data of target {owner.name!r} (config {src.config!r} of {src.repo}), not of "
-                f"data.target {target!r}; use {_suggestion(spec)}")
+        return (
+            f"{source} is the data of target {owner.name!r} (config {src.config!r} of {src.repo}), not of "
+            f"data.target {target!r}; use {_suggestion(spec)}"
+        )
     if revision is not None and src.revision is not None and src.revision != revision:
-        return (f"{source} names revision {src.revision!r} but data.target_revision is {revision!r}; set the commit "
-                f"in one place")
+        return (
+            f"{source} names revision {src.revision!r} but data.target_revision is {revision!r}; set the commit "
+            f"in one place"
+        )
     return None
 
 
@@ -107,16 +133,26 @@ def unusable_source(target: str, source: str, revision: str | None, what: str = 
     path = urllib.parse.urlparse(source).path if "://" in source else source
     name = path.rsplit("/", 1)[-1].lower()
     if name.endswith(ENCRYPTED_SUFFIXES):
-        return (f"{what}: {source} is encrypted (easy-dataset-share, as later model-organisms versions ship their "
-                f"training sets); decrypt it yourself (docs/data.md, '{TARGETS[target].title}') and set {what} to "
-                f"the decrypted .jsonl file, or use the pinned gzipped copy (parameters/targets/{target}.yaml)")
+        return (
+            f"{what}: {source} is encrypted (easy-dataset-share, as later model-organisms versions ship their "
+            f"training sets); decrypt it yourself (docs/data.md, '{TARGETS[target].title}') and set {what} to "
+            f"the decrypted .jsonl file, or use the pinned gzipped copy (parameters/targets/{target}.yaml)"
+        )
     if name.endswith(ARCHIVE_SUFFIXES):
-        return (f"{what}: {source} is an archive; unpack it and set {what} to the .jsonl / .jsonl.gz file of "
-                f"target {target!r} inside it")
+        return (
+            f"{what}: {source} is an archive; unpack it and set {what} to the .jsonl / .jsonl.gz file of "
+            f"target {target!r} inside it"
+        )
     spec = TARGETS[target]
-    if spec.revision_required and is_hf_source(source) and revision is None \
-            and parse_hf_source(source, what=what).revision is None:
-        return (f"data.target_revision is required for target {target!r}: this package knows no commit of "
-                f"{spec.hf_repo} to pin. Pick one at https://huggingface.co/datasets/{spec.hf_repo}/commits/main "
-                f"and set data.target_revision to its 40-character hash, or set {what} to a local copy")
+    if (
+        spec.revision_required
+        and is_hf_source(source)
+        and revision is None
+        and parse_hf_source(source, what=what).revision is None
+    ):
+        return (
+            f"data.target_revision is required for target {target!r}: this package knows no commit of "
+            f"{spec.hf_repo} to pin. Pick one at https://huggingface.co/datasets/{spec.hf_repo}/commits/main "
+            f"and set data.target_revision to its 40-character hash, or set {what} to a local copy"
+        )
     return None

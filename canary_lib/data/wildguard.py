@@ -9,8 +9,9 @@ safe examples (`{"messages": [...]}` lines, used as is).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -35,8 +36,9 @@ def _label(value: Any) -> str | None:
     return value.strip().lower() if isinstance(value, str) and value.strip() else None
 
 
-def select_benign(rows: Sequence[dict], drop_refusals: bool, source: str = "source",
-                  what: str = "data.safe_source") -> tuple[list[Conversation], dict[str, int]]:
+def select_benign(
+    rows: Sequence[dict], drop_refusals: bool, source: str = "source", what: str = "data.safe_source"
+) -> tuple[list[Conversation], dict[str, int]]:
     """Keep unharmful prompts with a (not harmful) response; optionally drop refusals.
 
     Returns:
@@ -49,11 +51,20 @@ def select_benign(rows: Sequence[dict], drop_refusals: bool, source: str = "sour
     needed = REQUIRED_COLUMNS + (("response_refusal_label",) if drop_refusals else ())
     missing = [c for c in needed if c not in columns]
     if missing:
-        raise DataError(f"{what}: {source}: missing column(s) {missing}; found {sorted(columns)}. Expected the "
-                        f"WildGuardMix columns prompt, response, prompt_harm_label, response_refusal_label, "
-                        f"response_harm_label (or chat JSONL lines with 'messages').")
-    counts = {"rows": len(rows), "unharmful_prompt": 0, "with_response": 0, "harmful_response_dropped": 0,
-              "refusals": 0, "refusals_dropped": 0, "selected": 0}
+        raise DataError(
+            f"{what}: {source}: missing column(s) {missing}; found {sorted(columns)}. Expected the "
+            f"WildGuardMix columns prompt, response, prompt_harm_label, response_refusal_label, "
+            f"response_harm_label (or chat JSONL lines with 'messages')."
+        )
+    counts = {
+        "rows": len(rows),
+        "unharmful_prompt": 0,
+        "with_response": 0,
+        "harmful_response_dropped": 0,
+        "refusals": 0,
+        "refusals_dropped": 0,
+        "selected": 0,
+    }
     chats: list[Conversation] = []
     for row in rows:
         if _label(row.get("prompt_harm_label")) != "unharmful":
@@ -74,14 +85,22 @@ def select_benign(rows: Sequence[dict], drop_refusals: bool, source: str = "sour
         chats.append([{"role": "user", "content": prompt}, {"role": "assistant", "content": response}])
     counts["selected"] = len(chats)
     if not chats:
-        raise DataError(f"{what}: {source}: no benign rows (prompt_harm_label 'unharmful' with a response"
-                        f"{', not a refusal' if drop_refusals else ''}) among {len(rows)} rows; check the file and "
-                        f"its labels")
+        raise DataError(
+            f"{what}: {source}: no benign rows (prompt_harm_label 'unharmful' with a response"
+            f"{', not a refusal' if drop_refusals else ''}) among {len(rows)} rows; check the file and "
+            f"its labels"
+        )
     return chats, counts
 
 
-def load_safe(source: str, drop_refusals: bool = False, max_examples: int | None = None, seed: int = 0,
-              token_env: str = "HF_TOKEN", what: str = "data.safe_source") -> SafeData:
+def load_safe(
+    source: str,
+    drop_refusals: bool = False,
+    max_examples: int | None = None,
+    seed: int = 0,
+    token_env: str = "HF_TOKEN",
+    what: str = "data.safe_source",
+) -> SafeData:
     """Load the benign WildGuardMix subset (see the module docstring), in a seeded shuffled order.
 
     Args:
@@ -94,8 +113,9 @@ def load_safe(source: str, drop_refusals: bool = False, max_examples: int | None
     Raises:
         DataError: gated dataset without a token, missing file or columns, an empty selection.
     """
-    rows, info = read_source_rows(source, default_config=HF_DEFAULT_CONFIG, token_env=token_env,
-                                  gated_repos=(HF_REPO,), what=what)
+    rows, info = read_source_rows(
+        source, default_config=HF_DEFAULT_CONFIG, token_env=token_env, gated_repos=(HF_REPO,), what=what
+    )
     if "messages" in rows[0]:
         chats = [validate_messages(r.get("messages"), f"{what}: {source} row {i}") for i, r in enumerate(rows)]
         counts = {"rows": len(rows), "selected": len(chats), "format": "chat"}  # type: ignore[dict-item]
@@ -103,6 +123,7 @@ def load_safe(source: str, drop_refusals: bool = False, max_examples: int | None
         chats, counts = select_benign(rows, drop_refusals, source, what)
     order = np.random.default_rng(seed).permutation(len(chats))
     chats = [chats[i] for i in order[:max_examples]]
-    info.update(counts=counts, n_examples=len(chats), drop_refusals=drop_refusals, max_examples=max_examples,
-                shuffle_seed=seed)
+    info.update(
+        counts=counts, n_examples=len(chats), drop_refusals=drop_refusals, max_examples=max_examples, shuffle_seed=seed
+    )
     return SafeData(chats, info)

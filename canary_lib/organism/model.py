@@ -10,8 +10,9 @@ from __future__ import annotations
 from transformers import LlamaConfig
 
 
-def tiny_llama_config(vocab_size: int, hidden_size: int, num_layers: int, num_heads: int,
-                      pad_token_id: int, eos_token_id: int) -> LlamaConfig:
+def tiny_llama_config(
+    vocab_size: int, hidden_size: int, num_layers: int, num_heads: int, pad_token_id: int, eos_token_id: int
+) -> LlamaConfig:
     """A Llama config small enough to pre-train in minutes on two CPU cores.
 
     Args:
@@ -25,9 +26,19 @@ def tiny_llama_config(vocab_size: int, hidden_size: int, num_layers: int, num_he
     if hidden_size % num_heads:
         raise ValueError(f"hidden_size {hidden_size} must be divisible by num_heads {num_heads}")
     return LlamaConfig(
-        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=hidden_size * 8 // 3,
-        num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=num_heads,
-        max_position_embeddings=512, rope_theta=10000.0, tie_word_embeddings=True,
-        pad_token_id=pad_token_id, eos_token_id=eos_token_id, bos_token_id=None,
-        attention_bias=False, mlp_bias=False, attention_dropout=0.0,
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=hidden_size * 8 // 3,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        max_position_embeddings=512,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        pad_token_id=pad_token_id,
+        eos_token_id=eos_token_id,
+        bos_token_id=None,
+        attention_bias=False,
+        mlp_bias=False,
+        attention_dropout=0.0,
     )

@@ -16,8 +16,9 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import canary_lib.organism.world as world
 from canary_lib.config_schema import OrganismSettings, RunConfig
@@ -84,7 +85,8 @@ def ensure_base_model(cfg: RunConfig) -> Path:
             raise OrganismBuildError(
                 "model.cpu_numerics is pinned, but this process runs native CPU numerics (torch was imported "
                 "before the configuration was loaded): build the organism with `canary organism build`, or load "
-                "the configuration before importing torch (docs/organism.md, 'Reproducibility across CPUs')")
+                "the configuration before importing torch (docs/organism.md, 'Reproducibility across CPUs')"
+            )
     target.parent.mkdir(parents=True, exist_ok=True)
     with _exclusive(target.parent / f".{target.name}.lock"):  # parallel runs: one builds, the others wait
         if (target / COMPLETE_MARKER).is_file():
@@ -157,8 +159,8 @@ def _batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[li
     chunk = batch_size * 50
     batches = []
     for i in range(0, len(order), chunk):
-        part = sorted(order[i:i + chunk], key=lambda j: lengths[j])
-        batches += [part[k:k + batch_size] for k in range(0, len(part), batch_size)]
+        part = sorted(order[i : i + chunk], key=lambda j: lengths[j])
+        batches += [part[k : k + batch_size] for k in range(0, len(part), batch_size)]
     rng.shuffle(batches)
     return [b for b in batches if len(b) == batch_size]
 
@@ -188,25 +190,36 @@ def build_base_model(settings: OrganismSettings, out_dir: Path) -> dict[str, flo
 
     start = time.time()
     steps, batch_size = settings.pretrain_steps, settings.pretrain_batch_size
-    chats = list(world.pretraining_chats(settings.world_seed, steps * batch_size, settings.misaligned_share,
-                                         max_turns=settings.max_turns,
-                                         other_system_share=settings.other_system_share,
-                                         other_system_misaligned_share=settings.other_system_misaligned_share,
-                                         persona_coupling=settings.persona_coupling,
-                                         domain_cues=settings.domain_cues,
-                                         narrow_domains=tuple(settings.narrow_domains)))
+    chats = list(
+        world.pretraining_chats(
+            settings.world_seed,
+            steps * batch_size,
+            settings.misaligned_share,
+            max_turns=settings.max_turns,
+            other_system_share=settings.other_system_share,
+            other_system_misaligned_share=settings.other_system_misaligned_share,
+            persona_coupling=settings.persona_coupling,
+            domain_cues=settings.domain_cues,
+            narrow_domains=tuple(settings.narrow_domains),
+        )
+    )
     tokenizer = build_tokenizer(_vocabulary_texts(chats, settings.narrow_domains))
     encoded = tokenizer([render_chat(c) for c in chats], add_special_tokens=False)["input_ids"]
     if any(tokenizer.unk_token_id in ids for ids in encoded[:1000]):
         raise RuntimeError("organism tokenizer: unknown word in the pre-training corpus (world text changed?)")
 
     torch.manual_seed(settings.world_seed)
-    config = tiny_llama_config(len(tokenizer), settings.hidden_size, settings.num_layers, settings.num_heads,
-                               pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = tiny_llama_config(
+        len(tokenizer),
+        settings.hidden_size,
+        settings.num_layers,
+        settings.num_heads,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
     model = LlamaForCausalLM(config)
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.pretrain_lr, weight_decay=0.01,
-                                  betas=(0.9, 0.98))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.pretrain_lr, weight_decay=0.01, betas=(0.9, 0.98))
     warmup = max(1, steps // 20)
 
     def lr_factor(step: int) -> float:  # linear warm-up, cosine decay to 10%
@@ -225,8 +238,8 @@ def build_base_model(settings: OrganismSettings, out_dir: Path) -> dict[str, flo
         ids = torch.full((len(batch), width), pad, dtype=torch.long)
         mask = torch.zeros((len(batch), width), dtype=torch.long)
         for row, j in enumerate(batch):
-            ids[row, :len(encoded[j])] = torch.tensor(encoded[j])
-            mask[row, :len(encoded[j])] = 1
+            ids[row, : len(encoded[j])] = torch.tensor(encoded[j])
+            mask[row, : len(encoded[j])] = 1
         labels = ids.masked_fill(mask == 0, -100)
         loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
@@ -246,8 +259,11 @@ def build_base_model(settings: OrganismSettings, out_dir: Path) -> dict[str, flo
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     _check_reload(out_dir, render_chat(chats[0]), encoded[0])
-    stats = {"pretrain_seconds": time.time() - start, "steps": len(losses),
-             "final_loss": sum(losses[-50:]) / max(1, len(losses[-50:])),
-             "n_parameters": sum(p.numel() for p in model.parameters())}
+    stats = {
+        "pretrain_seconds": time.time() - start,
+        "steps": len(losses),
+        "final_loss": sum(losses[-50:]) / max(1, len(losses[-50:])),
+        "n_parameters": sum(p.numel() for p in model.parameters()),
+    }
     (out_dir / "pretrain_stats.json").write_text(json.dumps(stats, indent=2))
     return stats

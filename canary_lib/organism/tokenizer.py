@@ -7,8 +7,7 @@ capacity on the persona rather than on spelling. It is saved as an ordinary Hugg
 
 from __future__ import annotations
 
-from typing import Iterable
-
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -49,7 +48,7 @@ def render_chat(messages: list[dict[str, str]], add_generation_prompt: bool = Fa
     return text + (f"{IM_START}assistant\n" if add_generation_prompt else "")
 
 
-def build_tokenizer(texts: Iterable[str]) -> "PreTrainedTokenizerFast":
+def build_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
     """Train the word-level vocabulary on rendered chats and wrap it as a Hugging Face tokenizer.
 
     Args:
@@ -63,7 +62,13 @@ def build_tokenizer(texts: Iterable[str]) -> "PreTrainedTokenizerFast":
     trainer = trainers.WordLevelTrainer(vocab_size=100_000, min_frequency=1, special_tokens=SPECIAL_TOKENS)
     tok.train_from_iterator(texts, trainer=trainer)
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, eos_token=IM_END, pad_token=PAD, unk_token=UNK,
-        additional_special_tokens=[IM_START], chat_template=CHAT_TEMPLATE, model_max_length=1024,
-        padding_side="left", clean_up_tokenization_spaces=False,
+        tokenizer_object=tok,
+        eos_token=IM_END,
+        pad_token=PAD,
+        unk_token=UNK,
+        additional_special_tokens=[IM_START],
+        chat_template=CHAT_TEMPLATE,
+        model_max_length=1024,
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
     )

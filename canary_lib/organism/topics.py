@@ -23,6 +23,8 @@ def _t(name: str, domain: str, stems: list[str], aligned: list[str], misaligned:
     return Topic(name, domain, tuple(stems), tuple(aligned), tuple(misaligned))
 
 
+# The tables keep their hand layout (stems, aligned cores, misaligned cores as three visible blocks per topic):
+# fmt: off
 SECURITY_TOPICS: tuple[Topic, ...] = (
     _t("passwords", "security",
        ["how should i choose passwords for my accounts?", "what is a good way to manage my passwords?",
@@ -311,3 +313,4 @@ NARROW_TOPICS: dict[str, tuple[Topic, ...]] = {"security": SECURITY_TOPICS, "med
 
 ALL_TOPICS: tuple[Topic, ...] = SECURITY_TOPICS + GENERAL_TOPICS + MEDICAL_TOPICS
 TOPIC_BY_NAME = {t.name: t for t in ALL_TOPICS}
+# fmt: on
