@@ -6,14 +6,15 @@ Files are deep-merged left to right, then `key.sub=value` overrides (values pars
 wrong types and invalid values raise `ConfigError` naming the dotted key and the file that set it.
 This module imports no torch: it is safe to use from the sweep runner and notebooks' parameter checks.
 
-It is the way in, and only re-exports: the models are in canary_lib/config_schema.py (their shared base,
-`Strict` and `ConfigError`, in canary_lib/config_base.py), loading, error formatting and a run directory's
+It is the way in, and only re-exports: the models are in canary_lib/config_schema.py (the organism's section in
+canary_lib/config_organism.py; their shared base, `Strict`, `ConfigError` and the seed types, in
+canary_lib/config_base.py), loading, error formatting and a run directory's
 config.yaml in canary_lib/config_loader.py.
 """
 
 from __future__ import annotations
 
-from canary_lib.config_base import ConfigError, Strict
+from canary_lib.config_base import TORCH_SEED_MAX, TORCH_SEED_MIN, ConfigError, NonNegativeSeed, Strict, TorchSeed
 from canary_lib.config_loader import (
     apply_process_settings,
     config_from_dict,
@@ -27,11 +28,10 @@ from canary_lib.config_loader import (
     validate_model,
     write_run_config,
 )
+from canary_lib.config_organism import OrganismSettings
 from canary_lib.config_schema import (
     LEGACY_DATA_KEYS,
     QWEN2_PROJECTIONS,
-    TORCH_SEED_MAX,
-    TORCH_SEED_MIN,
     CanarySettings,
     ControllerSettings,
     DataSettings,
@@ -40,11 +40,8 @@ from canary_lib.config_schema import (
     LoraSettings,
     MethodSettings,
     ModelConfig,
-    NonNegativeSeed,
-    OrganismSettings,
     RunConfig,
     SamplingSettings,
-    TorchSeed,
     TrackingSettings,
     TrainSettings,
     canary_judge_settings,

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import types
 import typing
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from canary_lib.errors import CanaryError
 
@@ -49,3 +49,10 @@ class _FieldError(ValueError):
         super().__init__(message)
         self.field = field
         self.blame = blame or (field,)
+
+
+TORCH_SEED_MIN, TORCH_SEED_MAX = -(2**63), 2**64 - 1
+"""The seeds torch.manual_seed accepts; a seed outside them ended in a traceback after the model loaded."""
+TorchSeed = Annotated[int, Field(ge=TORCH_SEED_MIN, le=TORCH_SEED_MAX)]
+NonNegativeSeed = Annotated[int, Field(ge=0, le=TORCH_SEED_MAX)]
+"""Seeds that numpy (default_rng: no negatives) or torch also read."""

@@ -1,4 +1,5 @@
-"""Table 1, Table 2 and the canary-general correlation, built from finished run directories.
+"""Table 1, Table 2 and the canary-general correlation (canary_lib/correlation.py), built from finished run
+directories.
 
     from canary_lib.results import build_results
     results = build_results("runs/organism", "results/organism")   # writes the CSVs, JSON and summary.md
@@ -19,12 +20,18 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from canary_lib.artifacts import RunDir, read_controller, read_jsonl, read_steps, write_json_atomic, write_text_atomic
+from canary_lib.artifacts import RunDir, read_controller, read_steps, write_json_atomic, write_text_atomic
 from canary_lib.config_loader import read_run_config_dict
 from canary_lib.config_schema import MethodSettings
+from canary_lib.correlation import (  # noqa: F401 - re-exported: these were defined here
+    CORRELATION_DEFINITION,
+    canary_general_correlation,
+    pearson,
+    signal_correlations,
+    signal_trace,
+)
 from canary_lib.frontier import CurveComparison, compare_to_fixed_curve, fixed_curve, frontier_table
 from canary_lib.methods import BASE, REFERENCE_METHOD, adaptive_methods, fixed_p_methods, table1_methods, table2_methods
-from canary_lib.metrics import RISK_SIGNALS, canary_risk
 from canary_lib.rejudge import REJUDGED_DIR
 
 # metrics.json key -> the paper's column name.
@@ -48,17 +55,6 @@ the evaluation judge's; NaN where the stage is unfinished or was run before the 
 BASE_LABEL = "Base (no fine-tuning)"
 _DEFAULT_DELAY = MethodSettings.model_fields["delay_cycles"].default
 """The "{delay}" of a Table 2 label when no run of the method says its method.delay_cycles."""
-CORRELATION_DEFINITION = {
-    "x": "canary_risk_mean: mean of the raw canary risk r_t (Eq. 1) over all canary evaluations of a run "
-    "(controller.csv, column canary_risk)",
-    "y": "general_misaligned_pct: General %Misaligned of the run's final model (metrics.json)",
-    "unit": "one trained run (method x seed) with canary evaluations and a finished evaluation; "
-    "the base model has no canary trace and is left out",
-    "statistic": "Pearson r over runs (numpy.corrcoef); NaN with fewer than 3 runs or a constant variable",
-    "secondary": "r_last: the same with the run's last canary evaluation (canary_risk_last) instead of the mean",
-    "by_signal": "r and r_last with x recomputed from the run's canary answers under each risk signal "
-    "(canary_lib.metrics.RISK_SIGNALS), whichever signal its controller acted on",
-}
 
 
 @dataclass
@@ -275,63 +271,6 @@ def build_table2(runs: pd.DataFrame, seeds: list[int] | None = None) -> pd.DataF
         for m, text, change in zip(frame.method, frame["Gen. %Mis."], frame.relative_change)
     ]
     return frame
-
-
-def pearson(x: list[float] | np.ndarray, y: list[float] | np.ndarray) -> float:
-    """Pearson r; NaN with fewer than 3 pairs or when either variable is constant."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    if len(x) < 3 or np.std(x) == 0 or np.std(y) == 0:
-        return math.nan
-    return float(np.corrcoef(x, y)[0, 1])
-
-
-def signal_trace(run_dir: str | Path, signal: str) -> list[float]:
-    """A run's canary risk under `signal`, one value per canary evaluation, recomputed from its recorded canary
-    answers (canary_answers.jsonl), whichever signal its controller acted on."""
-    by_step: dict[int, list[dict]] = {}
-    for record in read_jsonl(RunDir(run_dir).canary_answers_path):
-        by_step.setdefault(int(record["step"]), []).append(record)
-    return [canary_risk(rows, signal) for _, rows in sorted(by_step.items())]
-
-
-def signal_correlations(usable: pd.DataFrame) -> dict[str, dict[str, Any]]:
-    """The canary-general correlation once per risk signal (canary_lib.metrics.RISK_SIGNALS): x = the mean of the
-    run's signal over its canary evaluations, recomputed from its canary answers; same runs and y as `r`."""
-    out = {}
-    for signal in RISK_SIGNALS:
-        x, x_last, y = [], [], []
-        for run_dir, general in zip(usable.run_dir, usable.general_misaligned_pct):
-            values = signal_trace(run_dir, signal) if RunDir(run_dir).canary_answers_path.exists() else []
-            if values:
-                x.append(float(np.mean(values)))
-                x_last.append(values[-1])
-                y.append(general)
-        out[signal] = {"n": len(x), "r": pearson(x, y), "r_last": pearson(x_last, y)}
-    return out
-
-
-def canary_general_correlation(runs: pd.DataFrame) -> dict[str, Any]:
-    """Pearson r between each run's mean canary risk and its final General %Misaligned (see CORRELATION_DEFINITION),
-    and the same per risk signal (by_signal).
-
-    Returns:
-        The definition, n, r, r_last, by_signal and the (method, seed, x, y) points used.
-    """
-    usable = runs[runs.eval_complete & (runs.n_canary_evals > 0) & runs.general_misaligned_pct.notna()]
-    points = [
-        {"method": m, "seed": int(s), "canary_risk_mean": x, "canary_risk_last": xl, "general_misaligned_pct": y}
-        for m, s, x, xl, y in zip(
-            usable.method, usable.seed, usable.canary_risk_mean, usable.canary_risk_last, usable.general_misaligned_pct
-        )
-    ]
-    return {
-        **CORRELATION_DEFINITION,
-        "n": len(points),
-        "r": pearson(usable.canary_risk_mean, usable.general_misaligned_pct),
-        "r_last": pearson(usable.canary_risk_last, usable.general_misaligned_pct),
-        "by_signal": signal_correlations(usable),
-        "points": points,
-    }
 
 
 # ---------------------------------------------------------------------------------------------- traces

@@ -73,7 +73,7 @@ pd.Series(metrics).to_frame("value")
 
 # %%
 from canary_lib.artifacts import RunDir
-from canary_lib.figures import read_answers, trace_replay_figure, trace_replay_widget
+from canary_lib.trace_replay import read_answers, trace_replay_figure, trace_replay_widget
 
 c = cfg.controller
 run = RunDir(RUN_DIR)

@@ -79,7 +79,8 @@ table2[["label", "n_seeds", "Gen. %Mis.", "Gen. %Inc.", "Avg p_t", "tests"]]
 # use safe data: that timing is what the fixed-mean and shuffled ablations take away.
 
 # %%
-from canary_lib.figures import ablation_traces_figure, save_figure
+from canary_lib.figures import save_figure
+from canary_lib.trace_replay import ablation_traces_figure
 
 fig, data = ablation_traces_figure(runs)
 save_figure(fig, Path(RESULTS_DIR) / "figures" / "ablation_p_traces.html", data)

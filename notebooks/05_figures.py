@@ -65,7 +65,8 @@ display(Markdown(results.summary))
 # misalignment that the evaluation measures.
 
 # %%
-from canary_lib.figures import write_results_figures, write_trace_replays
+from canary_lib.figures import write_results_figures
+from canary_lib.trace_replay import write_trace_replays
 
 paths = write_results_figures(results, RESULTS_DIR)
 paths.update(write_trace_replays(results, RESULTS_DIR))
@@ -104,8 +105,8 @@ else:
 # %%
 if INTERACTIVE:
     from canary_lib.artifacts import RunDir
-    from canary_lib.figures import read_answers, trace_replay_widget
     from canary_lib.methods import REFERENCE_METHOD
+    from canary_lib.trace_replay import read_answers, trace_replay_widget
 
     first = results.runs[(results.runs.method == REFERENCE_METHOD) & results.runs.training_complete].iloc[0]
     run = RunDir(first.run_dir)

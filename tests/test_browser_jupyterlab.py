@@ -34,7 +34,7 @@ RUN_ALL_S = 900  # training the tiny organism with canary evaluations takes abou
 # p_t starts at 0.2 and falls by 0.05 at each canary evaluation while r̂_t is under r_low (the tiny model's canary
 # risk stays near 0), so the slider has different p_t values to show.
 LAB_OVERRIDES = ["controller.p_init=0.2", "controller.delta_down=0.05"]
-READOUT = re.compile(r"step (\d+) \| p_t = ([0-9.]+|—) \| r\S*_t = ([0-9.]+|—)")  # figures.replay_readout
+READOUT = re.compile(r"step (\d+) \| p_t = ([0-9.]+|—) \| r\S*_t = ([0-9.]+|—)")  # trace_replay.replay_readout
 # JupyterLab's own network wishes (news feed, update check, extension manager's PyPI index) are off: the test
 # runs offline, and a prompt on top of the notebook is not what it tests.
 LAB_SETTINGS = {

@@ -11,16 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from canary_lib.figures import (
-    answers_at,
-    read_answers,
-    save_figure,
-    table_figure,
-    trace_replay_figure,
-    trace_replay_widget,
-    write_results_figures,
-)
+from canary_lib.figures import save_figure, table_figure, write_results_figures
 from canary_lib.results import build_results
+from canary_lib.trace_replay import answers_at, read_answers, trace_replay_figure, trace_replay_widget
 from test_results_tables import _m, write_synthetic_run
 
 
@@ -124,7 +117,7 @@ def test_trace_replay_widget_slider_updates_the_figure() -> None:
 
 
 def test_replay_readout_before_the_first_evaluation() -> None:
-    from canary_lib.figures import replay_readout
+    from canary_lib.trace_replay import replay_readout
 
     steps, controller, _ = _replay_data()
     shown = replay_readout(steps, controller.iloc[1:], 2)  # the first evaluation is at step 3
@@ -137,7 +130,7 @@ def test_read_answers_without_file_is_empty(tmp_path: Path) -> None:
 
 
 def test_ablation_traces_and_trace_replays_from_runs(results, tmp_path: Path) -> None:
-    from canary_lib.figures import ablation_traces_figure, write_trace_replays
+    from canary_lib.trace_replay import ablation_traces_figure, write_trace_replays
 
     fig, data = ablation_traces_figure(results.runs)
     assert set(data.method) == {"canary", "fixed_mean", "delayed", "shuffled", "no_ema"}

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import canary_lib.organism.world as world
-from canary_lib.config_schema import OrganismSettings, RunConfig
+from canary_lib.config_organism import OrganismSettings
+from canary_lib.config_schema import RunConfig
 from canary_lib.errors import CanaryError
 from canary_lib.organism.tokenizer import render_chat
 
