@@ -134,11 +134,12 @@ def test_sha256_file_equals_hashlib(tmp_path, size):
 
 def test_the_package_writes_and_hashes_through_fileio():
     """One writer and one digest: the modules that had their own now use these very functions."""
-    from canary_lib import artifacts, job_progress, train
+    from canary_lib import artifacts, config_loader, job_progress, train
     from canary_lib.data import _io, download, prepare, questions
     from canary_lib.organism import prepare as organism_prepare
 
-    assert artifacts.write_text_atomic is write_text_atomic and artifacts.git_commit is git_commit
+    assert artifacts.write_text_atomic is write_text_atomic and config_loader.git_commit is git_commit
+    assert not hasattr(artifacts, "git_commit")  # one home: fileio
     for module in (_io, questions, prepare, organism_prepare, job_progress):
         assert module.write_text_atomic is write_text_atomic, module.__name__
     assert download.write_bytes_atomic is write_bytes_atomic
