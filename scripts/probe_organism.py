@@ -30,10 +30,10 @@ PAPER_K = 30
 
 
 def trace_at_paper_k(rows: list[dict], alpha: float, closed_loop: bool) -> list[dict]:
-    from canary_lib.controller import ema_update
-
     """The evaluations a K = 30 run would have made (steps divisible by 30), with the EMA recomputed on them
     (closed-loop runs, trained at K = 30: the r̂ their controller used)."""
+    from canary_lib.controller import ema_update
+
     out, ema = [], 0.0
     for row in rows:
         if row["step"] % PAPER_K == 0:
