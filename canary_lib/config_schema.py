@@ -164,7 +164,7 @@ class MethodSettings(Strict):
     @field_validator("name")
     @classmethod
     def _registered(cls, v: str, info: ValidationInfo) -> str:
-        registry = _method_registry(info)
+        registry = _registry(info, "methods")
         if registry is None:
             return v
         if v not in registry:
@@ -177,7 +177,7 @@ class MethodSettings(Strict):
 
     @model_validator(mode="after")
     def _needs_reference(self, info: ValidationInfo) -> MethodSettings:
-        registry = _method_registry(info)
+        registry = _registry(info, "methods")
         spec = registry.get(self.name) if registry is not None else None
         if spec is not None and spec.replays_reference and not self.reference_run:
             raise _FieldError(
@@ -186,12 +186,12 @@ class MethodSettings(Strict):
         return self
 
 
-def _method_registry(info: ValidationInfo) -> dict[str, Any] | None:
-    """The method registry that `method.name` is checked against: canary_lib.methods.METHODS, handed in by the
-    loader (config_loader.config_from_dict) as the validation context, so that the schema imports nothing above it
-    and a method registered at run time (a notebook, a test) is known at once. None: a model built directly
-    (RunConfig(), defaults), where no name is checked. The judge backends come the same way (`judge_backends`)."""
-    return (info.context or {}).get("methods")
+def _registry(info: ValidationInfo, name: str) -> dict[str, Any] | None:
+    """The registry `name` ("methods": canary_lib.methods.METHODS, "judge_backends": canary_lib.judge.JUDGE_BACKENDS)
+    that names are checked against, handed in by the loader (config_loader.REGISTRIES) as the validation context, so
+    the schema imports nothing above it and an entry registered at run time (a notebook, a test) is known at once.
+    None: a model built directly (RunConfig(), defaults), where no name is checked."""
+    return (info.context or {}).get(name)
 
 
 LEGACY_DATA_KEYS = {"security_source": "target_source", "security_aligned_source": "target_aligned_source"}
@@ -376,14 +376,14 @@ class JudgeSettings(Strict):
     @field_validator("backend")
     @classmethod
     def _registered_backend(cls, v: str, info: ValidationInfo) -> str:
-        registry = (info.context or {}).get("judge_backends")
+        registry = _registry(info, "judge_backends")
         if registry is not None and v not in registry:
             raise ValueError(f"unknown judge backend {v!r}; known: {', '.join(registry)} (canary_lib/judge.py)")
         return v
 
     @model_validator(mode="after")
     def _model_for_llm_backends(self, info: ValidationInfo) -> JudgeSettings:
-        registry = (info.context or {}).get("judge_backends")
+        registry = _registry(info, "judge_backends")
         spec = registry.get(self.backend) if registry is not None else None
         llm = spec.llm if spec is not None else self.backend != "exact"
         if llm and not self.model:
