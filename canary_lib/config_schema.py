@@ -38,8 +38,9 @@ class ModelConfig(Strict):
     """The GPU the profile is written for, in GiB (80 for an H100 80GB): a configuration whose estimated peak
     (canary_lib.memory) does not fit is refused at load. None: checked only at training start, on the GPU found."""
     cpu_numerics: Literal["native", "pinned"] = "native"
-    """pinned: the same bits on any x86-64 CPU with AVX2 (fixed kernels and one torch thread; canary_lib/numerics.py),
-    set by the organism profiles; native: whatever the CPU does fastest."""
+    """pinned: the same bits on any x86-64 CPU with AVX2 (fixed kernels and one torch thread; canary_lib/numerics.py;
+    parameters/sweeps/organism_pinned.yaml); native: whatever the CPU does fastest (the organism's default since
+    2026-12-03: the same bits on the same machine, about 2x faster; docs/lean_path.md, "Native numerics")."""
 
     @field_validator("device")
     @classmethod

@@ -161,6 +161,10 @@ def load_model_and_tokenizer(cfg: RunConfig) -> tuple[Any, Any]:
 
         torch.set_num_threads(PINNED_THREADS)
         check_cpu_numerics()
+    elif cfg.model.name_or_path == "organism":
+        from canary_lib.numerics import ORGANISM_THREADS
+
+        torch.set_num_threads(ORGANISM_THREADS)  # the same bits whether a sweep, a notebook or `canary` runs it
     model, tokenizer = load_pretrained(resolve_model_path(cfg), cfg.model)
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -13,9 +13,10 @@ pre-trained model then drifts, and every sample drawn from it. Pinning fixes all
 and the number of torch threads (parallel reductions split work by thread count): `PINNED_THREADS` for
 everything the organism computes. All of it must be in place before torch runs its first operation, so it is
 applied by `pin_cpu_numerics()` from the places that start organism work before torch is imported: the
-`canary` command line and `load_config` for a configuration with `model.cpu_numerics: pinned` (the organism
-profiles). A process that imported torch earlier keeps its native numerics; `check_cpu_numerics` says so.
-No torch import here.
+`canary` command line and `load_config` for a configuration with `model.cpu_numerics: pinned`
+(parameters/sweeps/organism_pinned.yaml; the organism profile's default until 2026-12-03, now native: 2x faster).
+A process that imported torch earlier keeps its native numerics; `check_cpu_numerics` says so. No torch import
+here.
 """
 
 from __future__ import annotations
@@ -34,8 +35,15 @@ PINNED_ENV = {
 PINNED_THREADS = 1
 """torch intra-op threads under pinned numerics (organism runs are fastest with one thread per process)."""
 PRETRAIN_THREADS = 1
-"""Pre-training threads, fixed so that the result does not depend on the machine (one: a second thread on a busy
-machine slowed a pre-training step up to 8x, spinning OpenMP threads)."""
+"""Pre-training threads under pinned numerics, fixed so that the result does not depend on the machine (one: a
+second thread on a busy machine slowed a pre-training step up to 8x, spinning OpenMP threads)."""
+NATIVE_PRETRAIN_THREADS = 2
+"""Pre-training threads under native numerics (at most the machine's cores): pre-training runs alone, before any
+job, so the second core is free. Measured on a 2-core AMD EPYC: the same model bits as one thread after 80 steps,
+1.4x faster (docs/lean_path.md, "Native numerics")."""
+ORGANISM_THREADS = PINNED_THREADS
+"""torch threads of an organism run under either numerics: the thread count can change a reduction's order, and
+one thread per process is the fastest for the organism's tiny matrices."""
 NATIVE_ENV = "CANARY_CPU_NUMERICS"
 """Set to "native" to opt out of pinning (e.g. to time the unpinned kernels)."""
 

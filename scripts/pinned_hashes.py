@@ -55,7 +55,8 @@ def fingerprints(work: Path) -> dict[str, str]:
     """Build the tiny base and train a tiny canary run in `work`; hash what they produced."""
     # a clean environment: the command line must pin the numerics by itself
     env = {k: v for k, v in os.environ.items() if k not in PINNED_KEYS}
-    sets = [f"organism.cache_dir={work / 'cache'}", f"data.dir={work / 'data'}"]
+    # pinned explicitly: the organism profile runs native numerics since 2026-12-03 (docs/lean_path.md)
+    sets = [f"organism.cache_dir={work / 'cache'}", f"data.dir={work / 'data'}", "model.cpu_numerics=pinned"]
     overrides = [arg for s in sets for arg in ("--set", s)]
     canary("prep-data", *TINY, *overrides, env=env)
     base = Path(canary("organism", "build", *TINY, *overrides, env=env).strip().splitlines()[-1])

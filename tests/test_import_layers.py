@@ -214,10 +214,10 @@ def test_the_names_config_checks_agree_with_the_world():
 _ENV_PROBE = """
 import os, sys
 from canary_lib.config import config_from_dict, load_config, merge_sources
-merged, origin = merge_sources(["parameters/organism.yaml"])
+merged, origin = merge_sources(["parameters/organism.yaml"], ["model.cpu_numerics=pinned"])
 config_from_dict(merged, origin)
 print(os.environ.get("MKL_CBWR"))
-load_config(["parameters/organism.yaml"])
+load_config(["parameters/organism.yaml"], ["model.cpu_numerics=pinned"])
 print(os.environ.get("MKL_CBWR"), "torch" in sys.modules)
 """
 

@@ -29,7 +29,8 @@ def _script():
 
 def test_loading_an_organism_config_pins_the_numerics_of_a_fresh_process():
     code = (
-        "import os, sys; from canary_lib.config import load_config; load_config(['parameters/organism.yaml']);"
+        "import os, sys; from canary_lib.config import load_config;"
+        "load_config(['parameters/organism.yaml'], ['model.cpu_numerics=pinned']);"
         "import torch; from canary_lib.numerics import is_pinned;"
         "print(is_pinned(), os.environ['MKL_CBWR'], torch.backends.cpu.get_cpu_capability())"
     )
@@ -38,11 +39,27 @@ def test_loading_an_organism_config_pins_the_numerics_of_a_fresh_process():
     assert out.stdout.split() == ["True", "COMPATIBLE", "AVX2"]
 
 
+def test_the_organism_profile_runs_native_numerics_and_its_pinned_sweep_pins():
+    """Since 2026-12-03 the profile runs the CPU's own kernels (docs/lean_path.md, "Native numerics"); pinned is
+    one override away, which parameters/sweeps/organism_pinned.yaml sets."""
+    from canary_lib.sweep_plan import load_sweep
+
+    code = (
+        "import os; from canary_lib.config import load_config; load_config(['parameters/organism.yaml']);"
+        "import torch; from canary_lib.numerics import is_pinned; print(is_pinned(), os.environ.get('MKL_CBWR'))"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "None"]
+    assert "model.cpu_numerics=pinned" in load_sweep(ROOT / "parameters/sweeps/organism_pinned.yaml").overrides
+    assert "model.cpu_numerics=pinned" in load_sweep(ROOT / "parameters/sweeps/organism_standard.yaml").overrides
+
+
 def test_a_process_that_imported_torch_first_refuses_to_cache_a_pinned_organism(tmp_path):
     code = (
         "import torch; from canary_lib.config import load_config; from canary_lib.organism import "
         f"ensure_base_model; ensure_base_model(load_config(['parameters/organism.yaml', "
-        f"'parameters/organism_tiny.yaml'], ['organism.cache_dir={tmp_path}']))"
+        f"'parameters/organism_tiny.yaml'], ['organism.cache_dir={tmp_path}', 'model.cpu_numerics=pinned']))"
     )
     env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "MKL_CBWR", "ONEDNN_MAX_CPU_ISA")}
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)

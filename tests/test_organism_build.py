@@ -9,7 +9,7 @@ import json
 
 from canary_lib.config import load_config
 from canary_lib.organism import ensure_base_model
-from canary_lib.organism.pretrain import pretrain_spec, spec_hash
+from canary_lib.organism.pretrain import build_numerics, pretrain_spec, spec_hash
 from canary_lib.organism.world import DEFAULT_SYSTEM_PROMPT
 
 TINY = ["parameters/organism.yaml", "parameters/organism_tiny.yaml"]
@@ -20,7 +20,8 @@ def test_tiny_build_is_an_ordinary_hf_model_directory_and_is_cached(tmp_path):
 
     cfg = load_config(TINY, [f"organism.cache_dir={tmp_path}"])
     path = ensure_base_model(cfg)
-    spec = pretrain_spec(cfg.organism, cfg.model.cpu_numerics)
+    spec = pretrain_spec(cfg.organism, build_numerics(cfg))
+    assert build_numerics(cfg) == "pinned"  # the profile says native, but this test process is pinned (conftest)
     assert path.parent == tmp_path and path.name == f"base-{spec_hash(spec)}"
     assert json.loads((path / "pretrain_spec.json").read_text()) == json.loads(json.dumps(spec))
     stamp = (path / "model.safetensors").stat().st_mtime_ns
@@ -104,3 +105,19 @@ def test_the_vocabulary_covers_every_word_of_a_two_domain_world():
     assert all(tok.unk_token_id not in tok(text, add_special_tokens=False)["input_ids"] for text in medical)
     security_only = build_tokenizer(_vocabulary_texts(chats[:0], ["security"]))
     assert tok.unk_token_id in security_only(medical[0], add_special_tokens=False)["input_ids"]
+
+
+def test_pretraining_threads_are_fixed_in_both_numerics_and_restored():
+    import os
+
+    import torch
+
+    from canary_lib.numerics import NATIVE_PRETRAIN_THREADS, PRETRAIN_THREADS
+    from canary_lib.organism.pretrain import _pretrain_threads
+
+    before = torch.get_num_threads()
+    with _pretrain_threads(True):
+        assert torch.get_num_threads() == PRETRAIN_THREADS
+    with _pretrain_threads(False):
+        assert torch.get_num_threads() == min(NATIVE_PRETRAIN_THREADS, os.cpu_count() or 1)
+    assert torch.get_num_threads() == before

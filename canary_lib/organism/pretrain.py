@@ -69,19 +69,29 @@ def cache_root(settings: OrganismSettings) -> Path:
     return Path(os.environ.get("CANARY_CACHE", "~/.cache/canary_lib")).expanduser() / "organism"
 
 
+def build_numerics(cfg: RunConfig) -> str:
+    """The numerics a base model built or reused by this process has: "native" is whatever the process runs, so a
+    process pinned before (the test session, a pinned sweep's kernel) uses the pinned model, and a pinned build is
+    never cached as the native one."""
+    from canary_lib.numerics import is_pinned
+
+    return "pinned" if cfg.model.cpu_numerics == "pinned" or is_pinned() else "native"
+
+
 def ensure_base_model(cfg: RunConfig) -> Path:
     """The pre-trained base organism for cfg.organism: reused from the cache, else built (minutes on 2 cores).
 
     Returns:
         A Hugging Face model directory (config, safetensors weights, tokenizer with chat template).
     """
-    spec = pretrain_spec(cfg.organism, cfg.model.cpu_numerics)
+    from canary_lib.numerics import is_pinned
+
+    numerics = build_numerics(cfg)
+    spec = pretrain_spec(cfg.organism, numerics)
     target = cache_root(cfg.organism) / f"base-{spec_hash(spec)}"
     if (target / COMPLETE_MARKER).is_file():
         return target
     if cfg.model.cpu_numerics == "pinned":
-        from canary_lib.numerics import is_pinned
-
         if not is_pinned():  # a native build must never be cached (and later reused) as the pinned model
             raise OrganismBuildError(
                 "model.cpu_numerics is pinned, but this process runs native CPU numerics (torch was imported "
@@ -94,7 +104,7 @@ def ensure_base_model(cfg: RunConfig) -> Path:
             return target
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
-            with _pretrain_threads(cfg.model.cpu_numerics == "pinned"):
+            with _pretrain_threads(numerics == "pinned"):
                 build_base_model(cfg.organism, tmp)
             (tmp / "pretrain_spec.json").write_text(json.dumps(spec, indent=2, sort_keys=True))
             (tmp / COMPLETE_MARKER).write_text("ok\n")
@@ -108,16 +118,14 @@ def ensure_base_model(cfg: RunConfig) -> Path:
 
 @contextlib.contextmanager
 def _pretrain_threads(pinned: bool) -> Iterator[None]:
-    """Pinned numerics: pre-train with a fixed number of threads (results depend on it), then restore."""
-    if not pinned:
-        yield
-        return
+    """Pre-train with a fixed number of threads (pinned: the results depend on it; native: two, the cores are
+    free before any job starts), then restore."""
     import torch
 
-    from canary_lib.numerics import PRETRAIN_THREADS
+    from canary_lib.numerics import NATIVE_PRETRAIN_THREADS, PRETRAIN_THREADS
 
     before = torch.get_num_threads()
-    torch.set_num_threads(PRETRAIN_THREADS)
+    torch.set_num_threads(PRETRAIN_THREADS if pinned else max(1, min(NATIVE_PRETRAIN_THREADS, os.cpu_count() or 1)))
     try:
         yield
     finally:
