@@ -1,7 +1,8 @@
 """Test-session set-up and fixtures shared by the end-to-end tests (helpers in _e2e.py and _browser.py).
 
-The organism profiles pin CPU numerics (canary_lib/numerics.py), which must happen before torch is imported, so
-the whole test process runs pinned, as the `canary` command and the sweep's kernels do.
+The whole test process runs pinned CPU numerics (canary_lib/numerics.py; set before torch is imported), so what
+the tests compute does not depend on the CPU; the organism profile's `native` means "whatever the process runs",
+so its runs here use the pinned kernels and the pinned base model (organism.pretrain.build_numerics).
 
     .venv/bin/pytest -m browser -q        # the browser tests only (Chromium: apt-get install chromium)
     .venv/bin/pytest -m slurm -q          # the single-node SLURM test (apt-get install slurm-wlm munge; root)
