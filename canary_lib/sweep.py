@@ -299,7 +299,10 @@ class _Runner:
         try:
             lease = self.pool.lend(job.kernel_name, job.cwd, kernel_env(job))
         except Exception as exc:
-            print(f"         {job.name}: no pooled kernel ({_describe_error(exc)}); its notebooks start their own")
+            print(
+                f"         {job.name}: no pooled kernel ({_describe_error(exc)}); its notebooks start their own",
+                flush=True,
+            )
             return None
         self.leases[job.name] = lease
         return lease.connection_file
