@@ -178,3 +178,24 @@ def test_a_borrowed_kernel_gives_each_notebook_what_a_fresh_kernel_would(tmp_pat
     assert second[3] is None  # the environment the kernel started with
     assert second[1] != third[1] and second[2] != third[2]  # torch's and Python's generators not left seeded
     assert any("shown in every notebook" in o.get("text", "") for o in outputs[1])
+
+
+def test_a_kernel_the_pool_cannot_start_leaves_the_job_to_start_its_own(
+    project: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from canary_lib.sweep import _Runner, load_sweep
+
+    class Broken:
+        def lend(self, *args: object) -> None:
+            raise RuntimeError("no such kernel")
+
+    runner = _Runner(load_sweep(_sweep(project, executor=_local())), project / "runs")
+    assert runner.pool is not None
+    runner.pool = Broken()
+    job = Job("a", [], str(project))
+    assert runner._lend_kernel(job) is None and runner.leases == {}
+    assert (
+        "a: no pooled kernel (RuntimeError: no such kernel); its notebooks start their own" in capsys.readouterr().out
+    )
+    assert _Runner(load_sweep(_sweep(project, executor={**_local(), "gpus": [0]})), project / "runs").pool is None
+    assert _Runner(load_sweep(_sweep(project, executor=_local(reuse=False))), project / "runs").pool is None
