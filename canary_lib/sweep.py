@@ -19,6 +19,9 @@ with the differing keys rather than reusing it.
 
 Jobs go through submitit for every executor kind, so the code path is the same on a laptop and on SLURM:
 ``local`` (subprocesses, ``parallel`` at a time), ``slurm`` (one SLURM job per run), ``debug`` (in-process).
+Each notebook runs in a fresh kernel, except on the local executor without GPUs, where the runner lends each job
+a warm kernel that is reset before every notebook (canary_lib.kernel_pool; ``executor.reuse_kernels: false``
+turns it off).
 This module runs the plan (execute_job, the submitit runner, run_sweep, reproduce); it imports no torch.
 """
 
@@ -112,10 +115,21 @@ def execute_job(job: Job) -> JobOutcome:
 
 
 def _execute_steps(job: Job, outcome: JobOutcome, pm: Any) -> None:
+    km = None
+    if job.kernel_connection_file:  # a running kernel lent by the runner's pool (canary_lib.kernel_pool)
+        from canary_lib.kernel_pool import BorrowedKernelManager
+
+        try:
+            km = BorrowedKernelManager(job.kernel_connection_file)
+        except Exception as exc:
+            outcome.ok, outcome.error = False, f"pooled kernel: {_describe_error(exc)}"
+            return
     for step in job.steps:
         if step.is_done():
             continue
         Path(step.output_path).parent.mkdir(parents=True, exist_ok=True)
+        if km is not None and not _reset_borrowed_kernel(km, job, outcome):
+            break
         try:
             pm.execute_notebook(
                 step.input_path,
@@ -126,14 +140,30 @@ def _execute_steps(job: Job, outcome: JobOutcome, pm: Any) -> None:
                 progress_bar=False,
                 execution_timeout=job.cell_timeout_s,
                 start_timeout=KERNEL_START_TIMEOUT_S,
+                **({"km": km} if km is not None else {}),  # papermill hands it to nbclient, which then only connects
             )
         except Exception as exc:  # a failed notebook is a result to report, not a crash of the sweep
             outcome.ok = False
             outcome.error = _describe_error(exc)
             outcome.notebook = step.output_path
             break
+        finally:
+            if km is not None:
+                km.close_clients()
         step.mark_done()
         outcome.executed.append(step.stage)
+
+
+def _reset_borrowed_kernel(km: Any, job: Job, outcome: JobOutcome) -> bool:
+    """Before each notebook in a borrowed kernel: the notebook must find what a fresh kernel gives it."""
+    from canary_lib.kernel_pool import KernelResetError, prepare_kernel
+
+    try:
+        prepare_kernel(km, job.cwd, job.env.get(PROGRESS_ENV), KERNEL_START_TIMEOUT_S)
+    except KernelResetError as exc:
+        outcome.ok, outcome.error = False, str(exc)
+        return False
+    return True
 
 
 def _describe_error(exc: BaseException) -> str:
@@ -147,7 +177,9 @@ def _describe_error(exc: BaseException) -> str:
 
 
 class _Runner:
-    """Submits jobs through submitit, at most `parallel` at a time, and collects their outcomes."""
+    """Submits jobs through submitit, at most `parallel` at a time, and collects their outcomes. A local sweep
+    without GPUs lends each job a warm kernel of its pool (canary_lib.kernel_pool; `executor.reuse_kernels`);
+    `close()` shuts the pool's kernels down."""
 
     def __init__(self, spec: SweepSpec, runs_dir: Path, progress: SweepProgress | None = None) -> None:
         import submitit
@@ -171,6 +203,17 @@ class _Runner:
         self.free_gpus = list(settings.gpus)
         self.progress = progress
         self.progress_dir = folder / "progress"  # one file per running job (canary_lib.job_progress)
+        self.pool: Any = None
+        self.leases: dict[str, Any] = {}
+        if settings.kind == "local" and settings.reuse_kernels and not settings.gpus:
+            from canary_lib.kernel_pool import KernelPool
+
+            self.pool = KernelPool(folder / "kernels", settings.parallel, settings.max_jobs_per_kernel)
+
+    def close(self) -> None:
+        """Shut down the pool's kernels (every job has ended, or the sweep stops)."""
+        if self.pool is not None:
+            self.pool.close()
 
     def run(self, jobs: list[Job], on_done) -> dict[str, JobOutcome]:
         """Run jobs respecting `needs` (jobs whose dependency failed are reported as failed, not run)."""
@@ -212,6 +255,7 @@ class _Runner:
                     del running[name]
                     self.free_gpus.extend(gpus)
                     outcomes[name] = self._result(handle, job)
+                    self._take_back_kernel(name, outcomes[name])
                     on_done(outcomes[name])
             if running and self.progress and self.progress.line_due():
                 now = time.time()
@@ -242,9 +286,31 @@ class _Runner:
         self.executor.update_parameters(name=job.name.replace("/", "_"))
         self._progress_file(job.name).unlink(missing_ok=True)  # an earlier attempt's last step
         job.env = {**job.env, PROGRESS_ENV: str(self._progress_file(job.name))}
+        job.kernel_connection_file = None if gpus else self._lend_kernel(job)
         if gpus:
             return self.executor.submit(_execute_on_gpus, job, gpus)
         return self.executor.submit(execute_job, job)
+
+    def _lend_kernel(self, job: Job) -> str | None:
+        """A pool kernel's connection file for the job, or None (no pool, or no kernel could be started: then its
+        notebooks start their own kernels, as without the pool)."""
+        if self.pool is None:
+            return None
+        try:
+            lease = self.pool.lend(job.kernel_name, job.cwd, kernel_env(job))
+        except Exception as exc:
+            print(
+                f"         {job.name}: no pooled kernel ({_describe_error(exc)}); its notebooks start their own",
+                flush=True,
+            )
+            return None
+        self.leases[job.name] = lease
+        return lease.connection_file
+
+    def _take_back_kernel(self, name: str, outcome: JobOutcome) -> None:
+        lease = self.leases.pop(name, None)
+        if lease is not None:
+            self.pool.take_back(lease, ok=outcome.ok)  # a failed job's kernel is shut down
 
     @staticmethod
     def _result(handle: Any, job: Job) -> JobOutcome:
@@ -252,6 +318,15 @@ class _Runner:
             return handle.result()
         except Exception as exc:  # the job process itself died (killed, out of memory, SLURM timeout)
             return JobOutcome(job.name, ok=False, error=f"job crashed: {_describe_error(exc)}")
+
+
+def kernel_env(job: Job) -> dict[str, str]:
+    """The environment a local job's kernels start with: this process's, no GPU (submitit's local executor sets
+    CUDA_VISIBLE_DEVICES to the job's gpus_per_node devices, none here), and the job's variables; without the
+    progress file, which the kernel gets before each notebook (so one kernel serves jobs that differ only in it)."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", **job.env}
+    env.pop(PROGRESS_ENV, None)
+    return env
 
 
 def _execute_on_gpus(job: Job, gpus: list[int]) -> JobOutcome:
@@ -304,12 +379,15 @@ def run_sweep(path: str | Path, dry_run: bool = False) -> int:
         _report(outcome)
         print(f"         {progress.line()}", flush=True)
 
-    outcomes = runner.run([plan.prep], on_done)
-    if not outcomes["prepare"].ok:
-        print("data preparation failed: nothing else can run", file=sys.stderr)
-        return 1
-    outcomes.update(runner.run(plan.runs, on_done))
-    outcomes.update(runner.run([plan.analysis], on_done))
+    try:
+        outcomes = runner.run([plan.prep], on_done)
+        if not outcomes["prepare"].ok:
+            print("data preparation failed: nothing else can run", file=sys.stderr)
+            return 1
+        outcomes.update(runner.run(plan.runs, on_done))
+        outcomes.update(runner.run([plan.analysis], on_done))
+    finally:  # also on an error or Ctrl-C: no pool kernel outlives the sweep
+        runner.close()
 
     failed = [o for o in outcomes.values() if not o.ok]
     results_dir = Path(plan.analysis.steps[0].parameters["RESULTS_DIR"])

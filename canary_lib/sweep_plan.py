@@ -63,6 +63,11 @@ class ExecutorSettings(Strict):
     """Seconds between status checks of running jobs."""
     threads_per_job: int | None = Field(None, ge=1)
     """OMP/MKL threads of each notebook kernel (e.g. 1 with parallel 2 on 2 cores); None leaves torch's default."""
+    reuse_kernels: bool = True
+    """local without `gpus` only: the runner keeps up to `parallel` warm kernels and lends one to each job, reset
+    before every notebook (canary_lib.kernel_pool); false: every notebook starts its own kernel."""
+    max_jobs_per_kernel: int = Field(12, ge=1)
+    """With reuse_kernels: a kernel is shut down after this many jobs (the memory a long-lived process keeps)."""
 
 
 class SweepSpec(Strict):
@@ -158,6 +163,9 @@ class Job:
     needs_run_dirs: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     """Environment variables for the notebook kernels (they inherit the job's environment)."""
+    kernel_connection_file: str | None = None
+    """Set by the sweep runner when the job borrows a running kernel of its pool (canary_lib.kernel_pool): the
+    steps execute there instead of each starting a kernel."""
 
     def is_done(self) -> bool:
         return all(step.is_done() for step in self.steps)
