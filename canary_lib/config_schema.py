@@ -40,7 +40,8 @@ class ModelConfig(Strict):
     cpu_numerics: Literal["native", "pinned"] = "native"
     """pinned: the same bits on any x86-64 CPU with AVX2 (fixed kernels and one torch thread; canary_lib/numerics.py;
     parameters/sweeps/organism_pinned.yaml); native: whatever the CPU does fastest (the organism's default since
-    2026-12-03: the same bits on the same machine, about 2x faster; docs/lean_path.md, "Native numerics")."""
+    2026-12-03: the same bits on the same machine, 1.8x faster; docs/lean_path.md, "Native numerics and warm
+    kernels")."""
 
     @field_validator("device")
     @classmethod

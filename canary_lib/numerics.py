@@ -40,7 +40,7 @@ second thread on a busy machine slowed a pre-training step up to 8x, spinning Op
 NATIVE_PRETRAIN_THREADS = 2
 """Pre-training threads under native numerics (at most the machine's cores): pre-training runs alone, before any
 job, so the second core is free. Measured on a 2-core AMD EPYC: the same model bits as one thread after 80 steps,
-1.4x faster (docs/lean_path.md, "Native numerics")."""
+1.4x faster (docs/lean_path.md, "Native numerics and warm kernels")."""
 ORGANISM_THREADS = PINNED_THREADS
 """torch threads of an organism run under either numerics: the thread count can change a reduction's order, and
 one thread per process is the fastest for the organism's tiny matrices."""
