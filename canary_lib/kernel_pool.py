@@ -68,8 +68,11 @@ class _Kernel:
 class Lease:
     """One job's use of a pool kernel."""
 
-    connection_file: str
     kernel: _Kernel
+
+    @property
+    def connection_file(self) -> str:
+        return str(self.kernel.connection_file)
 
 
 class KernelPool:
@@ -99,14 +102,14 @@ class KernelPool:
                 continue
             if kernel.km.is_alive():
                 kernel.lent = True
-                return Lease(str(kernel.connection_file), kernel)
+                return Lease(kernel)
             self._retire(kernel, now=True)
         idle = [k for k in self.kernels if not k.lent]
         if len(self.kernels) >= self.size and idle:
             self._retire(idle[0])
         kernel = self._start(key, kernel_name, cwd, env)
         kernel.lent = True
-        return Lease(str(kernel.connection_file), kernel)
+        return Lease(kernel)
 
     def take_back(self, lease: Lease, ok: bool) -> None:
         """The job ended: keep its kernel for the next job, unless the job failed, the kernel died or does not

@@ -156,15 +156,13 @@ def load_model_and_tokenizer(cfg: RunConfig) -> tuple[Any, Any]:
     Returns:
         (model, tokenizer); the model is in train mode with gradient checkpointing if configured.
     """
-    if cfg.model.cpu_numerics == "pinned":
+    pinned = cfg.model.cpu_numerics == "pinned"
+    if pinned or cfg.model.name_or_path == "organism":  # native organism runs too: the same bits however started
         from canary_lib.numerics import PINNED_THREADS, check_cpu_numerics
 
         torch.set_num_threads(PINNED_THREADS)
-        check_cpu_numerics()
-    elif cfg.model.name_or_path == "organism":
-        from canary_lib.numerics import ORGANISM_THREADS
-
-        torch.set_num_threads(ORGANISM_THREADS)  # the same bits whether a sweep, a notebook or `canary` runs it
+        if pinned:
+            check_cpu_numerics()
     model, tokenizer = load_pretrained(resolve_model_path(cfg), cfg.model)
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -33,17 +33,15 @@ PINNED_ENV = {
 }
 """MKL_DYNAMIC=FALSE: MKL must not drop threads on a busy machine; its reproducibility needs a fixed thread count."""
 PINNED_THREADS = 1
-"""torch intra-op threads under pinned numerics (organism runs are fastest with one thread per process)."""
+"""torch intra-op threads under pinned numerics, and of organism runs under either numerics (the thread count can
+change a reduction's order; organism runs are fastest with one thread per process)."""
 PRETRAIN_THREADS = 1
 """Pre-training threads under pinned numerics, fixed so that the result does not depend on the machine (one: a
 second thread on a busy machine slowed a pre-training step up to 8x, spinning OpenMP threads)."""
 NATIVE_PRETRAIN_THREADS = 2
 """Pre-training threads under native numerics (at most the machine's cores): pre-training runs alone, before any
-job, so the second core is free. Measured on a 2-core AMD EPYC: the same model bits as one thread after 80 steps,
-1.4x faster (docs/lean_path.md, "Native numerics and warm kernels")."""
-ORGANISM_THREADS = PINNED_THREADS
-"""torch threads of an organism run under either numerics: the thread count can change a reduction's order, and
-one thread per process is the fastest for the organism's tiny matrices."""
+job, so the second core is free. Measured on a 2-core AMD EPYC: the same model bits as one thread (after 80 and
+after the profile's 600 steps), 1.2-1.4x faster (docs/lean_path.md, "Native numerics and warm kernels")."""
 NATIVE_ENV = "CANARY_CPU_NUMERICS"
 """Set to "native" to opt out of pinning (e.g. to time the unpinned kernels)."""
 

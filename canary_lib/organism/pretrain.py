@@ -125,7 +125,7 @@ def _pretrain_threads(pinned: bool) -> Iterator[None]:
     from canary_lib.numerics import NATIVE_PRETRAIN_THREADS, PRETRAIN_THREADS
 
     before = torch.get_num_threads()
-    torch.set_num_threads(PRETRAIN_THREADS if pinned else max(1, min(NATIVE_PRETRAIN_THREADS, os.cpu_count() or 1)))
+    torch.set_num_threads(PRETRAIN_THREADS if pinned else min(NATIVE_PRETRAIN_THREADS, os.cpu_count() or 1))
     try:
         yield
     finally:
