@@ -5,8 +5,9 @@ read from a finished reproduction. Prints one table; exits 1 when any criterion 
 
 C1 samples the base model (M canaries x --c1-samples answers per seed, the reproduction's canary sampler: pass the
 sweep's overrides with --set); everything else is read from the runs' controller.csv and metrics.json and the
-results' table1.csv. The thresholds are the ones fixed on 2026-11-29 before any probe was read; nothing here may
-be tuned on an outcome.
+results' table1.csv and frontier.csv (both must exist; the frontier needs at least 5 fixed levels, p = 0
+included). The thresholds are the ones fixed on 2026-11-29 before any probe was read; nothing here may be tuned on
+an outcome.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from canary_lib.config import load_config  # noqa: E402
 
 PROFILE = "parameters/organism.yaml"
 R_LOW, R_HIGH = 0.02, 0.08
+MIN_FRONTIER_LEVELS = 5
 
 
 def _trace(run_dir: Path, alpha: float, closed_loop: bool) -> list[dict]:
@@ -104,6 +106,11 @@ def table1_conditions(results: Path) -> dict[str, bool]:
     return out
 
 
+def frontier_levels(results: Path) -> int:
+    """The safe-data frontier's fixed p levels (No Defense's p = 0 included), read from results/frontier.csv."""
+    return int(pd.read_csv(results / "frontier.csv").query("kind == 'fixed'").p.nunique())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", type=Path)
@@ -115,16 +122,18 @@ def main(argv: list[str] | None = None) -> int:
     rows = pd.DataFrame([seed_row(args.runs, s, args.overrides, args.c1_samples) for s in args.seeds])
     with pd.option_context("display.width", 250, "display.max_columns", 30):
         print(rows.T.to_string(header=False))
-    conditions = table1_conditions(args.results) if (args.results / "table1.csv").exists() else {}
+    missing = [name for name in ("table1.csv", "frontier.csv") if not (args.results / name).exists()]
+    conditions = table1_conditions(args.results) if "table1.csv" not in missing else {}
     for name, ok in conditions.items():
         print(f"Table 1: {name}: {'holds' if ok else 'FAILS'}")
-    frontier = args.results / "frontier.csv"
-    if frontier.exists():
-        levels = pd.read_csv(frontier).query("kind == 'fixed'").p.nunique()
-        print(f"frontier: {levels} fixed levels (>= 5 asked)")
+    levels = frontier_levels(args.results) if "frontier.csv" not in missing else 0
+    print(f"frontier: {levels} fixed levels (>= {MIN_FRONTIER_LEVELS} asked)")
     criteria = [c for c in ("C1", "C2", "C3", "C4", "C5", "C6") if rows[c].notna().all()]
     failed = [f"{c} (seed {s})" for c in criteria for s, ok in zip(rows.seed, rows[c]) if not ok]
     failed += [name for name, ok in conditions.items() if not ok]
+    failed += [f"{args.results / name} missing" for name in missing]
+    if "frontier.csv" not in missing and levels < MIN_FRONTIER_LEVELS:
+        failed.append(f"frontier has {levels} fixed levels (< {MIN_FRONTIER_LEVELS})")
     if int(rows["No-EMA trace differs"].sum()) < 2:
         failed.append("No-EMA trace equals Canary's in more than one seed")
     print("all hold" if not failed else "FAILED: " + ", ".join(failed))

@@ -53,3 +53,17 @@ def test_table1_conditions_hold_and_fail_on_their_thresholds(tmp_path):
     failed = [k for k, ok in _table1(tmp_path, nd_mean=40.0, nd_std=1.0, canary_std=20.0).items() if not ok]
     assert failed == ["Canary below No Defense by > 2 std"]
     assert not _table1(tmp_path, nd_mean=3.0, nd_std=0.1, canary_std=0.1)["No Defense >= 4 x base"]
+
+
+def test_the_frontier_counts_its_distinct_fixed_levels(tmp_path):
+    rows = [
+        ("fixed_0", "fixed", 0.0),
+        ("fixed_5", "fixed", 0.05),
+        ("fixed_5", "fixed", 0.05),
+        ("canary", "adaptive", 0.1),
+    ]
+    pd.DataFrame([{"method": m, "kind": k, "p": p, "seed": 42} for m, k, p in rows]).to_csv(
+        tmp_path / "frontier.csv", index=False
+    )
+    assert criteria.frontier_levels(tmp_path) == 2  # seeds of one level and adaptive runs do not count
+    assert criteria.MIN_FRONTIER_LEVELS == 5
