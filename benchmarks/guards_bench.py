@@ -2,11 +2,11 @@
 
     .venv/bin/python benchmarks/guards_bench.py [--examples 6000] [--repeats 5]
 
-check_supervised tokenizes every D_T and D_S example once before the model loads (the same encode_chat the
-training loop runs on each drawn batch). It is timed on synthetic chats with the test suite's tiny Qwen2-style
-tokenizer (a real Qwen2.5 tokenizer needs the hub), against encoding the same examples in the loop's batches
-of 16 (one pass over the data), so the ratio says how much a run's own tokenization grows. The lock is timed as
-one hold_run_directory enter + exit. Medians over --repeats runs.
+encode_training_chats tokenizes every D_T and D_S example once before the model loads and refuses examples
+without a supervised token (the training loop then trains on these ids; until 2026-12-03 it encoded each drawn
+batch again). It is timed on synthetic chats with the test suite's tiny Qwen2-style tokenizer (a real Qwen2.5
+tokenizer needs the hub), against encoding the same examples in the loop's old batches of 16 (one pass over the
+data). The lock is timed as one hold_run_directory enter + exit. Medians over --repeats runs.
 """
 
 from __future__ import annotations
@@ -39,11 +39,11 @@ def main() -> None:
     from _fixtures import build_tiny_tokenizer, chat_examples
     from canary_lib.chat import encode_chat
     from canary_lib.rundir_lock import hold_run_directory
-    from canary_lib.train import check_supervised
+    from canary_lib.train import encode_training_chats
 
     tokenizer = build_tiny_tokenizer()
     chats = [e["messages"] for e in chat_examples(args.examples, seed=1, turns=2, with_system=True)]
-    check = _median_seconds(lambda: check_supervised({"D_T": chats}, tokenizer, 2048), args.repeats)
+    check = _median_seconds(lambda: encode_training_chats({"D_T": chats}, tokenizer, 2048), args.repeats)
     one_pass = _median_seconds(
         lambda: [[encode_chat(c, tokenizer, 2048) for c in chats[i : i + 16]] for i in range(0, len(chats), 16)],
         args.repeats,
@@ -58,7 +58,7 @@ def main() -> None:
 
         lock = _median_seconds(hold, max(args.repeats, 50))
     print(
-        f"check_supervised, {args.examples} chats: {check:.3f} s median "
+        f"encode_training_chats, {args.examples} chats: {check:.3f} s median "
         f"({1000 * check / args.examples:.3f} ms per chat)"
     )
     print(f"the loop's own encoding of one pass over them: {one_pass:.3f} s median; ratio {check / one_pass:.2f}")

@@ -1,6 +1,6 @@
 """The lean CPU path: the standard training step and sampler with less work, the same results up to float rounding.
 
-    train:  {step: lean}        # lean_train_step + EncodedExamples in the training loop
+    train:  {step: lean}        # lean_train_step in the training loop
     canary: {sampler: lean}     # lean_sample_continuations for the canary evaluations
     eval:   {sampler: lean}     # ... and for the final evaluation
 
@@ -8,7 +8,9 @@ Both are opt-in (the defaults, `standard`, keep every committed number bit for b
 measurements and the steps that would make them the default). What they leave out, each a pure saving:
 
 - **Encoding.** `encode_chat` is a pure function of (chat, tokenizer, max_length), so each example is encoded
-  once (`EncodedExamples`), not at every step that draws it (about 3 passes over D_T).
+  once, not at every step that draws it (about 3 passes over D_T). The training loop now does this on either path
+  (`canary_lib.train.encode_training_chats`); `EncodedExamples` is the same saving for code that draws batches
+  itself (the benchmarks).
 - **Logits where nothing is supervised.** The vocabulary projection runs only at the positions whose next token
   has a label (`supervised_loss_sum`): about a quarter of a batch's positions in the organism.
 - **Three products per LoRA projection.** With no LoRA dropout, `x W^T + s (x A^T) B^T = x (W + s B A)^T`: each

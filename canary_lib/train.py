@@ -39,7 +39,7 @@ from canary_lib.artifacts import (
     write_text_atomic,
 )
 from canary_lib.binding import check_training, check_training_directory, ensure_run_directory
-from canary_lib.chat import encode_chat, read_chat_jsonl
+from canary_lib.chat import EncodedChat, encode_chat, read_chat_jsonl
 from canary_lib.checkpoints import (  # noqa: F401 - CheckpointError, LoopState: re-exported (were defined here)
     CheckpointError,
     LoopState,
@@ -125,17 +125,19 @@ def load_training_data(cfg: RunConfig) -> tuple[list, list]:
     return target, read_training_chats(safe_path)
 
 
-def check_supervised(data: dict[str, list], tokenizer: Any, max_length: int) -> None:
-    """Refuse training data in which an example has no supervised (assistant) token left after truncation at
-    max_length: its prompt fills the window, so it would add nothing but a loss of 0 to its batch.
+def encode_training_chats(data: dict[str, list], tokenizer: Any, max_length: int) -> dict[str, list[EncodedChat]]:
+    """Every training example encoded once, before the model loads; the loop trains on these ids.
+
+    `encode_chat` is a pure function of (chat, tokenizer, max_length), so encoding once gives the ids that encoding
+    at every step that draws the example would give (about 3 passes over D_T), without the repeated work.
 
     Raises:
-        TrainingDataError: naming the count per source, the first such example and max_length.
+        TrainingDataError: an example has no supervised (assistant) token left after truncation at max_length
+            (its prompt fills the window, so it would add nothing but a loss of 0 to its batch); the message
+            names the count per source, the first such example and max_length.
     """
-    empty = {
-        source: [i for i, chat in enumerate(chats) if encode_chat(chat, tokenizer, max_length).n_supervised == 0]
-        for source, chats in data.items()
-    }
+    encoded = {source: [encode_chat(chat, tokenizer, max_length) for chat in chats] for source, chats in data.items()}
+    empty = {source: [i for i, ex in enumerate(exs) if ex.n_supervised == 0] for source, exs in encoded.items()}
     n_empty, n_all = sum(map(len, empty.values())), sum(map(len, data.values()))
     if n_empty:
         first = next((source, idx[0]) for source, idx in empty.items() if idx)
@@ -145,6 +147,7 @@ def check_supervised(data: dict[str, list], tokenizer: Any, max_length: int) -> 
             f"model.max_length = {max_length} ({counts}; e.g. {first[0]} example {first[1]}): they would train on "
             "nothing; raise model.max_length or drop those examples"
         )
+    return encoded
 
 
 def _tokenizer_and_window(cfg: RunConfig) -> tuple[Any, int]:
@@ -295,7 +298,8 @@ def _train_held(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None, stop:
     from canary_lib.models import add_rslora, check_model_source, choose_device, load_model_and_tokenizer
 
     check_model_source(cfg.model)
-    check_supervised({"D_T": target, "D_S": safe}, *_tokenizer_and_window(cfg))  # before the model loads
+    chats = encode_training_chats({"D_T": target, "D_S": safe}, *_tokenizer_and_window(cfg))  # before the model
+    encoded = {TARGET: chats["D_T"], SAFE: chats["D_S"]}
     from canary_lib.memory import check_found_device
 
     check_found_device(cfg, choose_device(cfg.model))  # the estimate against the GPU found (canary_lib/memory.py)
@@ -319,16 +323,13 @@ def _train_held(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None, stop:
         write_run_config(run, cfg)
         loop = LoopState()
 
-    data = {TARGET: target, SAFE: safe}
-    # never feed the model more positions than it has (a small organism may have fewer than max_length)
-    max_length = min(cfg.model.max_length, getattr(model.config, "max_position_embeddings", None) or 1 << 30)
     risk_ema = loop.controller[-1]["risk_ema"] if loop.controller else 0.0
     tracker = open_tracker(cfg, run.path, resume_step=planner.step, fresh=checkpoint is None)
-    step_fn, encoded = train_step, None
+    step_fn = train_step
     if cfg.train.step == "lean":  # canary_lib.lean: the same step up to float rounding, less work
-        from canary_lib.lean import EncodedExamples, lean_train_step
+        from canary_lib.lean import lean_train_step
 
-        step_fn, encoded = lean_train_step, EncodedExamples(data, tokenizer, max_length)
+        step_fn = lean_train_step
     bar = tqdm(
         total=planner.n_target_batches,
         initial=planner.n_target_batches - planner.target_remaining,
@@ -347,11 +348,7 @@ def _train_held(cfg: RunConfig, out_dir: Path, canary_fn: CanaryFn | None, stop:
         while (planned := planner.next_step(schedule.p(planner.step))) is not None:
             # one step of Algorithm 1: a batch of exactly the drawn source, one optimizer step
             start = time.perf_counter()
-            batch = (
-                encoded.batch(planned.source, planned.indices)
-                if encoded is not None
-                else [encode_chat(data[planned.source][i], tokenizer, max_length) for i in planned.indices]
-            )
+            batch = [encoded[planned.source][i] for i in planned.indices]
             loop.n_unsupervised_examples += sum(1 for ex in batch if ex.n_supervised == 0)
             lr = lr_at(
                 planned.step,

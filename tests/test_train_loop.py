@@ -272,3 +272,22 @@ def test_loss_and_update_do_not_depend_on_micro_batch_size(world):
     for loss, weights in results[1:]:
         assert loss == pytest.approx(results[0][0], rel=1e-5)
         assert torch.allclose(weights, results[0][1], atol=1e-6)
+
+
+def test_every_example_is_encoded_once_per_session_on_either_step(world, tmp_path, monkeypatch):
+    """The loop trains on the ids encoded before the model loads: each example once, however often it is drawn."""
+    import canary_lib.train as train_module
+
+    calls: list[int] = []
+    encode = train_module.encode_chat
+    monkeypatch.setattr(train_module, "encode_chat", lambda *a, **k: calls.append(1) or encode(*a, **k))
+    target, safe = load_training_data(tiny_config(world))
+    for step in ("standard", "lean"):
+        calls.clear()
+        metrics = train_from_config(
+            tiny_config(world, f"train.step={step}", "train.epochs=2", "lora.dropout=0"),
+            tmp_path / step,
+            canary_fn=ScriptedCanary(RISKS * 4),
+        )
+        assert metrics["n_steps"] * 16 > 2 * len(target)  # examples were drawn more than once ...
+        assert len(calls) == len(target) + len(safe)  # ... and encoded once
