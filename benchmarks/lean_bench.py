@@ -34,7 +34,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -254,43 +255,61 @@ def bench_run(cfg: Any, args: argparse.Namespace) -> dict:
     return out
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    if args.numerics == "native":
+@contextmanager
+def organism_config(numerics: str, pretrain_steps: int, cache: Path) -> Iterator[tuple[Any, float]]:
+    """(configuration, seconds to get the base model): the organism with `numerics`, its data prepared in a
+    temporary folder and its base model pre-trained for `pretrain_steps` steps (cached under `cache`); one thread."""
+    if numerics == "native":
         os.environ["CANARY_CPU_NUMERICS"] = "native"
     from canary_lib.config import load_config  # pins the numerics of a pinned profile before torch starts
 
     overrides = [
-        f"model.cpu_numerics={args.numerics}",
-        f"organism.pretrain_steps={args.pretrain_steps}",
-        f"organism.cache_dir={args.cache}",
+        f"model.cpu_numerics={numerics}",
+        f"organism.pretrain_steps={pretrain_steps}",
+        f"organism.cache_dir={cache}",
     ]
     cfg = load_config([ROOT / "parameters" / "organism.yaml"], overrides)
 
     import torch
 
-    from canary_lib.numerics import cpu_numerics_state
     from canary_lib.organism import ensure_base_model
     from canary_lib.organism.prepare import prepare_organism_data
 
     torch.set_num_threads(1)
-    report: dict[str, Any] = {
-        "numerics": args.numerics,
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"dir": str(Path(tmp) / "data")})})
+        prepare_organism_data(cfg)
+        t0 = time.perf_counter()
+        ensure_base_model(cfg)
+        yield cfg, time.perf_counter() - t0
+
+
+def machine_report(numerics: str) -> dict[str, Any]:
+    """What a benchmark's figures were measured on."""
+    import torch
+
+    from canary_lib.numerics import cpu_numerics_state
+
+    return {
+        "numerics": numerics,
         "cpu_numerics_state": cpu_numerics_state(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "machine": platform.machine(),
         "processor": _cpu_name(),
         "load_average_before": os.getloadavg(),
-        "pretrain_steps": args.pretrain_steps,
-        "cases": {},
     }
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"dir": str(Path(tmp) / "data")})})
-        prepare_organism_data(cfg)
-        t0 = time.perf_counter()
-        ensure_base_model(cfg)
-        report["base_model_seconds"] = time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    with organism_config(args.numerics, args.pretrain_steps, args.cache) as (cfg, base_seconds):
+        report: dict[str, Any] = {
+            **machine_report(args.numerics),
+            "pretrain_steps": args.pretrain_steps,
+            "base_model_seconds": base_seconds,
+            "cases": {},
+        }
         cases = {"step": bench_step, "canary": bench_canary, "eval": bench_eval, "run": bench_run}
         for name in args.only:
             report["cases"][name] = result = cases[name](cfg, args)
