@@ -67,6 +67,20 @@ def ratio(old: dict, new: dict) -> float:
     return old["median_s"] / new["median_s"]
 
 
+def run_alternating(paths: dict[str, dict], batches: list, warmup: int, block: int) -> None:
+    """Run each path's "step" on the first `warmup` batches, then on the rest in turns of `block` steps per path,
+    so that all paths see the same machine load; appends to each path's "losses" and (timed steps) "seconds"."""
+    for path in paths.values():
+        for indices in batches[:warmup]:
+            path["losses"].append(path["step"](indices))
+    for start in range(warmup, len(batches), block):
+        for path in paths.values():
+            for indices in batches[start : start + block]:
+                t0 = time.perf_counter()
+                path["losses"].append(path["step"](indices))
+                path["seconds"].append(time.perf_counter() - t0)
+
+
 def bench_step(cfg: Any, args: argparse.Namespace) -> dict:
     import torch
 
@@ -114,15 +128,7 @@ def bench_step(cfg: Any, args: argparse.Namespace) -> dict:
         return {"step": step, "seconds": [], "losses": []}
 
     paths = {"standard": make_path(False), "lean": make_path(True)}
-    for path in paths.values():
-        for indices in batches[:warmup]:
-            path["losses"].append(path["step"](indices))
-    for start in range(warmup, len(batches), args.block):
-        for path in paths.values():
-            for indices in batches[start : start + args.block]:
-                t0 = time.perf_counter()
-                path["losses"].append(path["step"](indices))
-                path["seconds"].append(time.perf_counter() - t0)
+    run_alternating(paths, batches, warmup, args.block)
     old, new = summary(paths["standard"]["seconds"]), summary(paths["lean"]["seconds"])
     diffs = [abs(a - b) / abs(a) for a, b in zip(paths["standard"]["losses"], paths["lean"]["losses"])]
     return {

@@ -28,7 +28,6 @@ import os
 import random
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +112,7 @@ def functional_loss_sum(model: Any, input_ids: Any, labels: Any) -> Any:
 
 def bench(cfg: Any, args: argparse.Namespace) -> dict:
     import torch
+    from lean_bench import run_alternating
     from torch.profiler import ProfilerActivity, profile
 
     from canary_lib.chat import collate
@@ -151,15 +151,7 @@ def bench(cfg: Any, args: argparse.Namespace) -> dict:
         return {"step": step, "seconds": [], "losses": []}
 
     paths = {"lean": make_path(False), "functional": make_path(True)}
-    for path in paths.values():
-        for indices in batches[:warmup]:
-            path["losses"].append(path["step"](indices))
-    for start in range(warmup, len(batches), args.block):
-        for path in paths.values():
-            for indices in batches[start : start + args.block]:
-                t0 = time.perf_counter()
-                path["losses"].append(path["step"](indices))
-                path["seconds"].append(time.perf_counter() - t0)
+    run_alternating(paths, batches, warmup, args.block)
 
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for indices in profiled:
