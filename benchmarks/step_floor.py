@@ -70,6 +70,8 @@ def functional_loss_sum(model: Any, input_ids: Any, labels: Any) -> Any:
     import torch
     import torch.nn.functional as F
 
+    from canary_lib.chat import IGNORE_INDEX
+
     base = model.get_base_model()
     config, decoder = base.config, base.model
     batch, width = input_ids.shape
@@ -102,7 +104,7 @@ def functional_loss_sum(model: Any, input_ids: Any, labels: Any) -> Any:
         ).chunk(2, -1)
         x = x + F.linear(F.silu(gate) * up, _merged([mlp.down_proj]))
     targets = labels[:, 1:]
-    supervised = targets != -100
+    supervised = targets != IGNORE_INDEX
     logits = F.linear(norm(x[:, :-1][supervised], decoder.norm.weight), decoder.embed_tokens.weight)
     return F.cross_entropy(logits, targets[supervised], reduction="sum")
 
